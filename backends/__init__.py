@@ -1,0 +1,1 @@
+"""Code-generation backends, one package per target (installed as ``effspec.backends``)."""

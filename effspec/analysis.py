@@ -1,0 +1,86 @@
+"""Analysis: parameters, MACs and activation memory per node, per stage and in total.
+
+MACs count Conv2d and Linear multiply-accumulates only (output elements x kernel area x in/groups),
+as REFERENCE.md does. Activation memory is the float32 bytes of every conv, BN and linear output for
+one image at the nominal resolution: what a training step keeps for backward, before activations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from effspec import ir
+
+BYTES_PER_ELEMENT = 4
+
+
+@dataclass(frozen=True)
+class Cost:
+    params: int
+    macs: int
+    activation_bytes: int
+
+    @staticmethod
+    def of(layers: tuple[ir.Layer, ...]) -> Cost:
+        return Cost(
+            params=sum(layer.params for layer in layers),
+            macs=sum(layer.macs for layer in layers),
+            activation_bytes=sum(layer.output.elements for layer in layers) * BYTES_PER_ELEMENT,
+        )
+
+
+@dataclass(frozen=True)
+class StageReport:
+    """One row of the scaled stage table (like the paper's Table 1)."""
+
+    name: str  # "stem", "stage 1".."stage N", "head"
+    operator: str
+    repeats: int
+    kernel: int
+    stride: int
+    expansion: int
+    in_channels: int
+    out_channels: int
+    input_size: tuple[int, int]
+    output_size: tuple[int, int]
+    se_channels: int
+    cost: Cost
+
+
+@dataclass(frozen=True)
+class Report:
+    model: ir.Model
+    rows: tuple[StageReport, ...]
+    total: Cost
+    buffers: int  # BN moving mean/variance elements
+
+
+def analyze(model: ir.Model) -> Report:
+    stem = model.stem
+    rows = [
+        StageReport(
+            "stem", "conv-bn-act", 1, stem.conv.kernel, stem.conv.stride, 1, stem.conv.in_channels,
+            stem.conv.out_channels, (model.input.height, model.input.width),
+            (stem.bn.output.height, stem.bn.output.width), 0, Cost.of(stem.layers),
+        )
+    ]
+    for stage in model.stages:
+        first = stage.blocks[0]
+        layers = tuple(layer for block in stage.blocks for layer in block.layers)
+        rows.append(
+            StageReport(
+                f"stage {stage.index + 1}", stage.kind, len(stage.blocks), first.kernel, first.stride,
+                first.expansion, first.in_channels, first.out_channels, (first.input.height, first.input.width),
+                (stage.output.height, stage.output.width), first.se_channels, Cost.of(layers),
+            )
+        )
+    head = model.head
+    last = model.stages[-1].output
+    rows.append(
+        StageReport(
+            "head", "conv1x1-pool-fc", 1, 1, 1, 1, head.conv.conv.in_channels, head.num_classes,
+            (last.height, last.width), (1, 1), 0, Cost.of(head.layers),
+        )
+    )
+    total = Cost.of(model.layers)
+    return Report(model, tuple(rows), total, sum(layer.buffers for layer in model.layers))

@@ -1,0 +1,1 @@
+"""Cross-backend equivalence: weight manifest, conversion and `effspec check`."""

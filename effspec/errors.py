@@ -1,0 +1,59 @@
+"""User-facing errors: every message names file:line:column, the field path and expected vs found."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Location:
+    """A position in a spec file (1-based line and column)."""
+
+    file: str
+    line: int
+    column: int
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.column}"
+
+
+class EffspecError(Exception):
+    """Base class for errors a user can act on (exit code 2 unless stated otherwise)."""
+
+    exit_code = 2
+
+
+class SpecError(EffspecError):
+    """A spec that cannot be loaded, validated, scaled or lowered."""
+
+    def __init__(self, message: str, location: Location | None = None, path: str = "") -> None:
+        self.message = message
+        self.location = location
+        self.path = path
+        super().__init__(self.one_line())
+
+    def one_line(self) -> str:
+        where = f"{self.location}: " if self.location else ""
+        field = f"{self.path}: " if self.path else ""
+        return f"{where}error: {field}{self.message}"
+
+
+class UsageError(EffspecError):
+    """Bad command-line usage (unknown backend, missing file, ...)."""
+
+
+class CheckFailed(EffspecError):
+    """A check ran and found a difference (exit code 1)."""
+
+    exit_code = 1
+
+
+def format_path(parts: tuple[object, ...]) -> str:
+    """Render a field path like ``stages[3].kernel``."""
+    text = ""
+    for part in parts:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += f".{part}" if text else str(part)
+    return text

@@ -1,0 +1,78 @@
+"""Render an analysis report: the scaled stage table (like the paper's Table 1) or JSON."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from effspec.analysis import Report
+
+
+def _mib(nbytes: int) -> str:
+    return f"{nbytes / 2**20:.1f} MiB"
+
+
+def info_table(report: Report) -> str:
+    model = report.model
+    header = ("stage", "operator", "resolution", "channels", "layers", "kernel", "stride", "exp", "params", "MACs", "act. mem")
+    rows = [header]
+    for row in report.rows:
+        rows.append(
+            (
+                row.name, row.operator, f"{row.input_size[0]}x{row.input_size[1]}",
+                f"{row.in_channels}->{row.out_channels}", str(row.repeats), str(row.kernel), str(row.stride),
+                str(row.expansion), f"{row.cost.params:,}", f"{row.cost.macs:,}", _mib(row.cost.activation_bytes),
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines = [
+        f"{model.name}: width {model.width:g}, depth {model.depth:g}, resolution {model.resolution}, "
+        f"dropout {model.head.dropout:g}, drop-path {model.drop_path_rate:g}, {len(model.blocks)} blocks",
+    ]
+    for i, r in enumerate(rows):
+        lines.append("  ".join(cell.ljust(w) if j < 2 else cell.rjust(w) for j, (cell, w) in enumerate(zip(r, widths, strict=True))))
+        if i == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    t = report.total
+    lines.append(
+        f"total: {t.params:,} parameters, {t.macs:,} MACs ({t.macs / 1e9:.2f} G), "
+        f"activation memory {_mib(t.activation_bytes)} per image, {report.buffers:,} BN buffer elements"
+    )
+    return "\n".join(lines)
+
+
+def info_json(report: Report) -> dict[str, Any]:
+    model = report.model
+    return {
+        "name": model.name,
+        "spec": model.spec_path,
+        "sha256": model.spec_sha256,
+        "width": model.width,
+        "depth": model.depth,
+        "resolution": model.resolution,
+        "dropout": model.head.dropout,
+        "drop_path_rate": model.drop_path_rate,
+        "blocks": len(model.blocks),
+        "params": report.total.params,
+        "macs": report.total.macs,
+        "activation_bytes": report.total.activation_bytes,
+        "buffers": report.buffers,
+        "stages": [
+            {
+                "name": row.name,
+                "operator": row.operator,
+                "repeats": row.repeats,
+                "kernel": row.kernel,
+                "stride": row.stride,
+                "expansion": row.expansion,
+                "in_channels": row.in_channels,
+                "out_channels": row.out_channels,
+                "se_channels": row.se_channels,
+                "input_size": list(row.input_size),
+                "output_size": list(row.output_size),
+                "params": row.cost.params,
+                "macs": row.cost.macs,
+                "activation_bytes": row.cost.activation_bytes,
+            }
+            for row in report.rows
+        ],
+    }

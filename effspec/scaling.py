@@ -1,0 +1,86 @@
+"""Compound scaling as pure functions (EfficientNet section 3.3; constants in REFERENCE.md)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from effspec.schema import CompoundScaling, ExplicitScaling, Spec
+
+FLOPS_TARGET = 2.0
+FLOPS_TOLERANCE = 0.1
+
+
+@dataclass(frozen=True)
+class Multipliers:
+    """The resolved scaling of one model: multipliers plus absolute resolution and regularization."""
+
+    width: float
+    depth: float
+    resolution: int
+    dropout: float
+    drop_path_rate: float
+
+
+def round_channels(channels: int, width: float, divisor: int, round_limit: float) -> int:
+    """Scale ``channels`` by ``width`` and round to a multiple of ``divisor``.
+
+    Rounds to the nearest multiple (never below ``divisor``); when that loses more than
+    ``1 - round_limit`` of the scaled width it adds one more ``divisor`` (the 10% rule; 0 disables).
+    """
+    scaled = channels * width
+    rounded = max(divisor, int(scaled + divisor / 2) // divisor * divisor)
+    if rounded < round_limit * scaled:
+        rounded += divisor
+    return int(rounded)
+
+
+def round_repeats(repeats: int, depth: float) -> int:
+    """Scale a stage's block count by ``depth``, rounding up."""
+    return int(math.ceil(depth * repeats))
+
+
+def scaled_resolution(base: int, gamma: float, phi: float, divisor: int = 1) -> int:
+    """``base * gamma**phi`` rounded to the nearest multiple of ``divisor``."""
+    return max(divisor, int(round(base * gamma**phi / divisor)) * divisor)
+
+
+def drop_path_rates(base_rate: float, total_blocks: int) -> list[float]:
+    """Stochastic depth: block i of N (global index over the SCALED count) gets base * i / N."""
+    return [base_rate * index / total_blocks for index in range(total_blocks)]
+
+
+def flops_ratio(scaling: CompoundScaling) -> float:
+    """alpha * beta^2 * gamma^2: FLOPs grow by this factor per unit of phi (the paper picks ~2)."""
+    return scaling.alpha * scaling.beta**2 * scaling.gamma**2
+
+
+def scaling_warnings(spec: Spec) -> list[str]:
+    """Soft problems worth telling the user about (not errors)."""
+    scaling = spec.scaling
+    if isinstance(scaling, CompoundScaling):
+        ratio = flops_ratio(scaling)
+        if abs(ratio - FLOPS_TARGET) > FLOPS_TOLERANCE:
+            return [
+                f"scaling: alpha * beta^2 * gamma^2 = {ratio:.3f}, far from {FLOPS_TARGET:g}: "
+                f"FLOPs will grow by {ratio:.2f}x (not 2x) per unit of phi"
+            ]
+    return []
+
+
+def resolve_multipliers(spec: Spec) -> Multipliers:
+    """The width/depth multipliers, absolute resolution, dropout and drop-path rate of ``spec``."""
+    scaling = spec.scaling
+    dropout, drop_path = spec.head.dropout, spec.defaults.drop_path_rate
+    if isinstance(scaling, CompoundScaling):
+        width, depth = scaling.beta**scaling.phi, scaling.alpha**scaling.phi
+        resolution = scaled_resolution(spec.input.resolution, scaling.gamma, scaling.phi, scaling.resolution_divisor)
+    elif isinstance(scaling, ExplicitScaling):
+        width, depth = scaling.width, scaling.depth
+        resolution = scaling.resolution or spec.input.resolution
+    else:
+        width, depth, resolution = 1.0, 1.0, spec.input.resolution
+    if scaling is not None:
+        dropout = scaling.dropout if scaling.dropout is not None else dropout
+        drop_path = scaling.drop_path_rate if scaling.drop_path_rate is not None else drop_path
+    return Multipliers(width, depth, resolution, dropout, drop_path)

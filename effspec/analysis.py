@@ -33,7 +33,7 @@ class Cost:
 class StageReport:
     """One row of the scaled stage table (like the paper's Table 1)."""
 
-    name: str  # "stem", "stage 1".."stage N", "head"
+    name: str  # "stem", "stage 1".."stage N", "head", "classifier"
     operator: str
     repeats: int
     kernel: int
@@ -59,9 +59,18 @@ def analyze(model: ir.Model) -> Report:
     stem = model.stem
     rows = [
         StageReport(
-            "stem", "conv-bn-act", 1, stem.conv.kernel, stem.conv.stride, 1, stem.conv.in_channels,
-            stem.conv.out_channels, (model.input.height, model.input.width),
-            (stem.bn.output.height, stem.bn.output.width), 0, Cost.of(stem.layers),
+            "stem",
+            "conv-bn-act",
+            1,
+            stem.conv.kernel,
+            stem.conv.stride,
+            1,
+            stem.conv.in_channels,
+            stem.conv.out_channels,
+            (model.input.height, model.input.width),
+            (stem.bn.output.height, stem.bn.output.width),
+            0,
+            Cost.of(stem.layers),
         )
     ]
     for stage in model.stages:
@@ -69,17 +78,53 @@ def analyze(model: ir.Model) -> Report:
         layers = tuple(layer for block in stage.blocks for layer in block.layers)
         rows.append(
             StageReport(
-                f"stage {stage.index + 1}", stage.kind, len(stage.blocks), first.kernel, first.stride,
-                first.expansion, first.in_channels, first.out_channels, (first.input.height, first.input.width),
-                (stage.output.height, stage.output.width), first.se_channels, Cost.of(layers),
+                f"stage {stage.index + 1}",
+                stage.kind,
+                len(stage.blocks),
+                first.kernel,
+                first.stride,
+                first.expansion,
+                first.in_channels,
+                first.out_channels,
+                (first.input.height, first.input.width),
+                (stage.output.height, stage.output.width),
+                first.se_channels,
+                Cost.of(layers),
             )
         )
     head = model.head
     last = model.stages[-1].output
+    conv = head.conv.conv
     rows.append(
         StageReport(
-            "head", "conv1x1-pool-fc", 1, 1, 1, 1, head.conv.conv.in_channels, head.num_classes,
-            (last.height, last.width), (1, 1), 0, Cost.of(head.layers),
+            "head",
+            "conv-bn-act",
+            1,
+            1,
+            1,
+            1,
+            conv.in_channels,
+            conv.out_channels,
+            (last.height, last.width),
+            (last.height, last.width),
+            0,
+            Cost.of(head.conv.layers),
+        )
+    )
+    rows.append(
+        StageReport(
+            "classifier",
+            "pool-dropout-fc",
+            1,
+            1,
+            1,
+            1,
+            conv.out_channels,
+            head.num_classes,
+            (last.height, last.width),
+            (1, 1),
+            0,
+            Cost.of((head.classifier,)),
         )
     )
     total = Cost.of(model.layers)

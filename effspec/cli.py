@@ -12,8 +12,12 @@ import os
 import sys
 from pathlib import Path
 
-from effspec import __version__
-from effspec.errors import EffspecError, SpecError, UsageError
+# Start-up time matters for a CLI: pydantic would otherwise scan every installed package's entry
+# points for plugins on first model build (tens of ms with TensorFlow installed).
+os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
+
+from effspec import __version__  # noqa: E402
+from effspec.errors import EffspecError, SpecError, UsageError  # noqa: E402
 
 
 def _cmd_compile(args: argparse.Namespace) -> int:
@@ -125,7 +129,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # an internal bug: one line, the traceback only on request
         if os.environ.get("EFFSPEC_DEBUG"):
             raise
-        print(f"effspec: internal error: {type(exc).__name__}: {exc} (set EFFSPEC_DEBUG=1 for a traceback)", file=sys.stderr)
+        print(
+            f"effspec: internal error: {type(exc).__name__}: {exc} (set EFFSPEC_DEBUG=1 for a traceback)",
+            file=sys.stderr,
+        )
         return 70
 
 

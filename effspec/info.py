@@ -13,14 +13,34 @@ def _mib(nbytes: int) -> str:
 
 def info_table(report: Report) -> str:
     model = report.model
-    header = ("stage", "operator", "resolution", "channels", "layers", "kernel", "stride", "exp", "params", "MACs", "act. mem")
+    header = (
+        "stage",
+        "operator",
+        "resolution",
+        "channels",
+        "layers",
+        "kernel",
+        "stride",
+        "exp",
+        "params",
+        "MACs",
+        "act. mem",
+    )
     rows = [header]
     for row in report.rows:
         rows.append(
             (
-                row.name, row.operator, f"{row.input_size[0]}x{row.input_size[1]}",
-                f"{row.in_channels}->{row.out_channels}", str(row.repeats), str(row.kernel), str(row.stride),
-                str(row.expansion), f"{row.cost.params:,}", f"{row.cost.macs:,}", _mib(row.cost.activation_bytes),
+                row.name,
+                row.operator,
+                f"{row.input_size[0]}x{row.input_size[1]}",
+                f"{row.in_channels}->{row.out_channels}",
+                str(row.repeats),
+                str(row.kernel),
+                str(row.stride),
+                str(row.expansion),
+                f"{row.cost.params:,}",
+                f"{row.cost.macs:,}",
+                _mib(row.cost.activation_bytes),
             )
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
@@ -29,7 +49,11 @@ def info_table(report: Report) -> str:
         f"dropout {model.head.dropout:g}, drop-path {model.drop_path_rate:g}, {len(model.blocks)} blocks",
     ]
     for i, r in enumerate(rows):
-        lines.append("  ".join(cell.ljust(w) if j < 2 else cell.rjust(w) for j, (cell, w) in enumerate(zip(r, widths, strict=True))))
+        lines.append(
+            "  ".join(
+                cell.ljust(w) if j < 2 else cell.rjust(w) for j, (cell, w) in enumerate(zip(r, widths, strict=True))
+            )
+        )
         if i == 0:
             lines.append("  ".join("-" * w for w in widths))
     t = report.total

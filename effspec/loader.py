@@ -30,10 +30,13 @@ class LoadedSpec:
 
 
 def display_path(path: Path) -> str:
-    try:
-        return Path(os.path.relpath(path.resolve(), Path.cwd())).as_posix() if not path.is_absolute() else path.as_posix()
-    except ValueError:
-        return path.as_posix()
+    """How a file is named in messages and headers: relative to the working directory when under it."""
+    if path.is_absolute():
+        try:
+            return path.resolve().relative_to(Path.cwd().resolve()).as_posix()
+        except ValueError:
+            return path.as_posix()
+    return Path(os.path.normpath(path)).as_posix()
 
 
 def locate(positions: Positions, path: FieldPath) -> Location | None:
@@ -62,13 +65,13 @@ def _resolve(path: Path, chain: tuple[Path, ...]) -> tuple[dict[str, Any], Posit
     where = positions[("extends",)]
     if not isinstance(base_ref, str) or not base_ref:
         raise SpecError(f"expected a relative path string, found {base_ref!r}", where, "extends")
-    base_path = (path.parent / base_ref).resolve()
-    if base_path in chain or base_path == path.resolve():
-        cycle = " -> ".join(display_path(p) for p in (*chain, path.resolve(), base_path))
+    base_path = path.parent / base_ref
+    if base_path.resolve() in (*(p.resolve() for p in chain), path.resolve()):
+        cycle = " -> ".join(display_path(p) for p in (*chain, path, base_path))
         raise SpecError(f"extends cycle: {cycle}", where, "extends")
     if not base_path.is_file():
         raise SpecError(f"base spec not found: expected a file at {display_path(base_path)}", where, "extends")
-    base_data, base_positions = _resolve(base_path, (*chain, path.resolve()))
+    base_data, base_positions = _resolve(base_path, (*chain, path))
     merged_positions = {p: loc for p, loc in base_positions.items() if not _replaced(p, data)}
     merged_positions.update(positions)
     return _merge(base_data, data), merged_positions
@@ -91,6 +94,24 @@ def _describe(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+_EXPECTED_TYPE = {
+    "int_parsing": "an integer",
+    "int_type": "an integer",
+    "int_from_float": "a whole number",
+    "float_parsing": "a number",
+    "float_type": "a number",
+    "string_type": "a string",
+    "bool_parsing": "true or false",
+    "bool_type": "true or false",
+    "model_type": "a mapping",
+    "model_attributes_type": "a mapping",
+    "dict_type": "a mapping",
+    "list_type": "a list",
+    "tuple_type": "a list",
+    "finite_number": "a finite number",
+}
+
+
 def _pydantic_error(error: Any, positions: Positions) -> SpecError:
     loc = tuple(part for part in error["loc"] if not (isinstance(part, str) and part in ("compound", "explicit")))
     kind = error["type"]
@@ -106,8 +127,16 @@ def _pydantic_error(error: Any, positions: Positions) -> SpecError:
     elif kind == "literal_error":
         message = f"expected {ctx.get('expected')}, found {_describe(found)}"
     elif kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
-        bound = {"greater_than": "> {gt}", "greater_than_equal": ">= {ge}", "less_than": "< {lt}", "less_than_equal": "<= {le}"}
-        message = f"expected a value {bound[kind].format(**ctx)}, found {_describe(found)}"
+        bound = {
+            "greater_than": "> {gt}",
+            "greater_than_equal": ">= {ge}",
+            "less_than": "< {lt}",
+            "less_than_equal": "<= {le}",
+        }
+        limits = {key: f"{value:g}" for key, value in ctx.items()}
+        message = f"expected a value {bound[kind].format(**limits)}, found {_describe(found)}"
+    elif kind in _EXPECTED_TYPE:
+        message = f"expected {_EXPECTED_TYPE[kind]}, found {_describe(found)}"
     elif kind == "value_error":
         message = str(ctx.get("error", error["msg"]))
     elif kind == "string_pattern_mismatch":

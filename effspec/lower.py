@@ -9,23 +9,42 @@ from effspec.schema import Spec, Training
 
 
 def _conv_bn_act(
-    name: str, in_channels: int, out_channels: int, kernel: int, stride: int, padding: ir.Padding,
-    activation: str | None, input_shape: ir.Shape, depthwise: bool = False,
+    name: str,
+    in_channels: int,
+    out_channels: int,
+    kernel: int,
+    stride: int,
+    padding: ir.Padding,
+    activation: str | None,
+    input_shape: ir.Shape,
+    depthwise: bool = False,
 ) -> ir.ConvBnAct:
     out_size = ir.Shape(
         out_channels, ir.same_output_size(input_shape.height, stride), ir.same_output_size(input_shape.width, stride)
     )
     conv = ir.Layer(
-        f"{name}.conv", "depthwise_conv" if depthwise else "conv", in_channels, out_channels, out_size,
-        kernel=kernel, stride=stride, padding=padding,
+        f"{name}.conv",
+        "depthwise_conv" if depthwise else "conv",
+        in_channels,
+        out_channels,
+        out_size,
+        kernel=kernel,
+        stride=stride,
+        padding=padding,
     )
     bn = ir.Layer(f"{name}.bn", "batch_norm", out_channels, out_channels, out_size)
     return ir.ConvBnAct(name, conv, bn, activation)
 
 
 def _block(
-    spec: Spec, stage_index: int, index: int, global_index: int, in_channels: int, out_channels: int,
-    drop_path_rate: float, input_shape: ir.Shape,
+    spec: Spec,
+    stage_index: int,
+    index: int,
+    global_index: int,
+    in_channels: int,
+    out_channels: int,
+    drop_path_rate: float,
+    input_shape: ir.Shape,
 ) -> ir.Block:
     stage = spec.stages[stage_index]
     name = f"blocks.{stage_index}.{index}"
@@ -48,12 +67,17 @@ def _block(
         shape = depthwise.bn.output
     else:
         fused_out = mid if stage.expansion != 1 else out_channels
-        expand = _conv_bn_act(f"{name}.expand", in_channels, fused_out, stage.kernel, stride, padding, activation, shape)
+        expand = _conv_bn_act(
+            f"{name}.expand", in_channels, fused_out, stage.kernel, stride, padding, activation, shape
+        )
         shape = expand.bn.output
     if se_channels:
         unit = ir.Shape(se_channels, 1, 1)
         se = ir.SqueezeExcite(
-            f"{name}.se", mid, se_channels, activation,
+            f"{name}.se",
+            mid,
+            se_channels,
+            activation,
             ir.Layer(f"{name}.se.reduce", "conv", mid, se_channels, unit, bias=True),
             ir.Layer(f"{name}.se.expand", "conv", se_channels, mid, ir.Shape(mid, 1, 1), bias=True),
         )
@@ -61,11 +85,28 @@ def _block(
         project = _conv_bn_act(f"{name}.project", mid, out_channels, 1, 1, padding, None, shape)
         shape = project.bn.output
     return ir.Block(
-        name=name, stage=stage_index, index=index, global_index=global_index, kind=stage.block,
-        in_channels=in_channels, mid_channels=mid, out_channels=out_channels, se_channels=se_channels,
-        expansion=stage.expansion, kernel=stage.kernel, stride=stride, padding=padding, activation=activation,
-        residual=stride == 1 and in_channels == out_channels, drop_path_rate=drop_path_rate,
-        input=input_shape, output=shape, expand=expand, depthwise=depthwise, se=se, project=project,
+        name=name,
+        stage=stage_index,
+        index=index,
+        global_index=global_index,
+        kind=stage.block,
+        in_channels=in_channels,
+        mid_channels=mid,
+        out_channels=out_channels,
+        se_channels=se_channels,
+        expansion=stage.expansion,
+        kernel=stage.kernel,
+        stride=stride,
+        padding=padding,
+        activation=activation,
+        residual=stride == 1 and in_channels == out_channels,
+        drop_path_rate=drop_path_rate,
+        input=input_shape,
+        output=shape,
+        expand=expand,
+        depthwise=depthwise,
+        se=se,
+        project=project,
     )
 
 
@@ -92,12 +133,23 @@ def _training_plan(training: Training, scaled: Multipliers) -> ir.TrainingPlan:
             )
         )
     return ir.TrainingPlan(
-        optimizer=training.optimizer, lr_per_256=training.lr_per_256, batch_size=training.batch_size,
-        schedule=training.schedule, decay_rate=training.decay_rate, decay_epochs=training.decay_epochs,
-        warmup_epochs=training.warmup_epochs, epochs=training.epochs, weight_decay=training.weight_decay,
-        label_smoothing=training.label_smoothing, ema_decay=training.ema_decay, augmentation=training.augmentation,
-        randaugment_magnitude=training.randaugment_magnitude, mixup_alpha=training.mixup_alpha,
-        train_resolution=train_resolution, eval_resolution=scaled.resolution, crop_fraction=training.crop_fraction,
+        optimizer=training.optimizer,
+        lr_per_256=training.lr_per_256,
+        batch_size=training.batch_size,
+        schedule=training.schedule,
+        decay_rate=training.decay_rate,
+        decay_epochs=training.decay_epochs,
+        warmup_epochs=training.warmup_epochs,
+        epochs=training.epochs,
+        weight_decay=training.weight_decay,
+        label_smoothing=training.label_smoothing,
+        ema_decay=training.ema_decay,
+        augmentation=training.augmentation,
+        randaugment_magnitude=training.randaugment_magnitude,
+        mixup_alpha=training.mixup_alpha,
+        train_resolution=train_resolution,
+        eval_resolution=scaled.resolution,
+        crop_fraction=training.crop_fraction,
         progressive=stages,
     )
 
@@ -112,8 +164,14 @@ def lower(loaded: LoadedSpec, scaled: Multipliers) -> ir.Model:
 
     input_shape = ir.Shape(spec.input.channels, scaled.resolution, scaled.resolution)
     stem = _conv_bn_act(
-        "stem", spec.input.channels, channels(spec.stem.channels), spec.stem.kernel, spec.stem.stride,
-        d.padding, d.activation, input_shape,
+        "stem",
+        spec.input.channels,
+        channels(spec.stem.channels),
+        spec.stem.kernel,
+        spec.stem.stride,
+        d.padding,
+        d.activation,
+        input_shape,
     )
     repeats = [round_repeats(stage.repeats, scaled.depth) for stage in spec.stages]
     rates = drop_path_rates(scaled.drop_path_rate, sum(repeats))
@@ -131,14 +189,29 @@ def lower(loaded: LoadedSpec, scaled: Multipliers) -> ir.Model:
         stages.append(ir.Stage(stage_index, stage.block, tuple(blocks)))
     head_conv = _conv_bn_act("head", in_channels, channels(spec.head.channels), 1, 1, d.padding, d.activation, shape)
     classifier = ir.Layer(
-        "classifier", "linear", head_conv.conv.out_channels, spec.head.num_classes,
-        ir.Shape(spec.head.num_classes, 1, 1), bias=True,
+        "classifier",
+        "linear",
+        head_conv.conv.out_channels,
+        spec.head.num_classes,
+        ir.Shape(spec.head.num_classes, 1, 1),
+        bias=True,
     )
     return ir.Model(
-        name=spec.name, description=spec.description, spec_path=loaded.path, spec_sha256=loaded.sha256,
-        width=scaled.width, depth=scaled.depth, resolution=scaled.resolution, input=input_shape,
-        mean=spec.input.mean, std=spec.input.std, batch_norm=ir.BatchNormSettings(d.batch_norm.eps, d.batch_norm.momentum),
-        padding=d.padding, drop_path_rate=scaled.drop_path_rate, stem=stem, stages=tuple(stages),
+        name=spec.name,
+        description=spec.description,
+        spec_path=loaded.path,
+        spec_sha256=loaded.sha256,
+        width=scaled.width,
+        depth=scaled.depth,
+        resolution=scaled.resolution,
+        input=input_shape,
+        mean=spec.input.mean,
+        std=spec.input.std,
+        batch_norm=ir.BatchNormSettings(d.batch_norm.eps, d.batch_norm.momentum),
+        padding=d.padding,
+        drop_path_rate=scaled.drop_path_rate,
+        stem=stem,
+        stages=tuple(stages),
         head=ir.Head(head_conv, classifier, scaled.dropout, spec.head.num_classes),
         training=_training_plan(spec.training, scaled),
     )

@@ -29,7 +29,9 @@ class Backend:
     def macro_for(self, kind: str) -> str:
         if kind not in self.block_macros:
             known = ", ".join(sorted(self.block_macros))
-            raise UsageError(f"backend {self.name!r} has no rule for block kind {kind!r}. Known block kinds are: {known}")
+            raise UsageError(
+                f"backend {self.name!r} has no rule for block kind {kind!r}. Known block kinds are: {known}"
+            )
         return self.block_macros[kind]
 
 

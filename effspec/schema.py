@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 Activation = Literal["swish", "silu", "relu", "relu6", "gelu", "hard_swish"]
 Padding = Literal["same", "symmetric"]
@@ -24,7 +24,7 @@ Stride = Literal[1, 2]
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
 
 def _odd_kernel(value: int) -> int:
@@ -41,12 +41,13 @@ class Input(_Section):
     mean: tuple[float, ...] = Field((0.485, 0.456, 0.406), description="per-channel mean of 0..1 pixels")
     std: tuple[PositiveFloat, ...] = Field((0.229, 0.224, 0.225), description="per-channel std of 0..1 pixels")
 
-    @model_validator(mode="after")
-    def _per_channel(self) -> Input:
-        for field in ("mean", "std"):
-            if len(getattr(self, field)) != self.channels:
-                raise ValueError(f"{field}: expected {self.channels} values (one per channel), found {len(getattr(self, field))}")
-        return self
+    @field_validator("mean", "std")
+    @classmethod
+    def _one_per_channel(cls, value: tuple[float, ...], info: ValidationInfo) -> tuple[float, ...]:
+        channels = info.data.get("channels", 3)
+        if len(value) != channels:
+            raise ValueError(f"expected {channels} values (one per input channel), found {len(value)}")
+        return value
 
 
 class BatchNorm(_Section):

@@ -2,12 +2,14 @@
 
 Usage: python benchmarks/compile_speed.py [--spec specs/efficientnet-b0.yaml] [--runs 15]
 Prints the median and min over fresh processes, and the ratio to a bare `python -c pass` start-up
-measured in the same run (the floor no CLI can beat).
+measured in the same run (the floor no CLI can beat). "cold" runs with the build cache off (full
+pydantic validation every time); "warm" runs with a cache that already holds the spec.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -15,11 +17,12 @@ import tempfile
 import time
 
 
-def _time(cmd: list[str], runs: int) -> list[float]:
+def _time(cmd: list[str], runs: int, env: dict[str, str]) -> list[float]:
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)  # warm-up
     times = []
     for _ in range(runs):
         start = time.perf_counter()
-        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
         times.append(time.perf_counter() - start)
     return times
 
@@ -29,21 +32,26 @@ def main() -> None:
     parser.add_argument("--spec", default="specs/efficientnet-b0.yaml")
     parser.add_argument("--runs", type=int, default=15)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as out:
-        cases = {
-            "python -c pass (floor)": [sys.executable, "-c", "pass"],
-            "effspec info": [sys.executable, "-m", "effspec.cli", "info", args.spec],
-            "effspec info --json": [sys.executable, "-m", "effspec.cli", "info", args.spec, "--json"],
-            "effspec compile (all backends)": [sys.executable, "-m", "effspec.cli", "compile", args.spec, "-o", out],
+    with tempfile.TemporaryDirectory() as out, tempfile.TemporaryDirectory() as cache:
+        commands = {
+            "info": [sys.executable, "-m", "effspec.cli", "info", args.spec],
+            "info --json": [sys.executable, "-m", "effspec.cli", "info", args.spec, "--json"],
+            "compile (all backends)": [sys.executable, "-m", "effspec.cli", "compile", args.spec, "-o", out],
         }
+        cases = [("python -c pass (floor)", [sys.executable, "-c", "pass"], {})]
+        for label, cache_setting in (("cold", "off"), ("warm", cache)):
+            cases += [
+                (f"effspec {name} [{label}]", cmd, {"EFFSPEC_CACHE_DIR": cache_setting})
+                for name, cmd in commands.items()
+            ]
         floor = None
-        print(f"{'command':34} {'median s':>9} {'min s':>7} {'x floor':>8}")
-        for name, cmd in cases.items():
-            times = _time(cmd, args.runs)
+        print(f"{'command':40} {'median s':>9} {'min s':>7} {'x floor':>8}")
+        for name, cmd, extra_env in cases:
+            times = _time(cmd, args.runs, {**os.environ, **extra_env})
             median = statistics.median(times)
             floor = floor or median
             verdict = "" if "floor" in name else ("  ok (< 0.3 s)" if median < 0.3 else "  SLOW (>= 0.3 s)")
-            print(f"{name:34} {median:9.3f} {min(times):7.3f} {median / floor:8.2f}{verdict}")
+            print(f"{name:40} {median:9.3f} {min(times):7.3f} {median / floor:8.2f}{verdict}")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ from typing import Any
 import pydantic
 
 from effspec.errors import Location, SpecError, format_path
+from effspec.paths import display_path
 from effspec.schema import Spec
 from effspec.yamlsource import FieldPath, Positions, read_yaml
 
@@ -27,16 +27,6 @@ class LoadedSpec:
 
     def locate(self, path: FieldPath) -> Location | None:
         return locate(self.positions, path)
-
-
-def display_path(path: Path) -> str:
-    """How a file is named in messages and headers: relative to the working directory when under it."""
-    if path.is_absolute():
-        try:
-            return path.resolve().relative_to(Path.cwd().resolve()).as_posix()
-        except ValueError:
-            return path.as_posix()
-    return Path(os.path.normpath(path)).as_posix()
 
 
 def locate(positions: Positions, path: FieldPath) -> Location | None:

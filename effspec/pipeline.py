@@ -9,13 +9,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from effspec import ir
+from effspec import cache, ir
 from effspec.analysis import Report, analyze
-from effspec.loader import load_spec
-from effspec.lower import lower
+from effspec.paths import display_path
 from effspec.registry import get_backend
-from effspec.scaling import resolve_multipliers, scaling_warnings
-from effspec.verify import verify
 
 
 @dataclass(frozen=True)
@@ -26,13 +23,24 @@ class Compiled:
 
 
 def build(path: str | Path) -> Compiled:
+    key, cached = cache.lookup(Path(path), display_path(Path(path)))  # same bytes as a past success?
+    if isinstance(cached, Compiled):
+        return cached
+    # Imported here: pydantic dominates start-up, and a cache hit does not need it.
+    from effspec.loader import load_spec
+    from effspec.lower import lower
+    from effspec.scaling import resolve_multipliers, scaling_warnings
+    from effspec.verify import verify
+
     loaded = load_spec(path)  # read YAML (positions kept), resolve `extends`, validate with pydantic
     scaled = resolve_multipliers(loaded.spec)  # compound (alpha^phi...) or explicit multipliers
     model = lower(loaded, scaled)  # every channel, repeat, stride, padding and shape resolved
     model = verify(model, loaded)  # invariants the schema cannot express (spatial collapse, names)
     report = analyze(model)  # params, MACs, activation memory per node
     warnings = tuple(f"{loaded.path}: warning: {text}" for text in scaling_warnings(loaded.spec))
-    return Compiled(model, report, warnings)
+    compiled = Compiled(model, report, warnings)
+    cache.store(key, compiled)
+    return compiled
 
 
 def emit(model: ir.Model, backends: Sequence[str]) -> dict[str, dict[str, str]]:

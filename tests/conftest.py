@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
+
+# Tests (and the processes they start) use a private build cache, never the user's ~/.cache.
+os.environ["EFFSPEC_CACHE_DIR"] = tempfile.mkdtemp(prefix="effspec-cache-")
 
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = sorted((ROOT / "specs").glob("*.yaml"))

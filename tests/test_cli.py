@@ -87,3 +87,28 @@ def test_console_script_runs_as_a_process() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["params"] == REFERENCE["efficientnet-b0"][0]
+
+
+def test_build_cache_hits_only_for_identical_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from effspec import cache
+    from effspec.pipeline import build
+
+    monkeypatch.setenv("EFFSPEC_CACHE_DIR", str(tmp_path / "cache"))
+    base = tmp_path / "base.yaml"
+    child = tmp_path / "child.yaml"
+    base.write_text((ROOT / "specs" / "efficientnet-b0.yaml").read_text())
+    child.write_text(
+        "extends: base.yaml\nname: child\nscaling: {method: explicit, width: 1.1, depth: 1.2, resolution: 260}\n"
+    )
+    first = build(child)
+    assert len(list((tmp_path / "cache").glob("*.pickle"))) == 1
+    assert build(child) == first  # served from the cache
+    # Editing the BASE file must invalidate the child's entry.
+    base.write_text(base.read_text().replace("channels: 320}", "channels: 328}"))
+    second = build(child)
+    assert second.report.total.params != first.report.total.params
+    # A spec that fails validation is never cached: the error comes from the full validator.
+    child.write_text("extends: base.yaml\nname: child\nstem: {kernel: 2}\n")
+    with pytest.raises(Exception, match="odd kernel"):
+        build(child)
+    assert cache.lookup(child, "child.yaml")[1] is None

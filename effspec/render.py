@@ -23,11 +23,25 @@ def py_literal(value: object) -> str:
             raise ValueError(f"cannot emit non-finite float {value!r}")
         return repr(value)
     if isinstance(value, str):
-        return repr(value)
+        return _string_literal(value)
     if isinstance(value, tuple | list):
         items = ", ".join(py_literal(item) for item in value)
         return f"({items},)" if len(value) == 1 else f"({items})"
     raise TypeError(f"cannot emit a literal for {type(value).__name__}")
+
+
+def _string_literal(value: str) -> str:
+    """``repr`` with the quotes ruff format picks: double, unless the text holds more ``"`` than ``'``."""
+    quote = "'" if value.count('"') > value.count("'") else '"'
+    return quote + "".join(_escaped(ch, quote) for ch in value) + quote
+
+
+def _escaped(ch: str, quote: str) -> str:
+    if ch == quote:
+        return "\\" + ch
+    if ch in "'\"":
+        return ch
+    return repr(ch)[1:-1]  # repr's own escapes: backslash, control and non-printable characters
 
 
 def comment_text(value: str) -> str:

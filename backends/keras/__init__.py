@@ -1,1 +1,39 @@
-"""The keras backend."""
+"""The keras backend: IR -> a standalone Keras 3 functional model (``model.py``)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from effspec import ir
+from effspec.registry import Backend, register_backend
+from effspec.render import environment
+
+from .context import BLOCK_FUNCTIONS, model_context
+from .train_context import train_context
+
+TEMPLATE_DIR = Path(__file__).parent / "templates"
+
+#: Output file -> the template that renders it (each gets the same context).
+TEMPLATES = {"model.py": "model.py.j2", "train.py": "train.py.j2"}
+
+
+def emit(model: ir.Model) -> Mapping[str, str]:
+    env = environment(TEMPLATE_DIR)
+    context = {
+        **model_context(model),
+        "train": train_context(model),
+        "model": model,
+        "block_macros": BACKEND.block_macros,
+    }
+    return {name: env.get_template(template).render(**context) for name, template in TEMPLATES.items()}
+
+
+BACKEND = register_backend(
+    Backend(
+        name="keras",
+        description="Keras 3 functional model (keras.layers / keras.ops only; TensorFlow or JAX backend)",
+        emit=emit,
+        block_macros=dict(BLOCK_FUNCTIONS),  # block kind -> macro in templates/_blocks.j2
+    )
+)

@@ -1,0 +1,172 @@
+"""`effspec check`: do the generated torch and Keras models compute the same function?
+
+Both models are generated from the spec in memory, torch is initialized from the seed (with random
+batch-norm statistics), its weights are converted to Keras through the manifest, and the same
+seeded input runs through both. Every output is held to a budget derived from a float64 torch run
+(see ``budget``). With ``train_step``, one SGD step runs in each backend from the same weights and
+batch and the updates of every weight and batch-norm statistic are compared instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from effspec import ir
+from effspec.equivalence import keras_side, torch_side
+from effspec.equivalence.budget import Row, compare
+from effspec.equivalence.convert import keras_layer_weights, keras_to_torch, set_keras_weights, torch_to_keras
+from effspec.equivalence.generated import load_model_module
+from effspec.equivalence.manifest import Manifest, build_manifest, sections
+from effspec.equivalence.report import CheckResult
+from effspec.errors import UsageError
+from effspec.pipeline import build
+
+LEARNING_RATE = 0.1  # large enough that an update is well above float32 rounding of the weights
+STATISTIC_KINDS = ("bn_mean", "bn_variance")
+CALIBRATION_BATCH = 4  # images the batch-norm running statistics are drawn around
+
+
+@dataclass(frozen=True)
+class Settings:
+    resolution: int | None = None  # None: the spec's resolution
+    batch: int = 2
+    seed: int = 0
+    train_step: bool = False
+
+
+def seeded_batch(seed: int, batch: int, resolution: int, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Standard-normal NCHW images (what normalized pixels look like) and uniform labels."""
+    rng = np.random.default_rng(seed)
+    images = rng.standard_normal((batch, 3, resolution, resolution)).astype(np.float32)
+    return images, rng.integers(0, num_classes, size=batch).astype(np.int64)
+
+
+def output_names(model: ir.Model) -> list[str]:
+    return ["stem", *(f"blocks.{stage.index}" for stage in model.stages), "features", "logits"]
+
+
+def _shape(array: np.ndarray) -> str:
+    return "x".join(str(size) for size in array.shape)
+
+
+def eval_rows(model: ir.Model, reference: list, torch32: list, keras32: list) -> list[Row]:
+    names = output_names(model)
+    for backend, outputs in (("torch", torch32), ("keras", keras32)):
+        if len(outputs) != len(names):
+            raise UsageError(f"the {backend} model returned {len(outputs)} outputs, expected {len(names)}: {names}")
+    return [
+        compare(name, _shape(ref), ref, t, k)
+        for name, ref, t, k in zip(names, reference, torch32, keras32, strict=True)
+    ]
+
+
+def keras_variance_as_torch(after: np.ndarray, before: np.ndarray, decay: float, count: int) -> np.ndarray:
+    """Keras updates ``v <- d v + (1 - d) b`` with the biased batch variance ``b``; torch uses the
+    unbiased ``b n / (n - 1)``. Rescale Keras' batch term so both follow torch's convention."""
+    before = before.astype(np.float64)
+    batch_term = after.astype(np.float64) - decay * before
+    return decay * before + batch_term * count / (count - 1)
+
+
+def train_rows(
+    model: ir.Model,
+    manifest: Manifest,
+    before: Mapping[str, np.ndarray],
+    reference: Mapping[str, np.ndarray],
+    torch32: Mapping[str, np.ndarray],
+    keras32: Mapping[str, np.ndarray],
+) -> list[Row]:
+    """Per section, the change of every weight, then of every running statistic."""
+    rows = []
+    for section, _layers in sections(model):
+        entries = [entry for entry in manifest if entry.section == section]
+        for label, group in (
+            ("weights", [entry for entry in entries if entry.trainable]),
+            ("bn stats", [entry for entry in entries if entry.kind in STATISTIC_KINDS]),
+        ):
+            if not group:
+                continue
+
+            def delta(after: Mapping[str, np.ndarray], group: list = group) -> np.ndarray:
+                parts = [after[e.name].astype(np.float64) - before[e.name].astype(np.float64) for e in group]
+                return np.concatenate([part.ravel() for part in parts])
+
+            ref = delta(reference)
+            rows.append(compare(f"{section} {label}", f"{ref.size} values", ref, delta(torch32), delta(keras32)))
+    return rows
+
+
+def run_check(spec: str | Path, settings: Settings) -> CheckResult:
+    model = build(spec).model
+    resolution = settings.resolution or model.resolution
+    if resolution < 8 or settings.batch < 1:
+        raise UsageError(
+            f"need a resolution of at least 8 and a batch of at least 1, got {resolution} and {settings.batch}"
+        )
+    manifest = build_manifest(model)
+    torch_module = load_model_module(model, "torch")
+    keras_module = load_model_module(model, "keras")
+
+    images, labels = seeded_batch(settings.seed, settings.batch, resolution, model.head.num_classes)
+    calibration, _ = seeded_batch(settings.seed + 1, CALIBRATION_BATCH, resolution, 1)
+    net = torch_side.build_seeded(torch_module, settings.seed, calibration)
+    reference_net = torch_side.float64_twin(net)
+    before = torch_side.state_arrays(net)
+    keras_model = keras_side.build(keras_module)
+    set_keras_weights(manifest, keras_model, torch_to_keras(manifest, before))
+
+    notes: tuple[str, ...] = ()
+    if not settings.train_step:
+        rows = eval_rows(
+            model,
+            torch_side.eval_outputs(reference_net, images),
+            torch_side.eval_outputs(net, images),
+            keras_side.eval_outputs(keras_module, keras_model, images),
+        )
+    else:
+        counts = torch_side.train_step(net, images, labels, LEARNING_RATE)
+        torch_side.train_step(reference_net, images, labels, LEARNING_RATE)
+        keras_side.train_step(keras_model, images, labels, LEARNING_RATE)
+        keras_after = keras_to_torch(manifest, keras_layer_weights(keras_model))
+        decay = model.batch_norm.momentum
+        for entry in manifest:
+            if entry.kind == "bn_variance":
+                count = counts.get(entry.layer)
+                if count is None:
+                    raise UsageError(f"the torch model has no batch norm module named {entry.layer!r}")
+                if count < 2:
+                    raise UsageError(
+                        f"{entry.layer} sees one value per channel at this size: raise --batch or --resolution"
+                    )
+                keras_after[entry.name] = keras_variance_as_torch(
+                    keras_after[entry.name], before[entry.name], decay, count
+                )
+        rows = train_rows(
+            model,
+            manifest,
+            before,
+            torch_side.state_arrays(reference_net),
+            torch_side.state_arrays(net),
+            keras_after,
+        )
+        smallest = min(counts.values())
+        notes = (
+            f"one SGD step, lr {LEARNING_RATE}, no momentum or weight decay, dropout and drop-path off; "
+            "rows compare the change of each tensor",
+            f"Keras' biased running-variance update rescaled by n/(n-1) to torch's unbiased one "
+            f"(n = batch x H x W per batch norm, {smallest}..{max(counts.values())}); BN decay {decay}",
+        )
+    return CheckResult(
+        spec=str(spec),
+        model_name=model.name,
+        mode="train-step" if settings.train_step else "eval",
+        resolution=resolution,
+        batch=settings.batch,
+        seed=settings.seed,
+        rows=tuple(rows),
+        notes=notes,
+    )

@@ -1,0 +1,56 @@
+"""Import the code a backend generates for a model, without writing into the user's tree.
+
+Both backends name their file ``model.py``, so each is imported by path under its own module name.
+The files live in a private temporary directory for the life of the process (tracebacks and
+``inspect`` read them from there).
+"""
+
+from __future__ import annotations
+
+import atexit
+import importlib.util
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from types import ModuleType
+
+from effspec import ir
+from effspec.errors import UsageError
+from effspec.pipeline import emit, write_outputs
+
+_ROOT: Path | None = None
+_LOADED: dict[tuple[str, str], ModuleType] = {}
+
+
+def _root() -> Path:
+    global _ROOT
+    if _ROOT is None:
+        _ROOT = Path(tempfile.mkdtemp(prefix="effspec-generated-"))
+        atexit.register(shutil.rmtree, _ROOT, ignore_errors=True)
+    return _ROOT
+
+
+def load_model_module(model: ir.Model, backend: str) -> ModuleType:
+    """The generated ``model.py`` of ``backend`` for ``model``, imported (once per spec hash and backend)."""
+    key = (model.spec_sha256, backend)
+    if key in _LOADED:
+        return _LOADED[key]
+    outputs = emit(model, [backend])
+    if "model.py" not in outputs[f"{backend}/{model.model_name}"]:
+        raise UsageError(f"backend {backend!r} does not emit a model.py")
+    directory = _root() / f"{len(_LOADED)}"
+    (target,) = write_outputs(outputs, directory)
+    module_name = f"_effspec_generated_{backend}_{model.model_name}_{model.spec_sha256[:12]}"
+    spec = importlib.util.spec_from_file_location(module_name, target / "model.py")
+    if spec is None or spec.loader is None:
+        raise UsageError(f"cannot import {target / 'model.py'}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module  # dataclasses in the module look themselves up here
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[module_name]
+        raise
+    _LOADED[key] = module
+    return module

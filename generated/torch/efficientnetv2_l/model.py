@@ -210,12 +210,32 @@ def make_activation(name: str | None) -> nn.Module:
     return ACTIVATIONS[name]()
 
 
-def pad_same(x: torch.Tensor, kernel: int, stride: int) -> torch.Tensor:
-    """TensorFlow SAME at this input size: output ceil(size / stride), odd pad after."""
-    height, width = x.shape[-2], x.shape[-1]
-    pad_h = max((-(-height // stride) - 1) * stride + kernel - height, 0)
-    pad_w = max((-(-width // stride) - 1) * stride + kernel - width, 0)
-    return F.pad(x, [pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2])
+def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """(symmetric conv padding, leading outputs to drop) that give TensorFlow SAME.
+
+    SAME pads ``total`` = (ceil(size / stride) - 1) * stride + kernel - size, the odd
+    pixel after. Padding both sides by ``before`` plus whole strides, then dropping as
+    many leading outputs, samples exactly the same windows."""
+    total = max((-(-size // stride) - 1) * stride + kernel - size, 0)
+    before, after = total // 2, total - total // 2
+    crop = -(-(after - before) // stride)  # 0 when SAME is symmetric at this size
+    return before + crop * stride, crop
+
+
+class Conv2dSame(nn.Conv2d):
+    """``nn.Conv2d`` with TensorFlow SAME padding at any input size (output ceil(size /
+    stride)). A strided SAME conv pads asymmetrically depending on the input size's
+    parity; instead of copying the input into a padded tensor on every call, the conv
+    pads itself and the extra leading row or column of output is sliced off (a view)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pad_h, crop_h = same_padding(x.shape[-2], self.kernel_size[0], self.stride[0])
+        pad_w, crop_w = same_padding(x.shape[-1], self.kernel_size[1], self.stride[1])
+        padding = (pad_h, pad_w)
+        x = F.conv2d(
+            x, self.weight, self.bias, self.stride, padding, groups=self.groups
+        )
+        return x[:, :, crop_h:, crop_w:]
 
 
 class ConvBnAct(nn.Module):
@@ -232,12 +252,13 @@ class ConvBnAct(nn.Module):
         padding: str = PADDING,
     ) -> None:
         super().__init__()
-        # TF SAME on a strided conv depends on the input size, so it is padded per
-        # call; everywhere else it is (k - 1) // 2 per side and the conv pads itself.
+        # TF SAME on a strided conv depends on the input size, so Conv2dSame works it
+        # out per call; everywhere else it is (k - 1) // 2 per side, fixed.
         self.dynamic_padding = padding == "same" and stride > 1 and kernel > 1
         self.kernel = kernel
         self.stride = stride
-        self.conv = nn.Conv2d(
+        conv = Conv2dSame if self.dynamic_padding else nn.Conv2d
+        self.conv = conv(
             in_channels,
             out_channels,
             kernel,
@@ -250,8 +271,6 @@ class ConvBnAct(nn.Module):
         self.act = make_activation(activation)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.dynamic_padding:
-            x = pad_same(x, self.kernel, self.stride)
         return self.act(self.bn(self.conv(x)))
 
 

@@ -58,6 +58,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--amp", choices=("none", "fp16", "bf16"), default="none", help="autocast dtype")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads on CPU")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile of the folded model")
+    parser.add_argument("--cuda-graph", action="store_true", help="also time the folded model replayed as a CUDA graph")
     parser.add_argument("--model-py", type=Path, default=DEFAULT_MODEL, help="the generated model.py")
     return parser.parse_args()
 
@@ -72,6 +73,23 @@ def make_runner(model, x, device, amp: str) -> Callable[[], object]:
             return model(x)
 
     return run
+
+
+def make_graph_runner(model, x, amp: str) -> Callable[[], object]:
+    """The model's forward captured once as a CUDA graph; each call replays it on the same input buffer."""
+    import torch
+
+    run = make_runner(model, x, x.device, amp)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):  # warm-up on a side stream, as capture requires
+            run()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        run()
+    return graph.replay
 
 
 def time_alternating(runs: dict[str, Callable[[], object]], iterations: int, warmup: int, sync) -> dict[str, float]:
@@ -119,6 +137,8 @@ def main() -> None:
     }
     if args.compile:
         runs["generated folded channels_last compiled"] = make_runner(torch.compile(folded), x_cl, device, args.amp)
+    if args.cuda_graph and device.type == "cuda":
+        runs["generated folded channels_last CUDA graph"] = make_graph_runner(folded, x_cl, args.amp)
 
     timm, why = import_timm()
     if timm is not None:

@@ -431,7 +431,9 @@ def test_compiling_for_keras_imports_no_framework(tmp_path: Path) -> None:
     assert (tmp_path / "keras" / "efficientnetv2_s" / "model.py").is_file()
 
 
-@pytest.mark.parametrize("value", ["silu", "it's", 'say "hi"', "both ' and \"", "tab\tnew\nline \\ \u00e9", "a \"b\" 'c'"])
+@pytest.mark.parametrize(
+    "value", ["silu", "it's", 'say "hi"', "both ' and \"", "tab\tnew\nline \\ \u00e9", "a \"b\" 'c'"]
+)
 def test_string_literals_are_ruff_formatted_and_exact(value: str) -> None:
     """effspec.render.py_literal prints strings exactly as ruff format would print them."""
     literal = py_literal(value)

@@ -16,7 +16,8 @@ from types import ModuleType
 
 import pytest
 from conftest import ROOT, SPECS
-from effspec.backends.keras.context import ACTIVATIONS, description_lines, keras_activation
+from effspec.backends.common import description_lines
+from effspec.backends.keras.context import ACTIVATIONS, keras_activation
 from reference import REFERENCE
 
 from effspec import ir

@@ -18,7 +18,8 @@ from types import ModuleType
 
 import pytest
 from conftest import ROOT, SPECS
-from effspec.backends.torch.context import ACTIVATIONS, description_lines
+from effspec.backends.common import description_lines
+from effspec.backends.torch.context import ACTIVATIONS
 from reference import REFERENCE
 
 from effspec import __version__, ir

@@ -9,8 +9,8 @@ from effspec import ir
 from effspec.registry import Backend, register_backend
 from effspec.render import environment
 
+from ..common import recipe_context
 from .context import BLOCK_FUNCTIONS, model_context
-from .train_context import train_context
 
 TEMPLATE_DIR = Path(__file__).parent / "templates"
 
@@ -22,7 +22,7 @@ def emit(model: ir.Model) -> Mapping[str, str]:
     env = environment(TEMPLATE_DIR)
     context = {
         **model_context(model),
-        "train": train_context(model),
+        "train": recipe_context(model),
         "model": model,
         "block_macros": BACKEND.block_macros,
     }

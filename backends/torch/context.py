@@ -8,11 +8,11 @@ checked here against the IR, so a disagreement fails at compile time, not in a u
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from effspec import ir
-from effspec.render import py_literal
+
+from ..common import header_context, stage_rows
 
 #: IR activation name -> the torch module the generated ``ACTIVATIONS`` table maps it to.
 ACTIVATIONS = {
@@ -29,35 +29,6 @@ BLOCK_CLASSES = {"mbconv": "MBConv", "fused_mbconv": "FusedMBConv"}
 
 #: Block kind -> the macro in ``templates/_blocks.py.j2`` that prints its class.
 BLOCK_MACROS = {"mbconv": "mbconv_class", "fused_mbconv": "fused_mbconv_class"}
-
-#: Longest literal of one piece of the split DESCRIPTION constant, and of an unsplit one (ruff
-#: format joins implicitly concatenated strings whenever they fit its 88 columns, indented by 4).
-DESCRIPTION_WIDTH = 80
-DESCRIPTION_UNSPLIT = 84
-
-
-@dataclass(frozen=True)
-class BlockRow:
-    """One row of the generated ``STAGES`` table (a ``BlockConfig``)."""
-
-    name: str  # canonical prefix, e.g. "blocks.3.1" (printed as a comment)
-    kind: str
-    in_channels: int
-    out_channels: int
-    expansion: int
-    kernel: int
-    stride: int
-    se_channels: int
-    activation: str
-    drop_path_rate: float
-
-
-@dataclass(frozen=True)
-class StageRow:
-    index: int
-    kind: str
-    blocks: tuple[BlockRow, ...]
-    output: ir.Shape
 
 
 @dataclass(frozen=True)
@@ -81,27 +52,6 @@ def torch_activation(name: str) -> str:
     return name
 
 
-def description_lines(text: str, width: int = DESCRIPTION_WIDTH) -> tuple[str, ...]:
-    """Free text as pieces whose literals fit a line; joined they give ``text`` back exactly."""
-    if len(py_literal(text)) <= DESCRIPTION_UNSPLIT:
-        return (text,)
-    tokens = [piece for word in re.split(r"(\s+)", text) for piece in _fit(word, width)]
-    pieces: list[str] = []
-    current = ""
-    for token in tokens:
-        if current and len(py_literal(current + token)) > width:
-            pieces.append(current)
-            current = ""
-        current += token
-    pieces.append(current)
-    return tuple(pieces)
-
-
-def _fit(word: str, width: int) -> list[str]:
-    """A token whose literal is too long for a line, as single characters; otherwise itself."""
-    return list(word) if len(py_literal(word)) > width else [word]
-
-
 def _check_convs(model: ir.Model) -> None:
     """Every conv pads the way the generated ConvBnAct will, and with the model-wide mode."""
     for layer in model.layers:
@@ -113,8 +63,8 @@ def _check_convs(model: ir.Model) -> None:
             raise ValueError(f"{layer.name}: the generated padding rule disagrees with the IR")
 
 
-def _block_row(block: ir.Block) -> BlockRow:
-    """The table row, after checking that what the generated classes derive from it matches the IR."""
+def _check_block(block: ir.Block) -> None:
+    """What the generated classes derive from a table row must match the IR."""
     if block.kind not in BLOCK_CLASSES:
         known = ", ".join(sorted(BLOCK_CLASSES))
         raise ValueError(f"{block.name}: the torch backend has no block kind {block.kind!r}. Known: {known}")
@@ -127,18 +77,6 @@ def _block_row(block: ir.Block) -> BlockRow:
         conv_out = block.expand.conv.out_channels if block.depthwise is None else block.depthwise.conv.out_channels
         if gated != conv_out or block.se.se_channels != block.se_channels:
             raise ValueError(f"{block.name}: squeeze-excite gates {gated} channels, the conv gives {conv_out}")
-    return BlockRow(
-        name=block.name,
-        kind=block.kind,
-        in_channels=block.in_channels,
-        out_channels=block.out_channels,
-        expansion=block.expansion,
-        kernel=block.kernel,
-        stride=block.stride,
-        se_channels=block.se_channels,
-        activation=torch_activation(block.activation),
-        drop_path_rate=block.drop_path_rate,
-    )
 
 
 def _feature_rows(model: ir.Model) -> tuple[FeatureRow, ...]:
@@ -154,46 +92,19 @@ def _feature_rows(model: ir.Model) -> tuple[FeatureRow, ...]:
 
 def model_context(model: ir.Model) -> dict[str, object]:
     """Everything ``model.py.j2`` prints, computed once from the IR."""
-    stem, head = model.stem, model.head.conv
-    if stem.activation is None or head.activation is None:
-        raise ValueError(f"{model.name}: the stem and head convs must have an activation")
-    if stem.activation != head.activation:
-        raise ValueError(f"{model.name}: stem and head activations differ ({stem.activation}, {head.activation})")
+    header = header_context(model)
     _check_convs(model)
-    stages = tuple(
-        StageRow(stage.index, stage.kind, tuple(_block_row(block) for block in stage.blocks), stage.output)
-        for stage in model.stages
-    )
-    kinds = tuple(dict.fromkeys(block.kind for block in model.blocks))  # in order of first use
-    description = description_lines(model.description)
+    for block in model.blocks:
+        _check_block(block)
     return {
-        "spec_name": model.name,
-        "spec_path": model.spec_path,
-        "spec_sha256": model.spec_sha256,
-        "description_lines": description,
-        "description_inline": len(description) == 1 and len(f"DESCRIPTION = {py_literal(description[0])}") <= 88,
-        "model_name": model.model_name,
-        "resolution": model.resolution,
-        "input_channels": model.input.channels,
-        "mean": tuple(model.mean),
-        "std": tuple(model.std),
-        "num_classes": model.head.num_classes,
-        "drop_rate": model.head.dropout,
-        "drop_path_rate": model.drop_path_rate,
-        "activation": torch_activation(stem.activation),
+        **header,
+        "activation": torch_activation(model.stem.activation),
         "activations": ACTIVATIONS,
-        "padding": model.padding,
         "bn_eps": model.batch_norm.eps,
         "bn_momentum": model.batch_norm.torch_momentum,
         "bn_decay": model.batch_norm.momentum,
-        "stem_channels": stem.conv.out_channels,
-        "stem_kernel": stem.conv.kernel,
-        "stem_stride": stem.conv.stride,
-        "head_channels": head.conv.out_channels,
-        "block_kinds": kinds,
         "block_classes": BLOCK_CLASSES,
-        "stages": stages,
+        "stages": stage_rows(model, name=str, activation=torch_activation),
         "features": _feature_rows(model),
-        "params": model.params,
         "macs": model.macs,
     }

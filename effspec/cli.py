@@ -126,6 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("effspec: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`effspec info SPEC | head`): stop quietly, as cat does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        return 128 + 13  # SIGPIPE's conventional status
     except Exception as exc:  # an internal bug: one line, the traceback only on request
         if os.environ.get("EFFSPEC_DEBUG"):
             raise

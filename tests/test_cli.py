@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -87,6 +88,23 @@ def test_console_script_runs_as_a_process() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["params"] == REFERENCE["efficientnet-b0"][0]
+
+
+def test_a_reader_that_goes_away_is_not_an_internal_error() -> None:
+    """`effspec info SPEC --json | head -c 1`: the closed pipe ends the run quietly with SIGPIPE's status."""
+    reader, writer = os.pipe()
+    os.close(reader)  # nobody reads: the first write fails with EPIPE
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "effspec.cli", "info", "specs/efficientnet-b7.yaml", "--json"],
+            cwd=ROOT,
+            stdout=writer,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    finally:
+        os.close(writer)
+    assert (result.returncode, result.stderr) == (141, "")
 
 
 def test_build_cache_hits_only_for_identical_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from effspec import ir
+
 # Tests (and the processes they start) use a private build cache, never the user's ~/.cache.
 os.environ["EFFSPEC_CACHE_DIR"] = tempfile.mkdtemp(prefix="effspec-cache-")
 
@@ -19,3 +21,15 @@ SPECS = sorted((ROOT / "specs").glob("*.yaml"))
 def _run_from_repo_root(monkeypatch: pytest.MonkeyPatch) -> None:
     """Spec paths in headers and messages are relative to the working directory: pin it."""
     monkeypatch.chdir(ROOT)
+
+
+def stage_sizes(model: ir.Model, size: int) -> list[int]:
+    """Stem and every stage output size at input ``size``: ceil(size / stride) per strided conv
+    (TF SAME and symmetric padding agree on output sizes)."""
+    sizes = [ir.same_output_size(size, model.stem.conv.stride)]
+    for stage in model.stages:
+        current = sizes[-1]
+        for block in stage.blocks:
+            current = ir.same_output_size(current, block.stride)
+        sizes.append(current)
+    return sizes

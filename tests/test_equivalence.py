@@ -190,37 +190,16 @@ def test_convert_weights_rejects_a_mismatched_file(tmp_path: Path, capsys: pytes
     state = _random_state(build_manifest(build(B0).model))
     state["blocks.0.0.se.reduce.bias"] = np.zeros(9, np.float32)
     save_torch_file(state, tmp_path / "bad.pt")
-    code = main(
-        [
-            "convert-weights",
-            B0,
-            "--from",
-            "torch",
-            "--to",
-            "keras",
-            str(tmp_path / "bad.pt"),
-            str(tmp_path / "out.weights.h5"),
-        ]
-    )
+
+    def convert(out: str) -> int:
+        return main(["convert-weights", B0, "--from", "torch", "--to", "keras", str(tmp_path / "bad.pt"), out])
+
+    code = convert(str(tmp_path / "out.weights.h5"))
     err = capsys.readouterr().err
     assert code == 2
     assert err.count("\n") == 1 and "blocks.0.0.se.reduce.bias: torch shape (9,) does not match expected (8,)" in err
     assert not (tmp_path / "out.weights.h5").exists()
-    assert (
-        main(
-            [
-                "convert-weights",
-                B0,
-                "--from",
-                "torch",
-                "--to",
-                "keras",
-                str(tmp_path / "bad.pt"),
-                str(tmp_path / "out.h5"),
-            ]
-        )
-        == 2
-    )
+    assert convert(str(tmp_path / "out.h5")) == 2
     assert "ends in .weights.h5" in capsys.readouterr().err
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-from conftest import ROOT, SPECS
+from conftest import ROOT, SPECS, stage_sizes
 from effspec.backends.common import description_lines
 from effspec.backends.keras.context import ACTIVATIONS, keras_activation
 from reference import REFERENCE
@@ -74,17 +74,6 @@ def expected_weight_shapes(layer: ir.Layer) -> list[tuple[int, ...]]:
     if layer.kind == "batch_norm":
         return [(layer.out_channels,)] * 2  # gamma, beta (trainable)
     return [(layer.in_channels, layer.out_channels), (layer.out_channels,)]  # linear
-
-
-def spatial_sizes(model: ir.Model, size: int) -> list[int]:
-    """Stem and every stage output size at input `size` (TF SAME and symmetric both give ceil)."""
-    sizes = [ir.same_output_size(size, model.stem.conv.stride)]
-    for stage in model.stages:
-        current = sizes[-1]
-        for block in stage.blocks:
-            current = ir.same_output_size(current, block.stride)
-        sizes.append(current)
-    return sizes
 
 
 # ---------------------------------------------------------------- parameter counts and names
@@ -215,10 +204,10 @@ def test_forward_at_odd_and_even_sizes(generated: Path, spec_name: str, sizes: t
         x = np.random.default_rng(size).normal(size=(1, size, size, 3)).astype("float32")
         *features, logits = extractor(x, training=False) + [model(x, training=False)]
         assert tuple(logits.shape) == (1, 10) and np.isfinite(logits).all()
-        stage_sizes = spatial_sizes(model_ir, size)
-        for got, expected_size in zip(features[:-1], stage_sizes, strict=True):
+        expected = stage_sizes(model_ir, size)
+        for got, expected_size in zip(features[:-1], expected, strict=True):
             assert tuple(got.shape[1:3]) == (expected_size, expected_size), (spec_name, size)
-        assert tuple(features[-1].shape[1:3]) == (stage_sizes[-1], stage_sizes[-1])
+        assert tuple(features[-1].shape[1:3]) == (expected[-1], expected[-1])
 
 
 @pytest.mark.parametrize("spec_name", ["efficientnet-b0", "efficientnetv2-b0", "custom-phi2-relu"])

@@ -17,7 +17,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-from conftest import ROOT, SPECS
+from conftest import ROOT, SPECS, stage_sizes
 from effspec.backends.common import description_lines
 from effspec.backends.torch.context import ACTIVATIONS
 from reference import REFERENCE
@@ -161,17 +161,6 @@ def randomize_batch_norm(model: nn.Module, seed: int = 0) -> None:
                 module.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
                 module.weight.copy_(torch.rand(n, generator=generator) + 0.5)
                 module.bias.copy_(torch.randn(n, generator=generator) * 0.1)
-
-
-def stage_sizes(model: ir.Model, size: int) -> list[int]:
-    """Stem and every stage output size at input `size`: ceil(size / stride) per strided conv."""
-    sizes = [ir.same_output_size(size, model.stem.conv.stride)]
-    for stage in model.stages:
-        current = sizes[-1]
-        for block in stage.blocks:
-            current = ir.same_output_size(current, block.stride)
-        sizes.append(current)
-    return sizes
 
 
 # --- counts and names, every spec ---------------------------------------------------------------

@@ -42,7 +42,13 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
     if args.source == args.target:
         raise UsageError(f"--from and --to are both {args.source}: nothing to convert")
-    written = convert_file(args.spec, args.source, args.target, Path(args.input), Path(args.output))
+    if args.application and args.source != "keras-applications":
+        raise UsageError("--application goes with --from keras-applications")
+    written, notes = convert_file(
+        args.spec, args.source, args.target, Path(args.input), Path(args.output), args.application
+    )
+    for note in notes:
+        print(f"note: {note}")
     print(f"wrote {written}")
     return 0
 
@@ -71,11 +77,24 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "convert-weights",
-        help="convert weights between a torch state_dict (.pt/.safetensors) and Keras .weights.h5",
+        help="convert weights between a torch state_dict (.pt/.safetensors) and Keras .weights.h5, or import "
+        "keras.applications EfficientNet weights",
     )
     p.add_argument("spec", metavar="SPEC")
-    p.add_argument("--from", dest="source", choices=FRAMEWORKS, required=True, help="framework of IN")
+    p.add_argument(
+        "--from",
+        dest="source",
+        choices=(*FRAMEWORKS, "keras-applications"),
+        required=True,
+        help="framework of IN; keras-applications: a keras.applications EfficientNet .h5 (with or without top)",
+    )
     p.add_argument("--to", dest="target", choices=FRAMEWORKS, required=True, help="framework of OUT")
-    p.add_argument("input", metavar="IN", help="torch .pt/.pth/.bin/.safetensors or Keras .weights.h5")
+    p.add_argument(
+        "--application",
+        metavar="NAME",
+        help="with --from keras-applications: the keras.applications class (default: from the spec name, "
+        "efficientnet-b3 -> EfficientNetB3)",
+    )
+    p.add_argument("input", metavar="IN", help="torch .pt/.pth/.bin/.safetensors, Keras .weights.h5, or .h5")
     p.add_argument("output", metavar="OUT", help="file to write")
     p.set_defaults(handler=_cmd_convert)

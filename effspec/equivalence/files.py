@@ -19,6 +19,7 @@ from effspec.equivalence.convert import (
     torch_to_keras,
 )
 from effspec.equivalence.generated import load_model_module
+from effspec.equivalence.keras_applications import import_application, preprocessing_note
 from effspec.equivalence.manifest import build_manifest
 from effspec.errors import UsageError
 from effspec.pipeline import build
@@ -112,11 +113,34 @@ def _keras_model(spec_model: Any) -> keras.Model:
     return keras_side.build(load_model_module(spec_model, "keras"))
 
 
-def convert_file(spec: str | Path, source: str, target: str, input_path: Path, output_path: Path) -> Path:
-    """Convert ``input_path`` (weights of ``source``) for ``spec`` into ``output_path`` (weights of ``target``)."""
+def convert_file(
+    spec: str | Path, source: str, target: str, input_path: Path, output_path: Path, application: str | None = None
+) -> tuple[Path, tuple[str, ...]]:
+    """Convert ``input_path`` (weights of ``source``) for ``spec`` into ``output_path`` (weights of ``target``).
+
+    Returns the written path and notes for the user (what was imported, what input it expects)."""
     model = build(spec).model
     manifest = build_manifest(model)
-    if (source, target) == ("torch", "keras"):
+    notes: tuple[str, ...] = ()
+    if source == "keras-applications":
+        (check_keras_path if target == "keras" else check_torch_path)(output_path)
+        keras_model = _keras_model(model)
+        imported = import_application(model, keras_model, input_path, application)
+        set_keras_weights(manifest, keras_model, imported.layers)
+        if target == "keras":
+            save_keras_file(keras_model, output_path)
+        else:
+            save_torch_file(keras_to_torch(manifest, keras_layer_weights(keras_model)), output_path)
+        classifier = (
+            "the 1000-class classifier too"
+            if imported.top
+            else f"all but the classifier, which keeps its fresh initialization ({model.head.num_classes} classes)"
+        )
+        notes = (
+            f"imported keras.applications {imported.application}: {classifier}",
+            preprocessing_note(model, imported),
+        )
+    elif (source, target) == ("torch", "keras"):
         check_keras_path(output_path)
         layers = torch_to_keras(manifest, load_torch_file(input_path))
         keras_model = _keras_model(model)
@@ -128,4 +152,4 @@ def convert_file(spec: str | Path, source: str, target: str, input_path: Path, o
         save_torch_file(keras_to_torch(manifest, load_keras_file(keras_model, input_path)), output_path)
     else:
         raise UsageError(f"cannot convert from {source} to {target}; known: torch -> keras, keras -> torch")
-    return output_path
+    return output_path, notes

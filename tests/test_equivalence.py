@@ -268,3 +268,36 @@ def test_train_step_needs_the_running_variance_correction(monkeypatch: pytest.Mo
     result = run_check(B0, Settings(resolution=64, batch=2, seed=0, train_step=True))
     failed = {row.name for row in result.failures}
     assert failed and all(name.endswith("bn stats") for name in failed)
+
+
+def test_check_with_the_users_weights(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--weights`: a torch checkpoint, and the same weights as Keras .weights.h5, are checked as they are."""
+    state = _seeded_torch_state(V2_B0)
+    save_torch_file(state, tmp_path / "trained.pt")
+    args = ["check", V2_B0, "--resolution", "64", "--json", "--weights"]
+    assert main([*args, str(tmp_path / "trained.pt")]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["ok"] and any("trained.pt" in note for note in report["notes"])
+    assert (
+        main(
+            [
+                "convert-weights",
+                V2_B0,
+                "--from",
+                "torch",
+                "--to",
+                "keras",
+                str(tmp_path / "trained.pt"),
+                str(tmp_path / "trained.weights.h5"),
+            ]
+        )
+        == 0
+    )
+    capsys.readouterr()
+    assert main([*args, str(tmp_path / "trained.weights.h5")]) == 0
+    from_keras = json.loads(capsys.readouterr().out)
+    assert [row["keras_error"] for row in from_keras["rows"]] == [row["keras_error"] for row in report["rows"]]
+    assert main([*args[:-2], "--weights", str(tmp_path / "trained.pt")]) == 0  # --json off: a table
+    assert "weights from" in capsys.readouterr().out
+    assert main(["check", B0, "--resolution", "64", "--weights", str(tmp_path / "trained.pt")]) == 2  # a V2 file for B0
+    assert "do not match the efficientnet_b0 manifest" in capsys.readouterr().err

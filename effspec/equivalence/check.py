@@ -36,6 +36,7 @@ class Settings:
     batch: int = 2
     seed: int = 0
     train_step: bool = False
+    weights: Path | None = None  # the user's weights (torch state_dict or Keras .weights.h5); None: seeded
 
 
 def seeded_batch(seed: int, batch: int, resolution: int, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -100,6 +101,17 @@ def train_rows(
     return rows
 
 
+def _user_state(manifest: Manifest, keras_module, path: Path) -> dict[str, np.ndarray]:
+    """A torch state dict from the user's file: a torch file as it is, a Keras file converted."""
+    from effspec.equivalence.files import KERAS_SUFFIX, load_keras_file, load_torch_file
+
+    if path.name.endswith(KERAS_SUFFIX):
+        return keras_to_torch(manifest, load_keras_file(keras_side.build(keras_module), path))
+    state = load_torch_file(path)
+    torch_to_keras(manifest, state)  # names and shapes checked against the spec, each misfit named
+    return state
+
+
 def run_check(spec: str | Path, settings: Settings) -> CheckResult:
     model = build(spec).model
     resolution = settings.resolution or model.resolution
@@ -112,11 +124,14 @@ def run_check(spec: str | Path, settings: Settings) -> CheckResult:
     keras_module = load_model_module(model, "keras")
 
     images, labels = seeded_batch(settings.seed, settings.batch, resolution, model.head.num_classes)
-    calibration, _ = seeded_batch(settings.seed + 1, CALIBRATION_BATCH, resolution, 1)
-    # The checked images are part of the calibration: each batch norm's statistics then sit near what
-    # it sees on them, which keeps deep stacks (B7 at 64x64) well-conditioned instead of amplifying
-    # float32 rounding by orders of magnitude.
-    net = torch_side.build_seeded(torch_module, settings.seed, np.concatenate([calibration, images]))
+    if settings.weights is not None:
+        net = torch_side.build_loaded(torch_module, _user_state(manifest, keras_module, settings.weights))
+    else:
+        calibration, _ = seeded_batch(settings.seed + 1, CALIBRATION_BATCH, resolution, 1)
+        # The checked images are part of the calibration: each batch norm's statistics then sit near
+        # what it sees on them, which keeps deep stacks (B7 at 64x64) well-conditioned instead of
+        # amplifying float32 rounding by orders of magnitude.
+        net = torch_side.build_seeded(torch_module, settings.seed, np.concatenate([calibration, images]))
     reference_net = torch_side.float64_twin(net)
     before = torch_side.state_arrays(net)
     keras_model = keras_side.build(keras_module)
@@ -163,6 +178,8 @@ def run_check(spec: str | Path, settings: Settings) -> CheckResult:
             f"Keras' biased running-variance update rescaled by n/(n-1) to torch's unbiased one "
             f"(n = batch x H x W per batch norm, {smallest}..{max(counts.values())}); BN decay {decay}",
         )
+    if settings.weights is not None:
+        notes = (f"weights from {settings.weights} (not seeded)", *notes)
     return CheckResult(
         spec=str(spec),
         model_name=model.name,

@@ -25,7 +25,10 @@ def _cmd_check(args: argparse.Namespace) -> int:
     from effspec.equivalence.check import Settings, run_check
     from effspec.equivalence.report import as_json, table
 
-    settings = Settings(resolution=args.resolution, batch=args.batch, seed=args.seed, train_step=args.train_step)
+    weights = Path(args.weights) if args.weights else None
+    settings = Settings(
+        resolution=args.resolution, batch=args.batch, seed=args.seed, train_step=args.train_step, weights=weights
+    )
     result = run_check(args.spec, settings)
     print(json.dumps(as_json(result), indent=2) if args.json else table(result))
     if not result.ok:
@@ -71,6 +74,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "--train-step",
         action="store_true",
         help="compare one SGD step (updated weights and batch-norm statistics) instead of eval outputs",
+    )
+    p.add_argument(
+        "--weights",
+        metavar="FILE",
+        help="check with these weights (torch .pt/.safetensors or Keras .weights.h5, e.g. a trained checkpoint) "
+        "instead of seeded random ones",
     )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(handler=_cmd_check)

@@ -40,6 +40,13 @@ def build_seeded(module: ModuleType, seed: int, calibration: np.ndarray) -> nn.M
     return net
 
 
+def build_loaded(module: ModuleType, state: dict[str, np.ndarray]) -> nn.Module:
+    """The generated model with the user's weights, dropout and drop-path off, in eval mode."""
+    net = module.build_model(drop_rate=0.0, drop_path_rate=0.0)
+    net.load_state_dict({name: torch.from_numpy(np.array(array)) for name, array in state.items()})
+    return net.eval()
+
+
 def _calibrate(net: nn.Module, images: np.ndarray, uniform) -> None:
     """One eval-mode pass in which each batch norm, just before it runs, sets its statistics from its
     own input (already shaped by the batch norms upstream): running_mean = each channel's mean

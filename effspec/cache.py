@@ -32,9 +32,20 @@ def cache_dir() -> Path | None:
     return Path(base) / "effspec"
 
 
+def _code_stamp() -> str:
+    """Size and mtime of every module of the compiler: an edited effspec (an editable install, a
+    development checkout) never gets an IR built by its older self, even under the same version."""
+    package = Path(__file__).parent
+    stamps = []
+    for module in sorted(package.glob("*.py")):
+        stat = module.stat()
+        stamps.append(f"{module.name}:{stat.st_size}:{stat.st_mtime_ns}")
+    return ";".join(stamps)
+
+
 def _key(path: Path, display: str) -> str | None:
-    """sha256 over effspec's version, the displayed path and every file of the extends chain."""
-    digest = hashlib.sha256(f"{__version__}\0{display}\0{os.getcwd()}\0".encode())
+    """sha256 over effspec's version and code stamp, the displayed path and every file of the extends chain."""
+    digest = hashlib.sha256(f"{__version__}\0{_code_stamp()}\0{display}\0{os.getcwd()}\0".encode())
     current = path
     for _ in range(_MAX_CHAIN):
         try:

@@ -46,8 +46,10 @@ def scaled_resolution(base: int, gamma: float, phi: float, divisor: int = 1) -> 
 
 
 def drop_path_rates(base_rate: float, total_blocks: int) -> list[float]:
-    """Stochastic depth: block i of N (global index over the SCALED count) gets base * i / N."""
-    return [base_rate * index / total_blocks for index in range(total_blocks)]
+    """Stochastic depth: block i of N (global index over the SCALED count) gets base * i / N.
+
+    Rounded to 12 decimals, far below any effect, so generated tables print 0.15, not 0.15000000000000002."""
+    return [round(base_rate * index / total_blocks, 12) for index in range(total_blocks)]
 
 
 def flops_ratio(scaling: CompoundScaling) -> float:

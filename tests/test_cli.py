@@ -130,3 +130,17 @@ def test_build_cache_hits_only_for_identical_bytes(tmp_path: Path, monkeypatch: 
     with pytest.raises(Exception, match="odd kernel"):
         build(child)
     assert cache.lookup(child, "child.yaml")[1] is None
+
+
+def test_build_cache_misses_when_the_compiler_changes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An edited effspec (same version string, e.g. an editable install) must not reuse old IR."""
+    from effspec import cache
+    from effspec.paths import display_path
+    from effspec.pipeline import build
+
+    monkeypatch.setenv("EFFSPEC_CACHE_DIR", str(tmp_path / "cache"))
+    spec = ROOT / "specs" / "efficientnet-b0.yaml"
+    build(spec)
+    assert cache.lookup(spec, display_path(spec))[1] is not None
+    monkeypatch.setattr(cache, "_code_stamp", lambda: "scaling.py:1:2")  # as if a module had been edited
+    assert cache.lookup(spec, display_path(spec))[1] is None

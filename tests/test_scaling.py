@@ -42,7 +42,7 @@ def test_scaled_resolution() -> None:
 
 def test_drop_path_over_scaled_block_count() -> None:
     rates = drop_path_rates(0.2, 4)
-    assert rates == [0.0, 0.05, 0.1, 0.15000000000000002]
+    assert rates == [0.0, 0.05, 0.1, 0.15]
     model = build("specs/efficientnet-b7.yaml").model
     blocks = model.blocks
     assert len(blocks) == 55  # B7 has 55 blocks after ceil(3.1 * repeats)

@@ -85,13 +85,13 @@ STAGES = (
         BlockConfig(kind="mbconv", in_channels=24, out_channels=24, expansion=6, kernel=3, stride=1, se_channels=6, activation="silu", drop_path_rate=0.025),  # blocks_1_1  # noqa: E501
     ),
     (  # stage 2: 2 x mbconv -> 40 channels at 28x28
-        BlockConfig(kind="mbconv", in_channels=24, out_channels=40, expansion=6, kernel=5, stride=2, se_channels=6, activation="silu", drop_path_rate=0.037500000000000006),  # blocks_2_0  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=24, out_channels=40, expansion=6, kernel=5, stride=2, se_channels=6, activation="silu", drop_path_rate=0.0375),  # blocks_2_0  # noqa: E501
         BlockConfig(kind="mbconv", in_channels=40, out_channels=40, expansion=6, kernel=5, stride=1, se_channels=10, activation="silu", drop_path_rate=0.05),  # blocks_2_1  # noqa: E501
     ),
     (  # stage 3: 3 x mbconv -> 80 channels at 14x14
         BlockConfig(kind="mbconv", in_channels=40, out_channels=80, expansion=6, kernel=3, stride=2, se_channels=10, activation="silu", drop_path_rate=0.0625),  # blocks_3_0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=80, out_channels=80, expansion=6, kernel=3, stride=1, se_channels=20, activation="silu", drop_path_rate=0.07500000000000001),  # blocks_3_1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=80, out_channels=80, expansion=6, kernel=3, stride=1, se_channels=20, activation="silu", drop_path_rate=0.08750000000000001),  # blocks_3_2  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=80, out_channels=80, expansion=6, kernel=3, stride=1, se_channels=20, activation="silu", drop_path_rate=0.075),  # blocks_3_1  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=80, out_channels=80, expansion=6, kernel=3, stride=1, se_channels=20, activation="silu", drop_path_rate=0.0875),  # blocks_3_2  # noqa: E501
     ),
     (  # stage 4: 3 x mbconv -> 112 channels at 14x14
         BlockConfig(kind="mbconv", in_channels=80, out_channels=112, expansion=6, kernel=5, stride=1, se_channels=20, activation="silu", drop_path_rate=0.1),  # blocks_4_0  # noqa: E501
@@ -100,9 +100,9 @@ STAGES = (
     ),
     (  # stage 5: 4 x mbconv -> 192 channels at 7x7
         BlockConfig(kind="mbconv", in_channels=112, out_channels=192, expansion=6, kernel=5, stride=2, se_channels=28, activation="silu", drop_path_rate=0.1375),  # blocks_5_0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=6, kernel=5, stride=1, se_channels=48, activation="silu", drop_path_rate=0.15000000000000002),  # blocks_5_1  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=6, kernel=5, stride=1, se_channels=48, activation="silu", drop_path_rate=0.15),  # blocks_5_1  # noqa: E501
         BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=6, kernel=5, stride=1, se_channels=48, activation="silu", drop_path_rate=0.1625),  # blocks_5_2  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=6, kernel=5, stride=1, se_channels=48, activation="silu", drop_path_rate=0.17500000000000002),  # blocks_5_3  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=6, kernel=5, stride=1, se_channels=48, activation="silu", drop_path_rate=0.175),  # blocks_5_3  # noqa: E501
     ),
     (  # stage 6: 1 x mbconv -> 320 channels at 7x7
         BlockConfig(kind="mbconv", in_channels=192, out_channels=320, expansion=6, kernel=3, stride=1, se_channels=48, activation="silu", drop_path_rate=0.1875),  # blocks_6_0  # noqa: E501

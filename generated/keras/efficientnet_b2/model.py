@@ -80,40 +80,40 @@ class BlockConfig:
 STAGES = (
     (  # stage 0: 2 x mbconv -> 16 channels at 130x130
         BlockConfig(kind="mbconv", in_channels=32, out_channels=16, expansion=1, kernel=3, stride=1, se_channels=8, activation="silu", drop_path_rate=0.0),  # blocks_0_0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=16, out_channels=16, expansion=1, kernel=3, stride=1, se_channels=4, activation="silu", drop_path_rate=0.008695652173913044),  # blocks_0_1  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=16, out_channels=16, expansion=1, kernel=3, stride=1, se_channels=4, activation="silu", drop_path_rate=0.008695652174),  # blocks_0_1  # noqa: E501
     ),
     (  # stage 1: 3 x mbconv -> 24 channels at 65x65
-        BlockConfig(kind="mbconv", in_channels=16, out_channels=24, expansion=6, kernel=3, stride=2, se_channels=4, activation="silu", drop_path_rate=0.017391304347826087),  # blocks_1_0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=24, out_channels=24, expansion=6, kernel=3, stride=1, se_channels=6, activation="silu", drop_path_rate=0.026086956521739136),  # blocks_1_1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=24, out_channels=24, expansion=6, kernel=3, stride=1, se_channels=6, activation="silu", drop_path_rate=0.034782608695652174),  # blocks_1_2  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=16, out_channels=24, expansion=6, kernel=3, stride=2, se_channels=4, activation="silu", drop_path_rate=0.017391304348),  # blocks_1_0  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=24, out_channels=24, expansion=6, kernel=3, stride=1, se_channels=6, activation="silu", drop_path_rate=0.026086956522),  # blocks_1_1  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=24, out_channels=24, expansion=6, kernel=3, stride=1, se_channels=6, activation="silu", drop_path_rate=0.034782608696),  # blocks_1_2  # noqa: E501
     ),
     (  # stage 2: 3 x mbconv -> 48 channels at 33x33
-        BlockConfig(kind="mbconv", in_channels=24, out_channels=48, expansion=6, kernel=5, stride=2, se_channels=6, activation="silu", drop_path_rate=0.043478260869565216),  # blocks_2_0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=48, out_channels=48, expansion=6, kernel=5, stride=1, se_channels=12, activation="silu", drop_path_rate=0.05217391304347827),  # blocks_2_1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=48, out_channels=48, expansion=6, kernel=5, stride=1, se_channels=12, activation="silu", drop_path_rate=0.06086956521739131),  # blocks_2_2  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=24, out_channels=48, expansion=6, kernel=5, stride=2, se_channels=6, activation="silu", drop_path_rate=0.04347826087),  # blocks_2_0  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=48, out_channels=48, expansion=6, kernel=5, stride=1, se_channels=12, activation="silu", drop_path_rate=0.052173913043),  # blocks_2_1  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=48, out_channels=48, expansion=6, kernel=5, stride=1, se_channels=12, activation="silu", drop_path_rate=0.060869565217),  # blocks_2_2  # noqa: E501
     ),
     (  # stage 3: 4 x mbconv -> 88 channels at 17x17
-        BlockConfig(kind="mbconv", in_channels=48, out_channels=88, expansion=6, kernel=3, stride=2, se_channels=12, activation="silu", drop_path_rate=0.06956521739130435),  # blocks_3_0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=88, out_channels=88, expansion=6, kernel=3, stride=1, se_channels=22, activation="silu", drop_path_rate=0.0782608695652174),  # blocks_3_1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=88, out_channels=88, expansion=6, kernel=3, stride=1, se_channels=22, activation="silu", drop_path_rate=0.08695652173913043),  # blocks_3_2  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=88, out_channels=88, expansion=6, kernel=3, stride=1, se_channels=22, activation="silu", drop_path_rate=0.09565217391304348),  # blocks_3_3  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=48, out_channels=88, expansion=6, kernel=3, stride=2, se_channels=12, activation="silu", drop_path_rate=0.069565217391),  # blocks_3_0  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=88, out_channels=88, expansion=6, kernel=3, stride=1, se_channels=22, activation="silu", drop_path_rate=0.078260869565),  # blocks_3_1  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=88, out_channels=88, expansion=6, kernel=3, stride=1, se_channels=22, activation="silu", drop_path_rate=0.086956521739),  # blocks_3_2  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=88, out_channels=88, expansion=6, kernel=3, stride=1, se_channels=22, activation="silu", drop_path_rate=0.095652173913),  # blocks_3_3  # noqa: E501
     ),
     (  # stage 4: 4 x mbconv -> 120 channels at 17x17
-        BlockConfig(kind="mbconv", in_channels=88, out_channels=120, expansion=6, kernel=5, stride=1, se_channels=22, activation="silu", drop_path_rate=0.10434782608695654),  # blocks_4_0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=120, out_channels=120, expansion=6, kernel=5, stride=1, se_channels=30, activation="silu", drop_path_rate=0.11304347826086956),  # blocks_4_1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=120, out_channels=120, expansion=6, kernel=5, stride=1, se_channels=30, activation="silu", drop_path_rate=0.12173913043478261),  # blocks_4_2  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=120, out_channels=120, expansion=6, kernel=5, stride=1, se_channels=30, activation="silu", drop_path_rate=0.13043478260869565),  # blocks_4_3  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=88, out_channels=120, expansion=6, kernel=5, stride=1, se_channels=22, activation="silu", drop_path_rate=0.104347826087),  # blocks_4_0  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=120, out_channels=120, expansion=6, kernel=5, stride=1, se_channels=30, activation="silu", drop_path_rate=0.113043478261),  # blocks_4_1  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=120, out_channels=120, expansion=6, kernel=5, stride=1, se_channels=30, activation="silu", drop_path_rate=0.121739130435),  # blocks_4_2  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=120, out_channels=120, expansion=6, kernel=5, stride=1, se_channels=30, activation="silu", drop_path_rate=0.130434782609),  # blocks_4_3  # noqa: E501
     ),
     (  # stage 5: 5 x mbconv -> 208 channels at 9x9
-        BlockConfig(kind="mbconv", in_channels=120, out_channels=208, expansion=6, kernel=5, stride=2, se_channels=30, activation="silu", drop_path_rate=0.1391304347826087),  # blocks_5_0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=208, out_channels=208, expansion=6, kernel=5, stride=1, se_channels=52, activation="silu", drop_path_rate=0.14782608695652175),  # blocks_5_1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=208, out_channels=208, expansion=6, kernel=5, stride=1, se_channels=52, activation="silu", drop_path_rate=0.1565217391304348),  # blocks_5_2  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=208, out_channels=208, expansion=6, kernel=5, stride=1, se_channels=52, activation="silu", drop_path_rate=0.16521739130434784),  # blocks_5_3  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=208, out_channels=208, expansion=6, kernel=5, stride=1, se_channels=52, activation="silu", drop_path_rate=0.17391304347826086),  # blocks_5_4  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=120, out_channels=208, expansion=6, kernel=5, stride=2, se_channels=30, activation="silu", drop_path_rate=0.139130434783),  # blocks_5_0  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=208, out_channels=208, expansion=6, kernel=5, stride=1, se_channels=52, activation="silu", drop_path_rate=0.147826086957),  # blocks_5_1  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=208, out_channels=208, expansion=6, kernel=5, stride=1, se_channels=52, activation="silu", drop_path_rate=0.15652173913),  # blocks_5_2  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=208, out_channels=208, expansion=6, kernel=5, stride=1, se_channels=52, activation="silu", drop_path_rate=0.165217391304),  # blocks_5_3  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=208, out_channels=208, expansion=6, kernel=5, stride=1, se_channels=52, activation="silu", drop_path_rate=0.173913043478),  # blocks_5_4  # noqa: E501
     ),
     (  # stage 6: 2 x mbconv -> 352 channels at 9x9
-        BlockConfig(kind="mbconv", in_channels=208, out_channels=352, expansion=6, kernel=3, stride=1, se_channels=52, activation="silu", drop_path_rate=0.1826086956521739),  # blocks_6_0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=352, out_channels=352, expansion=6, kernel=3, stride=1, se_channels=88, activation="silu", drop_path_rate=0.19130434782608696),  # blocks_6_1  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=208, out_channels=352, expansion=6, kernel=3, stride=1, se_channels=52, activation="silu", drop_path_rate=0.182608695652),  # blocks_6_0  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=352, out_channels=352, expansion=6, kernel=3, stride=1, se_channels=88, activation="silu", drop_path_rate=0.191304347826),  # blocks_6_1  # noqa: E501
     ),
 )
 # fmt: on

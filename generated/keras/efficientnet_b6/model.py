@@ -80,62 +80,62 @@ class BlockConfig:
 STAGES = (
     (  # stage 0: 3 x mbconv -> 32 channels at 264x264
         BlockConfig(kind="mbconv", in_channels=56, out_channels=32, expansion=1, kernel=3, stride=1, se_channels=14, activation="silu", drop_path_rate=0.0),  # blocks_0_0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=32, out_channels=32, expansion=1, kernel=3, stride=1, se_channels=8, activation="silu", drop_path_rate=0.0044444444444444444),  # blocks_0_1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=32, out_channels=32, expansion=1, kernel=3, stride=1, se_channels=8, activation="silu", drop_path_rate=0.008888888888888889),  # blocks_0_2  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=32, out_channels=32, expansion=1, kernel=3, stride=1, se_channels=8, activation="silu", drop_path_rate=0.004444444444),  # blocks_0_1  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=32, out_channels=32, expansion=1, kernel=3, stride=1, se_channels=8, activation="silu", drop_path_rate=0.008888888889),  # blocks_0_2  # noqa: E501
     ),
     (  # stage 1: 6 x mbconv -> 40 channels at 132x132
-        BlockConfig(kind="mbconv", in_channels=32, out_channels=40, expansion=6, kernel=3, stride=2, se_channels=8, activation="silu", drop_path_rate=0.013333333333333336),  # blocks_1_0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=40, out_channels=40, expansion=6, kernel=3, stride=1, se_channels=10, activation="silu", drop_path_rate=0.017777777777777778),  # blocks_1_1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=40, out_channels=40, expansion=6, kernel=3, stride=1, se_channels=10, activation="silu", drop_path_rate=0.022222222222222223),  # blocks_1_2  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=40, out_channels=40, expansion=6, kernel=3, stride=1, se_channels=10, activation="silu", drop_path_rate=0.026666666666666672),  # blocks_1_3  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=40, out_channels=40, expansion=6, kernel=3, stride=1, se_channels=10, activation="silu", drop_path_rate=0.031111111111111114),  # blocks_1_4  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=40, out_channels=40, expansion=6, kernel=3, stride=1, se_channels=10, activation="silu", drop_path_rate=0.035555555555555556),  # blocks_1_5  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=32, out_channels=40, expansion=6, kernel=3, stride=2, se_channels=8, activation="silu", drop_path_rate=0.013333333333),  # blocks_1_0  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=40, out_channels=40, expansion=6, kernel=3, stride=1, se_channels=10, activation="silu", drop_path_rate=0.017777777778),  # blocks_1_1  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=40, out_channels=40, expansion=6, kernel=3, stride=1, se_channels=10, activation="silu", drop_path_rate=0.022222222222),  # blocks_1_2  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=40, out_channels=40, expansion=6, kernel=3, stride=1, se_channels=10, activation="silu", drop_path_rate=0.026666666667),  # blocks_1_3  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=40, out_channels=40, expansion=6, kernel=3, stride=1, se_channels=10, activation="silu", drop_path_rate=0.031111111111),  # blocks_1_4  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=40, out_channels=40, expansion=6, kernel=3, stride=1, se_channels=10, activation="silu", drop_path_rate=0.035555555556),  # blocks_1_5  # noqa: E501
     ),
     (  # stage 2: 6 x mbconv -> 72 channels at 66x66
         BlockConfig(kind="mbconv", in_channels=40, out_channels=72, expansion=6, kernel=5, stride=2, se_channels=10, activation="silu", drop_path_rate=0.04),  # blocks_2_0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=72, out_channels=72, expansion=6, kernel=5, stride=1, se_channels=18, activation="silu", drop_path_rate=0.044444444444444446),  # blocks_2_1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=72, out_channels=72, expansion=6, kernel=5, stride=1, se_channels=18, activation="silu", drop_path_rate=0.04888888888888889),  # blocks_2_2  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=72, out_channels=72, expansion=6, kernel=5, stride=1, se_channels=18, activation="silu", drop_path_rate=0.053333333333333344),  # blocks_2_3  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=72, out_channels=72, expansion=6, kernel=5, stride=1, se_channels=18, activation="silu", drop_path_rate=0.05777777777777778),  # blocks_2_4  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=72, out_channels=72, expansion=6, kernel=5, stride=1, se_channels=18, activation="silu", drop_path_rate=0.06222222222222223),  # blocks_2_5  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=72, out_channels=72, expansion=6, kernel=5, stride=1, se_channels=18, activation="silu", drop_path_rate=0.044444444444),  # blocks_2_1  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=72, out_channels=72, expansion=6, kernel=5, stride=1, se_channels=18, activation="silu", drop_path_rate=0.048888888889),  # blocks_2_2  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=72, out_channels=72, expansion=6, kernel=5, stride=1, se_channels=18, activation="silu", drop_path_rate=0.053333333333),  # blocks_2_3  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=72, out_channels=72, expansion=6, kernel=5, stride=1, se_channels=18, activation="silu", drop_path_rate=0.057777777778),  # blocks_2_4  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=72, out_channels=72, expansion=6, kernel=5, stride=1, se_channels=18, activation="silu", drop_path_rate=0.062222222222),  # blocks_2_5  # noqa: E501
     ),
     (  # stage 3: 8 x mbconv -> 144 channels at 33x33
-        BlockConfig(kind="mbconv", in_channels=72, out_channels=144, expansion=6, kernel=3, stride=2, se_channels=18, activation="silu", drop_path_rate=0.06666666666666667),  # blocks_3_0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=144, out_channels=144, expansion=6, kernel=3, stride=1, se_channels=36, activation="silu", drop_path_rate=0.07111111111111111),  # blocks_3_1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=144, out_channels=144, expansion=6, kernel=3, stride=1, se_channels=36, activation="silu", drop_path_rate=0.07555555555555557),  # blocks_3_2  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=72, out_channels=144, expansion=6, kernel=3, stride=2, se_channels=18, activation="silu", drop_path_rate=0.066666666667),  # blocks_3_0  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=144, out_channels=144, expansion=6, kernel=3, stride=1, se_channels=36, activation="silu", drop_path_rate=0.071111111111),  # blocks_3_1  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=144, out_channels=144, expansion=6, kernel=3, stride=1, se_channels=36, activation="silu", drop_path_rate=0.075555555556),  # blocks_3_2  # noqa: E501
         BlockConfig(kind="mbconv", in_channels=144, out_channels=144, expansion=6, kernel=3, stride=1, se_channels=36, activation="silu", drop_path_rate=0.08),  # blocks_3_3  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=144, out_channels=144, expansion=6, kernel=3, stride=1, se_channels=36, activation="silu", drop_path_rate=0.08444444444444445),  # blocks_3_4  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=144, out_channels=144, expansion=6, kernel=3, stride=1, se_channels=36, activation="silu", drop_path_rate=0.08888888888888889),  # blocks_3_5  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=144, out_channels=144, expansion=6, kernel=3, stride=1, se_channels=36, activation="silu", drop_path_rate=0.09333333333333334),  # blocks_3_6  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=144, out_channels=144, expansion=6, kernel=3, stride=1, se_channels=36, activation="silu", drop_path_rate=0.09777777777777778),  # blocks_3_7  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=144, out_channels=144, expansion=6, kernel=3, stride=1, se_channels=36, activation="silu", drop_path_rate=0.084444444444),  # blocks_3_4  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=144, out_channels=144, expansion=6, kernel=3, stride=1, se_channels=36, activation="silu", drop_path_rate=0.088888888889),  # blocks_3_5  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=144, out_channels=144, expansion=6, kernel=3, stride=1, se_channels=36, activation="silu", drop_path_rate=0.093333333333),  # blocks_3_6  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=144, out_channels=144, expansion=6, kernel=3, stride=1, se_channels=36, activation="silu", drop_path_rate=0.097777777778),  # blocks_3_7  # noqa: E501
     ),
     (  # stage 4: 8 x mbconv -> 200 channels at 33x33
-        BlockConfig(kind="mbconv", in_channels=144, out_channels=200, expansion=6, kernel=5, stride=1, se_channels=36, activation="silu", drop_path_rate=0.10222222222222223),  # blocks_4_0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=200, out_channels=200, expansion=6, kernel=5, stride=1, se_channels=50, activation="silu", drop_path_rate=0.10666666666666669),  # blocks_4_1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=200, out_channels=200, expansion=6, kernel=5, stride=1, se_channels=50, activation="silu", drop_path_rate=0.1111111111111111),  # blocks_4_2  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=200, out_channels=200, expansion=6, kernel=5, stride=1, se_channels=50, activation="silu", drop_path_rate=0.11555555555555556),  # blocks_4_3  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=200, out_channels=200, expansion=6, kernel=5, stride=1, se_channels=50, activation="silu", drop_path_rate=0.12000000000000001),  # blocks_4_4  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=200, out_channels=200, expansion=6, kernel=5, stride=1, se_channels=50, activation="silu", drop_path_rate=0.12444444444444445),  # blocks_4_5  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=200, out_channels=200, expansion=6, kernel=5, stride=1, se_channels=50, activation="silu", drop_path_rate=0.12888888888888891),  # blocks_4_6  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=200, out_channels=200, expansion=6, kernel=5, stride=1, se_channels=50, activation="silu", drop_path_rate=0.13333333333333333),  # blocks_4_7  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=144, out_channels=200, expansion=6, kernel=5, stride=1, se_channels=36, activation="silu", drop_path_rate=0.102222222222),  # blocks_4_0  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=200, out_channels=200, expansion=6, kernel=5, stride=1, se_channels=50, activation="silu", drop_path_rate=0.106666666667),  # blocks_4_1  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=200, out_channels=200, expansion=6, kernel=5, stride=1, se_channels=50, activation="silu", drop_path_rate=0.111111111111),  # blocks_4_2  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=200, out_channels=200, expansion=6, kernel=5, stride=1, se_channels=50, activation="silu", drop_path_rate=0.115555555556),  # blocks_4_3  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=200, out_channels=200, expansion=6, kernel=5, stride=1, se_channels=50, activation="silu", drop_path_rate=0.12),  # blocks_4_4  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=200, out_channels=200, expansion=6, kernel=5, stride=1, se_channels=50, activation="silu", drop_path_rate=0.124444444444),  # blocks_4_5  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=200, out_channels=200, expansion=6, kernel=5, stride=1, se_channels=50, activation="silu", drop_path_rate=0.128888888889),  # blocks_4_6  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=200, out_channels=200, expansion=6, kernel=5, stride=1, se_channels=50, activation="silu", drop_path_rate=0.133333333333),  # blocks_4_7  # noqa: E501
     ),
     (  # stage 5: 11 x mbconv -> 344 channels at 17x17
-        BlockConfig(kind="mbconv", in_channels=200, out_channels=344, expansion=6, kernel=5, stride=2, se_channels=50, activation="silu", drop_path_rate=0.13777777777777778),  # blocks_5_0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=344, out_channels=344, expansion=6, kernel=5, stride=1, se_channels=86, activation="silu", drop_path_rate=0.14222222222222222),  # blocks_5_1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=344, out_channels=344, expansion=6, kernel=5, stride=1, se_channels=86, activation="silu", drop_path_rate=0.14666666666666667),  # blocks_5_2  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=344, out_channels=344, expansion=6, kernel=5, stride=1, se_channels=86, activation="silu", drop_path_rate=0.15111111111111114),  # blocks_5_3  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=344, out_channels=344, expansion=6, kernel=5, stride=1, se_channels=86, activation="silu", drop_path_rate=0.15555555555555556),  # blocks_5_4  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=200, out_channels=344, expansion=6, kernel=5, stride=2, se_channels=50, activation="silu", drop_path_rate=0.137777777778),  # blocks_5_0  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=344, out_channels=344, expansion=6, kernel=5, stride=1, se_channels=86, activation="silu", drop_path_rate=0.142222222222),  # blocks_5_1  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=344, out_channels=344, expansion=6, kernel=5, stride=1, se_channels=86, activation="silu", drop_path_rate=0.146666666667),  # blocks_5_2  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=344, out_channels=344, expansion=6, kernel=5, stride=1, se_channels=86, activation="silu", drop_path_rate=0.151111111111),  # blocks_5_3  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=344, out_channels=344, expansion=6, kernel=5, stride=1, se_channels=86, activation="silu", drop_path_rate=0.155555555556),  # blocks_5_4  # noqa: E501
         BlockConfig(kind="mbconv", in_channels=344, out_channels=344, expansion=6, kernel=5, stride=1, se_channels=86, activation="silu", drop_path_rate=0.16),  # blocks_5_5  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=344, out_channels=344, expansion=6, kernel=5, stride=1, se_channels=86, activation="silu", drop_path_rate=0.16444444444444445),  # blocks_5_6  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=344, out_channels=344, expansion=6, kernel=5, stride=1, se_channels=86, activation="silu", drop_path_rate=0.1688888888888889),  # blocks_5_7  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=344, out_channels=344, expansion=6, kernel=5, stride=1, se_channels=86, activation="silu", drop_path_rate=0.17333333333333334),  # blocks_5_8  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=344, out_channels=344, expansion=6, kernel=5, stride=1, se_channels=86, activation="silu", drop_path_rate=0.17777777777777778),  # blocks_5_9  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=344, out_channels=344, expansion=6, kernel=5, stride=1, se_channels=86, activation="silu", drop_path_rate=0.18222222222222226),  # blocks_5_10  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=344, out_channels=344, expansion=6, kernel=5, stride=1, se_channels=86, activation="silu", drop_path_rate=0.164444444444),  # blocks_5_6  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=344, out_channels=344, expansion=6, kernel=5, stride=1, se_channels=86, activation="silu", drop_path_rate=0.168888888889),  # blocks_5_7  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=344, out_channels=344, expansion=6, kernel=5, stride=1, se_channels=86, activation="silu", drop_path_rate=0.173333333333),  # blocks_5_8  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=344, out_channels=344, expansion=6, kernel=5, stride=1, se_channels=86, activation="silu", drop_path_rate=0.177777777778),  # blocks_5_9  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=344, out_channels=344, expansion=6, kernel=5, stride=1, se_channels=86, activation="silu", drop_path_rate=0.182222222222),  # blocks_5_10  # noqa: E501
     ),
     (  # stage 6: 3 x mbconv -> 576 channels at 17x17
-        BlockConfig(kind="mbconv", in_channels=344, out_channels=576, expansion=6, kernel=3, stride=1, se_channels=86, activation="silu", drop_path_rate=0.18666666666666668),  # blocks_6_0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=576, out_channels=576, expansion=6, kernel=3, stride=1, se_channels=144, activation="silu", drop_path_rate=0.1911111111111111),  # blocks_6_1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=576, out_channels=576, expansion=6, kernel=3, stride=1, se_channels=144, activation="silu", drop_path_rate=0.19555555555555557),  # blocks_6_2  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=344, out_channels=576, expansion=6, kernel=3, stride=1, se_channels=86, activation="silu", drop_path_rate=0.186666666667),  # blocks_6_0  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=576, out_channels=576, expansion=6, kernel=3, stride=1, se_channels=144, activation="silu", drop_path_rate=0.191111111111),  # blocks_6_1  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=576, out_channels=576, expansion=6, kernel=3, stride=1, se_channels=144, activation="silu", drop_path_rate=0.195555555556),  # blocks_6_2  # noqa: E501
     ),
 )
 # fmt: on

@@ -80,72 +80,72 @@ class BlockConfig:
 STAGES = (
     (  # stage 0: 4 x mbconv -> 32 channels at 300x300
         BlockConfig(kind="mbconv", in_channels=64, out_channels=32, expansion=1, kernel=3, stride=1, se_channels=16, activation="silu", drop_path_rate=0.0),  # blocks_0_0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=32, out_channels=32, expansion=1, kernel=3, stride=1, se_channels=8, activation="silu", drop_path_rate=0.0036363636363636364),  # blocks_0_1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=32, out_channels=32, expansion=1, kernel=3, stride=1, se_channels=8, activation="silu", drop_path_rate=0.007272727272727273),  # blocks_0_2  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=32, out_channels=32, expansion=1, kernel=3, stride=1, se_channels=8, activation="silu", drop_path_rate=0.01090909090909091),  # blocks_0_3  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=32, out_channels=32, expansion=1, kernel=3, stride=1, se_channels=8, activation="silu", drop_path_rate=0.003636363636),  # blocks_0_1  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=32, out_channels=32, expansion=1, kernel=3, stride=1, se_channels=8, activation="silu", drop_path_rate=0.007272727273),  # blocks_0_2  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=32, out_channels=32, expansion=1, kernel=3, stride=1, se_channels=8, activation="silu", drop_path_rate=0.010909090909),  # blocks_0_3  # noqa: E501
     ),
     (  # stage 1: 7 x mbconv -> 48 channels at 150x150
-        BlockConfig(kind="mbconv", in_channels=32, out_channels=48, expansion=6, kernel=3, stride=2, se_channels=8, activation="silu", drop_path_rate=0.014545454545454545),  # blocks_1_0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=48, out_channels=48, expansion=6, kernel=3, stride=1, se_channels=12, activation="silu", drop_path_rate=0.01818181818181818),  # blocks_1_1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=48, out_channels=48, expansion=6, kernel=3, stride=1, se_channels=12, activation="silu", drop_path_rate=0.02181818181818182),  # blocks_1_2  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=48, out_channels=48, expansion=6, kernel=3, stride=1, se_channels=12, activation="silu", drop_path_rate=0.025454545454545455),  # blocks_1_3  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=48, out_channels=48, expansion=6, kernel=3, stride=1, se_channels=12, activation="silu", drop_path_rate=0.02909090909090909),  # blocks_1_4  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=48, out_channels=48, expansion=6, kernel=3, stride=1, se_channels=12, activation="silu", drop_path_rate=0.03272727272727273),  # blocks_1_5  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=48, out_channels=48, expansion=6, kernel=3, stride=1, se_channels=12, activation="silu", drop_path_rate=0.03636363636363636),  # blocks_1_6  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=32, out_channels=48, expansion=6, kernel=3, stride=2, se_channels=8, activation="silu", drop_path_rate=0.014545454545),  # blocks_1_0  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=48, out_channels=48, expansion=6, kernel=3, stride=1, se_channels=12, activation="silu", drop_path_rate=0.018181818182),  # blocks_1_1  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=48, out_channels=48, expansion=6, kernel=3, stride=1, se_channels=12, activation="silu", drop_path_rate=0.021818181818),  # blocks_1_2  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=48, out_channels=48, expansion=6, kernel=3, stride=1, se_channels=12, activation="silu", drop_path_rate=0.025454545455),  # blocks_1_3  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=48, out_channels=48, expansion=6, kernel=3, stride=1, se_channels=12, activation="silu", drop_path_rate=0.029090909091),  # blocks_1_4  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=48, out_channels=48, expansion=6, kernel=3, stride=1, se_channels=12, activation="silu", drop_path_rate=0.032727272727),  # blocks_1_5  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=48, out_channels=48, expansion=6, kernel=3, stride=1, se_channels=12, activation="silu", drop_path_rate=0.036363636364),  # blocks_1_6  # noqa: E501
     ),
     (  # stage 2: 7 x mbconv -> 80 channels at 75x75
         BlockConfig(kind="mbconv", in_channels=48, out_channels=80, expansion=6, kernel=5, stride=2, se_channels=12, activation="silu", drop_path_rate=0.04),  # blocks_2_0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=80, out_channels=80, expansion=6, kernel=5, stride=1, se_channels=20, activation="silu", drop_path_rate=0.04363636363636364),  # blocks_2_1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=80, out_channels=80, expansion=6, kernel=5, stride=1, se_channels=20, activation="silu", drop_path_rate=0.04727272727272727),  # blocks_2_2  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=80, out_channels=80, expansion=6, kernel=5, stride=1, se_channels=20, activation="silu", drop_path_rate=0.05090909090909091),  # blocks_2_3  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=80, out_channels=80, expansion=6, kernel=5, stride=1, se_channels=20, activation="silu", drop_path_rate=0.05454545454545454),  # blocks_2_4  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=80, out_channels=80, expansion=6, kernel=5, stride=1, se_channels=20, activation="silu", drop_path_rate=0.05818181818181818),  # blocks_2_5  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=80, out_channels=80, expansion=6, kernel=5, stride=1, se_channels=20, activation="silu", drop_path_rate=0.06181818181818183),  # blocks_2_6  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=80, out_channels=80, expansion=6, kernel=5, stride=1, se_channels=20, activation="silu", drop_path_rate=0.043636363636),  # blocks_2_1  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=80, out_channels=80, expansion=6, kernel=5, stride=1, se_channels=20, activation="silu", drop_path_rate=0.047272727273),  # blocks_2_2  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=80, out_channels=80, expansion=6, kernel=5, stride=1, se_channels=20, activation="silu", drop_path_rate=0.050909090909),  # blocks_2_3  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=80, out_channels=80, expansion=6, kernel=5, stride=1, se_channels=20, activation="silu", drop_path_rate=0.054545454545),  # blocks_2_4  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=80, out_channels=80, expansion=6, kernel=5, stride=1, se_channels=20, activation="silu", drop_path_rate=0.058181818182),  # blocks_2_5  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=80, out_channels=80, expansion=6, kernel=5, stride=1, se_channels=20, activation="silu", drop_path_rate=0.061818181818),  # blocks_2_6  # noqa: E501
     ),
     (  # stage 3: 10 x mbconv -> 160 channels at 38x38
-        BlockConfig(kind="mbconv", in_channels=80, out_channels=160, expansion=6, kernel=3, stride=2, se_channels=20, activation="silu", drop_path_rate=0.06545454545454546),  # blocks_3_0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=160, out_channels=160, expansion=6, kernel=3, stride=1, se_channels=40, activation="silu", drop_path_rate=0.06909090909090909),  # blocks_3_1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=160, out_channels=160, expansion=6, kernel=3, stride=1, se_channels=40, activation="silu", drop_path_rate=0.07272727272727272),  # blocks_3_2  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=160, out_channels=160, expansion=6, kernel=3, stride=1, se_channels=40, activation="silu", drop_path_rate=0.07636363636363637),  # blocks_3_3  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=80, out_channels=160, expansion=6, kernel=3, stride=2, se_channels=20, activation="silu", drop_path_rate=0.065454545455),  # blocks_3_0  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=160, out_channels=160, expansion=6, kernel=3, stride=1, se_channels=40, activation="silu", drop_path_rate=0.069090909091),  # blocks_3_1  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=160, out_channels=160, expansion=6, kernel=3, stride=1, se_channels=40, activation="silu", drop_path_rate=0.072727272727),  # blocks_3_2  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=160, out_channels=160, expansion=6, kernel=3, stride=1, se_channels=40, activation="silu", drop_path_rate=0.076363636364),  # blocks_3_3  # noqa: E501
         BlockConfig(kind="mbconv", in_channels=160, out_channels=160, expansion=6, kernel=3, stride=1, se_channels=40, activation="silu", drop_path_rate=0.08),  # blocks_3_4  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=160, out_channels=160, expansion=6, kernel=3, stride=1, se_channels=40, activation="silu", drop_path_rate=0.08363636363636365),  # blocks_3_5  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=160, out_channels=160, expansion=6, kernel=3, stride=1, se_channels=40, activation="silu", drop_path_rate=0.08727272727272728),  # blocks_3_6  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=160, out_channels=160, expansion=6, kernel=3, stride=1, se_channels=40, activation="silu", drop_path_rate=0.09090909090909091),  # blocks_3_7  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=160, out_channels=160, expansion=6, kernel=3, stride=1, se_channels=40, activation="silu", drop_path_rate=0.09454545454545454),  # blocks_3_8  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=160, out_channels=160, expansion=6, kernel=3, stride=1, se_channels=40, activation="silu", drop_path_rate=0.09818181818181819),  # blocks_3_9  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=160, out_channels=160, expansion=6, kernel=3, stride=1, se_channels=40, activation="silu", drop_path_rate=0.083636363636),  # blocks_3_5  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=160, out_channels=160, expansion=6, kernel=3, stride=1, se_channels=40, activation="silu", drop_path_rate=0.087272727273),  # blocks_3_6  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=160, out_channels=160, expansion=6, kernel=3, stride=1, se_channels=40, activation="silu", drop_path_rate=0.090909090909),  # blocks_3_7  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=160, out_channels=160, expansion=6, kernel=3, stride=1, se_channels=40, activation="silu", drop_path_rate=0.094545454545),  # blocks_3_8  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=160, out_channels=160, expansion=6, kernel=3, stride=1, se_channels=40, activation="silu", drop_path_rate=0.098181818182),  # blocks_3_9  # noqa: E501
     ),
     (  # stage 4: 10 x mbconv -> 224 channels at 38x38
-        BlockConfig(kind="mbconv", in_channels=160, out_channels=224, expansion=6, kernel=5, stride=1, se_channels=40, activation="silu", drop_path_rate=0.10181818181818182),  # blocks_4_0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=5, stride=1, se_channels=56, activation="silu", drop_path_rate=0.10545454545454547),  # blocks_4_1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=5, stride=1, se_channels=56, activation="silu", drop_path_rate=0.10909090909090909),  # blocks_4_2  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=5, stride=1, se_channels=56, activation="silu", drop_path_rate=0.11272727272727273),  # blocks_4_3  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=5, stride=1, se_channels=56, activation="silu", drop_path_rate=0.11636363636363636),  # blocks_4_4  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=5, stride=1, se_channels=56, activation="silu", drop_path_rate=0.12000000000000001),  # blocks_4_5  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=5, stride=1, se_channels=56, activation="silu", drop_path_rate=0.12363636363636366),  # blocks_4_6  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=5, stride=1, se_channels=56, activation="silu", drop_path_rate=0.12727272727272726),  # blocks_4_7  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=5, stride=1, se_channels=56, activation="silu", drop_path_rate=0.13090909090909092),  # blocks_4_8  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=5, stride=1, se_channels=56, activation="silu", drop_path_rate=0.13454545454545455),  # blocks_4_9  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=160, out_channels=224, expansion=6, kernel=5, stride=1, se_channels=40, activation="silu", drop_path_rate=0.101818181818),  # blocks_4_0  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=5, stride=1, se_channels=56, activation="silu", drop_path_rate=0.105454545455),  # blocks_4_1  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=5, stride=1, se_channels=56, activation="silu", drop_path_rate=0.109090909091),  # blocks_4_2  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=5, stride=1, se_channels=56, activation="silu", drop_path_rate=0.112727272727),  # blocks_4_3  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=5, stride=1, se_channels=56, activation="silu", drop_path_rate=0.116363636364),  # blocks_4_4  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=5, stride=1, se_channels=56, activation="silu", drop_path_rate=0.12),  # blocks_4_5  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=5, stride=1, se_channels=56, activation="silu", drop_path_rate=0.123636363636),  # blocks_4_6  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=5, stride=1, se_channels=56, activation="silu", drop_path_rate=0.127272727273),  # blocks_4_7  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=5, stride=1, se_channels=56, activation="silu", drop_path_rate=0.130909090909),  # blocks_4_8  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=5, stride=1, se_channels=56, activation="silu", drop_path_rate=0.134545454545),  # blocks_4_9  # noqa: E501
     ),
     (  # stage 5: 13 x mbconv -> 384 channels at 19x19
-        BlockConfig(kind="mbconv", in_channels=224, out_channels=384, expansion=6, kernel=5, stride=2, se_channels=56, activation="silu", drop_path_rate=0.13818181818181818),  # blocks_5_0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=5, stride=1, se_channels=96, activation="silu", drop_path_rate=0.14181818181818184),  # blocks_5_1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=5, stride=1, se_channels=96, activation="silu", drop_path_rate=0.14545454545454545),  # blocks_5_2  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=5, stride=1, se_channels=96, activation="silu", drop_path_rate=0.1490909090909091),  # blocks_5_3  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=5, stride=1, se_channels=96, activation="silu", drop_path_rate=0.15272727272727274),  # blocks_5_4  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=5, stride=1, se_channels=96, activation="silu", drop_path_rate=0.15636363636363634),  # blocks_5_5  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=224, out_channels=384, expansion=6, kernel=5, stride=2, se_channels=56, activation="silu", drop_path_rate=0.138181818182),  # blocks_5_0  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=5, stride=1, se_channels=96, activation="silu", drop_path_rate=0.141818181818),  # blocks_5_1  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=5, stride=1, se_channels=96, activation="silu", drop_path_rate=0.145454545455),  # blocks_5_2  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=5, stride=1, se_channels=96, activation="silu", drop_path_rate=0.149090909091),  # blocks_5_3  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=5, stride=1, se_channels=96, activation="silu", drop_path_rate=0.152727272727),  # blocks_5_4  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=5, stride=1, se_channels=96, activation="silu", drop_path_rate=0.156363636364),  # blocks_5_5  # noqa: E501
         BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=5, stride=1, se_channels=96, activation="silu", drop_path_rate=0.16),  # blocks_5_6  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=5, stride=1, se_channels=96, activation="silu", drop_path_rate=0.16363636363636364),  # blocks_5_7  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=5, stride=1, se_channels=96, activation="silu", drop_path_rate=0.1672727272727273),  # blocks_5_8  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=5, stride=1, se_channels=96, activation="silu", drop_path_rate=0.17090909090909093),  # blocks_5_9  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=5, stride=1, se_channels=96, activation="silu", drop_path_rate=0.17454545454545456),  # blocks_5_10  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=5, stride=1, se_channels=96, activation="silu", drop_path_rate=0.1781818181818182),  # blocks_5_11  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=5, stride=1, se_channels=96, activation="silu", drop_path_rate=0.18181818181818182),  # blocks_5_12  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=5, stride=1, se_channels=96, activation="silu", drop_path_rate=0.163636363636),  # blocks_5_7  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=5, stride=1, se_channels=96, activation="silu", drop_path_rate=0.167272727273),  # blocks_5_8  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=5, stride=1, se_channels=96, activation="silu", drop_path_rate=0.170909090909),  # blocks_5_9  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=5, stride=1, se_channels=96, activation="silu", drop_path_rate=0.174545454545),  # blocks_5_10  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=5, stride=1, se_channels=96, activation="silu", drop_path_rate=0.178181818182),  # blocks_5_11  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=5, stride=1, se_channels=96, activation="silu", drop_path_rate=0.181818181818),  # blocks_5_12  # noqa: E501
     ),
     (  # stage 6: 4 x mbconv -> 640 channels at 19x19
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=640, expansion=6, kernel=3, stride=1, se_channels=96, activation="silu", drop_path_rate=0.18545454545454548),  # blocks_6_0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=640, out_channels=640, expansion=6, kernel=3, stride=1, se_channels=160, activation="silu", drop_path_rate=0.1890909090909091),  # blocks_6_1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=640, out_channels=640, expansion=6, kernel=3, stride=1, se_channels=160, activation="silu", drop_path_rate=0.19272727272727275),  # blocks_6_2  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=640, out_channels=640, expansion=6, kernel=3, stride=1, se_channels=160, activation="silu", drop_path_rate=0.19636363636363638),  # blocks_6_3  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=384, out_channels=640, expansion=6, kernel=3, stride=1, se_channels=96, activation="silu", drop_path_rate=0.185454545455),  # blocks_6_0  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=640, out_channels=640, expansion=6, kernel=3, stride=1, se_channels=160, activation="silu", drop_path_rate=0.189090909091),  # blocks_6_1  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=640, out_channels=640, expansion=6, kernel=3, stride=1, se_channels=160, activation="silu", drop_path_rate=0.192727272727),  # blocks_6_2  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=640, out_channels=640, expansion=6, kernel=3, stride=1, se_channels=160, activation="silu", drop_path_rate=0.196363636364),  # blocks_6_3  # noqa: E501
     ),
 )
 # fmt: on

@@ -78,34 +78,34 @@ STAGES = (
         BlockConfig(kind="fused_mbconv", in_channels=32, out_channels=16, expansion=1, kernel=3, stride=1, se_channels=0, activation="silu", drop_path_rate=0.0),  # blocks_0_0  # noqa: E501
     ),
     (  # stage 1: 2 x fused_mbconv -> 32 channels at 56x56
-        BlockConfig(kind="fused_mbconv", in_channels=16, out_channels=32, expansion=4, kernel=3, stride=2, se_channels=0, activation="silu", drop_path_rate=0.009523809523809525),  # blocks_1_0  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=32, out_channels=32, expansion=4, kernel=3, stride=1, se_channels=0, activation="silu", drop_path_rate=0.01904761904761905),  # blocks_1_1  # noqa: E501
+        BlockConfig(kind="fused_mbconv", in_channels=16, out_channels=32, expansion=4, kernel=3, stride=2, se_channels=0, activation="silu", drop_path_rate=0.009523809524),  # blocks_1_0  # noqa: E501
+        BlockConfig(kind="fused_mbconv", in_channels=32, out_channels=32, expansion=4, kernel=3, stride=1, se_channels=0, activation="silu", drop_path_rate=0.019047619048),  # blocks_1_1  # noqa: E501
     ),
     (  # stage 2: 2 x fused_mbconv -> 48 channels at 28x28
-        BlockConfig(kind="fused_mbconv", in_channels=32, out_channels=48, expansion=4, kernel=3, stride=2, se_channels=0, activation="silu", drop_path_rate=0.028571428571428574),  # blocks_2_0  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=48, out_channels=48, expansion=4, kernel=3, stride=1, se_channels=0, activation="silu", drop_path_rate=0.0380952380952381),  # blocks_2_1  # noqa: E501
+        BlockConfig(kind="fused_mbconv", in_channels=32, out_channels=48, expansion=4, kernel=3, stride=2, se_channels=0, activation="silu", drop_path_rate=0.028571428571),  # blocks_2_0  # noqa: E501
+        BlockConfig(kind="fused_mbconv", in_channels=48, out_channels=48, expansion=4, kernel=3, stride=1, se_channels=0, activation="silu", drop_path_rate=0.038095238095),  # blocks_2_1  # noqa: E501
     ),
     (  # stage 3: 3 x mbconv -> 96 channels at 14x14
-        BlockConfig(kind="mbconv", in_channels=48, out_channels=96, expansion=4, kernel=3, stride=2, se_channels=12, activation="silu", drop_path_rate=0.047619047619047616),  # blocks_3_0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=96, out_channels=96, expansion=4, kernel=3, stride=1, se_channels=24, activation="silu", drop_path_rate=0.05714285714285715),  # blocks_3_1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=96, out_channels=96, expansion=4, kernel=3, stride=1, se_channels=24, activation="silu", drop_path_rate=0.06666666666666668),  # blocks_3_2  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=48, out_channels=96, expansion=4, kernel=3, stride=2, se_channels=12, activation="silu", drop_path_rate=0.047619047619),  # blocks_3_0  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=96, out_channels=96, expansion=4, kernel=3, stride=1, se_channels=24, activation="silu", drop_path_rate=0.057142857143),  # blocks_3_1  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=96, out_channels=96, expansion=4, kernel=3, stride=1, se_channels=24, activation="silu", drop_path_rate=0.066666666667),  # blocks_3_2  # noqa: E501
     ),
     (  # stage 4: 5 x mbconv -> 112 channels at 14x14
-        BlockConfig(kind="mbconv", in_channels=96, out_channels=112, expansion=6, kernel=3, stride=1, se_channels=24, activation="silu", drop_path_rate=0.0761904761904762),  # blocks_4_0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=112, out_channels=112, expansion=6, kernel=3, stride=1, se_channels=28, activation="silu", drop_path_rate=0.08571428571428572),  # blocks_4_1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=112, out_channels=112, expansion=6, kernel=3, stride=1, se_channels=28, activation="silu", drop_path_rate=0.09523809523809523),  # blocks_4_2  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=112, out_channels=112, expansion=6, kernel=3, stride=1, se_channels=28, activation="silu", drop_path_rate=0.10476190476190476),  # blocks_4_3  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=112, out_channels=112, expansion=6, kernel=3, stride=1, se_channels=28, activation="silu", drop_path_rate=0.1142857142857143),  # blocks_4_4  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=96, out_channels=112, expansion=6, kernel=3, stride=1, se_channels=24, activation="silu", drop_path_rate=0.07619047619),  # blocks_4_0  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=112, out_channels=112, expansion=6, kernel=3, stride=1, se_channels=28, activation="silu", drop_path_rate=0.085714285714),  # blocks_4_1  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=112, out_channels=112, expansion=6, kernel=3, stride=1, se_channels=28, activation="silu", drop_path_rate=0.095238095238),  # blocks_4_2  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=112, out_channels=112, expansion=6, kernel=3, stride=1, se_channels=28, activation="silu", drop_path_rate=0.104761904762),  # blocks_4_3  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=112, out_channels=112, expansion=6, kernel=3, stride=1, se_channels=28, activation="silu", drop_path_rate=0.114285714286),  # blocks_4_4  # noqa: E501
     ),
     (  # stage 5: 8 x mbconv -> 192 channels at 7x7
-        BlockConfig(kind="mbconv", in_channels=112, out_channels=192, expansion=6, kernel=3, stride=2, se_channels=28, activation="silu", drop_path_rate=0.12380952380952381),  # blocks_5_0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=6, kernel=3, stride=1, se_channels=48, activation="silu", drop_path_rate=0.13333333333333336),  # blocks_5_1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=6, kernel=3, stride=1, se_channels=48, activation="silu", drop_path_rate=0.14285714285714285),  # blocks_5_2  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=6, kernel=3, stride=1, se_channels=48, activation="silu", drop_path_rate=0.1523809523809524),  # blocks_5_3  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=6, kernel=3, stride=1, se_channels=48, activation="silu", drop_path_rate=0.1619047619047619),  # blocks_5_4  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=6, kernel=3, stride=1, se_channels=48, activation="silu", drop_path_rate=0.17142857142857143),  # blocks_5_5  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=6, kernel=3, stride=1, se_channels=48, activation="silu", drop_path_rate=0.18095238095238098),  # blocks_5_6  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=6, kernel=3, stride=1, se_channels=48, activation="silu", drop_path_rate=0.19047619047619047),  # blocks_5_7  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=112, out_channels=192, expansion=6, kernel=3, stride=2, se_channels=28, activation="silu", drop_path_rate=0.12380952381),  # blocks_5_0  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=6, kernel=3, stride=1, se_channels=48, activation="silu", drop_path_rate=0.133333333333),  # blocks_5_1  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=6, kernel=3, stride=1, se_channels=48, activation="silu", drop_path_rate=0.142857142857),  # blocks_5_2  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=6, kernel=3, stride=1, se_channels=48, activation="silu", drop_path_rate=0.152380952381),  # blocks_5_3  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=6, kernel=3, stride=1, se_channels=48, activation="silu", drop_path_rate=0.161904761905),  # blocks_5_4  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=6, kernel=3, stride=1, se_channels=48, activation="silu", drop_path_rate=0.171428571429),  # blocks_5_5  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=6, kernel=3, stride=1, se_channels=48, activation="silu", drop_path_rate=0.180952380952),  # blocks_5_6  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=6, kernel=3, stride=1, se_channels=48, activation="silu", drop_path_rate=0.190476190476),  # blocks_5_7  # noqa: E501
     ),
 )
 # fmt: on

@@ -76,42 +76,42 @@ class BlockConfig:
 STAGES = (
     (  # stage 0: 2 x fused_mbconv -> 16 channels at 120x120
         BlockConfig(kind="fused_mbconv", in_channels=32, out_channels=16, expansion=1, kernel=3, stride=1, se_channels=0, activation="silu", drop_path_rate=0.0),  # blocks_0_0  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=16, out_channels=16, expansion=1, kernel=3, stride=1, se_channels=0, activation="silu", drop_path_rate=0.007407407407407408),  # blocks_0_1  # noqa: E501
+        BlockConfig(kind="fused_mbconv", in_channels=16, out_channels=16, expansion=1, kernel=3, stride=1, se_channels=0, activation="silu", drop_path_rate=0.007407407407),  # blocks_0_1  # noqa: E501
     ),
     (  # stage 1: 3 x fused_mbconv -> 32 channels at 60x60
-        BlockConfig(kind="fused_mbconv", in_channels=16, out_channels=32, expansion=4, kernel=3, stride=2, se_channels=0, activation="silu", drop_path_rate=0.014814814814814815),  # blocks_1_0  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=32, out_channels=32, expansion=4, kernel=3, stride=1, se_channels=0, activation="silu", drop_path_rate=0.022222222222222227),  # blocks_1_1  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=32, out_channels=32, expansion=4, kernel=3, stride=1, se_channels=0, activation="silu", drop_path_rate=0.02962962962962963),  # blocks_1_2  # noqa: E501
+        BlockConfig(kind="fused_mbconv", in_channels=16, out_channels=32, expansion=4, kernel=3, stride=2, se_channels=0, activation="silu", drop_path_rate=0.014814814815),  # blocks_1_0  # noqa: E501
+        BlockConfig(kind="fused_mbconv", in_channels=32, out_channels=32, expansion=4, kernel=3, stride=1, se_channels=0, activation="silu", drop_path_rate=0.022222222222),  # blocks_1_1  # noqa: E501
+        BlockConfig(kind="fused_mbconv", in_channels=32, out_channels=32, expansion=4, kernel=3, stride=1, se_channels=0, activation="silu", drop_path_rate=0.02962962963),  # blocks_1_2  # noqa: E501
     ),
     (  # stage 2: 3 x fused_mbconv -> 48 channels at 30x30
-        BlockConfig(kind="fused_mbconv", in_channels=32, out_channels=48, expansion=4, kernel=3, stride=2, se_channels=0, activation="silu", drop_path_rate=0.037037037037037035),  # blocks_2_0  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=48, out_channels=48, expansion=4, kernel=3, stride=1, se_channels=0, activation="silu", drop_path_rate=0.04444444444444445),  # blocks_2_1  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=48, out_channels=48, expansion=4, kernel=3, stride=1, se_channels=0, activation="silu", drop_path_rate=0.05185185185185186),  # blocks_2_2  # noqa: E501
+        BlockConfig(kind="fused_mbconv", in_channels=32, out_channels=48, expansion=4, kernel=3, stride=2, se_channels=0, activation="silu", drop_path_rate=0.037037037037),  # blocks_2_0  # noqa: E501
+        BlockConfig(kind="fused_mbconv", in_channels=48, out_channels=48, expansion=4, kernel=3, stride=1, se_channels=0, activation="silu", drop_path_rate=0.044444444444),  # blocks_2_1  # noqa: E501
+        BlockConfig(kind="fused_mbconv", in_channels=48, out_channels=48, expansion=4, kernel=3, stride=1, se_channels=0, activation="silu", drop_path_rate=0.051851851852),  # blocks_2_2  # noqa: E501
     ),
     (  # stage 3: 4 x mbconv -> 96 channels at 15x15
-        BlockConfig(kind="mbconv", in_channels=48, out_channels=96, expansion=4, kernel=3, stride=2, se_channels=12, activation="silu", drop_path_rate=0.05925925925925926),  # blocks_3_0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=96, out_channels=96, expansion=4, kernel=3, stride=1, se_channels=24, activation="silu", drop_path_rate=0.06666666666666667),  # blocks_3_1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=96, out_channels=96, expansion=4, kernel=3, stride=1, se_channels=24, activation="silu", drop_path_rate=0.07407407407407407),  # blocks_3_2  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=96, out_channels=96, expansion=4, kernel=3, stride=1, se_channels=24, activation="silu", drop_path_rate=0.08148148148148149),  # blocks_3_3  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=48, out_channels=96, expansion=4, kernel=3, stride=2, se_channels=12, activation="silu", drop_path_rate=0.059259259259),  # blocks_3_0  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=96, out_channels=96, expansion=4, kernel=3, stride=1, se_channels=24, activation="silu", drop_path_rate=0.066666666667),  # blocks_3_1  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=96, out_channels=96, expansion=4, kernel=3, stride=1, se_channels=24, activation="silu", drop_path_rate=0.074074074074),  # blocks_3_2  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=96, out_channels=96, expansion=4, kernel=3, stride=1, se_channels=24, activation="silu", drop_path_rate=0.081481481481),  # blocks_3_3  # noqa: E501
     ),
     (  # stage 4: 6 x mbconv -> 112 channels at 15x15
-        BlockConfig(kind="mbconv", in_channels=96, out_channels=112, expansion=6, kernel=3, stride=1, se_channels=24, activation="silu", drop_path_rate=0.0888888888888889),  # blocks_4_0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=112, out_channels=112, expansion=6, kernel=3, stride=1, se_channels=28, activation="silu", drop_path_rate=0.0962962962962963),  # blocks_4_1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=112, out_channels=112, expansion=6, kernel=3, stride=1, se_channels=28, activation="silu", drop_path_rate=0.10370370370370371),  # blocks_4_2  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=112, out_channels=112, expansion=6, kernel=3, stride=1, se_channels=28, activation="silu", drop_path_rate=0.1111111111111111),  # blocks_4_3  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=112, out_channels=112, expansion=6, kernel=3, stride=1, se_channels=28, activation="silu", drop_path_rate=0.11851851851851852),  # blocks_4_4  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=112, out_channels=112, expansion=6, kernel=3, stride=1, se_channels=28, activation="silu", drop_path_rate=0.12592592592592594),  # blocks_4_5  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=96, out_channels=112, expansion=6, kernel=3, stride=1, se_channels=24, activation="silu", drop_path_rate=0.088888888889),  # blocks_4_0  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=112, out_channels=112, expansion=6, kernel=3, stride=1, se_channels=28, activation="silu", drop_path_rate=0.096296296296),  # blocks_4_1  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=112, out_channels=112, expansion=6, kernel=3, stride=1, se_channels=28, activation="silu", drop_path_rate=0.103703703704),  # blocks_4_2  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=112, out_channels=112, expansion=6, kernel=3, stride=1, se_channels=28, activation="silu", drop_path_rate=0.111111111111),  # blocks_4_3  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=112, out_channels=112, expansion=6, kernel=3, stride=1, se_channels=28, activation="silu", drop_path_rate=0.118518518519),  # blocks_4_4  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=112, out_channels=112, expansion=6, kernel=3, stride=1, se_channels=28, activation="silu", drop_path_rate=0.125925925926),  # blocks_4_5  # noqa: E501
     ),
     (  # stage 5: 9 x mbconv -> 192 channels at 8x8
-        BlockConfig(kind="mbconv", in_channels=112, out_channels=192, expansion=6, kernel=3, stride=2, se_channels=28, activation="silu", drop_path_rate=0.13333333333333333),  # blocks_5_0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=6, kernel=3, stride=1, se_channels=48, activation="silu", drop_path_rate=0.14074074074074075),  # blocks_5_1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=6, kernel=3, stride=1, se_channels=48, activation="silu", drop_path_rate=0.14814814814814814),  # blocks_5_2  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=6, kernel=3, stride=1, se_channels=48, activation="silu", drop_path_rate=0.15555555555555556),  # blocks_5_3  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=6, kernel=3, stride=1, se_channels=48, activation="silu", drop_path_rate=0.16296296296296298),  # blocks_5_4  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=6, kernel=3, stride=1, se_channels=48, activation="silu", drop_path_rate=0.1703703703703704),  # blocks_5_5  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=6, kernel=3, stride=1, se_channels=48, activation="silu", drop_path_rate=0.1777777777777778),  # blocks_5_6  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=6, kernel=3, stride=1, se_channels=48, activation="silu", drop_path_rate=0.18518518518518517),  # blocks_5_7  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=6, kernel=3, stride=1, se_channels=48, activation="silu", drop_path_rate=0.1925925925925926),  # blocks_5_8  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=112, out_channels=192, expansion=6, kernel=3, stride=2, se_channels=28, activation="silu", drop_path_rate=0.133333333333),  # blocks_5_0  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=6, kernel=3, stride=1, se_channels=48, activation="silu", drop_path_rate=0.140740740741),  # blocks_5_1  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=6, kernel=3, stride=1, se_channels=48, activation="silu", drop_path_rate=0.148148148148),  # blocks_5_2  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=6, kernel=3, stride=1, se_channels=48, activation="silu", drop_path_rate=0.155555555556),  # blocks_5_3  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=6, kernel=3, stride=1, se_channels=48, activation="silu", drop_path_rate=0.162962962963),  # blocks_5_4  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=6, kernel=3, stride=1, se_channels=48, activation="silu", drop_path_rate=0.17037037037),  # blocks_5_5  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=6, kernel=3, stride=1, se_channels=48, activation="silu", drop_path_rate=0.177777777778),  # blocks_5_6  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=6, kernel=3, stride=1, se_channels=48, activation="silu", drop_path_rate=0.185185185185),  # blocks_5_7  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=6, kernel=3, stride=1, se_channels=48, activation="silu", drop_path_rate=0.192592592593),  # blocks_5_8  # noqa: E501
     ),
 )
 # fmt: on

@@ -76,43 +76,43 @@ class BlockConfig:
 STAGES = (
     (  # stage 0: 2 x fused_mbconv -> 16 channels at 130x130
         BlockConfig(kind="fused_mbconv", in_channels=32, out_channels=16, expansion=1, kernel=3, stride=1, se_channels=0, activation="silu", drop_path_rate=0.0),  # blocks_0_0  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=16, out_channels=16, expansion=1, kernel=3, stride=1, se_channels=0, activation="silu", drop_path_rate=0.0071428571428571435),  # blocks_0_1  # noqa: E501
+        BlockConfig(kind="fused_mbconv", in_channels=16, out_channels=16, expansion=1, kernel=3, stride=1, se_channels=0, activation="silu", drop_path_rate=0.007142857143),  # blocks_0_1  # noqa: E501
     ),
     (  # stage 1: 3 x fused_mbconv -> 32 channels at 65x65
-        BlockConfig(kind="fused_mbconv", in_channels=16, out_channels=32, expansion=4, kernel=3, stride=2, se_channels=0, activation="silu", drop_path_rate=0.014285714285714287),  # blocks_1_0  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=32, out_channels=32, expansion=4, kernel=3, stride=1, se_channels=0, activation="silu", drop_path_rate=0.021428571428571432),  # blocks_1_1  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=32, out_channels=32, expansion=4, kernel=3, stride=1, se_channels=0, activation="silu", drop_path_rate=0.028571428571428574),  # blocks_1_2  # noqa: E501
+        BlockConfig(kind="fused_mbconv", in_channels=16, out_channels=32, expansion=4, kernel=3, stride=2, se_channels=0, activation="silu", drop_path_rate=0.014285714286),  # blocks_1_0  # noqa: E501
+        BlockConfig(kind="fused_mbconv", in_channels=32, out_channels=32, expansion=4, kernel=3, stride=1, se_channels=0, activation="silu", drop_path_rate=0.021428571429),  # blocks_1_1  # noqa: E501
+        BlockConfig(kind="fused_mbconv", in_channels=32, out_channels=32, expansion=4, kernel=3, stride=1, se_channels=0, activation="silu", drop_path_rate=0.028571428571),  # blocks_1_2  # noqa: E501
     ),
     (  # stage 2: 3 x fused_mbconv -> 56 channels at 33x33
-        BlockConfig(kind="fused_mbconv", in_channels=32, out_channels=56, expansion=4, kernel=3, stride=2, se_channels=0, activation="silu", drop_path_rate=0.03571428571428571),  # blocks_2_0  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=56, out_channels=56, expansion=4, kernel=3, stride=1, se_channels=0, activation="silu", drop_path_rate=0.042857142857142864),  # blocks_2_1  # noqa: E501
+        BlockConfig(kind="fused_mbconv", in_channels=32, out_channels=56, expansion=4, kernel=3, stride=2, se_channels=0, activation="silu", drop_path_rate=0.035714285714),  # blocks_2_0  # noqa: E501
+        BlockConfig(kind="fused_mbconv", in_channels=56, out_channels=56, expansion=4, kernel=3, stride=1, se_channels=0, activation="silu", drop_path_rate=0.042857142857),  # blocks_2_1  # noqa: E501
         BlockConfig(kind="fused_mbconv", in_channels=56, out_channels=56, expansion=4, kernel=3, stride=1, se_channels=0, activation="silu", drop_path_rate=0.05),  # blocks_2_2  # noqa: E501
     ),
     (  # stage 3: 4 x mbconv -> 104 channels at 17x17
-        BlockConfig(kind="mbconv", in_channels=56, out_channels=104, expansion=4, kernel=3, stride=2, se_channels=14, activation="silu", drop_path_rate=0.05714285714285715),  # blocks_3_0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=104, out_channels=104, expansion=4, kernel=3, stride=1, se_channels=26, activation="silu", drop_path_rate=0.0642857142857143),  # blocks_3_1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=104, out_channels=104, expansion=4, kernel=3, stride=1, se_channels=26, activation="silu", drop_path_rate=0.07142857142857142),  # blocks_3_2  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=104, out_channels=104, expansion=4, kernel=3, stride=1, se_channels=26, activation="silu", drop_path_rate=0.07857142857142858),  # blocks_3_3  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=56, out_channels=104, expansion=4, kernel=3, stride=2, se_channels=14, activation="silu", drop_path_rate=0.057142857143),  # blocks_3_0  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=104, out_channels=104, expansion=4, kernel=3, stride=1, se_channels=26, activation="silu", drop_path_rate=0.064285714286),  # blocks_3_1  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=104, out_channels=104, expansion=4, kernel=3, stride=1, se_channels=26, activation="silu", drop_path_rate=0.071428571429),  # blocks_3_2  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=104, out_channels=104, expansion=4, kernel=3, stride=1, se_channels=26, activation="silu", drop_path_rate=0.078571428571),  # blocks_3_3  # noqa: E501
     ),
     (  # stage 4: 6 x mbconv -> 120 channels at 17x17
-        BlockConfig(kind="mbconv", in_channels=104, out_channels=120, expansion=6, kernel=3, stride=1, se_channels=26, activation="silu", drop_path_rate=0.08571428571428573),  # blocks_4_0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=120, out_channels=120, expansion=6, kernel=3, stride=1, se_channels=30, activation="silu", drop_path_rate=0.09285714285714286),  # blocks_4_1  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=104, out_channels=120, expansion=6, kernel=3, stride=1, se_channels=26, activation="silu", drop_path_rate=0.085714285714),  # blocks_4_0  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=120, out_channels=120, expansion=6, kernel=3, stride=1, se_channels=30, activation="silu", drop_path_rate=0.092857142857),  # blocks_4_1  # noqa: E501
         BlockConfig(kind="mbconv", in_channels=120, out_channels=120, expansion=6, kernel=3, stride=1, se_channels=30, activation="silu", drop_path_rate=0.1),  # blocks_4_2  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=120, out_channels=120, expansion=6, kernel=3, stride=1, se_channels=30, activation="silu", drop_path_rate=0.10714285714285714),  # blocks_4_3  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=120, out_channels=120, expansion=6, kernel=3, stride=1, se_channels=30, activation="silu", drop_path_rate=0.1142857142857143),  # blocks_4_4  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=120, out_channels=120, expansion=6, kernel=3, stride=1, se_channels=30, activation="silu", drop_path_rate=0.12142857142857144),  # blocks_4_5  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=120, out_channels=120, expansion=6, kernel=3, stride=1, se_channels=30, activation="silu", drop_path_rate=0.107142857143),  # blocks_4_3  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=120, out_channels=120, expansion=6, kernel=3, stride=1, se_channels=30, activation="silu", drop_path_rate=0.114285714286),  # blocks_4_4  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=120, out_channels=120, expansion=6, kernel=3, stride=1, se_channels=30, activation="silu", drop_path_rate=0.121428571429),  # blocks_4_5  # noqa: E501
     ),
     (  # stage 5: 10 x mbconv -> 208 channels at 9x9
-        BlockConfig(kind="mbconv", in_channels=120, out_channels=208, expansion=6, kernel=3, stride=2, se_channels=30, activation="silu", drop_path_rate=0.1285714285714286),  # blocks_5_0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=208, out_channels=208, expansion=6, kernel=3, stride=1, se_channels=52, activation="silu", drop_path_rate=0.13571428571428573),  # blocks_5_1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=208, out_channels=208, expansion=6, kernel=3, stride=1, se_channels=52, activation="silu", drop_path_rate=0.14285714285714285),  # blocks_5_2  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=120, out_channels=208, expansion=6, kernel=3, stride=2, se_channels=30, activation="silu", drop_path_rate=0.128571428571),  # blocks_5_0  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=208, out_channels=208, expansion=6, kernel=3, stride=1, se_channels=52, activation="silu", drop_path_rate=0.135714285714),  # blocks_5_1  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=208, out_channels=208, expansion=6, kernel=3, stride=1, se_channels=52, activation="silu", drop_path_rate=0.142857142857),  # blocks_5_2  # noqa: E501
         BlockConfig(kind="mbconv", in_channels=208, out_channels=208, expansion=6, kernel=3, stride=1, se_channels=52, activation="silu", drop_path_rate=0.15),  # blocks_5_3  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=208, out_channels=208, expansion=6, kernel=3, stride=1, se_channels=52, activation="silu", drop_path_rate=0.15714285714285717),  # blocks_5_4  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=208, out_channels=208, expansion=6, kernel=3, stride=1, se_channels=52, activation="silu", drop_path_rate=0.1642857142857143),  # blocks_5_5  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=208, out_channels=208, expansion=6, kernel=3, stride=1, se_channels=52, activation="silu", drop_path_rate=0.17142857142857146),  # blocks_5_6  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=208, out_channels=208, expansion=6, kernel=3, stride=1, se_channels=52, activation="silu", drop_path_rate=0.17857142857142858),  # blocks_5_7  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=208, out_channels=208, expansion=6, kernel=3, stride=1, se_channels=52, activation="silu", drop_path_rate=0.18571428571428572),  # blocks_5_8  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=208, out_channels=208, expansion=6, kernel=3, stride=1, se_channels=52, activation="silu", drop_path_rate=0.19285714285714287),  # blocks_5_9  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=208, out_channels=208, expansion=6, kernel=3, stride=1, se_channels=52, activation="silu", drop_path_rate=0.157142857143),  # blocks_5_4  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=208, out_channels=208, expansion=6, kernel=3, stride=1, se_channels=52, activation="silu", drop_path_rate=0.164285714286),  # blocks_5_5  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=208, out_channels=208, expansion=6, kernel=3, stride=1, se_channels=52, activation="silu", drop_path_rate=0.171428571429),  # blocks_5_6  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=208, out_channels=208, expansion=6, kernel=3, stride=1, se_channels=52, activation="silu", drop_path_rate=0.178571428571),  # blocks_5_7  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=208, out_channels=208, expansion=6, kernel=3, stride=1, se_channels=52, activation="silu", drop_path_rate=0.185714285714),  # blocks_5_8  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=208, out_channels=208, expansion=6, kernel=3, stride=1, se_channels=52, activation="silu", drop_path_rate=0.192857142857),  # blocks_5_9  # noqa: E501
     ),
 )
 # fmt: on

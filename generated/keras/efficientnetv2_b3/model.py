@@ -80,41 +80,41 @@ STAGES = (
     ),
     (  # stage 1: 3 x fused_mbconv -> 40 channels at 75x75
         BlockConfig(kind="fused_mbconv", in_channels=16, out_channels=40, expansion=4, kernel=3, stride=2, se_channels=0, activation="silu", drop_path_rate=0.0125),  # blocks_1_0  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=40, out_channels=40, expansion=4, kernel=3, stride=1, se_channels=0, activation="silu", drop_path_rate=0.018750000000000003),  # blocks_1_1  # noqa: E501
+        BlockConfig(kind="fused_mbconv", in_channels=40, out_channels=40, expansion=4, kernel=3, stride=1, se_channels=0, activation="silu", drop_path_rate=0.01875),  # blocks_1_1  # noqa: E501
         BlockConfig(kind="fused_mbconv", in_channels=40, out_channels=40, expansion=4, kernel=3, stride=1, se_channels=0, activation="silu", drop_path_rate=0.025),  # blocks_1_2  # noqa: E501
     ),
     (  # stage 2: 3 x fused_mbconv -> 56 channels at 38x38
         BlockConfig(kind="fused_mbconv", in_channels=40, out_channels=56, expansion=4, kernel=3, stride=2, se_channels=0, activation="silu", drop_path_rate=0.03125),  # blocks_2_0  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=56, out_channels=56, expansion=4, kernel=3, stride=1, se_channels=0, activation="silu", drop_path_rate=0.037500000000000006),  # blocks_2_1  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=56, out_channels=56, expansion=4, kernel=3, stride=1, se_channels=0, activation="silu", drop_path_rate=0.043750000000000004),  # blocks_2_2  # noqa: E501
+        BlockConfig(kind="fused_mbconv", in_channels=56, out_channels=56, expansion=4, kernel=3, stride=1, se_channels=0, activation="silu", drop_path_rate=0.0375),  # blocks_2_1  # noqa: E501
+        BlockConfig(kind="fused_mbconv", in_channels=56, out_channels=56, expansion=4, kernel=3, stride=1, se_channels=0, activation="silu", drop_path_rate=0.04375),  # blocks_2_2  # noqa: E501
     ),
     (  # stage 3: 5 x mbconv -> 112 channels at 19x19
         BlockConfig(kind="mbconv", in_channels=56, out_channels=112, expansion=4, kernel=3, stride=2, se_channels=14, activation="silu", drop_path_rate=0.05),  # blocks_3_0  # noqa: E501
         BlockConfig(kind="mbconv", in_channels=112, out_channels=112, expansion=4, kernel=3, stride=1, se_channels=28, activation="silu", drop_path_rate=0.05625),  # blocks_3_1  # noqa: E501
         BlockConfig(kind="mbconv", in_channels=112, out_channels=112, expansion=4, kernel=3, stride=1, se_channels=28, activation="silu", drop_path_rate=0.0625),  # blocks_3_2  # noqa: E501
         BlockConfig(kind="mbconv", in_channels=112, out_channels=112, expansion=4, kernel=3, stride=1, se_channels=28, activation="silu", drop_path_rate=0.06875),  # blocks_3_3  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=112, out_channels=112, expansion=4, kernel=3, stride=1, se_channels=28, activation="silu", drop_path_rate=0.07500000000000001),  # blocks_3_4  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=112, out_channels=112, expansion=4, kernel=3, stride=1, se_channels=28, activation="silu", drop_path_rate=0.075),  # blocks_3_4  # noqa: E501
     ),
     (  # stage 4: 7 x mbconv -> 136 channels at 19x19
         BlockConfig(kind="mbconv", in_channels=112, out_channels=136, expansion=6, kernel=3, stride=1, se_channels=28, activation="silu", drop_path_rate=0.08125),  # blocks_4_0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=136, out_channels=136, expansion=6, kernel=3, stride=1, se_channels=34, activation="silu", drop_path_rate=0.08750000000000001),  # blocks_4_1  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=136, out_channels=136, expansion=6, kernel=3, stride=1, se_channels=34, activation="silu", drop_path_rate=0.0875),  # blocks_4_1  # noqa: E501
         BlockConfig(kind="mbconv", in_channels=136, out_channels=136, expansion=6, kernel=3, stride=1, se_channels=34, activation="silu", drop_path_rate=0.09375),  # blocks_4_2  # noqa: E501
         BlockConfig(kind="mbconv", in_channels=136, out_channels=136, expansion=6, kernel=3, stride=1, se_channels=34, activation="silu", drop_path_rate=0.1),  # blocks_4_3  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=136, out_channels=136, expansion=6, kernel=3, stride=1, se_channels=34, activation="silu", drop_path_rate=0.10625000000000001),  # blocks_4_4  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=136, out_channels=136, expansion=6, kernel=3, stride=1, se_channels=34, activation="silu", drop_path_rate=0.10625),  # blocks_4_4  # noqa: E501
         BlockConfig(kind="mbconv", in_channels=136, out_channels=136, expansion=6, kernel=3, stride=1, se_channels=34, activation="silu", drop_path_rate=0.1125),  # blocks_4_5  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=136, out_channels=136, expansion=6, kernel=3, stride=1, se_channels=34, activation="silu", drop_path_rate=0.11875000000000001),  # blocks_4_6  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=136, out_channels=136, expansion=6, kernel=3, stride=1, se_channels=34, activation="silu", drop_path_rate=0.11875),  # blocks_4_6  # noqa: E501
     ),
     (  # stage 5: 12 x mbconv -> 232 channels at 10x10
         BlockConfig(kind="mbconv", in_channels=136, out_channels=232, expansion=6, kernel=3, stride=2, se_channels=34, activation="silu", drop_path_rate=0.125),  # blocks_5_0  # noqa: E501
         BlockConfig(kind="mbconv", in_channels=232, out_channels=232, expansion=6, kernel=3, stride=1, se_channels=58, activation="silu", drop_path_rate=0.13125),  # blocks_5_1  # noqa: E501
         BlockConfig(kind="mbconv", in_channels=232, out_channels=232, expansion=6, kernel=3, stride=1, se_channels=58, activation="silu", drop_path_rate=0.1375),  # blocks_5_2  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=232, out_channels=232, expansion=6, kernel=3, stride=1, se_channels=58, activation="silu", drop_path_rate=0.14375000000000002),  # blocks_5_3  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=232, out_channels=232, expansion=6, kernel=3, stride=1, se_channels=58, activation="silu", drop_path_rate=0.15000000000000002),  # blocks_5_4  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=232, out_channels=232, expansion=6, kernel=3, stride=1, se_channels=58, activation="silu", drop_path_rate=0.14375),  # blocks_5_3  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=232, out_channels=232, expansion=6, kernel=3, stride=1, se_channels=58, activation="silu", drop_path_rate=0.15),  # blocks_5_4  # noqa: E501
         BlockConfig(kind="mbconv", in_channels=232, out_channels=232, expansion=6, kernel=3, stride=1, se_channels=58, activation="silu", drop_path_rate=0.15625),  # blocks_5_5  # noqa: E501
         BlockConfig(kind="mbconv", in_channels=232, out_channels=232, expansion=6, kernel=3, stride=1, se_channels=58, activation="silu", drop_path_rate=0.1625),  # blocks_5_6  # noqa: E501
         BlockConfig(kind="mbconv", in_channels=232, out_channels=232, expansion=6, kernel=3, stride=1, se_channels=58, activation="silu", drop_path_rate=0.16875),  # blocks_5_7  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=232, out_channels=232, expansion=6, kernel=3, stride=1, se_channels=58, activation="silu", drop_path_rate=0.17500000000000002),  # blocks_5_8  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=232, out_channels=232, expansion=6, kernel=3, stride=1, se_channels=58, activation="silu", drop_path_rate=0.18125000000000002),  # blocks_5_9  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=232, out_channels=232, expansion=6, kernel=3, stride=1, se_channels=58, activation="silu", drop_path_rate=0.175),  # blocks_5_8  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=232, out_channels=232, expansion=6, kernel=3, stride=1, se_channels=58, activation="silu", drop_path_rate=0.18125),  # blocks_5_9  # noqa: E501
         BlockConfig(kind="mbconv", in_channels=232, out_channels=232, expansion=6, kernel=3, stride=1, se_channels=58, activation="silu", drop_path_rate=0.1875),  # blocks_5_10  # noqa: E501
         BlockConfig(kind="mbconv", in_channels=232, out_channels=232, expansion=6, kernel=3, stride=1, se_channels=58, activation="silu", drop_path_rate=0.19375),  # blocks_5_11  # noqa: E501
     ),

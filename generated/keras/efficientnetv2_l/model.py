@@ -79,96 +79,96 @@ class BlockConfig:
 STAGES = (
     (  # stage 0: 4 x fused_mbconv -> 32 channels at 240x240
         BlockConfig(kind="fused_mbconv", in_channels=32, out_channels=32, expansion=1, kernel=3, stride=1, se_channels=0, activation="silu", drop_path_rate=0.0),  # blocks_0_0  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=32, out_channels=32, expansion=1, kernel=3, stride=1, se_channels=0, activation="silu", drop_path_rate=0.002531645569620253),  # blocks_0_1  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=32, out_channels=32, expansion=1, kernel=3, stride=1, se_channels=0, activation="silu", drop_path_rate=0.005063291139240506),  # blocks_0_2  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=32, out_channels=32, expansion=1, kernel=3, stride=1, se_channels=0, activation="silu", drop_path_rate=0.007594936708860761),  # blocks_0_3  # noqa: E501
+        BlockConfig(kind="fused_mbconv", in_channels=32, out_channels=32, expansion=1, kernel=3, stride=1, se_channels=0, activation="silu", drop_path_rate=0.00253164557),  # blocks_0_1  # noqa: E501
+        BlockConfig(kind="fused_mbconv", in_channels=32, out_channels=32, expansion=1, kernel=3, stride=1, se_channels=0, activation="silu", drop_path_rate=0.005063291139),  # blocks_0_2  # noqa: E501
+        BlockConfig(kind="fused_mbconv", in_channels=32, out_channels=32, expansion=1, kernel=3, stride=1, se_channels=0, activation="silu", drop_path_rate=0.007594936709),  # blocks_0_3  # noqa: E501
     ),
     (  # stage 1: 7 x fused_mbconv -> 64 channels at 120x120
-        BlockConfig(kind="fused_mbconv", in_channels=32, out_channels=64, expansion=4, kernel=3, stride=2, se_channels=0, activation="silu", drop_path_rate=0.010126582278481013),  # blocks_1_0  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=64, out_channels=64, expansion=4, kernel=3, stride=1, se_channels=0, activation="silu", drop_path_rate=0.012658227848101266),  # blocks_1_1  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=64, out_channels=64, expansion=4, kernel=3, stride=1, se_channels=0, activation="silu", drop_path_rate=0.015189873417721522),  # blocks_1_2  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=64, out_channels=64, expansion=4, kernel=3, stride=1, se_channels=0, activation="silu", drop_path_rate=0.017721518987341773),  # blocks_1_3  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=64, out_channels=64, expansion=4, kernel=3, stride=1, se_channels=0, activation="silu", drop_path_rate=0.020253164556962026),  # blocks_1_4  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=64, out_channels=64, expansion=4, kernel=3, stride=1, se_channels=0, activation="silu", drop_path_rate=0.02278481012658228),  # blocks_1_5  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=64, out_channels=64, expansion=4, kernel=3, stride=1, se_channels=0, activation="silu", drop_path_rate=0.02531645569620253),  # blocks_1_6  # noqa: E501
+        BlockConfig(kind="fused_mbconv", in_channels=32, out_channels=64, expansion=4, kernel=3, stride=2, se_channels=0, activation="silu", drop_path_rate=0.010126582278),  # blocks_1_0  # noqa: E501
+        BlockConfig(kind="fused_mbconv", in_channels=64, out_channels=64, expansion=4, kernel=3, stride=1, se_channels=0, activation="silu", drop_path_rate=0.012658227848),  # blocks_1_1  # noqa: E501
+        BlockConfig(kind="fused_mbconv", in_channels=64, out_channels=64, expansion=4, kernel=3, stride=1, se_channels=0, activation="silu", drop_path_rate=0.015189873418),  # blocks_1_2  # noqa: E501
+        BlockConfig(kind="fused_mbconv", in_channels=64, out_channels=64, expansion=4, kernel=3, stride=1, se_channels=0, activation="silu", drop_path_rate=0.017721518987),  # blocks_1_3  # noqa: E501
+        BlockConfig(kind="fused_mbconv", in_channels=64, out_channels=64, expansion=4, kernel=3, stride=1, se_channels=0, activation="silu", drop_path_rate=0.020253164557),  # blocks_1_4  # noqa: E501
+        BlockConfig(kind="fused_mbconv", in_channels=64, out_channels=64, expansion=4, kernel=3, stride=1, se_channels=0, activation="silu", drop_path_rate=0.022784810127),  # blocks_1_5  # noqa: E501
+        BlockConfig(kind="fused_mbconv", in_channels=64, out_channels=64, expansion=4, kernel=3, stride=1, se_channels=0, activation="silu", drop_path_rate=0.025316455696),  # blocks_1_6  # noqa: E501
     ),
     (  # stage 2: 7 x fused_mbconv -> 96 channels at 60x60
-        BlockConfig(kind="fused_mbconv", in_channels=64, out_channels=96, expansion=4, kernel=3, stride=2, se_channels=0, activation="silu", drop_path_rate=0.027848101265822787),  # blocks_2_0  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=96, out_channels=96, expansion=4, kernel=3, stride=1, se_channels=0, activation="silu", drop_path_rate=0.030379746835443044),  # blocks_2_1  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=96, out_channels=96, expansion=4, kernel=3, stride=1, se_channels=0, activation="silu", drop_path_rate=0.03291139240506329),  # blocks_2_2  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=96, out_channels=96, expansion=4, kernel=3, stride=1, se_channels=0, activation="silu", drop_path_rate=0.035443037974683546),  # blocks_2_3  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=96, out_channels=96, expansion=4, kernel=3, stride=1, se_channels=0, activation="silu", drop_path_rate=0.0379746835443038),  # blocks_2_4  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=96, out_channels=96, expansion=4, kernel=3, stride=1, se_channels=0, activation="silu", drop_path_rate=0.04050632911392405),  # blocks_2_5  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=96, out_channels=96, expansion=4, kernel=3, stride=1, se_channels=0, activation="silu", drop_path_rate=0.04303797468354431),  # blocks_2_6  # noqa: E501
+        BlockConfig(kind="fused_mbconv", in_channels=64, out_channels=96, expansion=4, kernel=3, stride=2, se_channels=0, activation="silu", drop_path_rate=0.027848101266),  # blocks_2_0  # noqa: E501
+        BlockConfig(kind="fused_mbconv", in_channels=96, out_channels=96, expansion=4, kernel=3, stride=1, se_channels=0, activation="silu", drop_path_rate=0.030379746835),  # blocks_2_1  # noqa: E501
+        BlockConfig(kind="fused_mbconv", in_channels=96, out_channels=96, expansion=4, kernel=3, stride=1, se_channels=0, activation="silu", drop_path_rate=0.032911392405),  # blocks_2_2  # noqa: E501
+        BlockConfig(kind="fused_mbconv", in_channels=96, out_channels=96, expansion=4, kernel=3, stride=1, se_channels=0, activation="silu", drop_path_rate=0.035443037975),  # blocks_2_3  # noqa: E501
+        BlockConfig(kind="fused_mbconv", in_channels=96, out_channels=96, expansion=4, kernel=3, stride=1, se_channels=0, activation="silu", drop_path_rate=0.037974683544),  # blocks_2_4  # noqa: E501
+        BlockConfig(kind="fused_mbconv", in_channels=96, out_channels=96, expansion=4, kernel=3, stride=1, se_channels=0, activation="silu", drop_path_rate=0.040506329114),  # blocks_2_5  # noqa: E501
+        BlockConfig(kind="fused_mbconv", in_channels=96, out_channels=96, expansion=4, kernel=3, stride=1, se_channels=0, activation="silu", drop_path_rate=0.043037974684),  # blocks_2_6  # noqa: E501
     ),
     (  # stage 3: 10 x mbconv -> 192 channels at 30x30
-        BlockConfig(kind="mbconv", in_channels=96, out_channels=192, expansion=4, kernel=3, stride=2, se_channels=24, activation="silu", drop_path_rate=0.04556962025316456),  # blocks_3_0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=4, kernel=3, stride=1, se_channels=48, activation="silu", drop_path_rate=0.04810126582278482),  # blocks_3_1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=4, kernel=3, stride=1, se_channels=48, activation="silu", drop_path_rate=0.05063291139240506),  # blocks_3_2  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=4, kernel=3, stride=1, se_channels=48, activation="silu", drop_path_rate=0.053164556962025315),  # blocks_3_3  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=4, kernel=3, stride=1, se_channels=48, activation="silu", drop_path_rate=0.055696202531645575),  # blocks_3_4  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=4, kernel=3, stride=1, se_channels=48, activation="silu", drop_path_rate=0.05822784810126583),  # blocks_3_5  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=4, kernel=3, stride=1, se_channels=48, activation="silu", drop_path_rate=0.06075949367088609),  # blocks_3_6  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=4, kernel=3, stride=1, se_channels=48, activation="silu", drop_path_rate=0.06329113924050633),  # blocks_3_7  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=4, kernel=3, stride=1, se_channels=48, activation="silu", drop_path_rate=0.06582278481012659),  # blocks_3_8  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=4, kernel=3, stride=1, se_channels=48, activation="silu", drop_path_rate=0.06835443037974684),  # blocks_3_9  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=96, out_channels=192, expansion=4, kernel=3, stride=2, se_channels=24, activation="silu", drop_path_rate=0.045569620253),  # blocks_3_0  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=4, kernel=3, stride=1, se_channels=48, activation="silu", drop_path_rate=0.048101265823),  # blocks_3_1  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=4, kernel=3, stride=1, se_channels=48, activation="silu", drop_path_rate=0.050632911392),  # blocks_3_2  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=4, kernel=3, stride=1, se_channels=48, activation="silu", drop_path_rate=0.053164556962),  # blocks_3_3  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=4, kernel=3, stride=1, se_channels=48, activation="silu", drop_path_rate=0.055696202532),  # blocks_3_4  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=4, kernel=3, stride=1, se_channels=48, activation="silu", drop_path_rate=0.058227848101),  # blocks_3_5  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=4, kernel=3, stride=1, se_channels=48, activation="silu", drop_path_rate=0.060759493671),  # blocks_3_6  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=4, kernel=3, stride=1, se_channels=48, activation="silu", drop_path_rate=0.063291139241),  # blocks_3_7  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=4, kernel=3, stride=1, se_channels=48, activation="silu", drop_path_rate=0.06582278481),  # blocks_3_8  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=4, kernel=3, stride=1, se_channels=48, activation="silu", drop_path_rate=0.06835443038),  # blocks_3_9  # noqa: E501
     ),
     (  # stage 4: 19 x mbconv -> 224 channels at 30x30
-        BlockConfig(kind="mbconv", in_channels=192, out_channels=224, expansion=6, kernel=3, stride=1, se_channels=48, activation="silu", drop_path_rate=0.07088607594936709),  # blocks_4_0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=3, stride=1, se_channels=56, activation="silu", drop_path_rate=0.07341772151898734),  # blocks_4_1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=3, stride=1, se_channels=56, activation="silu", drop_path_rate=0.0759493670886076),  # blocks_4_2  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=3, stride=1, se_channels=56, activation="silu", drop_path_rate=0.07848101265822785),  # blocks_4_3  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=3, stride=1, se_channels=56, activation="silu", drop_path_rate=0.0810126582278481),  # blocks_4_4  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=3, stride=1, se_channels=56, activation="silu", drop_path_rate=0.08354430379746836),  # blocks_4_5  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=3, stride=1, se_channels=56, activation="silu", drop_path_rate=0.08607594936708862),  # blocks_4_6  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=3, stride=1, se_channels=56, activation="silu", drop_path_rate=0.08860759493670886),  # blocks_4_7  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=3, stride=1, se_channels=56, activation="silu", drop_path_rate=0.09113924050632911),  # blocks_4_8  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=3, stride=1, se_channels=56, activation="silu", drop_path_rate=0.09367088607594937),  # blocks_4_9  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=3, stride=1, se_channels=56, activation="silu", drop_path_rate=0.09620253164556963),  # blocks_4_10  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=3, stride=1, se_channels=56, activation="silu", drop_path_rate=0.09873417721518989),  # blocks_4_11  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=3, stride=1, se_channels=56, activation="silu", drop_path_rate=0.10126582278481013),  # blocks_4_12  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=3, stride=1, se_channels=56, activation="silu", drop_path_rate=0.10379746835443039),  # blocks_4_13  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=3, stride=1, se_channels=56, activation="silu", drop_path_rate=0.10632911392405063),  # blocks_4_14  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=3, stride=1, se_channels=56, activation="silu", drop_path_rate=0.10886075949367088),  # blocks_4_15  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=3, stride=1, se_channels=56, activation="silu", drop_path_rate=0.11139240506329115),  # blocks_4_16  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=3, stride=1, se_channels=56, activation="silu", drop_path_rate=0.11392405063291139),  # blocks_4_17  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=3, stride=1, se_channels=56, activation="silu", drop_path_rate=0.11645569620253166),  # blocks_4_18  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=192, out_channels=224, expansion=6, kernel=3, stride=1, se_channels=48, activation="silu", drop_path_rate=0.070886075949),  # blocks_4_0  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=3, stride=1, se_channels=56, activation="silu", drop_path_rate=0.073417721519),  # blocks_4_1  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=3, stride=1, se_channels=56, activation="silu", drop_path_rate=0.075949367089),  # blocks_4_2  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=3, stride=1, se_channels=56, activation="silu", drop_path_rate=0.078481012658),  # blocks_4_3  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=3, stride=1, se_channels=56, activation="silu", drop_path_rate=0.081012658228),  # blocks_4_4  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=3, stride=1, se_channels=56, activation="silu", drop_path_rate=0.083544303797),  # blocks_4_5  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=3, stride=1, se_channels=56, activation="silu", drop_path_rate=0.086075949367),  # blocks_4_6  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=3, stride=1, se_channels=56, activation="silu", drop_path_rate=0.088607594937),  # blocks_4_7  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=3, stride=1, se_channels=56, activation="silu", drop_path_rate=0.091139240506),  # blocks_4_8  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=3, stride=1, se_channels=56, activation="silu", drop_path_rate=0.093670886076),  # blocks_4_9  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=3, stride=1, se_channels=56, activation="silu", drop_path_rate=0.096202531646),  # blocks_4_10  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=3, stride=1, se_channels=56, activation="silu", drop_path_rate=0.098734177215),  # blocks_4_11  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=3, stride=1, se_channels=56, activation="silu", drop_path_rate=0.101265822785),  # blocks_4_12  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=3, stride=1, se_channels=56, activation="silu", drop_path_rate=0.103797468354),  # blocks_4_13  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=3, stride=1, se_channels=56, activation="silu", drop_path_rate=0.106329113924),  # blocks_4_14  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=3, stride=1, se_channels=56, activation="silu", drop_path_rate=0.108860759494),  # blocks_4_15  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=3, stride=1, se_channels=56, activation="silu", drop_path_rate=0.111392405063),  # blocks_4_16  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=3, stride=1, se_channels=56, activation="silu", drop_path_rate=0.113924050633),  # blocks_4_17  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=3, stride=1, se_channels=56, activation="silu", drop_path_rate=0.116455696203),  # blocks_4_18  # noqa: E501
     ),
     (  # stage 5: 25 x mbconv -> 384 channels at 15x15
-        BlockConfig(kind="mbconv", in_channels=224, out_channels=384, expansion=6, kernel=3, stride=2, se_channels=56, activation="silu", drop_path_rate=0.11898734177215191),  # blocks_5_0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="silu", drop_path_rate=0.12151898734177217),  # blocks_5_1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="silu", drop_path_rate=0.12405063291139241),  # blocks_5_2  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="silu", drop_path_rate=0.12658227848101267),  # blocks_5_3  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="silu", drop_path_rate=0.12911392405063293),  # blocks_5_4  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="silu", drop_path_rate=0.13164556962025317),  # blocks_5_5  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="silu", drop_path_rate=0.13417721518987344),  # blocks_5_6  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="silu", drop_path_rate=0.13670886075949368),  # blocks_5_7  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="silu", drop_path_rate=0.13924050632911392),  # blocks_5_8  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="silu", drop_path_rate=0.14177215189873418),  # blocks_5_9  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="silu", drop_path_rate=0.14430379746835442),  # blocks_5_10  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="silu", drop_path_rate=0.1468354430379747),  # blocks_5_11  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="silu", drop_path_rate=0.14936708860759496),  # blocks_5_12  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="silu", drop_path_rate=0.1518987341772152),  # blocks_5_13  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="silu", drop_path_rate=0.15443037974683546),  # blocks_5_14  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="silu", drop_path_rate=0.1569620253164557),  # blocks_5_15  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="silu", drop_path_rate=0.15949367088607597),  # blocks_5_16  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="silu", drop_path_rate=0.1620253164556962),  # blocks_5_17  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="silu", drop_path_rate=0.16455696202531644),  # blocks_5_18  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="silu", drop_path_rate=0.1670886075949367),  # blocks_5_19  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="silu", drop_path_rate=0.16962025316455698),  # blocks_5_20  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="silu", drop_path_rate=0.17215189873417724),  # blocks_5_21  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="silu", drop_path_rate=0.17468354430379748),  # blocks_5_22  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="silu", drop_path_rate=0.17721518987341772),  # blocks_5_23  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="silu", drop_path_rate=0.179746835443038),  # blocks_5_24  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=224, out_channels=384, expansion=6, kernel=3, stride=2, se_channels=56, activation="silu", drop_path_rate=0.118987341772),  # blocks_5_0  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="silu", drop_path_rate=0.121518987342),  # blocks_5_1  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="silu", drop_path_rate=0.124050632911),  # blocks_5_2  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="silu", drop_path_rate=0.126582278481),  # blocks_5_3  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="silu", drop_path_rate=0.129113924051),  # blocks_5_4  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="silu", drop_path_rate=0.13164556962),  # blocks_5_5  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="silu", drop_path_rate=0.13417721519),  # blocks_5_6  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="silu", drop_path_rate=0.136708860759),  # blocks_5_7  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="silu", drop_path_rate=0.139240506329),  # blocks_5_8  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="silu", drop_path_rate=0.141772151899),  # blocks_5_9  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="silu", drop_path_rate=0.144303797468),  # blocks_5_10  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="silu", drop_path_rate=0.146835443038),  # blocks_5_11  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="silu", drop_path_rate=0.149367088608),  # blocks_5_12  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="silu", drop_path_rate=0.151898734177),  # blocks_5_13  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="silu", drop_path_rate=0.154430379747),  # blocks_5_14  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="silu", drop_path_rate=0.156962025316),  # blocks_5_15  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="silu", drop_path_rate=0.159493670886),  # blocks_5_16  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="silu", drop_path_rate=0.162025316456),  # blocks_5_17  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="silu", drop_path_rate=0.164556962025),  # blocks_5_18  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="silu", drop_path_rate=0.167088607595),  # blocks_5_19  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="silu", drop_path_rate=0.169620253165),  # blocks_5_20  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="silu", drop_path_rate=0.172151898734),  # blocks_5_21  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="silu", drop_path_rate=0.174683544304),  # blocks_5_22  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="silu", drop_path_rate=0.177215189873),  # blocks_5_23  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="silu", drop_path_rate=0.179746835443),  # blocks_5_24  # noqa: E501
     ),
     (  # stage 6: 7 x mbconv -> 640 channels at 15x15
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=640, expansion=6, kernel=3, stride=1, se_channels=96, activation="silu", drop_path_rate=0.18227848101265823),  # blocks_6_0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=640, out_channels=640, expansion=6, kernel=3, stride=1, se_channels=160, activation="silu", drop_path_rate=0.1848101265822785),  # blocks_6_1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=640, out_channels=640, expansion=6, kernel=3, stride=1, se_channels=160, activation="silu", drop_path_rate=0.18734177215189873),  # blocks_6_2  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=640, out_channels=640, expansion=6, kernel=3, stride=1, se_channels=160, activation="silu", drop_path_rate=0.189873417721519),  # blocks_6_3  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=640, out_channels=640, expansion=6, kernel=3, stride=1, se_channels=160, activation="silu", drop_path_rate=0.19240506329113927),  # blocks_6_4  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=640, out_channels=640, expansion=6, kernel=3, stride=1, se_channels=160, activation="silu", drop_path_rate=0.1949367088607595),  # blocks_6_5  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=640, out_channels=640, expansion=6, kernel=3, stride=1, se_channels=160, activation="silu", drop_path_rate=0.19746835443037977),  # blocks_6_6  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=384, out_channels=640, expansion=6, kernel=3, stride=1, se_channels=96, activation="silu", drop_path_rate=0.182278481013),  # blocks_6_0  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=640, out_channels=640, expansion=6, kernel=3, stride=1, se_channels=160, activation="silu", drop_path_rate=0.184810126582),  # blocks_6_1  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=640, out_channels=640, expansion=6, kernel=3, stride=1, se_channels=160, activation="silu", drop_path_rate=0.187341772152),  # blocks_6_2  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=640, out_channels=640, expansion=6, kernel=3, stride=1, se_channels=160, activation="silu", drop_path_rate=0.189873417722),  # blocks_6_3  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=640, out_channels=640, expansion=6, kernel=3, stride=1, se_channels=160, activation="silu", drop_path_rate=0.192405063291),  # blocks_6_4  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=640, out_channels=640, expansion=6, kernel=3, stride=1, se_channels=160, activation="silu", drop_path_rate=0.194936708861),  # blocks_6_5  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=640, out_channels=640, expansion=6, kernel=3, stride=1, se_channels=160, activation="silu", drop_path_rate=0.19746835443),  # blocks_6_6  # noqa: E501
     ),
 )
 # fmt: on

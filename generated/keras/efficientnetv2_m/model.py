@@ -79,74 +79,74 @@ class BlockConfig:
 STAGES = (
     (  # stage 0: 3 x fused_mbconv -> 24 channels at 240x240
         BlockConfig(kind="fused_mbconv", in_channels=24, out_channels=24, expansion=1, kernel=3, stride=1, se_channels=0, activation="silu", drop_path_rate=0.0),  # blocks_0_0  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=24, out_channels=24, expansion=1, kernel=3, stride=1, se_channels=0, activation="silu", drop_path_rate=0.0035087719298245615),  # blocks_0_1  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=24, out_channels=24, expansion=1, kernel=3, stride=1, se_channels=0, activation="silu", drop_path_rate=0.007017543859649123),  # blocks_0_2  # noqa: E501
+        BlockConfig(kind="fused_mbconv", in_channels=24, out_channels=24, expansion=1, kernel=3, stride=1, se_channels=0, activation="silu", drop_path_rate=0.00350877193),  # blocks_0_1  # noqa: E501
+        BlockConfig(kind="fused_mbconv", in_channels=24, out_channels=24, expansion=1, kernel=3, stride=1, se_channels=0, activation="silu", drop_path_rate=0.00701754386),  # blocks_0_2  # noqa: E501
     ),
     (  # stage 1: 5 x fused_mbconv -> 48 channels at 120x120
-        BlockConfig(kind="fused_mbconv", in_channels=24, out_channels=48, expansion=4, kernel=3, stride=2, se_channels=0, activation="silu", drop_path_rate=0.010526315789473686),  # blocks_1_0  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=48, out_channels=48, expansion=4, kernel=3, stride=1, se_channels=0, activation="silu", drop_path_rate=0.014035087719298246),  # blocks_1_1  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=48, out_channels=48, expansion=4, kernel=3, stride=1, se_channels=0, activation="silu", drop_path_rate=0.017543859649122806),  # blocks_1_2  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=48, out_channels=48, expansion=4, kernel=3, stride=1, se_channels=0, activation="silu", drop_path_rate=0.02105263157894737),  # blocks_1_3  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=48, out_channels=48, expansion=4, kernel=3, stride=1, se_channels=0, activation="silu", drop_path_rate=0.024561403508771933),  # blocks_1_4  # noqa: E501
+        BlockConfig(kind="fused_mbconv", in_channels=24, out_channels=48, expansion=4, kernel=3, stride=2, se_channels=0, activation="silu", drop_path_rate=0.010526315789),  # blocks_1_0  # noqa: E501
+        BlockConfig(kind="fused_mbconv", in_channels=48, out_channels=48, expansion=4, kernel=3, stride=1, se_channels=0, activation="silu", drop_path_rate=0.014035087719),  # blocks_1_1  # noqa: E501
+        BlockConfig(kind="fused_mbconv", in_channels=48, out_channels=48, expansion=4, kernel=3, stride=1, se_channels=0, activation="silu", drop_path_rate=0.017543859649),  # blocks_1_2  # noqa: E501
+        BlockConfig(kind="fused_mbconv", in_channels=48, out_channels=48, expansion=4, kernel=3, stride=1, se_channels=0, activation="silu", drop_path_rate=0.021052631579),  # blocks_1_3  # noqa: E501
+        BlockConfig(kind="fused_mbconv", in_channels=48, out_channels=48, expansion=4, kernel=3, stride=1, se_channels=0, activation="silu", drop_path_rate=0.024561403509),  # blocks_1_4  # noqa: E501
     ),
     (  # stage 2: 5 x fused_mbconv -> 80 channels at 60x60
-        BlockConfig(kind="fused_mbconv", in_channels=48, out_channels=80, expansion=4, kernel=3, stride=2, se_channels=0, activation="silu", drop_path_rate=0.028070175438596492),  # blocks_2_0  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=80, out_channels=80, expansion=4, kernel=3, stride=1, se_channels=0, activation="silu", drop_path_rate=0.031578947368421054),  # blocks_2_1  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=80, out_channels=80, expansion=4, kernel=3, stride=1, se_channels=0, activation="silu", drop_path_rate=0.03508771929824561),  # blocks_2_2  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=80, out_channels=80, expansion=4, kernel=3, stride=1, se_channels=0, activation="silu", drop_path_rate=0.03859649122807018),  # blocks_2_3  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=80, out_channels=80, expansion=4, kernel=3, stride=1, se_channels=0, activation="silu", drop_path_rate=0.04210526315789474),  # blocks_2_4  # noqa: E501
+        BlockConfig(kind="fused_mbconv", in_channels=48, out_channels=80, expansion=4, kernel=3, stride=2, se_channels=0, activation="silu", drop_path_rate=0.028070175439),  # blocks_2_0  # noqa: E501
+        BlockConfig(kind="fused_mbconv", in_channels=80, out_channels=80, expansion=4, kernel=3, stride=1, se_channels=0, activation="silu", drop_path_rate=0.031578947368),  # blocks_2_1  # noqa: E501
+        BlockConfig(kind="fused_mbconv", in_channels=80, out_channels=80, expansion=4, kernel=3, stride=1, se_channels=0, activation="silu", drop_path_rate=0.035087719298),  # blocks_2_2  # noqa: E501
+        BlockConfig(kind="fused_mbconv", in_channels=80, out_channels=80, expansion=4, kernel=3, stride=1, se_channels=0, activation="silu", drop_path_rate=0.038596491228),  # blocks_2_3  # noqa: E501
+        BlockConfig(kind="fused_mbconv", in_channels=80, out_channels=80, expansion=4, kernel=3, stride=1, se_channels=0, activation="silu", drop_path_rate=0.042105263158),  # blocks_2_4  # noqa: E501
     ),
     (  # stage 3: 7 x mbconv -> 160 channels at 30x30
-        BlockConfig(kind="mbconv", in_channels=80, out_channels=160, expansion=4, kernel=3, stride=2, se_channels=20, activation="silu", drop_path_rate=0.0456140350877193),  # blocks_3_0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=160, out_channels=160, expansion=4, kernel=3, stride=1, se_channels=40, activation="silu", drop_path_rate=0.04912280701754387),  # blocks_3_1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=160, out_channels=160, expansion=4, kernel=3, stride=1, se_channels=40, activation="silu", drop_path_rate=0.05263157894736842),  # blocks_3_2  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=160, out_channels=160, expansion=4, kernel=3, stride=1, se_channels=40, activation="silu", drop_path_rate=0.056140350877192984),  # blocks_3_3  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=160, out_channels=160, expansion=4, kernel=3, stride=1, se_channels=40, activation="silu", drop_path_rate=0.05964912280701755),  # blocks_3_4  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=160, out_channels=160, expansion=4, kernel=3, stride=1, se_channels=40, activation="silu", drop_path_rate=0.06315789473684211),  # blocks_3_5  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=160, out_channels=160, expansion=4, kernel=3, stride=1, se_channels=40, activation="silu", drop_path_rate=0.06666666666666667),  # blocks_3_6  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=80, out_channels=160, expansion=4, kernel=3, stride=2, se_channels=20, activation="silu", drop_path_rate=0.045614035088),  # blocks_3_0  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=160, out_channels=160, expansion=4, kernel=3, stride=1, se_channels=40, activation="silu", drop_path_rate=0.049122807018),  # blocks_3_1  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=160, out_channels=160, expansion=4, kernel=3, stride=1, se_channels=40, activation="silu", drop_path_rate=0.052631578947),  # blocks_3_2  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=160, out_channels=160, expansion=4, kernel=3, stride=1, se_channels=40, activation="silu", drop_path_rate=0.056140350877),  # blocks_3_3  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=160, out_channels=160, expansion=4, kernel=3, stride=1, se_channels=40, activation="silu", drop_path_rate=0.059649122807),  # blocks_3_4  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=160, out_channels=160, expansion=4, kernel=3, stride=1, se_channels=40, activation="silu", drop_path_rate=0.063157894737),  # blocks_3_5  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=160, out_channels=160, expansion=4, kernel=3, stride=1, se_channels=40, activation="silu", drop_path_rate=0.066666666667),  # blocks_3_6  # noqa: E501
     ),
     (  # stage 4: 14 x mbconv -> 176 channels at 30x30
-        BlockConfig(kind="mbconv", in_channels=160, out_channels=176, expansion=6, kernel=3, stride=1, se_channels=40, activation="silu", drop_path_rate=0.07017543859649122),  # blocks_4_0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=176, out_channels=176, expansion=6, kernel=3, stride=1, se_channels=44, activation="silu", drop_path_rate=0.0736842105263158),  # blocks_4_1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=176, out_channels=176, expansion=6, kernel=3, stride=1, se_channels=44, activation="silu", drop_path_rate=0.07719298245614035),  # blocks_4_2  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=176, out_channels=176, expansion=6, kernel=3, stride=1, se_channels=44, activation="silu", drop_path_rate=0.08070175438596493),  # blocks_4_3  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=176, out_channels=176, expansion=6, kernel=3, stride=1, se_channels=44, activation="silu", drop_path_rate=0.08421052631578949),  # blocks_4_4  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=176, out_channels=176, expansion=6, kernel=3, stride=1, se_channels=44, activation="silu", drop_path_rate=0.08771929824561403),  # blocks_4_5  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=176, out_channels=176, expansion=6, kernel=3, stride=1, se_channels=44, activation="silu", drop_path_rate=0.0912280701754386),  # blocks_4_6  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=176, out_channels=176, expansion=6, kernel=3, stride=1, se_channels=44, activation="silu", drop_path_rate=0.09473684210526316),  # blocks_4_7  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=176, out_channels=176, expansion=6, kernel=3, stride=1, se_channels=44, activation="silu", drop_path_rate=0.09824561403508773),  # blocks_4_8  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=176, out_channels=176, expansion=6, kernel=3, stride=1, se_channels=44, activation="silu", drop_path_rate=0.10175438596491229),  # blocks_4_9  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=176, out_channels=176, expansion=6, kernel=3, stride=1, se_channels=44, activation="silu", drop_path_rate=0.10526315789473684),  # blocks_4_10  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=176, out_channels=176, expansion=6, kernel=3, stride=1, se_channels=44, activation="silu", drop_path_rate=0.10877192982456141),  # blocks_4_11  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=176, out_channels=176, expansion=6, kernel=3, stride=1, se_channels=44, activation="silu", drop_path_rate=0.11228070175438597),  # blocks_4_12  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=176, out_channels=176, expansion=6, kernel=3, stride=1, se_channels=44, activation="silu", drop_path_rate=0.11578947368421054),  # blocks_4_13  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=160, out_channels=176, expansion=6, kernel=3, stride=1, se_channels=40, activation="silu", drop_path_rate=0.070175438596),  # blocks_4_0  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=176, out_channels=176, expansion=6, kernel=3, stride=1, se_channels=44, activation="silu", drop_path_rate=0.073684210526),  # blocks_4_1  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=176, out_channels=176, expansion=6, kernel=3, stride=1, se_channels=44, activation="silu", drop_path_rate=0.077192982456),  # blocks_4_2  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=176, out_channels=176, expansion=6, kernel=3, stride=1, se_channels=44, activation="silu", drop_path_rate=0.080701754386),  # blocks_4_3  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=176, out_channels=176, expansion=6, kernel=3, stride=1, se_channels=44, activation="silu", drop_path_rate=0.084210526316),  # blocks_4_4  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=176, out_channels=176, expansion=6, kernel=3, stride=1, se_channels=44, activation="silu", drop_path_rate=0.087719298246),  # blocks_4_5  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=176, out_channels=176, expansion=6, kernel=3, stride=1, se_channels=44, activation="silu", drop_path_rate=0.091228070175),  # blocks_4_6  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=176, out_channels=176, expansion=6, kernel=3, stride=1, se_channels=44, activation="silu", drop_path_rate=0.094736842105),  # blocks_4_7  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=176, out_channels=176, expansion=6, kernel=3, stride=1, se_channels=44, activation="silu", drop_path_rate=0.098245614035),  # blocks_4_8  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=176, out_channels=176, expansion=6, kernel=3, stride=1, se_channels=44, activation="silu", drop_path_rate=0.101754385965),  # blocks_4_9  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=176, out_channels=176, expansion=6, kernel=3, stride=1, se_channels=44, activation="silu", drop_path_rate=0.105263157895),  # blocks_4_10  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=176, out_channels=176, expansion=6, kernel=3, stride=1, se_channels=44, activation="silu", drop_path_rate=0.108771929825),  # blocks_4_11  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=176, out_channels=176, expansion=6, kernel=3, stride=1, se_channels=44, activation="silu", drop_path_rate=0.112280701754),  # blocks_4_12  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=176, out_channels=176, expansion=6, kernel=3, stride=1, se_channels=44, activation="silu", drop_path_rate=0.115789473684),  # blocks_4_13  # noqa: E501
     ),
     (  # stage 5: 18 x mbconv -> 304 channels at 15x15
-        BlockConfig(kind="mbconv", in_channels=176, out_channels=304, expansion=6, kernel=3, stride=2, se_channels=44, activation="silu", drop_path_rate=0.1192982456140351),  # blocks_5_0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=304, out_channels=304, expansion=6, kernel=3, stride=1, se_channels=76, activation="silu", drop_path_rate=0.12280701754385964),  # blocks_5_1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=304, out_channels=304, expansion=6, kernel=3, stride=1, se_channels=76, activation="silu", drop_path_rate=0.12631578947368421),  # blocks_5_2  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=304, out_channels=304, expansion=6, kernel=3, stride=1, se_channels=76, activation="silu", drop_path_rate=0.1298245614035088),  # blocks_5_3  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=304, out_channels=304, expansion=6, kernel=3, stride=1, se_channels=76, activation="silu", drop_path_rate=0.13333333333333333),  # blocks_5_4  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=304, out_channels=304, expansion=6, kernel=3, stride=1, se_channels=76, activation="silu", drop_path_rate=0.1368421052631579),  # blocks_5_5  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=304, out_channels=304, expansion=6, kernel=3, stride=1, se_channels=76, activation="silu", drop_path_rate=0.14035087719298245),  # blocks_5_6  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=304, out_channels=304, expansion=6, kernel=3, stride=1, se_channels=76, activation="silu", drop_path_rate=0.14385964912280705),  # blocks_5_7  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=304, out_channels=304, expansion=6, kernel=3, stride=1, se_channels=76, activation="silu", drop_path_rate=0.1473684210526316),  # blocks_5_8  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=304, out_channels=304, expansion=6, kernel=3, stride=1, se_channels=76, activation="silu", drop_path_rate=0.15087719298245614),  # blocks_5_9  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=304, out_channels=304, expansion=6, kernel=3, stride=1, se_channels=76, activation="silu", drop_path_rate=0.1543859649122807),  # blocks_5_10  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=304, out_channels=304, expansion=6, kernel=3, stride=1, se_channels=76, activation="silu", drop_path_rate=0.15789473684210525),  # blocks_5_11  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=304, out_channels=304, expansion=6, kernel=3, stride=1, se_channels=76, activation="silu", drop_path_rate=0.16140350877192985),  # blocks_5_12  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=304, out_channels=304, expansion=6, kernel=3, stride=1, se_channels=76, activation="silu", drop_path_rate=0.1649122807017544),  # blocks_5_13  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=304, out_channels=304, expansion=6, kernel=3, stride=1, se_channels=76, activation="silu", drop_path_rate=0.16842105263157897),  # blocks_5_14  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=304, out_channels=304, expansion=6, kernel=3, stride=1, se_channels=76, activation="silu", drop_path_rate=0.17192982456140352),  # blocks_5_15  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=304, out_channels=304, expansion=6, kernel=3, stride=1, se_channels=76, activation="silu", drop_path_rate=0.17543859649122806),  # blocks_5_16  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=304, out_channels=304, expansion=6, kernel=3, stride=1, se_channels=76, activation="silu", drop_path_rate=0.17894736842105266),  # blocks_5_17  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=176, out_channels=304, expansion=6, kernel=3, stride=2, se_channels=44, activation="silu", drop_path_rate=0.119298245614),  # blocks_5_0  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=304, out_channels=304, expansion=6, kernel=3, stride=1, se_channels=76, activation="silu", drop_path_rate=0.122807017544),  # blocks_5_1  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=304, out_channels=304, expansion=6, kernel=3, stride=1, se_channels=76, activation="silu", drop_path_rate=0.126315789474),  # blocks_5_2  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=304, out_channels=304, expansion=6, kernel=3, stride=1, se_channels=76, activation="silu", drop_path_rate=0.129824561404),  # blocks_5_3  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=304, out_channels=304, expansion=6, kernel=3, stride=1, se_channels=76, activation="silu", drop_path_rate=0.133333333333),  # blocks_5_4  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=304, out_channels=304, expansion=6, kernel=3, stride=1, se_channels=76, activation="silu", drop_path_rate=0.136842105263),  # blocks_5_5  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=304, out_channels=304, expansion=6, kernel=3, stride=1, se_channels=76, activation="silu", drop_path_rate=0.140350877193),  # blocks_5_6  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=304, out_channels=304, expansion=6, kernel=3, stride=1, se_channels=76, activation="silu", drop_path_rate=0.143859649123),  # blocks_5_7  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=304, out_channels=304, expansion=6, kernel=3, stride=1, se_channels=76, activation="silu", drop_path_rate=0.147368421053),  # blocks_5_8  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=304, out_channels=304, expansion=6, kernel=3, stride=1, se_channels=76, activation="silu", drop_path_rate=0.150877192982),  # blocks_5_9  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=304, out_channels=304, expansion=6, kernel=3, stride=1, se_channels=76, activation="silu", drop_path_rate=0.154385964912),  # blocks_5_10  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=304, out_channels=304, expansion=6, kernel=3, stride=1, se_channels=76, activation="silu", drop_path_rate=0.157894736842),  # blocks_5_11  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=304, out_channels=304, expansion=6, kernel=3, stride=1, se_channels=76, activation="silu", drop_path_rate=0.161403508772),  # blocks_5_12  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=304, out_channels=304, expansion=6, kernel=3, stride=1, se_channels=76, activation="silu", drop_path_rate=0.164912280702),  # blocks_5_13  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=304, out_channels=304, expansion=6, kernel=3, stride=1, se_channels=76, activation="silu", drop_path_rate=0.168421052632),  # blocks_5_14  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=304, out_channels=304, expansion=6, kernel=3, stride=1, se_channels=76, activation="silu", drop_path_rate=0.171929824561),  # blocks_5_15  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=304, out_channels=304, expansion=6, kernel=3, stride=1, se_channels=76, activation="silu", drop_path_rate=0.175438596491),  # blocks_5_16  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=304, out_channels=304, expansion=6, kernel=3, stride=1, se_channels=76, activation="silu", drop_path_rate=0.178947368421),  # blocks_5_17  # noqa: E501
     ),
     (  # stage 6: 5 x mbconv -> 512 channels at 15x15
-        BlockConfig(kind="mbconv", in_channels=304, out_channels=512, expansion=6, kernel=3, stride=1, se_channels=76, activation="silu", drop_path_rate=0.1824561403508772),  # blocks_6_0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=512, out_channels=512, expansion=6, kernel=3, stride=1, se_channels=128, activation="silu", drop_path_rate=0.18596491228070178),  # blocks_6_1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=512, out_channels=512, expansion=6, kernel=3, stride=1, se_channels=128, activation="silu", drop_path_rate=0.18947368421052632),  # blocks_6_2  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=512, out_channels=512, expansion=6, kernel=3, stride=1, se_channels=128, activation="silu", drop_path_rate=0.19298245614035087),  # blocks_6_3  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=512, out_channels=512, expansion=6, kernel=3, stride=1, se_channels=128, activation="silu", drop_path_rate=0.19649122807017547),  # blocks_6_4  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=304, out_channels=512, expansion=6, kernel=3, stride=1, se_channels=76, activation="silu", drop_path_rate=0.182456140351),  # blocks_6_0  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=512, out_channels=512, expansion=6, kernel=3, stride=1, se_channels=128, activation="silu", drop_path_rate=0.185964912281),  # blocks_6_1  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=512, out_channels=512, expansion=6, kernel=3, stride=1, se_channels=128, activation="silu", drop_path_rate=0.189473684211),  # blocks_6_2  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=512, out_channels=512, expansion=6, kernel=3, stride=1, se_channels=128, activation="silu", drop_path_rate=0.19298245614),  # blocks_6_3  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=512, out_channels=512, expansion=6, kernel=3, stride=1, se_channels=128, activation="silu", drop_path_rate=0.19649122807),  # blocks_6_4  # noqa: E501
     ),
 )
 # fmt: on

@@ -83,20 +83,20 @@ STAGES = (
     ),
     (  # stage 1: 4 x fused_mbconv -> 48 channels at 96x96
         BlockConfig(kind="fused_mbconv", in_channels=24, out_channels=48, expansion=4, kernel=3, stride=2, se_channels=0, activation="silu", drop_path_rate=0.01),  # blocks_1_0  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=48, out_channels=48, expansion=4, kernel=3, stride=1, se_channels=0, activation="silu", drop_path_rate=0.015000000000000003),  # blocks_1_1  # noqa: E501
+        BlockConfig(kind="fused_mbconv", in_channels=48, out_channels=48, expansion=4, kernel=3, stride=1, se_channels=0, activation="silu", drop_path_rate=0.015),  # blocks_1_1  # noqa: E501
         BlockConfig(kind="fused_mbconv", in_channels=48, out_channels=48, expansion=4, kernel=3, stride=1, se_channels=0, activation="silu", drop_path_rate=0.02),  # blocks_1_2  # noqa: E501
         BlockConfig(kind="fused_mbconv", in_channels=48, out_channels=48, expansion=4, kernel=3, stride=1, se_channels=0, activation="silu", drop_path_rate=0.025),  # blocks_1_3  # noqa: E501
     ),
     (  # stage 2: 4 x fused_mbconv -> 64 channels at 48x48
-        BlockConfig(kind="fused_mbconv", in_channels=48, out_channels=64, expansion=4, kernel=3, stride=2, se_channels=0, activation="silu", drop_path_rate=0.030000000000000006),  # blocks_2_0  # noqa: E501
+        BlockConfig(kind="fused_mbconv", in_channels=48, out_channels=64, expansion=4, kernel=3, stride=2, se_channels=0, activation="silu", drop_path_rate=0.03),  # blocks_2_0  # noqa: E501
         BlockConfig(kind="fused_mbconv", in_channels=64, out_channels=64, expansion=4, kernel=3, stride=1, se_channels=0, activation="silu", drop_path_rate=0.035),  # blocks_2_1  # noqa: E501
         BlockConfig(kind="fused_mbconv", in_channels=64, out_channels=64, expansion=4, kernel=3, stride=1, se_channels=0, activation="silu", drop_path_rate=0.04),  # blocks_2_2  # noqa: E501
         BlockConfig(kind="fused_mbconv", in_channels=64, out_channels=64, expansion=4, kernel=3, stride=1, se_channels=0, activation="silu", drop_path_rate=0.045),  # blocks_2_3  # noqa: E501
     ),
     (  # stage 3: 6 x mbconv -> 128 channels at 24x24
         BlockConfig(kind="mbconv", in_channels=64, out_channels=128, expansion=4, kernel=3, stride=2, se_channels=16, activation="silu", drop_path_rate=0.05),  # blocks_3_0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=128, out_channels=128, expansion=4, kernel=3, stride=1, se_channels=32, activation="silu", drop_path_rate=0.05500000000000001),  # blocks_3_1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=128, out_channels=128, expansion=4, kernel=3, stride=1, se_channels=32, activation="silu", drop_path_rate=0.06000000000000001),  # blocks_3_2  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=128, out_channels=128, expansion=4, kernel=3, stride=1, se_channels=32, activation="silu", drop_path_rate=0.055),  # blocks_3_1  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=128, out_channels=128, expansion=4, kernel=3, stride=1, se_channels=32, activation="silu", drop_path_rate=0.06),  # blocks_3_2  # noqa: E501
         BlockConfig(kind="mbconv", in_channels=128, out_channels=128, expansion=4, kernel=3, stride=1, se_channels=32, activation="silu", drop_path_rate=0.065),  # blocks_3_3  # noqa: E501
         BlockConfig(kind="mbconv", in_channels=128, out_channels=128, expansion=4, kernel=3, stride=1, se_channels=32, activation="silu", drop_path_rate=0.07),  # blocks_3_4  # noqa: E501
         BlockConfig(kind="mbconv", in_channels=128, out_channels=128, expansion=4, kernel=3, stride=1, se_channels=32, activation="silu", drop_path_rate=0.075),  # blocks_3_5  # noqa: E501
@@ -107,17 +107,17 @@ STAGES = (
         BlockConfig(kind="mbconv", in_channels=160, out_channels=160, expansion=6, kernel=3, stride=1, se_channels=40, activation="silu", drop_path_rate=0.09),  # blocks_4_2  # noqa: E501
         BlockConfig(kind="mbconv", in_channels=160, out_channels=160, expansion=6, kernel=3, stride=1, se_channels=40, activation="silu", drop_path_rate=0.095),  # blocks_4_3  # noqa: E501
         BlockConfig(kind="mbconv", in_channels=160, out_channels=160, expansion=6, kernel=3, stride=1, se_channels=40, activation="silu", drop_path_rate=0.1),  # blocks_4_4  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=160, out_channels=160, expansion=6, kernel=3, stride=1, se_channels=40, activation="silu", drop_path_rate=0.10500000000000001),  # blocks_4_5  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=160, out_channels=160, expansion=6, kernel=3, stride=1, se_channels=40, activation="silu", drop_path_rate=0.11000000000000001),  # blocks_4_6  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=160, out_channels=160, expansion=6, kernel=3, stride=1, se_channels=40, activation="silu", drop_path_rate=0.11500000000000002),  # blocks_4_7  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=160, out_channels=160, expansion=6, kernel=3, stride=1, se_channels=40, activation="silu", drop_path_rate=0.12000000000000002),  # blocks_4_8  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=160, out_channels=160, expansion=6, kernel=3, stride=1, se_channels=40, activation="silu", drop_path_rate=0.105),  # blocks_4_5  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=160, out_channels=160, expansion=6, kernel=3, stride=1, se_channels=40, activation="silu", drop_path_rate=0.11),  # blocks_4_6  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=160, out_channels=160, expansion=6, kernel=3, stride=1, se_channels=40, activation="silu", drop_path_rate=0.115),  # blocks_4_7  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=160, out_channels=160, expansion=6, kernel=3, stride=1, se_channels=40, activation="silu", drop_path_rate=0.12),  # blocks_4_8  # noqa: E501
     ),
     (  # stage 5: 15 x mbconv -> 256 channels at 12x12
         BlockConfig(kind="mbconv", in_channels=160, out_channels=256, expansion=6, kernel=3, stride=2, se_channels=40, activation="silu", drop_path_rate=0.125),  # blocks_5_0  # noqa: E501
         BlockConfig(kind="mbconv", in_channels=256, out_channels=256, expansion=6, kernel=3, stride=1, se_channels=64, activation="silu", drop_path_rate=0.13),  # blocks_5_1  # noqa: E501
         BlockConfig(kind="mbconv", in_channels=256, out_channels=256, expansion=6, kernel=3, stride=1, se_channels=64, activation="silu", drop_path_rate=0.135),  # blocks_5_2  # noqa: E501
         BlockConfig(kind="mbconv", in_channels=256, out_channels=256, expansion=6, kernel=3, stride=1, se_channels=64, activation="silu", drop_path_rate=0.14),  # blocks_5_3  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=256, out_channels=256, expansion=6, kernel=3, stride=1, se_channels=64, activation="silu", drop_path_rate=0.14500000000000002),  # blocks_5_4  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=256, out_channels=256, expansion=6, kernel=3, stride=1, se_channels=64, activation="silu", drop_path_rate=0.145),  # blocks_5_4  # noqa: E501
         BlockConfig(kind="mbconv", in_channels=256, out_channels=256, expansion=6, kernel=3, stride=1, se_channels=64, activation="silu", drop_path_rate=0.15),  # blocks_5_5  # noqa: E501
         BlockConfig(kind="mbconv", in_channels=256, out_channels=256, expansion=6, kernel=3, stride=1, se_channels=64, activation="silu", drop_path_rate=0.155),  # blocks_5_6  # noqa: E501
         BlockConfig(kind="mbconv", in_channels=256, out_channels=256, expansion=6, kernel=3, stride=1, se_channels=64, activation="silu", drop_path_rate=0.16),  # blocks_5_7  # noqa: E501

@@ -86,43 +86,43 @@ class BlockConfig:
 STAGES = (
     (  # stage 0: 2 x mbconv -> 24 channels at 148x148
         BlockConfig(kind="mbconv", in_channels=40, out_channels=24, expansion=1, kernel=3, stride=1, se_channels=10, activation="relu6", drop_path_rate=0.0),  # blocks.0.0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=24, out_channels=24, expansion=1, kernel=3, stride=1, se_channels=6, activation="relu6", drop_path_rate=0.007692307692307693),  # blocks.0.1  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=24, out_channels=24, expansion=1, kernel=3, stride=1, se_channels=6, activation="relu6", drop_path_rate=0.007692307692),  # blocks.0.1  # noqa: E501
     ),
     (  # stage 1: 3 x mbconv -> 32 channels at 74x74
-        BlockConfig(kind="mbconv", in_channels=24, out_channels=32, expansion=6, kernel=3, stride=2, se_channels=6, activation="relu6", drop_path_rate=0.015384615384615385),  # blocks.1.0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=32, out_channels=32, expansion=6, kernel=3, stride=1, se_channels=8, activation="relu6", drop_path_rate=0.02307692307692308),  # blocks.1.1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=32, out_channels=32, expansion=6, kernel=3, stride=1, se_channels=8, activation="relu6", drop_path_rate=0.03076923076923077),  # blocks.1.2  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=24, out_channels=32, expansion=6, kernel=3, stride=2, se_channels=6, activation="relu6", drop_path_rate=0.015384615385),  # blocks.1.0  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=32, out_channels=32, expansion=6, kernel=3, stride=1, se_channels=8, activation="relu6", drop_path_rate=0.023076923077),  # blocks.1.1  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=32, out_channels=32, expansion=6, kernel=3, stride=1, se_channels=8, activation="relu6", drop_path_rate=0.030769230769),  # blocks.1.2  # noqa: E501
     ),
     (  # stage 2: 3 x mbconv -> 48 channels at 37x37
-        BlockConfig(kind="mbconv", in_channels=32, out_channels=48, expansion=6, kernel=5, stride=2, se_channels=8, activation="relu6", drop_path_rate=0.038461538461538464),  # blocks.2.0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=48, out_channels=48, expansion=6, kernel=5, stride=1, se_channels=12, activation="relu6", drop_path_rate=0.04615384615384616),  # blocks.2.1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=48, out_channels=48, expansion=6, kernel=5, stride=1, se_channels=12, activation="relu6", drop_path_rate=0.05384615384615385),  # blocks.2.2  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=32, out_channels=48, expansion=6, kernel=5, stride=2, se_channels=8, activation="relu6", drop_path_rate=0.038461538462),  # blocks.2.0  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=48, out_channels=48, expansion=6, kernel=5, stride=1, se_channels=12, activation="relu6", drop_path_rate=0.046153846154),  # blocks.2.1  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=48, out_channels=48, expansion=6, kernel=5, stride=1, se_channels=12, activation="relu6", drop_path_rate=0.053846153846),  # blocks.2.2  # noqa: E501
     ),
     (  # stage 3: 5 x mbconv -> 96 channels at 19x19
-        BlockConfig(kind="mbconv", in_channels=48, out_channels=96, expansion=6, kernel=3, stride=2, se_channels=12, activation="relu6", drop_path_rate=0.06153846153846154),  # blocks.3.0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=96, out_channels=96, expansion=6, kernel=3, stride=1, se_channels=24, activation="relu6", drop_path_rate=0.06923076923076923),  # blocks.3.1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=96, out_channels=96, expansion=6, kernel=3, stride=1, se_channels=24, activation="relu6", drop_path_rate=0.07692307692307693),  # blocks.3.2  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=96, out_channels=96, expansion=6, kernel=3, stride=1, se_channels=24, activation="relu6", drop_path_rate=0.08461538461538462),  # blocks.3.3  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=96, out_channels=96, expansion=6, kernel=3, stride=1, se_channels=24, activation="relu6", drop_path_rate=0.09230769230769233),  # blocks.3.4  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=48, out_channels=96, expansion=6, kernel=3, stride=2, se_channels=12, activation="relu6", drop_path_rate=0.061538461538),  # blocks.3.0  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=96, out_channels=96, expansion=6, kernel=3, stride=1, se_channels=24, activation="relu6", drop_path_rate=0.069230769231),  # blocks.3.1  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=96, out_channels=96, expansion=6, kernel=3, stride=1, se_channels=24, activation="relu6", drop_path_rate=0.076923076923),  # blocks.3.2  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=96, out_channels=96, expansion=6, kernel=3, stride=1, se_channels=24, activation="relu6", drop_path_rate=0.084615384615),  # blocks.3.3  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=96, out_channels=96, expansion=6, kernel=3, stride=1, se_channels=24, activation="relu6", drop_path_rate=0.092307692308),  # blocks.3.4  # noqa: E501
     ),
     (  # stage 4: 5 x mbconv -> 136 channels at 19x19
         BlockConfig(kind="mbconv", in_channels=96, out_channels=136, expansion=6, kernel=5, stride=1, se_channels=24, activation="relu6", drop_path_rate=0.1),  # blocks.4.0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=136, out_channels=136, expansion=6, kernel=5, stride=1, se_channels=34, activation="relu6", drop_path_rate=0.1076923076923077),  # blocks.4.1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=136, out_channels=136, expansion=6, kernel=5, stride=1, se_channels=34, activation="relu6", drop_path_rate=0.11538461538461539),  # blocks.4.2  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=136, out_channels=136, expansion=6, kernel=5, stride=1, se_channels=34, activation="relu6", drop_path_rate=0.12307692307692308),  # blocks.4.3  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=136, out_channels=136, expansion=6, kernel=5, stride=1, se_channels=34, activation="relu6", drop_path_rate=0.13076923076923078),  # blocks.4.4  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=136, out_channels=136, expansion=6, kernel=5, stride=1, se_channels=34, activation="relu6", drop_path_rate=0.107692307692),  # blocks.4.1  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=136, out_channels=136, expansion=6, kernel=5, stride=1, se_channels=34, activation="relu6", drop_path_rate=0.115384615385),  # blocks.4.2  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=136, out_channels=136, expansion=6, kernel=5, stride=1, se_channels=34, activation="relu6", drop_path_rate=0.123076923077),  # blocks.4.3  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=136, out_channels=136, expansion=6, kernel=5, stride=1, se_channels=34, activation="relu6", drop_path_rate=0.130769230769),  # blocks.4.4  # noqa: E501
     ),
     (  # stage 5: 6 x mbconv -> 232 channels at 10x10
-        BlockConfig(kind="mbconv", in_channels=136, out_channels=232, expansion=6, kernel=5, stride=2, se_channels=34, activation="relu6", drop_path_rate=0.13846153846153847),  # blocks.5.0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=232, out_channels=232, expansion=6, kernel=5, stride=1, se_channels=58, activation="relu6", drop_path_rate=0.14615384615384616),  # blocks.5.1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=232, out_channels=232, expansion=6, kernel=5, stride=1, se_channels=58, activation="relu6", drop_path_rate=0.15384615384615385),  # blocks.5.2  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=232, out_channels=232, expansion=6, kernel=5, stride=1, se_channels=58, activation="relu6", drop_path_rate=0.16153846153846155),  # blocks.5.3  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=232, out_channels=232, expansion=6, kernel=5, stride=1, se_channels=58, activation="relu6", drop_path_rate=0.16923076923076924),  # blocks.5.4  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=232, out_channels=232, expansion=6, kernel=5, stride=1, se_channels=58, activation="relu6", drop_path_rate=0.17692307692307693),  # blocks.5.5  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=136, out_channels=232, expansion=6, kernel=5, stride=2, se_channels=34, activation="relu6", drop_path_rate=0.138461538462),  # blocks.5.0  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=232, out_channels=232, expansion=6, kernel=5, stride=1, se_channels=58, activation="relu6", drop_path_rate=0.146153846154),  # blocks.5.1  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=232, out_channels=232, expansion=6, kernel=5, stride=1, se_channels=58, activation="relu6", drop_path_rate=0.153846153846),  # blocks.5.2  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=232, out_channels=232, expansion=6, kernel=5, stride=1, se_channels=58, activation="relu6", drop_path_rate=0.161538461538),  # blocks.5.3  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=232, out_channels=232, expansion=6, kernel=5, stride=1, se_channels=58, activation="relu6", drop_path_rate=0.169230769231),  # blocks.5.4  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=232, out_channels=232, expansion=6, kernel=5, stride=1, se_channels=58, activation="relu6", drop_path_rate=0.176923076923),  # blocks.5.5  # noqa: E501
     ),
     (  # stage 6: 2 x mbconv -> 384 channels at 10x10
-        BlockConfig(kind="mbconv", in_channels=232, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=58, activation="relu6", drop_path_rate=0.18461538461538465),  # blocks.6.0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="relu6", drop_path_rate=0.19230769230769232),  # blocks.6.1  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=232, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=58, activation="relu6", drop_path_rate=0.184615384615),  # blocks.6.0  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="relu6", drop_path_rate=0.192307692308),  # blocks.6.1  # noqa: E501
     ),
 )
 # fmt: on

@@ -92,13 +92,13 @@ STAGES = (
         BlockConfig(kind="mbconv", in_channels=24, out_channels=24, expansion=6, kernel=3, stride=1, se_channels=6, activation="swish", drop_path_rate=0.025),  # blocks.1.1  # noqa: E501
     ),
     (  # stage 2: 2 x mbconv -> 40 channels at 28x28
-        BlockConfig(kind="mbconv", in_channels=24, out_channels=40, expansion=6, kernel=5, stride=2, se_channels=6, activation="swish", drop_path_rate=0.037500000000000006),  # blocks.2.0  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=24, out_channels=40, expansion=6, kernel=5, stride=2, se_channels=6, activation="swish", drop_path_rate=0.0375),  # blocks.2.0  # noqa: E501
         BlockConfig(kind="mbconv", in_channels=40, out_channels=40, expansion=6, kernel=5, stride=1, se_channels=10, activation="swish", drop_path_rate=0.05),  # blocks.2.1  # noqa: E501
     ),
     (  # stage 3: 3 x mbconv -> 80 channels at 14x14
         BlockConfig(kind="mbconv", in_channels=40, out_channels=80, expansion=6, kernel=3, stride=2, se_channels=10, activation="swish", drop_path_rate=0.0625),  # blocks.3.0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=80, out_channels=80, expansion=6, kernel=3, stride=1, se_channels=20, activation="swish", drop_path_rate=0.07500000000000001),  # blocks.3.1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=80, out_channels=80, expansion=6, kernel=3, stride=1, se_channels=20, activation="swish", drop_path_rate=0.08750000000000001),  # blocks.3.2  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=80, out_channels=80, expansion=6, kernel=3, stride=1, se_channels=20, activation="swish", drop_path_rate=0.075),  # blocks.3.1  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=80, out_channels=80, expansion=6, kernel=3, stride=1, se_channels=20, activation="swish", drop_path_rate=0.0875),  # blocks.3.2  # noqa: E501
     ),
     (  # stage 4: 3 x mbconv -> 112 channels at 14x14
         BlockConfig(kind="mbconv", in_channels=80, out_channels=112, expansion=6, kernel=5, stride=1, se_channels=20, activation="swish", drop_path_rate=0.1),  # blocks.4.0  # noqa: E501
@@ -107,9 +107,9 @@ STAGES = (
     ),
     (  # stage 5: 4 x mbconv -> 192 channels at 7x7
         BlockConfig(kind="mbconv", in_channels=112, out_channels=192, expansion=6, kernel=5, stride=2, se_channels=28, activation="swish", drop_path_rate=0.1375),  # blocks.5.0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=6, kernel=5, stride=1, se_channels=48, activation="swish", drop_path_rate=0.15000000000000002),  # blocks.5.1  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=6, kernel=5, stride=1, se_channels=48, activation="swish", drop_path_rate=0.15),  # blocks.5.1  # noqa: E501
         BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=6, kernel=5, stride=1, se_channels=48, activation="swish", drop_path_rate=0.1625),  # blocks.5.2  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=6, kernel=5, stride=1, se_channels=48, activation="swish", drop_path_rate=0.17500000000000002),  # blocks.5.3  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=6, kernel=5, stride=1, se_channels=48, activation="swish", drop_path_rate=0.175),  # blocks.5.3  # noqa: E501
     ),
     (  # stage 6: 1 x mbconv -> 320 channels at 7x7
         BlockConfig(kind="mbconv", in_channels=192, out_channels=320, expansion=6, kernel=3, stride=1, se_channels=48, activation="swish", drop_path_rate=0.1875),  # blocks.6.0  # noqa: E501

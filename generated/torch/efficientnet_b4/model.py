@@ -91,41 +91,41 @@ STAGES = (
     ),
     (  # stage 1: 4 x mbconv -> 32 channels at 95x95
         BlockConfig(kind="mbconv", in_channels=24, out_channels=32, expansion=6, kernel=3, stride=2, se_channels=6, activation="swish", drop_path_rate=0.0125),  # blocks.1.0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=32, out_channels=32, expansion=6, kernel=3, stride=1, se_channels=8, activation="swish", drop_path_rate=0.018750000000000003),  # blocks.1.1  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=32, out_channels=32, expansion=6, kernel=3, stride=1, se_channels=8, activation="swish", drop_path_rate=0.01875),  # blocks.1.1  # noqa: E501
         BlockConfig(kind="mbconv", in_channels=32, out_channels=32, expansion=6, kernel=3, stride=1, se_channels=8, activation="swish", drop_path_rate=0.025),  # blocks.1.2  # noqa: E501
         BlockConfig(kind="mbconv", in_channels=32, out_channels=32, expansion=6, kernel=3, stride=1, se_channels=8, activation="swish", drop_path_rate=0.03125),  # blocks.1.3  # noqa: E501
     ),
     (  # stage 2: 4 x mbconv -> 56 channels at 48x48
-        BlockConfig(kind="mbconv", in_channels=32, out_channels=56, expansion=6, kernel=5, stride=2, se_channels=8, activation="swish", drop_path_rate=0.037500000000000006),  # blocks.2.0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=56, out_channels=56, expansion=6, kernel=5, stride=1, se_channels=14, activation="swish", drop_path_rate=0.043750000000000004),  # blocks.2.1  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=32, out_channels=56, expansion=6, kernel=5, stride=2, se_channels=8, activation="swish", drop_path_rate=0.0375),  # blocks.2.0  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=56, out_channels=56, expansion=6, kernel=5, stride=1, se_channels=14, activation="swish", drop_path_rate=0.04375),  # blocks.2.1  # noqa: E501
         BlockConfig(kind="mbconv", in_channels=56, out_channels=56, expansion=6, kernel=5, stride=1, se_channels=14, activation="swish", drop_path_rate=0.05),  # blocks.2.2  # noqa: E501
         BlockConfig(kind="mbconv", in_channels=56, out_channels=56, expansion=6, kernel=5, stride=1, se_channels=14, activation="swish", drop_path_rate=0.05625),  # blocks.2.3  # noqa: E501
     ),
     (  # stage 3: 6 x mbconv -> 112 channels at 24x24
         BlockConfig(kind="mbconv", in_channels=56, out_channels=112, expansion=6, kernel=3, stride=2, se_channels=14, activation="swish", drop_path_rate=0.0625),  # blocks.3.0  # noqa: E501
         BlockConfig(kind="mbconv", in_channels=112, out_channels=112, expansion=6, kernel=3, stride=1, se_channels=28, activation="swish", drop_path_rate=0.06875),  # blocks.3.1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=112, out_channels=112, expansion=6, kernel=3, stride=1, se_channels=28, activation="swish", drop_path_rate=0.07500000000000001),  # blocks.3.2  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=112, out_channels=112, expansion=6, kernel=3, stride=1, se_channels=28, activation="swish", drop_path_rate=0.075),  # blocks.3.2  # noqa: E501
         BlockConfig(kind="mbconv", in_channels=112, out_channels=112, expansion=6, kernel=3, stride=1, se_channels=28, activation="swish", drop_path_rate=0.08125),  # blocks.3.3  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=112, out_channels=112, expansion=6, kernel=3, stride=1, se_channels=28, activation="swish", drop_path_rate=0.08750000000000001),  # blocks.3.4  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=112, out_channels=112, expansion=6, kernel=3, stride=1, se_channels=28, activation="swish", drop_path_rate=0.0875),  # blocks.3.4  # noqa: E501
         BlockConfig(kind="mbconv", in_channels=112, out_channels=112, expansion=6, kernel=3, stride=1, se_channels=28, activation="swish", drop_path_rate=0.09375),  # blocks.3.5  # noqa: E501
     ),
     (  # stage 4: 6 x mbconv -> 160 channels at 24x24
         BlockConfig(kind="mbconv", in_channels=112, out_channels=160, expansion=6, kernel=5, stride=1, se_channels=28, activation="swish", drop_path_rate=0.1),  # blocks.4.0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=160, out_channels=160, expansion=6, kernel=5, stride=1, se_channels=40, activation="swish", drop_path_rate=0.10625000000000001),  # blocks.4.1  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=160, out_channels=160, expansion=6, kernel=5, stride=1, se_channels=40, activation="swish", drop_path_rate=0.10625),  # blocks.4.1  # noqa: E501
         BlockConfig(kind="mbconv", in_channels=160, out_channels=160, expansion=6, kernel=5, stride=1, se_channels=40, activation="swish", drop_path_rate=0.1125),  # blocks.4.2  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=160, out_channels=160, expansion=6, kernel=5, stride=1, se_channels=40, activation="swish", drop_path_rate=0.11875000000000001),  # blocks.4.3  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=160, out_channels=160, expansion=6, kernel=5, stride=1, se_channels=40, activation="swish", drop_path_rate=0.11875),  # blocks.4.3  # noqa: E501
         BlockConfig(kind="mbconv", in_channels=160, out_channels=160, expansion=6, kernel=5, stride=1, se_channels=40, activation="swish", drop_path_rate=0.125),  # blocks.4.4  # noqa: E501
         BlockConfig(kind="mbconv", in_channels=160, out_channels=160, expansion=6, kernel=5, stride=1, se_channels=40, activation="swish", drop_path_rate=0.13125),  # blocks.4.5  # noqa: E501
     ),
     (  # stage 5: 8 x mbconv -> 272 channels at 12x12
         BlockConfig(kind="mbconv", in_channels=160, out_channels=272, expansion=6, kernel=5, stride=2, se_channels=40, activation="swish", drop_path_rate=0.1375),  # blocks.5.0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=272, out_channels=272, expansion=6, kernel=5, stride=1, se_channels=68, activation="swish", drop_path_rate=0.14375000000000002),  # blocks.5.1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=272, out_channels=272, expansion=6, kernel=5, stride=1, se_channels=68, activation="swish", drop_path_rate=0.15000000000000002),  # blocks.5.2  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=272, out_channels=272, expansion=6, kernel=5, stride=1, se_channels=68, activation="swish", drop_path_rate=0.14375),  # blocks.5.1  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=272, out_channels=272, expansion=6, kernel=5, stride=1, se_channels=68, activation="swish", drop_path_rate=0.15),  # blocks.5.2  # noqa: E501
         BlockConfig(kind="mbconv", in_channels=272, out_channels=272, expansion=6, kernel=5, stride=1, se_channels=68, activation="swish", drop_path_rate=0.15625),  # blocks.5.3  # noqa: E501
         BlockConfig(kind="mbconv", in_channels=272, out_channels=272, expansion=6, kernel=5, stride=1, se_channels=68, activation="swish", drop_path_rate=0.1625),  # blocks.5.4  # noqa: E501
         BlockConfig(kind="mbconv", in_channels=272, out_channels=272, expansion=6, kernel=5, stride=1, se_channels=68, activation="swish", drop_path_rate=0.16875),  # blocks.5.5  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=272, out_channels=272, expansion=6, kernel=5, stride=1, se_channels=68, activation="swish", drop_path_rate=0.17500000000000002),  # blocks.5.6  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=272, out_channels=272, expansion=6, kernel=5, stride=1, se_channels=68, activation="swish", drop_path_rate=0.18125000000000002),  # blocks.5.7  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=272, out_channels=272, expansion=6, kernel=5, stride=1, se_channels=68, activation="swish", drop_path_rate=0.175),  # blocks.5.6  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=272, out_channels=272, expansion=6, kernel=5, stride=1, se_channels=68, activation="swish", drop_path_rate=0.18125),  # blocks.5.7  # noqa: E501
     ),
     (  # stage 6: 2 x mbconv -> 448 channels at 12x12
         BlockConfig(kind="mbconv", in_channels=272, out_channels=448, expansion=6, kernel=3, stride=1, se_channels=68, activation="swish", drop_path_rate=0.1875),  # blocks.6.0  # noqa: E501

@@ -87,56 +87,56 @@ class BlockConfig:
 STAGES = (
     (  # stage 0: 3 x mbconv -> 24 channels at 228x228
         BlockConfig(kind="mbconv", in_channels=48, out_channels=24, expansion=1, kernel=3, stride=1, se_channels=12, activation="swish", drop_path_rate=0.0),  # blocks.0.0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=24, out_channels=24, expansion=1, kernel=3, stride=1, se_channels=6, activation="swish", drop_path_rate=0.005128205128205128),  # blocks.0.1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=24, out_channels=24, expansion=1, kernel=3, stride=1, se_channels=6, activation="swish", drop_path_rate=0.010256410256410256),  # blocks.0.2  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=24, out_channels=24, expansion=1, kernel=3, stride=1, se_channels=6, activation="swish", drop_path_rate=0.005128205128),  # blocks.0.1  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=24, out_channels=24, expansion=1, kernel=3, stride=1, se_channels=6, activation="swish", drop_path_rate=0.010256410256),  # blocks.0.2  # noqa: E501
     ),
     (  # stage 1: 5 x mbconv -> 40 channels at 114x114
-        BlockConfig(kind="mbconv", in_channels=24, out_channels=40, expansion=6, kernel=3, stride=2, se_channels=6, activation="swish", drop_path_rate=0.015384615384615387),  # blocks.1.0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=40, out_channels=40, expansion=6, kernel=3, stride=1, se_channels=10, activation="swish", drop_path_rate=0.020512820512820513),  # blocks.1.1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=40, out_channels=40, expansion=6, kernel=3, stride=1, se_channels=10, activation="swish", drop_path_rate=0.02564102564102564),  # blocks.1.2  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=40, out_channels=40, expansion=6, kernel=3, stride=1, se_channels=10, activation="swish", drop_path_rate=0.030769230769230774),  # blocks.1.3  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=40, out_channels=40, expansion=6, kernel=3, stride=1, se_channels=10, activation="swish", drop_path_rate=0.0358974358974359),  # blocks.1.4  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=24, out_channels=40, expansion=6, kernel=3, stride=2, se_channels=6, activation="swish", drop_path_rate=0.015384615385),  # blocks.1.0  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=40, out_channels=40, expansion=6, kernel=3, stride=1, se_channels=10, activation="swish", drop_path_rate=0.020512820513),  # blocks.1.1  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=40, out_channels=40, expansion=6, kernel=3, stride=1, se_channels=10, activation="swish", drop_path_rate=0.025641025641),  # blocks.1.2  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=40, out_channels=40, expansion=6, kernel=3, stride=1, se_channels=10, activation="swish", drop_path_rate=0.030769230769),  # blocks.1.3  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=40, out_channels=40, expansion=6, kernel=3, stride=1, se_channels=10, activation="swish", drop_path_rate=0.035897435897),  # blocks.1.4  # noqa: E501
     ),
     (  # stage 2: 5 x mbconv -> 64 channels at 57x57
-        BlockConfig(kind="mbconv", in_channels=40, out_channels=64, expansion=6, kernel=5, stride=2, se_channels=10, activation="swish", drop_path_rate=0.041025641025641026),  # blocks.2.0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=64, out_channels=64, expansion=6, kernel=5, stride=1, se_channels=16, activation="swish", drop_path_rate=0.046153846153846156),  # blocks.2.1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=64, out_channels=64, expansion=6, kernel=5, stride=1, se_channels=16, activation="swish", drop_path_rate=0.05128205128205128),  # blocks.2.2  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=64, out_channels=64, expansion=6, kernel=5, stride=1, se_channels=16, activation="swish", drop_path_rate=0.05641025641025642),  # blocks.2.3  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=64, out_channels=64, expansion=6, kernel=5, stride=1, se_channels=16, activation="swish", drop_path_rate=0.06153846153846155),  # blocks.2.4  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=40, out_channels=64, expansion=6, kernel=5, stride=2, se_channels=10, activation="swish", drop_path_rate=0.041025641026),  # blocks.2.0  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=64, out_channels=64, expansion=6, kernel=5, stride=1, se_channels=16, activation="swish", drop_path_rate=0.046153846154),  # blocks.2.1  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=64, out_channels=64, expansion=6, kernel=5, stride=1, se_channels=16, activation="swish", drop_path_rate=0.051282051282),  # blocks.2.2  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=64, out_channels=64, expansion=6, kernel=5, stride=1, se_channels=16, activation="swish", drop_path_rate=0.05641025641),  # blocks.2.3  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=64, out_channels=64, expansion=6, kernel=5, stride=1, se_channels=16, activation="swish", drop_path_rate=0.061538461538),  # blocks.2.4  # noqa: E501
     ),
     (  # stage 3: 7 x mbconv -> 128 channels at 29x29
-        BlockConfig(kind="mbconv", in_channels=64, out_channels=128, expansion=6, kernel=3, stride=2, se_channels=16, activation="swish", drop_path_rate=0.06666666666666667),  # blocks.3.0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=128, out_channels=128, expansion=6, kernel=3, stride=1, se_channels=32, activation="swish", drop_path_rate=0.0717948717948718),  # blocks.3.1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=128, out_channels=128, expansion=6, kernel=3, stride=1, se_channels=32, activation="swish", drop_path_rate=0.07692307692307693),  # blocks.3.2  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=128, out_channels=128, expansion=6, kernel=3, stride=1, se_channels=32, activation="swish", drop_path_rate=0.08205128205128205),  # blocks.3.3  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=128, out_channels=128, expansion=6, kernel=3, stride=1, se_channels=32, activation="swish", drop_path_rate=0.08717948717948719),  # blocks.3.4  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=128, out_channels=128, expansion=6, kernel=3, stride=1, se_channels=32, activation="swish", drop_path_rate=0.09230769230769231),  # blocks.3.5  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=128, out_channels=128, expansion=6, kernel=3, stride=1, se_channels=32, activation="swish", drop_path_rate=0.09743589743589744),  # blocks.3.6  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=64, out_channels=128, expansion=6, kernel=3, stride=2, se_channels=16, activation="swish", drop_path_rate=0.066666666667),  # blocks.3.0  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=128, out_channels=128, expansion=6, kernel=3, stride=1, se_channels=32, activation="swish", drop_path_rate=0.071794871795),  # blocks.3.1  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=128, out_channels=128, expansion=6, kernel=3, stride=1, se_channels=32, activation="swish", drop_path_rate=0.076923076923),  # blocks.3.2  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=128, out_channels=128, expansion=6, kernel=3, stride=1, se_channels=32, activation="swish", drop_path_rate=0.082051282051),  # blocks.3.3  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=128, out_channels=128, expansion=6, kernel=3, stride=1, se_channels=32, activation="swish", drop_path_rate=0.087179487179),  # blocks.3.4  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=128, out_channels=128, expansion=6, kernel=3, stride=1, se_channels=32, activation="swish", drop_path_rate=0.092307692308),  # blocks.3.5  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=128, out_channels=128, expansion=6, kernel=3, stride=1, se_channels=32, activation="swish", drop_path_rate=0.097435897436),  # blocks.3.6  # noqa: E501
     ),
     (  # stage 4: 7 x mbconv -> 176 channels at 29x29
-        BlockConfig(kind="mbconv", in_channels=128, out_channels=176, expansion=6, kernel=5, stride=1, se_channels=32, activation="swish", drop_path_rate=0.10256410256410256),  # blocks.4.0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=176, out_channels=176, expansion=6, kernel=5, stride=1, se_channels=44, activation="swish", drop_path_rate=0.1076923076923077),  # blocks.4.1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=176, out_channels=176, expansion=6, kernel=5, stride=1, se_channels=44, activation="swish", drop_path_rate=0.11282051282051284),  # blocks.4.2  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=176, out_channels=176, expansion=6, kernel=5, stride=1, se_channels=44, activation="swish", drop_path_rate=0.11794871794871796),  # blocks.4.3  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=176, out_channels=176, expansion=6, kernel=5, stride=1, se_channels=44, activation="swish", drop_path_rate=0.1230769230769231),  # blocks.4.4  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=176, out_channels=176, expansion=6, kernel=5, stride=1, se_channels=44, activation="swish", drop_path_rate=0.1282051282051282),  # blocks.4.5  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=176, out_channels=176, expansion=6, kernel=5, stride=1, se_channels=44, activation="swish", drop_path_rate=0.13333333333333333),  # blocks.4.6  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=128, out_channels=176, expansion=6, kernel=5, stride=1, se_channels=32, activation="swish", drop_path_rate=0.102564102564),  # blocks.4.0  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=176, out_channels=176, expansion=6, kernel=5, stride=1, se_channels=44, activation="swish", drop_path_rate=0.107692307692),  # blocks.4.1  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=176, out_channels=176, expansion=6, kernel=5, stride=1, se_channels=44, activation="swish", drop_path_rate=0.112820512821),  # blocks.4.2  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=176, out_channels=176, expansion=6, kernel=5, stride=1, se_channels=44, activation="swish", drop_path_rate=0.117948717949),  # blocks.4.3  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=176, out_channels=176, expansion=6, kernel=5, stride=1, se_channels=44, activation="swish", drop_path_rate=0.123076923077),  # blocks.4.4  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=176, out_channels=176, expansion=6, kernel=5, stride=1, se_channels=44, activation="swish", drop_path_rate=0.128205128205),  # blocks.4.5  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=176, out_channels=176, expansion=6, kernel=5, stride=1, se_channels=44, activation="swish", drop_path_rate=0.133333333333),  # blocks.4.6  # noqa: E501
     ),
     (  # stage 5: 9 x mbconv -> 304 channels at 15x15
-        BlockConfig(kind="mbconv", in_channels=176, out_channels=304, expansion=6, kernel=5, stride=2, se_channels=44, activation="swish", drop_path_rate=0.13846153846153847),  # blocks.5.0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=304, out_channels=304, expansion=6, kernel=5, stride=1, se_channels=76, activation="swish", drop_path_rate=0.1435897435897436),  # blocks.5.1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=304, out_channels=304, expansion=6, kernel=5, stride=1, se_channels=76, activation="swish", drop_path_rate=0.14871794871794874),  # blocks.5.2  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=304, out_channels=304, expansion=6, kernel=5, stride=1, se_channels=76, activation="swish", drop_path_rate=0.15384615384615385),  # blocks.5.3  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=304, out_channels=304, expansion=6, kernel=5, stride=1, se_channels=76, activation="swish", drop_path_rate=0.158974358974359),  # blocks.5.4  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=304, out_channels=304, expansion=6, kernel=5, stride=1, se_channels=76, activation="swish", drop_path_rate=0.1641025641025641),  # blocks.5.5  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=304, out_channels=304, expansion=6, kernel=5, stride=1, se_channels=76, activation="swish", drop_path_rate=0.16923076923076924),  # blocks.5.6  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=304, out_channels=304, expansion=6, kernel=5, stride=1, se_channels=76, activation="swish", drop_path_rate=0.17435897435897438),  # blocks.5.7  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=304, out_channels=304, expansion=6, kernel=5, stride=1, se_channels=76, activation="swish", drop_path_rate=0.1794871794871795),  # blocks.5.8  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=176, out_channels=304, expansion=6, kernel=5, stride=2, se_channels=44, activation="swish", drop_path_rate=0.138461538462),  # blocks.5.0  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=304, out_channels=304, expansion=6, kernel=5, stride=1, se_channels=76, activation="swish", drop_path_rate=0.14358974359),  # blocks.5.1  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=304, out_channels=304, expansion=6, kernel=5, stride=1, se_channels=76, activation="swish", drop_path_rate=0.148717948718),  # blocks.5.2  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=304, out_channels=304, expansion=6, kernel=5, stride=1, se_channels=76, activation="swish", drop_path_rate=0.153846153846),  # blocks.5.3  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=304, out_channels=304, expansion=6, kernel=5, stride=1, se_channels=76, activation="swish", drop_path_rate=0.158974358974),  # blocks.5.4  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=304, out_channels=304, expansion=6, kernel=5, stride=1, se_channels=76, activation="swish", drop_path_rate=0.164102564103),  # blocks.5.5  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=304, out_channels=304, expansion=6, kernel=5, stride=1, se_channels=76, activation="swish", drop_path_rate=0.169230769231),  # blocks.5.6  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=304, out_channels=304, expansion=6, kernel=5, stride=1, se_channels=76, activation="swish", drop_path_rate=0.174358974359),  # blocks.5.7  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=304, out_channels=304, expansion=6, kernel=5, stride=1, se_channels=76, activation="swish", drop_path_rate=0.179487179487),  # blocks.5.8  # noqa: E501
     ),
     (  # stage 6: 3 x mbconv -> 512 channels at 15x15
-        BlockConfig(kind="mbconv", in_channels=304, out_channels=512, expansion=6, kernel=3, stride=1, se_channels=76, activation="swish", drop_path_rate=0.18461538461538463),  # blocks.6.0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=512, out_channels=512, expansion=6, kernel=3, stride=1, se_channels=128, activation="swish", drop_path_rate=0.18974358974358976),  # blocks.6.1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=512, out_channels=512, expansion=6, kernel=3, stride=1, se_channels=128, activation="swish", drop_path_rate=0.19487179487179487),  # blocks.6.2  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=304, out_channels=512, expansion=6, kernel=3, stride=1, se_channels=76, activation="swish", drop_path_rate=0.184615384615),  # blocks.6.0  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=512, out_channels=512, expansion=6, kernel=3, stride=1, se_channels=128, activation="swish", drop_path_rate=0.189743589744),  # blocks.6.1  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=512, out_channels=512, expansion=6, kernel=3, stride=1, se_channels=128, activation="swish", drop_path_rate=0.194871794872),  # blocks.6.2  # noqa: E501
     ),
 )
 # fmt: on

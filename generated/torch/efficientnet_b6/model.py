@@ -87,62 +87,62 @@ class BlockConfig:
 STAGES = (
     (  # stage 0: 3 x mbconv -> 32 channels at 264x264
         BlockConfig(kind="mbconv", in_channels=56, out_channels=32, expansion=1, kernel=3, stride=1, se_channels=14, activation="swish", drop_path_rate=0.0),  # blocks.0.0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=32, out_channels=32, expansion=1, kernel=3, stride=1, se_channels=8, activation="swish", drop_path_rate=0.0044444444444444444),  # blocks.0.1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=32, out_channels=32, expansion=1, kernel=3, stride=1, se_channels=8, activation="swish", drop_path_rate=0.008888888888888889),  # blocks.0.2  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=32, out_channels=32, expansion=1, kernel=3, stride=1, se_channels=8, activation="swish", drop_path_rate=0.004444444444),  # blocks.0.1  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=32, out_channels=32, expansion=1, kernel=3, stride=1, se_channels=8, activation="swish", drop_path_rate=0.008888888889),  # blocks.0.2  # noqa: E501
     ),
     (  # stage 1: 6 x mbconv -> 40 channels at 132x132
-        BlockConfig(kind="mbconv", in_channels=32, out_channels=40, expansion=6, kernel=3, stride=2, se_channels=8, activation="swish", drop_path_rate=0.013333333333333336),  # blocks.1.0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=40, out_channels=40, expansion=6, kernel=3, stride=1, se_channels=10, activation="swish", drop_path_rate=0.017777777777777778),  # blocks.1.1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=40, out_channels=40, expansion=6, kernel=3, stride=1, se_channels=10, activation="swish", drop_path_rate=0.022222222222222223),  # blocks.1.2  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=40, out_channels=40, expansion=6, kernel=3, stride=1, se_channels=10, activation="swish", drop_path_rate=0.026666666666666672),  # blocks.1.3  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=40, out_channels=40, expansion=6, kernel=3, stride=1, se_channels=10, activation="swish", drop_path_rate=0.031111111111111114),  # blocks.1.4  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=40, out_channels=40, expansion=6, kernel=3, stride=1, se_channels=10, activation="swish", drop_path_rate=0.035555555555555556),  # blocks.1.5  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=32, out_channels=40, expansion=6, kernel=3, stride=2, se_channels=8, activation="swish", drop_path_rate=0.013333333333),  # blocks.1.0  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=40, out_channels=40, expansion=6, kernel=3, stride=1, se_channels=10, activation="swish", drop_path_rate=0.017777777778),  # blocks.1.1  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=40, out_channels=40, expansion=6, kernel=3, stride=1, se_channels=10, activation="swish", drop_path_rate=0.022222222222),  # blocks.1.2  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=40, out_channels=40, expansion=6, kernel=3, stride=1, se_channels=10, activation="swish", drop_path_rate=0.026666666667),  # blocks.1.3  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=40, out_channels=40, expansion=6, kernel=3, stride=1, se_channels=10, activation="swish", drop_path_rate=0.031111111111),  # blocks.1.4  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=40, out_channels=40, expansion=6, kernel=3, stride=1, se_channels=10, activation="swish", drop_path_rate=0.035555555556),  # blocks.1.5  # noqa: E501
     ),
     (  # stage 2: 6 x mbconv -> 72 channels at 66x66
         BlockConfig(kind="mbconv", in_channels=40, out_channels=72, expansion=6, kernel=5, stride=2, se_channels=10, activation="swish", drop_path_rate=0.04),  # blocks.2.0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=72, out_channels=72, expansion=6, kernel=5, stride=1, se_channels=18, activation="swish", drop_path_rate=0.044444444444444446),  # blocks.2.1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=72, out_channels=72, expansion=6, kernel=5, stride=1, se_channels=18, activation="swish", drop_path_rate=0.04888888888888889),  # blocks.2.2  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=72, out_channels=72, expansion=6, kernel=5, stride=1, se_channels=18, activation="swish", drop_path_rate=0.053333333333333344),  # blocks.2.3  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=72, out_channels=72, expansion=6, kernel=5, stride=1, se_channels=18, activation="swish", drop_path_rate=0.05777777777777778),  # blocks.2.4  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=72, out_channels=72, expansion=6, kernel=5, stride=1, se_channels=18, activation="swish", drop_path_rate=0.06222222222222223),  # blocks.2.5  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=72, out_channels=72, expansion=6, kernel=5, stride=1, se_channels=18, activation="swish", drop_path_rate=0.044444444444),  # blocks.2.1  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=72, out_channels=72, expansion=6, kernel=5, stride=1, se_channels=18, activation="swish", drop_path_rate=0.048888888889),  # blocks.2.2  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=72, out_channels=72, expansion=6, kernel=5, stride=1, se_channels=18, activation="swish", drop_path_rate=0.053333333333),  # blocks.2.3  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=72, out_channels=72, expansion=6, kernel=5, stride=1, se_channels=18, activation="swish", drop_path_rate=0.057777777778),  # blocks.2.4  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=72, out_channels=72, expansion=6, kernel=5, stride=1, se_channels=18, activation="swish", drop_path_rate=0.062222222222),  # blocks.2.5  # noqa: E501
     ),
     (  # stage 3: 8 x mbconv -> 144 channels at 33x33
-        BlockConfig(kind="mbconv", in_channels=72, out_channels=144, expansion=6, kernel=3, stride=2, se_channels=18, activation="swish", drop_path_rate=0.06666666666666667),  # blocks.3.0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=144, out_channels=144, expansion=6, kernel=3, stride=1, se_channels=36, activation="swish", drop_path_rate=0.07111111111111111),  # blocks.3.1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=144, out_channels=144, expansion=6, kernel=3, stride=1, se_channels=36, activation="swish", drop_path_rate=0.07555555555555557),  # blocks.3.2  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=72, out_channels=144, expansion=6, kernel=3, stride=2, se_channels=18, activation="swish", drop_path_rate=0.066666666667),  # blocks.3.0  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=144, out_channels=144, expansion=6, kernel=3, stride=1, se_channels=36, activation="swish", drop_path_rate=0.071111111111),  # blocks.3.1  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=144, out_channels=144, expansion=6, kernel=3, stride=1, se_channels=36, activation="swish", drop_path_rate=0.075555555556),  # blocks.3.2  # noqa: E501
         BlockConfig(kind="mbconv", in_channels=144, out_channels=144, expansion=6, kernel=3, stride=1, se_channels=36, activation="swish", drop_path_rate=0.08),  # blocks.3.3  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=144, out_channels=144, expansion=6, kernel=3, stride=1, se_channels=36, activation="swish", drop_path_rate=0.08444444444444445),  # blocks.3.4  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=144, out_channels=144, expansion=6, kernel=3, stride=1, se_channels=36, activation="swish", drop_path_rate=0.08888888888888889),  # blocks.3.5  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=144, out_channels=144, expansion=6, kernel=3, stride=1, se_channels=36, activation="swish", drop_path_rate=0.09333333333333334),  # blocks.3.6  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=144, out_channels=144, expansion=6, kernel=3, stride=1, se_channels=36, activation="swish", drop_path_rate=0.09777777777777778),  # blocks.3.7  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=144, out_channels=144, expansion=6, kernel=3, stride=1, se_channels=36, activation="swish", drop_path_rate=0.084444444444),  # blocks.3.4  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=144, out_channels=144, expansion=6, kernel=3, stride=1, se_channels=36, activation="swish", drop_path_rate=0.088888888889),  # blocks.3.5  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=144, out_channels=144, expansion=6, kernel=3, stride=1, se_channels=36, activation="swish", drop_path_rate=0.093333333333),  # blocks.3.6  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=144, out_channels=144, expansion=6, kernel=3, stride=1, se_channels=36, activation="swish", drop_path_rate=0.097777777778),  # blocks.3.7  # noqa: E501
     ),
     (  # stage 4: 8 x mbconv -> 200 channels at 33x33
-        BlockConfig(kind="mbconv", in_channels=144, out_channels=200, expansion=6, kernel=5, stride=1, se_channels=36, activation="swish", drop_path_rate=0.10222222222222223),  # blocks.4.0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=200, out_channels=200, expansion=6, kernel=5, stride=1, se_channels=50, activation="swish", drop_path_rate=0.10666666666666669),  # blocks.4.1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=200, out_channels=200, expansion=6, kernel=5, stride=1, se_channels=50, activation="swish", drop_path_rate=0.1111111111111111),  # blocks.4.2  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=200, out_channels=200, expansion=6, kernel=5, stride=1, se_channels=50, activation="swish", drop_path_rate=0.11555555555555556),  # blocks.4.3  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=200, out_channels=200, expansion=6, kernel=5, stride=1, se_channels=50, activation="swish", drop_path_rate=0.12000000000000001),  # blocks.4.4  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=200, out_channels=200, expansion=6, kernel=5, stride=1, se_channels=50, activation="swish", drop_path_rate=0.12444444444444445),  # blocks.4.5  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=200, out_channels=200, expansion=6, kernel=5, stride=1, se_channels=50, activation="swish", drop_path_rate=0.12888888888888891),  # blocks.4.6  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=200, out_channels=200, expansion=6, kernel=5, stride=1, se_channels=50, activation="swish", drop_path_rate=0.13333333333333333),  # blocks.4.7  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=144, out_channels=200, expansion=6, kernel=5, stride=1, se_channels=36, activation="swish", drop_path_rate=0.102222222222),  # blocks.4.0  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=200, out_channels=200, expansion=6, kernel=5, stride=1, se_channels=50, activation="swish", drop_path_rate=0.106666666667),  # blocks.4.1  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=200, out_channels=200, expansion=6, kernel=5, stride=1, se_channels=50, activation="swish", drop_path_rate=0.111111111111),  # blocks.4.2  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=200, out_channels=200, expansion=6, kernel=5, stride=1, se_channels=50, activation="swish", drop_path_rate=0.115555555556),  # blocks.4.3  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=200, out_channels=200, expansion=6, kernel=5, stride=1, se_channels=50, activation="swish", drop_path_rate=0.12),  # blocks.4.4  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=200, out_channels=200, expansion=6, kernel=5, stride=1, se_channels=50, activation="swish", drop_path_rate=0.124444444444),  # blocks.4.5  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=200, out_channels=200, expansion=6, kernel=5, stride=1, se_channels=50, activation="swish", drop_path_rate=0.128888888889),  # blocks.4.6  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=200, out_channels=200, expansion=6, kernel=5, stride=1, se_channels=50, activation="swish", drop_path_rate=0.133333333333),  # blocks.4.7  # noqa: E501
     ),
     (  # stage 5: 11 x mbconv -> 344 channels at 17x17
-        BlockConfig(kind="mbconv", in_channels=200, out_channels=344, expansion=6, kernel=5, stride=2, se_channels=50, activation="swish", drop_path_rate=0.13777777777777778),  # blocks.5.0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=344, out_channels=344, expansion=6, kernel=5, stride=1, se_channels=86, activation="swish", drop_path_rate=0.14222222222222222),  # blocks.5.1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=344, out_channels=344, expansion=6, kernel=5, stride=1, se_channels=86, activation="swish", drop_path_rate=0.14666666666666667),  # blocks.5.2  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=344, out_channels=344, expansion=6, kernel=5, stride=1, se_channels=86, activation="swish", drop_path_rate=0.15111111111111114),  # blocks.5.3  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=344, out_channels=344, expansion=6, kernel=5, stride=1, se_channels=86, activation="swish", drop_path_rate=0.15555555555555556),  # blocks.5.4  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=200, out_channels=344, expansion=6, kernel=5, stride=2, se_channels=50, activation="swish", drop_path_rate=0.137777777778),  # blocks.5.0  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=344, out_channels=344, expansion=6, kernel=5, stride=1, se_channels=86, activation="swish", drop_path_rate=0.142222222222),  # blocks.5.1  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=344, out_channels=344, expansion=6, kernel=5, stride=1, se_channels=86, activation="swish", drop_path_rate=0.146666666667),  # blocks.5.2  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=344, out_channels=344, expansion=6, kernel=5, stride=1, se_channels=86, activation="swish", drop_path_rate=0.151111111111),  # blocks.5.3  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=344, out_channels=344, expansion=6, kernel=5, stride=1, se_channels=86, activation="swish", drop_path_rate=0.155555555556),  # blocks.5.4  # noqa: E501
         BlockConfig(kind="mbconv", in_channels=344, out_channels=344, expansion=6, kernel=5, stride=1, se_channels=86, activation="swish", drop_path_rate=0.16),  # blocks.5.5  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=344, out_channels=344, expansion=6, kernel=5, stride=1, se_channels=86, activation="swish", drop_path_rate=0.16444444444444445),  # blocks.5.6  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=344, out_channels=344, expansion=6, kernel=5, stride=1, se_channels=86, activation="swish", drop_path_rate=0.1688888888888889),  # blocks.5.7  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=344, out_channels=344, expansion=6, kernel=5, stride=1, se_channels=86, activation="swish", drop_path_rate=0.17333333333333334),  # blocks.5.8  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=344, out_channels=344, expansion=6, kernel=5, stride=1, se_channels=86, activation="swish", drop_path_rate=0.17777777777777778),  # blocks.5.9  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=344, out_channels=344, expansion=6, kernel=5, stride=1, se_channels=86, activation="swish", drop_path_rate=0.18222222222222226),  # blocks.5.10  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=344, out_channels=344, expansion=6, kernel=5, stride=1, se_channels=86, activation="swish", drop_path_rate=0.164444444444),  # blocks.5.6  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=344, out_channels=344, expansion=6, kernel=5, stride=1, se_channels=86, activation="swish", drop_path_rate=0.168888888889),  # blocks.5.7  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=344, out_channels=344, expansion=6, kernel=5, stride=1, se_channels=86, activation="swish", drop_path_rate=0.173333333333),  # blocks.5.8  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=344, out_channels=344, expansion=6, kernel=5, stride=1, se_channels=86, activation="swish", drop_path_rate=0.177777777778),  # blocks.5.9  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=344, out_channels=344, expansion=6, kernel=5, stride=1, se_channels=86, activation="swish", drop_path_rate=0.182222222222),  # blocks.5.10  # noqa: E501
     ),
     (  # stage 6: 3 x mbconv -> 576 channels at 17x17
-        BlockConfig(kind="mbconv", in_channels=344, out_channels=576, expansion=6, kernel=3, stride=1, se_channels=86, activation="swish", drop_path_rate=0.18666666666666668),  # blocks.6.0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=576, out_channels=576, expansion=6, kernel=3, stride=1, se_channels=144, activation="swish", drop_path_rate=0.1911111111111111),  # blocks.6.1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=576, out_channels=576, expansion=6, kernel=3, stride=1, se_channels=144, activation="swish", drop_path_rate=0.19555555555555557),  # blocks.6.2  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=344, out_channels=576, expansion=6, kernel=3, stride=1, se_channels=86, activation="swish", drop_path_rate=0.186666666667),  # blocks.6.0  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=576, out_channels=576, expansion=6, kernel=3, stride=1, se_channels=144, activation="swish", drop_path_rate=0.191111111111),  # blocks.6.1  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=576, out_channels=576, expansion=6, kernel=3, stride=1, se_channels=144, activation="swish", drop_path_rate=0.195555555556),  # blocks.6.2  # noqa: E501
     ),
 )
 # fmt: on

@@ -87,72 +87,72 @@ class BlockConfig:
 STAGES = (
     (  # stage 0: 4 x mbconv -> 32 channels at 300x300
         BlockConfig(kind="mbconv", in_channels=64, out_channels=32, expansion=1, kernel=3, stride=1, se_channels=16, activation="swish", drop_path_rate=0.0),  # blocks.0.0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=32, out_channels=32, expansion=1, kernel=3, stride=1, se_channels=8, activation="swish", drop_path_rate=0.0036363636363636364),  # blocks.0.1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=32, out_channels=32, expansion=1, kernel=3, stride=1, se_channels=8, activation="swish", drop_path_rate=0.007272727272727273),  # blocks.0.2  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=32, out_channels=32, expansion=1, kernel=3, stride=1, se_channels=8, activation="swish", drop_path_rate=0.01090909090909091),  # blocks.0.3  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=32, out_channels=32, expansion=1, kernel=3, stride=1, se_channels=8, activation="swish", drop_path_rate=0.003636363636),  # blocks.0.1  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=32, out_channels=32, expansion=1, kernel=3, stride=1, se_channels=8, activation="swish", drop_path_rate=0.007272727273),  # blocks.0.2  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=32, out_channels=32, expansion=1, kernel=3, stride=1, se_channels=8, activation="swish", drop_path_rate=0.010909090909),  # blocks.0.3  # noqa: E501
     ),
     (  # stage 1: 7 x mbconv -> 48 channels at 150x150
-        BlockConfig(kind="mbconv", in_channels=32, out_channels=48, expansion=6, kernel=3, stride=2, se_channels=8, activation="swish", drop_path_rate=0.014545454545454545),  # blocks.1.0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=48, out_channels=48, expansion=6, kernel=3, stride=1, se_channels=12, activation="swish", drop_path_rate=0.01818181818181818),  # blocks.1.1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=48, out_channels=48, expansion=6, kernel=3, stride=1, se_channels=12, activation="swish", drop_path_rate=0.02181818181818182),  # blocks.1.2  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=48, out_channels=48, expansion=6, kernel=3, stride=1, se_channels=12, activation="swish", drop_path_rate=0.025454545454545455),  # blocks.1.3  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=48, out_channels=48, expansion=6, kernel=3, stride=1, se_channels=12, activation="swish", drop_path_rate=0.02909090909090909),  # blocks.1.4  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=48, out_channels=48, expansion=6, kernel=3, stride=1, se_channels=12, activation="swish", drop_path_rate=0.03272727272727273),  # blocks.1.5  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=48, out_channels=48, expansion=6, kernel=3, stride=1, se_channels=12, activation="swish", drop_path_rate=0.03636363636363636),  # blocks.1.6  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=32, out_channels=48, expansion=6, kernel=3, stride=2, se_channels=8, activation="swish", drop_path_rate=0.014545454545),  # blocks.1.0  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=48, out_channels=48, expansion=6, kernel=3, stride=1, se_channels=12, activation="swish", drop_path_rate=0.018181818182),  # blocks.1.1  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=48, out_channels=48, expansion=6, kernel=3, stride=1, se_channels=12, activation="swish", drop_path_rate=0.021818181818),  # blocks.1.2  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=48, out_channels=48, expansion=6, kernel=3, stride=1, se_channels=12, activation="swish", drop_path_rate=0.025454545455),  # blocks.1.3  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=48, out_channels=48, expansion=6, kernel=3, stride=1, se_channels=12, activation="swish", drop_path_rate=0.029090909091),  # blocks.1.4  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=48, out_channels=48, expansion=6, kernel=3, stride=1, se_channels=12, activation="swish", drop_path_rate=0.032727272727),  # blocks.1.5  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=48, out_channels=48, expansion=6, kernel=3, stride=1, se_channels=12, activation="swish", drop_path_rate=0.036363636364),  # blocks.1.6  # noqa: E501
     ),
     (  # stage 2: 7 x mbconv -> 80 channels at 75x75
         BlockConfig(kind="mbconv", in_channels=48, out_channels=80, expansion=6, kernel=5, stride=2, se_channels=12, activation="swish", drop_path_rate=0.04),  # blocks.2.0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=80, out_channels=80, expansion=6, kernel=5, stride=1, se_channels=20, activation="swish", drop_path_rate=0.04363636363636364),  # blocks.2.1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=80, out_channels=80, expansion=6, kernel=5, stride=1, se_channels=20, activation="swish", drop_path_rate=0.04727272727272727),  # blocks.2.2  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=80, out_channels=80, expansion=6, kernel=5, stride=1, se_channels=20, activation="swish", drop_path_rate=0.05090909090909091),  # blocks.2.3  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=80, out_channels=80, expansion=6, kernel=5, stride=1, se_channels=20, activation="swish", drop_path_rate=0.05454545454545454),  # blocks.2.4  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=80, out_channels=80, expansion=6, kernel=5, stride=1, se_channels=20, activation="swish", drop_path_rate=0.05818181818181818),  # blocks.2.5  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=80, out_channels=80, expansion=6, kernel=5, stride=1, se_channels=20, activation="swish", drop_path_rate=0.06181818181818183),  # blocks.2.6  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=80, out_channels=80, expansion=6, kernel=5, stride=1, se_channels=20, activation="swish", drop_path_rate=0.043636363636),  # blocks.2.1  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=80, out_channels=80, expansion=6, kernel=5, stride=1, se_channels=20, activation="swish", drop_path_rate=0.047272727273),  # blocks.2.2  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=80, out_channels=80, expansion=6, kernel=5, stride=1, se_channels=20, activation="swish", drop_path_rate=0.050909090909),  # blocks.2.3  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=80, out_channels=80, expansion=6, kernel=5, stride=1, se_channels=20, activation="swish", drop_path_rate=0.054545454545),  # blocks.2.4  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=80, out_channels=80, expansion=6, kernel=5, stride=1, se_channels=20, activation="swish", drop_path_rate=0.058181818182),  # blocks.2.5  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=80, out_channels=80, expansion=6, kernel=5, stride=1, se_channels=20, activation="swish", drop_path_rate=0.061818181818),  # blocks.2.6  # noqa: E501
     ),
     (  # stage 3: 10 x mbconv -> 160 channels at 38x38
-        BlockConfig(kind="mbconv", in_channels=80, out_channels=160, expansion=6, kernel=3, stride=2, se_channels=20, activation="swish", drop_path_rate=0.06545454545454546),  # blocks.3.0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=160, out_channels=160, expansion=6, kernel=3, stride=1, se_channels=40, activation="swish", drop_path_rate=0.06909090909090909),  # blocks.3.1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=160, out_channels=160, expansion=6, kernel=3, stride=1, se_channels=40, activation="swish", drop_path_rate=0.07272727272727272),  # blocks.3.2  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=160, out_channels=160, expansion=6, kernel=3, stride=1, se_channels=40, activation="swish", drop_path_rate=0.07636363636363637),  # blocks.3.3  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=80, out_channels=160, expansion=6, kernel=3, stride=2, se_channels=20, activation="swish", drop_path_rate=0.065454545455),  # blocks.3.0  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=160, out_channels=160, expansion=6, kernel=3, stride=1, se_channels=40, activation="swish", drop_path_rate=0.069090909091),  # blocks.3.1  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=160, out_channels=160, expansion=6, kernel=3, stride=1, se_channels=40, activation="swish", drop_path_rate=0.072727272727),  # blocks.3.2  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=160, out_channels=160, expansion=6, kernel=3, stride=1, se_channels=40, activation="swish", drop_path_rate=0.076363636364),  # blocks.3.3  # noqa: E501
         BlockConfig(kind="mbconv", in_channels=160, out_channels=160, expansion=6, kernel=3, stride=1, se_channels=40, activation="swish", drop_path_rate=0.08),  # blocks.3.4  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=160, out_channels=160, expansion=6, kernel=3, stride=1, se_channels=40, activation="swish", drop_path_rate=0.08363636363636365),  # blocks.3.5  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=160, out_channels=160, expansion=6, kernel=3, stride=1, se_channels=40, activation="swish", drop_path_rate=0.08727272727272728),  # blocks.3.6  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=160, out_channels=160, expansion=6, kernel=3, stride=1, se_channels=40, activation="swish", drop_path_rate=0.09090909090909091),  # blocks.3.7  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=160, out_channels=160, expansion=6, kernel=3, stride=1, se_channels=40, activation="swish", drop_path_rate=0.09454545454545454),  # blocks.3.8  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=160, out_channels=160, expansion=6, kernel=3, stride=1, se_channels=40, activation="swish", drop_path_rate=0.09818181818181819),  # blocks.3.9  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=160, out_channels=160, expansion=6, kernel=3, stride=1, se_channels=40, activation="swish", drop_path_rate=0.083636363636),  # blocks.3.5  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=160, out_channels=160, expansion=6, kernel=3, stride=1, se_channels=40, activation="swish", drop_path_rate=0.087272727273),  # blocks.3.6  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=160, out_channels=160, expansion=6, kernel=3, stride=1, se_channels=40, activation="swish", drop_path_rate=0.090909090909),  # blocks.3.7  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=160, out_channels=160, expansion=6, kernel=3, stride=1, se_channels=40, activation="swish", drop_path_rate=0.094545454545),  # blocks.3.8  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=160, out_channels=160, expansion=6, kernel=3, stride=1, se_channels=40, activation="swish", drop_path_rate=0.098181818182),  # blocks.3.9  # noqa: E501
     ),
     (  # stage 4: 10 x mbconv -> 224 channels at 38x38
-        BlockConfig(kind="mbconv", in_channels=160, out_channels=224, expansion=6, kernel=5, stride=1, se_channels=40, activation="swish", drop_path_rate=0.10181818181818182),  # blocks.4.0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=5, stride=1, se_channels=56, activation="swish", drop_path_rate=0.10545454545454547),  # blocks.4.1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=5, stride=1, se_channels=56, activation="swish", drop_path_rate=0.10909090909090909),  # blocks.4.2  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=5, stride=1, se_channels=56, activation="swish", drop_path_rate=0.11272727272727273),  # blocks.4.3  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=5, stride=1, se_channels=56, activation="swish", drop_path_rate=0.11636363636363636),  # blocks.4.4  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=5, stride=1, se_channels=56, activation="swish", drop_path_rate=0.12000000000000001),  # blocks.4.5  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=5, stride=1, se_channels=56, activation="swish", drop_path_rate=0.12363636363636366),  # blocks.4.6  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=5, stride=1, se_channels=56, activation="swish", drop_path_rate=0.12727272727272726),  # blocks.4.7  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=5, stride=1, se_channels=56, activation="swish", drop_path_rate=0.13090909090909092),  # blocks.4.8  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=5, stride=1, se_channels=56, activation="swish", drop_path_rate=0.13454545454545455),  # blocks.4.9  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=160, out_channels=224, expansion=6, kernel=5, stride=1, se_channels=40, activation="swish", drop_path_rate=0.101818181818),  # blocks.4.0  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=5, stride=1, se_channels=56, activation="swish", drop_path_rate=0.105454545455),  # blocks.4.1  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=5, stride=1, se_channels=56, activation="swish", drop_path_rate=0.109090909091),  # blocks.4.2  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=5, stride=1, se_channels=56, activation="swish", drop_path_rate=0.112727272727),  # blocks.4.3  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=5, stride=1, se_channels=56, activation="swish", drop_path_rate=0.116363636364),  # blocks.4.4  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=5, stride=1, se_channels=56, activation="swish", drop_path_rate=0.12),  # blocks.4.5  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=5, stride=1, se_channels=56, activation="swish", drop_path_rate=0.123636363636),  # blocks.4.6  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=5, stride=1, se_channels=56, activation="swish", drop_path_rate=0.127272727273),  # blocks.4.7  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=5, stride=1, se_channels=56, activation="swish", drop_path_rate=0.130909090909),  # blocks.4.8  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=5, stride=1, se_channels=56, activation="swish", drop_path_rate=0.134545454545),  # blocks.4.9  # noqa: E501
     ),
     (  # stage 5: 13 x mbconv -> 384 channels at 19x19
-        BlockConfig(kind="mbconv", in_channels=224, out_channels=384, expansion=6, kernel=5, stride=2, se_channels=56, activation="swish", drop_path_rate=0.13818181818181818),  # blocks.5.0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=5, stride=1, se_channels=96, activation="swish", drop_path_rate=0.14181818181818184),  # blocks.5.1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=5, stride=1, se_channels=96, activation="swish", drop_path_rate=0.14545454545454545),  # blocks.5.2  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=5, stride=1, se_channels=96, activation="swish", drop_path_rate=0.1490909090909091),  # blocks.5.3  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=5, stride=1, se_channels=96, activation="swish", drop_path_rate=0.15272727272727274),  # blocks.5.4  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=5, stride=1, se_channels=96, activation="swish", drop_path_rate=0.15636363636363634),  # blocks.5.5  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=224, out_channels=384, expansion=6, kernel=5, stride=2, se_channels=56, activation="swish", drop_path_rate=0.138181818182),  # blocks.5.0  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=5, stride=1, se_channels=96, activation="swish", drop_path_rate=0.141818181818),  # blocks.5.1  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=5, stride=1, se_channels=96, activation="swish", drop_path_rate=0.145454545455),  # blocks.5.2  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=5, stride=1, se_channels=96, activation="swish", drop_path_rate=0.149090909091),  # blocks.5.3  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=5, stride=1, se_channels=96, activation="swish", drop_path_rate=0.152727272727),  # blocks.5.4  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=5, stride=1, se_channels=96, activation="swish", drop_path_rate=0.156363636364),  # blocks.5.5  # noqa: E501
         BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=5, stride=1, se_channels=96, activation="swish", drop_path_rate=0.16),  # blocks.5.6  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=5, stride=1, se_channels=96, activation="swish", drop_path_rate=0.16363636363636364),  # blocks.5.7  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=5, stride=1, se_channels=96, activation="swish", drop_path_rate=0.1672727272727273),  # blocks.5.8  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=5, stride=1, se_channels=96, activation="swish", drop_path_rate=0.17090909090909093),  # blocks.5.9  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=5, stride=1, se_channels=96, activation="swish", drop_path_rate=0.17454545454545456),  # blocks.5.10  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=5, stride=1, se_channels=96, activation="swish", drop_path_rate=0.1781818181818182),  # blocks.5.11  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=5, stride=1, se_channels=96, activation="swish", drop_path_rate=0.18181818181818182),  # blocks.5.12  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=5, stride=1, se_channels=96, activation="swish", drop_path_rate=0.163636363636),  # blocks.5.7  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=5, stride=1, se_channels=96, activation="swish", drop_path_rate=0.167272727273),  # blocks.5.8  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=5, stride=1, se_channels=96, activation="swish", drop_path_rate=0.170909090909),  # blocks.5.9  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=5, stride=1, se_channels=96, activation="swish", drop_path_rate=0.174545454545),  # blocks.5.10  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=5, stride=1, se_channels=96, activation="swish", drop_path_rate=0.178181818182),  # blocks.5.11  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=5, stride=1, se_channels=96, activation="swish", drop_path_rate=0.181818181818),  # blocks.5.12  # noqa: E501
     ),
     (  # stage 6: 4 x mbconv -> 640 channels at 19x19
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=640, expansion=6, kernel=3, stride=1, se_channels=96, activation="swish", drop_path_rate=0.18545454545454548),  # blocks.6.0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=640, out_channels=640, expansion=6, kernel=3, stride=1, se_channels=160, activation="swish", drop_path_rate=0.1890909090909091),  # blocks.6.1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=640, out_channels=640, expansion=6, kernel=3, stride=1, se_channels=160, activation="swish", drop_path_rate=0.19272727272727275),  # blocks.6.2  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=640, out_channels=640, expansion=6, kernel=3, stride=1, se_channels=160, activation="swish", drop_path_rate=0.19636363636363638),  # blocks.6.3  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=384, out_channels=640, expansion=6, kernel=3, stride=1, se_channels=96, activation="swish", drop_path_rate=0.185454545455),  # blocks.6.0  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=640, out_channels=640, expansion=6, kernel=3, stride=1, se_channels=160, activation="swish", drop_path_rate=0.189090909091),  # blocks.6.1  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=640, out_channels=640, expansion=6, kernel=3, stride=1, se_channels=160, activation="swish", drop_path_rate=0.192727272727),  # blocks.6.2  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=640, out_channels=640, expansion=6, kernel=3, stride=1, se_channels=160, activation="swish", drop_path_rate=0.196363636364),  # blocks.6.3  # noqa: E501
     ),
 )
 # fmt: on

@@ -86,34 +86,34 @@ STAGES = (
         BlockConfig(kind="fused_mbconv", in_channels=32, out_channels=16, expansion=1, kernel=3, stride=1, se_channels=0, activation="swish", drop_path_rate=0.0),  # blocks.0.0  # noqa: E501
     ),
     (  # stage 1: 2 x fused_mbconv -> 32 channels at 56x56
-        BlockConfig(kind="fused_mbconv", in_channels=16, out_channels=32, expansion=4, kernel=3, stride=2, se_channels=0, activation="swish", drop_path_rate=0.009523809523809525),  # blocks.1.0  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=32, out_channels=32, expansion=4, kernel=3, stride=1, se_channels=0, activation="swish", drop_path_rate=0.01904761904761905),  # blocks.1.1  # noqa: E501
+        BlockConfig(kind="fused_mbconv", in_channels=16, out_channels=32, expansion=4, kernel=3, stride=2, se_channels=0, activation="swish", drop_path_rate=0.009523809524),  # blocks.1.0  # noqa: E501
+        BlockConfig(kind="fused_mbconv", in_channels=32, out_channels=32, expansion=4, kernel=3, stride=1, se_channels=0, activation="swish", drop_path_rate=0.019047619048),  # blocks.1.1  # noqa: E501
     ),
     (  # stage 2: 2 x fused_mbconv -> 48 channels at 28x28
-        BlockConfig(kind="fused_mbconv", in_channels=32, out_channels=48, expansion=4, kernel=3, stride=2, se_channels=0, activation="swish", drop_path_rate=0.028571428571428574),  # blocks.2.0  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=48, out_channels=48, expansion=4, kernel=3, stride=1, se_channels=0, activation="swish", drop_path_rate=0.0380952380952381),  # blocks.2.1  # noqa: E501
+        BlockConfig(kind="fused_mbconv", in_channels=32, out_channels=48, expansion=4, kernel=3, stride=2, se_channels=0, activation="swish", drop_path_rate=0.028571428571),  # blocks.2.0  # noqa: E501
+        BlockConfig(kind="fused_mbconv", in_channels=48, out_channels=48, expansion=4, kernel=3, stride=1, se_channels=0, activation="swish", drop_path_rate=0.038095238095),  # blocks.2.1  # noqa: E501
     ),
     (  # stage 3: 3 x mbconv -> 96 channels at 14x14
-        BlockConfig(kind="mbconv", in_channels=48, out_channels=96, expansion=4, kernel=3, stride=2, se_channels=12, activation="swish", drop_path_rate=0.047619047619047616),  # blocks.3.0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=96, out_channels=96, expansion=4, kernel=3, stride=1, se_channels=24, activation="swish", drop_path_rate=0.05714285714285715),  # blocks.3.1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=96, out_channels=96, expansion=4, kernel=3, stride=1, se_channels=24, activation="swish", drop_path_rate=0.06666666666666668),  # blocks.3.2  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=48, out_channels=96, expansion=4, kernel=3, stride=2, se_channels=12, activation="swish", drop_path_rate=0.047619047619),  # blocks.3.0  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=96, out_channels=96, expansion=4, kernel=3, stride=1, se_channels=24, activation="swish", drop_path_rate=0.057142857143),  # blocks.3.1  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=96, out_channels=96, expansion=4, kernel=3, stride=1, se_channels=24, activation="swish", drop_path_rate=0.066666666667),  # blocks.3.2  # noqa: E501
     ),
     (  # stage 4: 5 x mbconv -> 112 channels at 14x14
-        BlockConfig(kind="mbconv", in_channels=96, out_channels=112, expansion=6, kernel=3, stride=1, se_channels=24, activation="swish", drop_path_rate=0.0761904761904762),  # blocks.4.0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=112, out_channels=112, expansion=6, kernel=3, stride=1, se_channels=28, activation="swish", drop_path_rate=0.08571428571428572),  # blocks.4.1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=112, out_channels=112, expansion=6, kernel=3, stride=1, se_channels=28, activation="swish", drop_path_rate=0.09523809523809523),  # blocks.4.2  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=112, out_channels=112, expansion=6, kernel=3, stride=1, se_channels=28, activation="swish", drop_path_rate=0.10476190476190476),  # blocks.4.3  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=112, out_channels=112, expansion=6, kernel=3, stride=1, se_channels=28, activation="swish", drop_path_rate=0.1142857142857143),  # blocks.4.4  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=96, out_channels=112, expansion=6, kernel=3, stride=1, se_channels=24, activation="swish", drop_path_rate=0.07619047619),  # blocks.4.0  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=112, out_channels=112, expansion=6, kernel=3, stride=1, se_channels=28, activation="swish", drop_path_rate=0.085714285714),  # blocks.4.1  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=112, out_channels=112, expansion=6, kernel=3, stride=1, se_channels=28, activation="swish", drop_path_rate=0.095238095238),  # blocks.4.2  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=112, out_channels=112, expansion=6, kernel=3, stride=1, se_channels=28, activation="swish", drop_path_rate=0.104761904762),  # blocks.4.3  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=112, out_channels=112, expansion=6, kernel=3, stride=1, se_channels=28, activation="swish", drop_path_rate=0.114285714286),  # blocks.4.4  # noqa: E501
     ),
     (  # stage 5: 8 x mbconv -> 192 channels at 7x7
-        BlockConfig(kind="mbconv", in_channels=112, out_channels=192, expansion=6, kernel=3, stride=2, se_channels=28, activation="swish", drop_path_rate=0.12380952380952381),  # blocks.5.0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=6, kernel=3, stride=1, se_channels=48, activation="swish", drop_path_rate=0.13333333333333336),  # blocks.5.1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=6, kernel=3, stride=1, se_channels=48, activation="swish", drop_path_rate=0.14285714285714285),  # blocks.5.2  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=6, kernel=3, stride=1, se_channels=48, activation="swish", drop_path_rate=0.1523809523809524),  # blocks.5.3  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=6, kernel=3, stride=1, se_channels=48, activation="swish", drop_path_rate=0.1619047619047619),  # blocks.5.4  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=6, kernel=3, stride=1, se_channels=48, activation="swish", drop_path_rate=0.17142857142857143),  # blocks.5.5  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=6, kernel=3, stride=1, se_channels=48, activation="swish", drop_path_rate=0.18095238095238098),  # blocks.5.6  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=6, kernel=3, stride=1, se_channels=48, activation="swish", drop_path_rate=0.19047619047619047),  # blocks.5.7  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=112, out_channels=192, expansion=6, kernel=3, stride=2, se_channels=28, activation="swish", drop_path_rate=0.12380952381),  # blocks.5.0  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=6, kernel=3, stride=1, se_channels=48, activation="swish", drop_path_rate=0.133333333333),  # blocks.5.1  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=6, kernel=3, stride=1, se_channels=48, activation="swish", drop_path_rate=0.142857142857),  # blocks.5.2  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=6, kernel=3, stride=1, se_channels=48, activation="swish", drop_path_rate=0.152380952381),  # blocks.5.3  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=6, kernel=3, stride=1, se_channels=48, activation="swish", drop_path_rate=0.161904761905),  # blocks.5.4  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=6, kernel=3, stride=1, se_channels=48, activation="swish", drop_path_rate=0.171428571429),  # blocks.5.5  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=6, kernel=3, stride=1, se_channels=48, activation="swish", drop_path_rate=0.180952380952),  # blocks.5.6  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=6, kernel=3, stride=1, se_channels=48, activation="swish", drop_path_rate=0.190476190476),  # blocks.5.7  # noqa: E501
     ),
 )
 # fmt: on

@@ -84,42 +84,42 @@ class BlockConfig:
 STAGES = (
     (  # stage 0: 2 x fused_mbconv -> 16 channels at 120x120
         BlockConfig(kind="fused_mbconv", in_channels=32, out_channels=16, expansion=1, kernel=3, stride=1, se_channels=0, activation="swish", drop_path_rate=0.0),  # blocks.0.0  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=16, out_channels=16, expansion=1, kernel=3, stride=1, se_channels=0, activation="swish", drop_path_rate=0.007407407407407408),  # blocks.0.1  # noqa: E501
+        BlockConfig(kind="fused_mbconv", in_channels=16, out_channels=16, expansion=1, kernel=3, stride=1, se_channels=0, activation="swish", drop_path_rate=0.007407407407),  # blocks.0.1  # noqa: E501
     ),
     (  # stage 1: 3 x fused_mbconv -> 32 channels at 60x60
-        BlockConfig(kind="fused_mbconv", in_channels=16, out_channels=32, expansion=4, kernel=3, stride=2, se_channels=0, activation="swish", drop_path_rate=0.014814814814814815),  # blocks.1.0  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=32, out_channels=32, expansion=4, kernel=3, stride=1, se_channels=0, activation="swish", drop_path_rate=0.022222222222222227),  # blocks.1.1  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=32, out_channels=32, expansion=4, kernel=3, stride=1, se_channels=0, activation="swish", drop_path_rate=0.02962962962962963),  # blocks.1.2  # noqa: E501
+        BlockConfig(kind="fused_mbconv", in_channels=16, out_channels=32, expansion=4, kernel=3, stride=2, se_channels=0, activation="swish", drop_path_rate=0.014814814815),  # blocks.1.0  # noqa: E501
+        BlockConfig(kind="fused_mbconv", in_channels=32, out_channels=32, expansion=4, kernel=3, stride=1, se_channels=0, activation="swish", drop_path_rate=0.022222222222),  # blocks.1.1  # noqa: E501
+        BlockConfig(kind="fused_mbconv", in_channels=32, out_channels=32, expansion=4, kernel=3, stride=1, se_channels=0, activation="swish", drop_path_rate=0.02962962963),  # blocks.1.2  # noqa: E501
     ),
     (  # stage 2: 3 x fused_mbconv -> 48 channels at 30x30
-        BlockConfig(kind="fused_mbconv", in_channels=32, out_channels=48, expansion=4, kernel=3, stride=2, se_channels=0, activation="swish", drop_path_rate=0.037037037037037035),  # blocks.2.0  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=48, out_channels=48, expansion=4, kernel=3, stride=1, se_channels=0, activation="swish", drop_path_rate=0.04444444444444445),  # blocks.2.1  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=48, out_channels=48, expansion=4, kernel=3, stride=1, se_channels=0, activation="swish", drop_path_rate=0.05185185185185186),  # blocks.2.2  # noqa: E501
+        BlockConfig(kind="fused_mbconv", in_channels=32, out_channels=48, expansion=4, kernel=3, stride=2, se_channels=0, activation="swish", drop_path_rate=0.037037037037),  # blocks.2.0  # noqa: E501
+        BlockConfig(kind="fused_mbconv", in_channels=48, out_channels=48, expansion=4, kernel=3, stride=1, se_channels=0, activation="swish", drop_path_rate=0.044444444444),  # blocks.2.1  # noqa: E501
+        BlockConfig(kind="fused_mbconv", in_channels=48, out_channels=48, expansion=4, kernel=3, stride=1, se_channels=0, activation="swish", drop_path_rate=0.051851851852),  # blocks.2.2  # noqa: E501
     ),
     (  # stage 3: 4 x mbconv -> 96 channels at 15x15
-        BlockConfig(kind="mbconv", in_channels=48, out_channels=96, expansion=4, kernel=3, stride=2, se_channels=12, activation="swish", drop_path_rate=0.05925925925925926),  # blocks.3.0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=96, out_channels=96, expansion=4, kernel=3, stride=1, se_channels=24, activation="swish", drop_path_rate=0.06666666666666667),  # blocks.3.1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=96, out_channels=96, expansion=4, kernel=3, stride=1, se_channels=24, activation="swish", drop_path_rate=0.07407407407407407),  # blocks.3.2  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=96, out_channels=96, expansion=4, kernel=3, stride=1, se_channels=24, activation="swish", drop_path_rate=0.08148148148148149),  # blocks.3.3  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=48, out_channels=96, expansion=4, kernel=3, stride=2, se_channels=12, activation="swish", drop_path_rate=0.059259259259),  # blocks.3.0  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=96, out_channels=96, expansion=4, kernel=3, stride=1, se_channels=24, activation="swish", drop_path_rate=0.066666666667),  # blocks.3.1  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=96, out_channels=96, expansion=4, kernel=3, stride=1, se_channels=24, activation="swish", drop_path_rate=0.074074074074),  # blocks.3.2  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=96, out_channels=96, expansion=4, kernel=3, stride=1, se_channels=24, activation="swish", drop_path_rate=0.081481481481),  # blocks.3.3  # noqa: E501
     ),
     (  # stage 4: 6 x mbconv -> 112 channels at 15x15
-        BlockConfig(kind="mbconv", in_channels=96, out_channels=112, expansion=6, kernel=3, stride=1, se_channels=24, activation="swish", drop_path_rate=0.0888888888888889),  # blocks.4.0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=112, out_channels=112, expansion=6, kernel=3, stride=1, se_channels=28, activation="swish", drop_path_rate=0.0962962962962963),  # blocks.4.1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=112, out_channels=112, expansion=6, kernel=3, stride=1, se_channels=28, activation="swish", drop_path_rate=0.10370370370370371),  # blocks.4.2  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=112, out_channels=112, expansion=6, kernel=3, stride=1, se_channels=28, activation="swish", drop_path_rate=0.1111111111111111),  # blocks.4.3  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=112, out_channels=112, expansion=6, kernel=3, stride=1, se_channels=28, activation="swish", drop_path_rate=0.11851851851851852),  # blocks.4.4  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=112, out_channels=112, expansion=6, kernel=3, stride=1, se_channels=28, activation="swish", drop_path_rate=0.12592592592592594),  # blocks.4.5  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=96, out_channels=112, expansion=6, kernel=3, stride=1, se_channels=24, activation="swish", drop_path_rate=0.088888888889),  # blocks.4.0  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=112, out_channels=112, expansion=6, kernel=3, stride=1, se_channels=28, activation="swish", drop_path_rate=0.096296296296),  # blocks.4.1  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=112, out_channels=112, expansion=6, kernel=3, stride=1, se_channels=28, activation="swish", drop_path_rate=0.103703703704),  # blocks.4.2  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=112, out_channels=112, expansion=6, kernel=3, stride=1, se_channels=28, activation="swish", drop_path_rate=0.111111111111),  # blocks.4.3  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=112, out_channels=112, expansion=6, kernel=3, stride=1, se_channels=28, activation="swish", drop_path_rate=0.118518518519),  # blocks.4.4  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=112, out_channels=112, expansion=6, kernel=3, stride=1, se_channels=28, activation="swish", drop_path_rate=0.125925925926),  # blocks.4.5  # noqa: E501
     ),
     (  # stage 5: 9 x mbconv -> 192 channels at 8x8
-        BlockConfig(kind="mbconv", in_channels=112, out_channels=192, expansion=6, kernel=3, stride=2, se_channels=28, activation="swish", drop_path_rate=0.13333333333333333),  # blocks.5.0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=6, kernel=3, stride=1, se_channels=48, activation="swish", drop_path_rate=0.14074074074074075),  # blocks.5.1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=6, kernel=3, stride=1, se_channels=48, activation="swish", drop_path_rate=0.14814814814814814),  # blocks.5.2  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=6, kernel=3, stride=1, se_channels=48, activation="swish", drop_path_rate=0.15555555555555556),  # blocks.5.3  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=6, kernel=3, stride=1, se_channels=48, activation="swish", drop_path_rate=0.16296296296296298),  # blocks.5.4  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=6, kernel=3, stride=1, se_channels=48, activation="swish", drop_path_rate=0.1703703703703704),  # blocks.5.5  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=6, kernel=3, stride=1, se_channels=48, activation="swish", drop_path_rate=0.1777777777777778),  # blocks.5.6  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=6, kernel=3, stride=1, se_channels=48, activation="swish", drop_path_rate=0.18518518518518517),  # blocks.5.7  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=6, kernel=3, stride=1, se_channels=48, activation="swish", drop_path_rate=0.1925925925925926),  # blocks.5.8  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=112, out_channels=192, expansion=6, kernel=3, stride=2, se_channels=28, activation="swish", drop_path_rate=0.133333333333),  # blocks.5.0  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=6, kernel=3, stride=1, se_channels=48, activation="swish", drop_path_rate=0.140740740741),  # blocks.5.1  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=6, kernel=3, stride=1, se_channels=48, activation="swish", drop_path_rate=0.148148148148),  # blocks.5.2  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=6, kernel=3, stride=1, se_channels=48, activation="swish", drop_path_rate=0.155555555556),  # blocks.5.3  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=6, kernel=3, stride=1, se_channels=48, activation="swish", drop_path_rate=0.162962962963),  # blocks.5.4  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=6, kernel=3, stride=1, se_channels=48, activation="swish", drop_path_rate=0.17037037037),  # blocks.5.5  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=6, kernel=3, stride=1, se_channels=48, activation="swish", drop_path_rate=0.177777777778),  # blocks.5.6  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=6, kernel=3, stride=1, se_channels=48, activation="swish", drop_path_rate=0.185185185185),  # blocks.5.7  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=6, kernel=3, stride=1, se_channels=48, activation="swish", drop_path_rate=0.192592592593),  # blocks.5.8  # noqa: E501
     ),
 )
 # fmt: on

@@ -84,43 +84,43 @@ class BlockConfig:
 STAGES = (
     (  # stage 0: 2 x fused_mbconv -> 16 channels at 130x130
         BlockConfig(kind="fused_mbconv", in_channels=32, out_channels=16, expansion=1, kernel=3, stride=1, se_channels=0, activation="swish", drop_path_rate=0.0),  # blocks.0.0  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=16, out_channels=16, expansion=1, kernel=3, stride=1, se_channels=0, activation="swish", drop_path_rate=0.0071428571428571435),  # blocks.0.1  # noqa: E501
+        BlockConfig(kind="fused_mbconv", in_channels=16, out_channels=16, expansion=1, kernel=3, stride=1, se_channels=0, activation="swish", drop_path_rate=0.007142857143),  # blocks.0.1  # noqa: E501
     ),
     (  # stage 1: 3 x fused_mbconv -> 32 channels at 65x65
-        BlockConfig(kind="fused_mbconv", in_channels=16, out_channels=32, expansion=4, kernel=3, stride=2, se_channels=0, activation="swish", drop_path_rate=0.014285714285714287),  # blocks.1.0  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=32, out_channels=32, expansion=4, kernel=3, stride=1, se_channels=0, activation="swish", drop_path_rate=0.021428571428571432),  # blocks.1.1  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=32, out_channels=32, expansion=4, kernel=3, stride=1, se_channels=0, activation="swish", drop_path_rate=0.028571428571428574),  # blocks.1.2  # noqa: E501
+        BlockConfig(kind="fused_mbconv", in_channels=16, out_channels=32, expansion=4, kernel=3, stride=2, se_channels=0, activation="swish", drop_path_rate=0.014285714286),  # blocks.1.0  # noqa: E501
+        BlockConfig(kind="fused_mbconv", in_channels=32, out_channels=32, expansion=4, kernel=3, stride=1, se_channels=0, activation="swish", drop_path_rate=0.021428571429),  # blocks.1.1  # noqa: E501
+        BlockConfig(kind="fused_mbconv", in_channels=32, out_channels=32, expansion=4, kernel=3, stride=1, se_channels=0, activation="swish", drop_path_rate=0.028571428571),  # blocks.1.2  # noqa: E501
     ),
     (  # stage 2: 3 x fused_mbconv -> 56 channels at 33x33
-        BlockConfig(kind="fused_mbconv", in_channels=32, out_channels=56, expansion=4, kernel=3, stride=2, se_channels=0, activation="swish", drop_path_rate=0.03571428571428571),  # blocks.2.0  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=56, out_channels=56, expansion=4, kernel=3, stride=1, se_channels=0, activation="swish", drop_path_rate=0.042857142857142864),  # blocks.2.1  # noqa: E501
+        BlockConfig(kind="fused_mbconv", in_channels=32, out_channels=56, expansion=4, kernel=3, stride=2, se_channels=0, activation="swish", drop_path_rate=0.035714285714),  # blocks.2.0  # noqa: E501
+        BlockConfig(kind="fused_mbconv", in_channels=56, out_channels=56, expansion=4, kernel=3, stride=1, se_channels=0, activation="swish", drop_path_rate=0.042857142857),  # blocks.2.1  # noqa: E501
         BlockConfig(kind="fused_mbconv", in_channels=56, out_channels=56, expansion=4, kernel=3, stride=1, se_channels=0, activation="swish", drop_path_rate=0.05),  # blocks.2.2  # noqa: E501
     ),
     (  # stage 3: 4 x mbconv -> 104 channels at 17x17
-        BlockConfig(kind="mbconv", in_channels=56, out_channels=104, expansion=4, kernel=3, stride=2, se_channels=14, activation="swish", drop_path_rate=0.05714285714285715),  # blocks.3.0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=104, out_channels=104, expansion=4, kernel=3, stride=1, se_channels=26, activation="swish", drop_path_rate=0.0642857142857143),  # blocks.3.1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=104, out_channels=104, expansion=4, kernel=3, stride=1, se_channels=26, activation="swish", drop_path_rate=0.07142857142857142),  # blocks.3.2  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=104, out_channels=104, expansion=4, kernel=3, stride=1, se_channels=26, activation="swish", drop_path_rate=0.07857142857142858),  # blocks.3.3  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=56, out_channels=104, expansion=4, kernel=3, stride=2, se_channels=14, activation="swish", drop_path_rate=0.057142857143),  # blocks.3.0  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=104, out_channels=104, expansion=4, kernel=3, stride=1, se_channels=26, activation="swish", drop_path_rate=0.064285714286),  # blocks.3.1  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=104, out_channels=104, expansion=4, kernel=3, stride=1, se_channels=26, activation="swish", drop_path_rate=0.071428571429),  # blocks.3.2  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=104, out_channels=104, expansion=4, kernel=3, stride=1, se_channels=26, activation="swish", drop_path_rate=0.078571428571),  # blocks.3.3  # noqa: E501
     ),
     (  # stage 4: 6 x mbconv -> 120 channels at 17x17
-        BlockConfig(kind="mbconv", in_channels=104, out_channels=120, expansion=6, kernel=3, stride=1, se_channels=26, activation="swish", drop_path_rate=0.08571428571428573),  # blocks.4.0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=120, out_channels=120, expansion=6, kernel=3, stride=1, se_channels=30, activation="swish", drop_path_rate=0.09285714285714286),  # blocks.4.1  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=104, out_channels=120, expansion=6, kernel=3, stride=1, se_channels=26, activation="swish", drop_path_rate=0.085714285714),  # blocks.4.0  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=120, out_channels=120, expansion=6, kernel=3, stride=1, se_channels=30, activation="swish", drop_path_rate=0.092857142857),  # blocks.4.1  # noqa: E501
         BlockConfig(kind="mbconv", in_channels=120, out_channels=120, expansion=6, kernel=3, stride=1, se_channels=30, activation="swish", drop_path_rate=0.1),  # blocks.4.2  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=120, out_channels=120, expansion=6, kernel=3, stride=1, se_channels=30, activation="swish", drop_path_rate=0.10714285714285714),  # blocks.4.3  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=120, out_channels=120, expansion=6, kernel=3, stride=1, se_channels=30, activation="swish", drop_path_rate=0.1142857142857143),  # blocks.4.4  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=120, out_channels=120, expansion=6, kernel=3, stride=1, se_channels=30, activation="swish", drop_path_rate=0.12142857142857144),  # blocks.4.5  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=120, out_channels=120, expansion=6, kernel=3, stride=1, se_channels=30, activation="swish", drop_path_rate=0.107142857143),  # blocks.4.3  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=120, out_channels=120, expansion=6, kernel=3, stride=1, se_channels=30, activation="swish", drop_path_rate=0.114285714286),  # blocks.4.4  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=120, out_channels=120, expansion=6, kernel=3, stride=1, se_channels=30, activation="swish", drop_path_rate=0.121428571429),  # blocks.4.5  # noqa: E501
     ),
     (  # stage 5: 10 x mbconv -> 208 channels at 9x9
-        BlockConfig(kind="mbconv", in_channels=120, out_channels=208, expansion=6, kernel=3, stride=2, se_channels=30, activation="swish", drop_path_rate=0.1285714285714286),  # blocks.5.0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=208, out_channels=208, expansion=6, kernel=3, stride=1, se_channels=52, activation="swish", drop_path_rate=0.13571428571428573),  # blocks.5.1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=208, out_channels=208, expansion=6, kernel=3, stride=1, se_channels=52, activation="swish", drop_path_rate=0.14285714285714285),  # blocks.5.2  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=120, out_channels=208, expansion=6, kernel=3, stride=2, se_channels=30, activation="swish", drop_path_rate=0.128571428571),  # blocks.5.0  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=208, out_channels=208, expansion=6, kernel=3, stride=1, se_channels=52, activation="swish", drop_path_rate=0.135714285714),  # blocks.5.1  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=208, out_channels=208, expansion=6, kernel=3, stride=1, se_channels=52, activation="swish", drop_path_rate=0.142857142857),  # blocks.5.2  # noqa: E501
         BlockConfig(kind="mbconv", in_channels=208, out_channels=208, expansion=6, kernel=3, stride=1, se_channels=52, activation="swish", drop_path_rate=0.15),  # blocks.5.3  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=208, out_channels=208, expansion=6, kernel=3, stride=1, se_channels=52, activation="swish", drop_path_rate=0.15714285714285717),  # blocks.5.4  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=208, out_channels=208, expansion=6, kernel=3, stride=1, se_channels=52, activation="swish", drop_path_rate=0.1642857142857143),  # blocks.5.5  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=208, out_channels=208, expansion=6, kernel=3, stride=1, se_channels=52, activation="swish", drop_path_rate=0.17142857142857146),  # blocks.5.6  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=208, out_channels=208, expansion=6, kernel=3, stride=1, se_channels=52, activation="swish", drop_path_rate=0.17857142857142858),  # blocks.5.7  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=208, out_channels=208, expansion=6, kernel=3, stride=1, se_channels=52, activation="swish", drop_path_rate=0.18571428571428572),  # blocks.5.8  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=208, out_channels=208, expansion=6, kernel=3, stride=1, se_channels=52, activation="swish", drop_path_rate=0.19285714285714287),  # blocks.5.9  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=208, out_channels=208, expansion=6, kernel=3, stride=1, se_channels=52, activation="swish", drop_path_rate=0.157142857143),  # blocks.5.4  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=208, out_channels=208, expansion=6, kernel=3, stride=1, se_channels=52, activation="swish", drop_path_rate=0.164285714286),  # blocks.5.5  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=208, out_channels=208, expansion=6, kernel=3, stride=1, se_channels=52, activation="swish", drop_path_rate=0.171428571429),  # blocks.5.6  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=208, out_channels=208, expansion=6, kernel=3, stride=1, se_channels=52, activation="swish", drop_path_rate=0.178571428571),  # blocks.5.7  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=208, out_channels=208, expansion=6, kernel=3, stride=1, se_channels=52, activation="swish", drop_path_rate=0.185714285714),  # blocks.5.8  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=208, out_channels=208, expansion=6, kernel=3, stride=1, se_channels=52, activation="swish", drop_path_rate=0.192857142857),  # blocks.5.9  # noqa: E501
     ),
 )
 # fmt: on

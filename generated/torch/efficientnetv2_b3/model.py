@@ -88,41 +88,41 @@ STAGES = (
     ),
     (  # stage 1: 3 x fused_mbconv -> 40 channels at 75x75
         BlockConfig(kind="fused_mbconv", in_channels=16, out_channels=40, expansion=4, kernel=3, stride=2, se_channels=0, activation="swish", drop_path_rate=0.0125),  # blocks.1.0  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=40, out_channels=40, expansion=4, kernel=3, stride=1, se_channels=0, activation="swish", drop_path_rate=0.018750000000000003),  # blocks.1.1  # noqa: E501
+        BlockConfig(kind="fused_mbconv", in_channels=40, out_channels=40, expansion=4, kernel=3, stride=1, se_channels=0, activation="swish", drop_path_rate=0.01875),  # blocks.1.1  # noqa: E501
         BlockConfig(kind="fused_mbconv", in_channels=40, out_channels=40, expansion=4, kernel=3, stride=1, se_channels=0, activation="swish", drop_path_rate=0.025),  # blocks.1.2  # noqa: E501
     ),
     (  # stage 2: 3 x fused_mbconv -> 56 channels at 38x38
         BlockConfig(kind="fused_mbconv", in_channels=40, out_channels=56, expansion=4, kernel=3, stride=2, se_channels=0, activation="swish", drop_path_rate=0.03125),  # blocks.2.0  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=56, out_channels=56, expansion=4, kernel=3, stride=1, se_channels=0, activation="swish", drop_path_rate=0.037500000000000006),  # blocks.2.1  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=56, out_channels=56, expansion=4, kernel=3, stride=1, se_channels=0, activation="swish", drop_path_rate=0.043750000000000004),  # blocks.2.2  # noqa: E501
+        BlockConfig(kind="fused_mbconv", in_channels=56, out_channels=56, expansion=4, kernel=3, stride=1, se_channels=0, activation="swish", drop_path_rate=0.0375),  # blocks.2.1  # noqa: E501
+        BlockConfig(kind="fused_mbconv", in_channels=56, out_channels=56, expansion=4, kernel=3, stride=1, se_channels=0, activation="swish", drop_path_rate=0.04375),  # blocks.2.2  # noqa: E501
     ),
     (  # stage 3: 5 x mbconv -> 112 channels at 19x19
         BlockConfig(kind="mbconv", in_channels=56, out_channels=112, expansion=4, kernel=3, stride=2, se_channels=14, activation="swish", drop_path_rate=0.05),  # blocks.3.0  # noqa: E501
         BlockConfig(kind="mbconv", in_channels=112, out_channels=112, expansion=4, kernel=3, stride=1, se_channels=28, activation="swish", drop_path_rate=0.05625),  # blocks.3.1  # noqa: E501
         BlockConfig(kind="mbconv", in_channels=112, out_channels=112, expansion=4, kernel=3, stride=1, se_channels=28, activation="swish", drop_path_rate=0.0625),  # blocks.3.2  # noqa: E501
         BlockConfig(kind="mbconv", in_channels=112, out_channels=112, expansion=4, kernel=3, stride=1, se_channels=28, activation="swish", drop_path_rate=0.06875),  # blocks.3.3  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=112, out_channels=112, expansion=4, kernel=3, stride=1, se_channels=28, activation="swish", drop_path_rate=0.07500000000000001),  # blocks.3.4  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=112, out_channels=112, expansion=4, kernel=3, stride=1, se_channels=28, activation="swish", drop_path_rate=0.075),  # blocks.3.4  # noqa: E501
     ),
     (  # stage 4: 7 x mbconv -> 136 channels at 19x19
         BlockConfig(kind="mbconv", in_channels=112, out_channels=136, expansion=6, kernel=3, stride=1, se_channels=28, activation="swish", drop_path_rate=0.08125),  # blocks.4.0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=136, out_channels=136, expansion=6, kernel=3, stride=1, se_channels=34, activation="swish", drop_path_rate=0.08750000000000001),  # blocks.4.1  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=136, out_channels=136, expansion=6, kernel=3, stride=1, se_channels=34, activation="swish", drop_path_rate=0.0875),  # blocks.4.1  # noqa: E501
         BlockConfig(kind="mbconv", in_channels=136, out_channels=136, expansion=6, kernel=3, stride=1, se_channels=34, activation="swish", drop_path_rate=0.09375),  # blocks.4.2  # noqa: E501
         BlockConfig(kind="mbconv", in_channels=136, out_channels=136, expansion=6, kernel=3, stride=1, se_channels=34, activation="swish", drop_path_rate=0.1),  # blocks.4.3  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=136, out_channels=136, expansion=6, kernel=3, stride=1, se_channels=34, activation="swish", drop_path_rate=0.10625000000000001),  # blocks.4.4  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=136, out_channels=136, expansion=6, kernel=3, stride=1, se_channels=34, activation="swish", drop_path_rate=0.10625),  # blocks.4.4  # noqa: E501
         BlockConfig(kind="mbconv", in_channels=136, out_channels=136, expansion=6, kernel=3, stride=1, se_channels=34, activation="swish", drop_path_rate=0.1125),  # blocks.4.5  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=136, out_channels=136, expansion=6, kernel=3, stride=1, se_channels=34, activation="swish", drop_path_rate=0.11875000000000001),  # blocks.4.6  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=136, out_channels=136, expansion=6, kernel=3, stride=1, se_channels=34, activation="swish", drop_path_rate=0.11875),  # blocks.4.6  # noqa: E501
     ),
     (  # stage 5: 12 x mbconv -> 232 channels at 10x10
         BlockConfig(kind="mbconv", in_channels=136, out_channels=232, expansion=6, kernel=3, stride=2, se_channels=34, activation="swish", drop_path_rate=0.125),  # blocks.5.0  # noqa: E501
         BlockConfig(kind="mbconv", in_channels=232, out_channels=232, expansion=6, kernel=3, stride=1, se_channels=58, activation="swish", drop_path_rate=0.13125),  # blocks.5.1  # noqa: E501
         BlockConfig(kind="mbconv", in_channels=232, out_channels=232, expansion=6, kernel=3, stride=1, se_channels=58, activation="swish", drop_path_rate=0.1375),  # blocks.5.2  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=232, out_channels=232, expansion=6, kernel=3, stride=1, se_channels=58, activation="swish", drop_path_rate=0.14375000000000002),  # blocks.5.3  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=232, out_channels=232, expansion=6, kernel=3, stride=1, se_channels=58, activation="swish", drop_path_rate=0.15000000000000002),  # blocks.5.4  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=232, out_channels=232, expansion=6, kernel=3, stride=1, se_channels=58, activation="swish", drop_path_rate=0.14375),  # blocks.5.3  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=232, out_channels=232, expansion=6, kernel=3, stride=1, se_channels=58, activation="swish", drop_path_rate=0.15),  # blocks.5.4  # noqa: E501
         BlockConfig(kind="mbconv", in_channels=232, out_channels=232, expansion=6, kernel=3, stride=1, se_channels=58, activation="swish", drop_path_rate=0.15625),  # blocks.5.5  # noqa: E501
         BlockConfig(kind="mbconv", in_channels=232, out_channels=232, expansion=6, kernel=3, stride=1, se_channels=58, activation="swish", drop_path_rate=0.1625),  # blocks.5.6  # noqa: E501
         BlockConfig(kind="mbconv", in_channels=232, out_channels=232, expansion=6, kernel=3, stride=1, se_channels=58, activation="swish", drop_path_rate=0.16875),  # blocks.5.7  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=232, out_channels=232, expansion=6, kernel=3, stride=1, se_channels=58, activation="swish", drop_path_rate=0.17500000000000002),  # blocks.5.8  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=232, out_channels=232, expansion=6, kernel=3, stride=1, se_channels=58, activation="swish", drop_path_rate=0.18125000000000002),  # blocks.5.9  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=232, out_channels=232, expansion=6, kernel=3, stride=1, se_channels=58, activation="swish", drop_path_rate=0.175),  # blocks.5.8  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=232, out_channels=232, expansion=6, kernel=3, stride=1, se_channels=58, activation="swish", drop_path_rate=0.18125),  # blocks.5.9  # noqa: E501
         BlockConfig(kind="mbconv", in_channels=232, out_channels=232, expansion=6, kernel=3, stride=1, se_channels=58, activation="swish", drop_path_rate=0.1875),  # blocks.5.10  # noqa: E501
         BlockConfig(kind="mbconv", in_channels=232, out_channels=232, expansion=6, kernel=3, stride=1, se_channels=58, activation="swish", drop_path_rate=0.19375),  # blocks.5.11  # noqa: E501
     ),

@@ -86,96 +86,96 @@ class BlockConfig:
 STAGES = (
     (  # stage 0: 4 x fused_mbconv -> 32 channels at 240x240
         BlockConfig(kind="fused_mbconv", in_channels=32, out_channels=32, expansion=1, kernel=3, stride=1, se_channels=0, activation="swish", drop_path_rate=0.0),  # blocks.0.0  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=32, out_channels=32, expansion=1, kernel=3, stride=1, se_channels=0, activation="swish", drop_path_rate=0.002531645569620253),  # blocks.0.1  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=32, out_channels=32, expansion=1, kernel=3, stride=1, se_channels=0, activation="swish", drop_path_rate=0.005063291139240506),  # blocks.0.2  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=32, out_channels=32, expansion=1, kernel=3, stride=1, se_channels=0, activation="swish", drop_path_rate=0.007594936708860761),  # blocks.0.3  # noqa: E501
+        BlockConfig(kind="fused_mbconv", in_channels=32, out_channels=32, expansion=1, kernel=3, stride=1, se_channels=0, activation="swish", drop_path_rate=0.00253164557),  # blocks.0.1  # noqa: E501
+        BlockConfig(kind="fused_mbconv", in_channels=32, out_channels=32, expansion=1, kernel=3, stride=1, se_channels=0, activation="swish", drop_path_rate=0.005063291139),  # blocks.0.2  # noqa: E501
+        BlockConfig(kind="fused_mbconv", in_channels=32, out_channels=32, expansion=1, kernel=3, stride=1, se_channels=0, activation="swish", drop_path_rate=0.007594936709),  # blocks.0.3  # noqa: E501
     ),
     (  # stage 1: 7 x fused_mbconv -> 64 channels at 120x120
-        BlockConfig(kind="fused_mbconv", in_channels=32, out_channels=64, expansion=4, kernel=3, stride=2, se_channels=0, activation="swish", drop_path_rate=0.010126582278481013),  # blocks.1.0  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=64, out_channels=64, expansion=4, kernel=3, stride=1, se_channels=0, activation="swish", drop_path_rate=0.012658227848101266),  # blocks.1.1  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=64, out_channels=64, expansion=4, kernel=3, stride=1, se_channels=0, activation="swish", drop_path_rate=0.015189873417721522),  # blocks.1.2  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=64, out_channels=64, expansion=4, kernel=3, stride=1, se_channels=0, activation="swish", drop_path_rate=0.017721518987341773),  # blocks.1.3  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=64, out_channels=64, expansion=4, kernel=3, stride=1, se_channels=0, activation="swish", drop_path_rate=0.020253164556962026),  # blocks.1.4  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=64, out_channels=64, expansion=4, kernel=3, stride=1, se_channels=0, activation="swish", drop_path_rate=0.02278481012658228),  # blocks.1.5  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=64, out_channels=64, expansion=4, kernel=3, stride=1, se_channels=0, activation="swish", drop_path_rate=0.02531645569620253),  # blocks.1.6  # noqa: E501
+        BlockConfig(kind="fused_mbconv", in_channels=32, out_channels=64, expansion=4, kernel=3, stride=2, se_channels=0, activation="swish", drop_path_rate=0.010126582278),  # blocks.1.0  # noqa: E501
+        BlockConfig(kind="fused_mbconv", in_channels=64, out_channels=64, expansion=4, kernel=3, stride=1, se_channels=0, activation="swish", drop_path_rate=0.012658227848),  # blocks.1.1  # noqa: E501
+        BlockConfig(kind="fused_mbconv", in_channels=64, out_channels=64, expansion=4, kernel=3, stride=1, se_channels=0, activation="swish", drop_path_rate=0.015189873418),  # blocks.1.2  # noqa: E501
+        BlockConfig(kind="fused_mbconv", in_channels=64, out_channels=64, expansion=4, kernel=3, stride=1, se_channels=0, activation="swish", drop_path_rate=0.017721518987),  # blocks.1.3  # noqa: E501
+        BlockConfig(kind="fused_mbconv", in_channels=64, out_channels=64, expansion=4, kernel=3, stride=1, se_channels=0, activation="swish", drop_path_rate=0.020253164557),  # blocks.1.4  # noqa: E501
+        BlockConfig(kind="fused_mbconv", in_channels=64, out_channels=64, expansion=4, kernel=3, stride=1, se_channels=0, activation="swish", drop_path_rate=0.022784810127),  # blocks.1.5  # noqa: E501
+        BlockConfig(kind="fused_mbconv", in_channels=64, out_channels=64, expansion=4, kernel=3, stride=1, se_channels=0, activation="swish", drop_path_rate=0.025316455696),  # blocks.1.6  # noqa: E501
     ),
     (  # stage 2: 7 x fused_mbconv -> 96 channels at 60x60
-        BlockConfig(kind="fused_mbconv", in_channels=64, out_channels=96, expansion=4, kernel=3, stride=2, se_channels=0, activation="swish", drop_path_rate=0.027848101265822787),  # blocks.2.0  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=96, out_channels=96, expansion=4, kernel=3, stride=1, se_channels=0, activation="swish", drop_path_rate=0.030379746835443044),  # blocks.2.1  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=96, out_channels=96, expansion=4, kernel=3, stride=1, se_channels=0, activation="swish", drop_path_rate=0.03291139240506329),  # blocks.2.2  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=96, out_channels=96, expansion=4, kernel=3, stride=1, se_channels=0, activation="swish", drop_path_rate=0.035443037974683546),  # blocks.2.3  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=96, out_channels=96, expansion=4, kernel=3, stride=1, se_channels=0, activation="swish", drop_path_rate=0.0379746835443038),  # blocks.2.4  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=96, out_channels=96, expansion=4, kernel=3, stride=1, se_channels=0, activation="swish", drop_path_rate=0.04050632911392405),  # blocks.2.5  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=96, out_channels=96, expansion=4, kernel=3, stride=1, se_channels=0, activation="swish", drop_path_rate=0.04303797468354431),  # blocks.2.6  # noqa: E501
+        BlockConfig(kind="fused_mbconv", in_channels=64, out_channels=96, expansion=4, kernel=3, stride=2, se_channels=0, activation="swish", drop_path_rate=0.027848101266),  # blocks.2.0  # noqa: E501
+        BlockConfig(kind="fused_mbconv", in_channels=96, out_channels=96, expansion=4, kernel=3, stride=1, se_channels=0, activation="swish", drop_path_rate=0.030379746835),  # blocks.2.1  # noqa: E501
+        BlockConfig(kind="fused_mbconv", in_channels=96, out_channels=96, expansion=4, kernel=3, stride=1, se_channels=0, activation="swish", drop_path_rate=0.032911392405),  # blocks.2.2  # noqa: E501
+        BlockConfig(kind="fused_mbconv", in_channels=96, out_channels=96, expansion=4, kernel=3, stride=1, se_channels=0, activation="swish", drop_path_rate=0.035443037975),  # blocks.2.3  # noqa: E501
+        BlockConfig(kind="fused_mbconv", in_channels=96, out_channels=96, expansion=4, kernel=3, stride=1, se_channels=0, activation="swish", drop_path_rate=0.037974683544),  # blocks.2.4  # noqa: E501
+        BlockConfig(kind="fused_mbconv", in_channels=96, out_channels=96, expansion=4, kernel=3, stride=1, se_channels=0, activation="swish", drop_path_rate=0.040506329114),  # blocks.2.5  # noqa: E501
+        BlockConfig(kind="fused_mbconv", in_channels=96, out_channels=96, expansion=4, kernel=3, stride=1, se_channels=0, activation="swish", drop_path_rate=0.043037974684),  # blocks.2.6  # noqa: E501
     ),
     (  # stage 3: 10 x mbconv -> 192 channels at 30x30
-        BlockConfig(kind="mbconv", in_channels=96, out_channels=192, expansion=4, kernel=3, stride=2, se_channels=24, activation="swish", drop_path_rate=0.04556962025316456),  # blocks.3.0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=4, kernel=3, stride=1, se_channels=48, activation="swish", drop_path_rate=0.04810126582278482),  # blocks.3.1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=4, kernel=3, stride=1, se_channels=48, activation="swish", drop_path_rate=0.05063291139240506),  # blocks.3.2  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=4, kernel=3, stride=1, se_channels=48, activation="swish", drop_path_rate=0.053164556962025315),  # blocks.3.3  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=4, kernel=3, stride=1, se_channels=48, activation="swish", drop_path_rate=0.055696202531645575),  # blocks.3.4  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=4, kernel=3, stride=1, se_channels=48, activation="swish", drop_path_rate=0.05822784810126583),  # blocks.3.5  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=4, kernel=3, stride=1, se_channels=48, activation="swish", drop_path_rate=0.06075949367088609),  # blocks.3.6  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=4, kernel=3, stride=1, se_channels=48, activation="swish", drop_path_rate=0.06329113924050633),  # blocks.3.7  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=4, kernel=3, stride=1, se_channels=48, activation="swish", drop_path_rate=0.06582278481012659),  # blocks.3.8  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=4, kernel=3, stride=1, se_channels=48, activation="swish", drop_path_rate=0.06835443037974684),  # blocks.3.9  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=96, out_channels=192, expansion=4, kernel=3, stride=2, se_channels=24, activation="swish", drop_path_rate=0.045569620253),  # blocks.3.0  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=4, kernel=3, stride=1, se_channels=48, activation="swish", drop_path_rate=0.048101265823),  # blocks.3.1  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=4, kernel=3, stride=1, se_channels=48, activation="swish", drop_path_rate=0.050632911392),  # blocks.3.2  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=4, kernel=3, stride=1, se_channels=48, activation="swish", drop_path_rate=0.053164556962),  # blocks.3.3  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=4, kernel=3, stride=1, se_channels=48, activation="swish", drop_path_rate=0.055696202532),  # blocks.3.4  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=4, kernel=3, stride=1, se_channels=48, activation="swish", drop_path_rate=0.058227848101),  # blocks.3.5  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=4, kernel=3, stride=1, se_channels=48, activation="swish", drop_path_rate=0.060759493671),  # blocks.3.6  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=4, kernel=3, stride=1, se_channels=48, activation="swish", drop_path_rate=0.063291139241),  # blocks.3.7  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=4, kernel=3, stride=1, se_channels=48, activation="swish", drop_path_rate=0.06582278481),  # blocks.3.8  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=4, kernel=3, stride=1, se_channels=48, activation="swish", drop_path_rate=0.06835443038),  # blocks.3.9  # noqa: E501
     ),
     (  # stage 4: 19 x mbconv -> 224 channels at 30x30
-        BlockConfig(kind="mbconv", in_channels=192, out_channels=224, expansion=6, kernel=3, stride=1, se_channels=48, activation="swish", drop_path_rate=0.07088607594936709),  # blocks.4.0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=3, stride=1, se_channels=56, activation="swish", drop_path_rate=0.07341772151898734),  # blocks.4.1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=3, stride=1, se_channels=56, activation="swish", drop_path_rate=0.0759493670886076),  # blocks.4.2  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=3, stride=1, se_channels=56, activation="swish", drop_path_rate=0.07848101265822785),  # blocks.4.3  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=3, stride=1, se_channels=56, activation="swish", drop_path_rate=0.0810126582278481),  # blocks.4.4  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=3, stride=1, se_channels=56, activation="swish", drop_path_rate=0.08354430379746836),  # blocks.4.5  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=3, stride=1, se_channels=56, activation="swish", drop_path_rate=0.08607594936708862),  # blocks.4.6  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=3, stride=1, se_channels=56, activation="swish", drop_path_rate=0.08860759493670886),  # blocks.4.7  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=3, stride=1, se_channels=56, activation="swish", drop_path_rate=0.09113924050632911),  # blocks.4.8  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=3, stride=1, se_channels=56, activation="swish", drop_path_rate=0.09367088607594937),  # blocks.4.9  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=3, stride=1, se_channels=56, activation="swish", drop_path_rate=0.09620253164556963),  # blocks.4.10  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=3, stride=1, se_channels=56, activation="swish", drop_path_rate=0.09873417721518989),  # blocks.4.11  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=3, stride=1, se_channels=56, activation="swish", drop_path_rate=0.10126582278481013),  # blocks.4.12  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=3, stride=1, se_channels=56, activation="swish", drop_path_rate=0.10379746835443039),  # blocks.4.13  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=3, stride=1, se_channels=56, activation="swish", drop_path_rate=0.10632911392405063),  # blocks.4.14  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=3, stride=1, se_channels=56, activation="swish", drop_path_rate=0.10886075949367088),  # blocks.4.15  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=3, stride=1, se_channels=56, activation="swish", drop_path_rate=0.11139240506329115),  # blocks.4.16  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=3, stride=1, se_channels=56, activation="swish", drop_path_rate=0.11392405063291139),  # blocks.4.17  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=3, stride=1, se_channels=56, activation="swish", drop_path_rate=0.11645569620253166),  # blocks.4.18  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=192, out_channels=224, expansion=6, kernel=3, stride=1, se_channels=48, activation="swish", drop_path_rate=0.070886075949),  # blocks.4.0  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=3, stride=1, se_channels=56, activation="swish", drop_path_rate=0.073417721519),  # blocks.4.1  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=3, stride=1, se_channels=56, activation="swish", drop_path_rate=0.075949367089),  # blocks.4.2  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=3, stride=1, se_channels=56, activation="swish", drop_path_rate=0.078481012658),  # blocks.4.3  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=3, stride=1, se_channels=56, activation="swish", drop_path_rate=0.081012658228),  # blocks.4.4  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=3, stride=1, se_channels=56, activation="swish", drop_path_rate=0.083544303797),  # blocks.4.5  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=3, stride=1, se_channels=56, activation="swish", drop_path_rate=0.086075949367),  # blocks.4.6  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=3, stride=1, se_channels=56, activation="swish", drop_path_rate=0.088607594937),  # blocks.4.7  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=3, stride=1, se_channels=56, activation="swish", drop_path_rate=0.091139240506),  # blocks.4.8  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=3, stride=1, se_channels=56, activation="swish", drop_path_rate=0.093670886076),  # blocks.4.9  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=3, stride=1, se_channels=56, activation="swish", drop_path_rate=0.096202531646),  # blocks.4.10  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=3, stride=1, se_channels=56, activation="swish", drop_path_rate=0.098734177215),  # blocks.4.11  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=3, stride=1, se_channels=56, activation="swish", drop_path_rate=0.101265822785),  # blocks.4.12  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=3, stride=1, se_channels=56, activation="swish", drop_path_rate=0.103797468354),  # blocks.4.13  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=3, stride=1, se_channels=56, activation="swish", drop_path_rate=0.106329113924),  # blocks.4.14  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=3, stride=1, se_channels=56, activation="swish", drop_path_rate=0.108860759494),  # blocks.4.15  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=3, stride=1, se_channels=56, activation="swish", drop_path_rate=0.111392405063),  # blocks.4.16  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=3, stride=1, se_channels=56, activation="swish", drop_path_rate=0.113924050633),  # blocks.4.17  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=3, stride=1, se_channels=56, activation="swish", drop_path_rate=0.116455696203),  # blocks.4.18  # noqa: E501
     ),
     (  # stage 5: 25 x mbconv -> 384 channels at 15x15
-        BlockConfig(kind="mbconv", in_channels=224, out_channels=384, expansion=6, kernel=3, stride=2, se_channels=56, activation="swish", drop_path_rate=0.11898734177215191),  # blocks.5.0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="swish", drop_path_rate=0.12151898734177217),  # blocks.5.1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="swish", drop_path_rate=0.12405063291139241),  # blocks.5.2  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="swish", drop_path_rate=0.12658227848101267),  # blocks.5.3  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="swish", drop_path_rate=0.12911392405063293),  # blocks.5.4  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="swish", drop_path_rate=0.13164556962025317),  # blocks.5.5  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="swish", drop_path_rate=0.13417721518987344),  # blocks.5.6  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="swish", drop_path_rate=0.13670886075949368),  # blocks.5.7  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="swish", drop_path_rate=0.13924050632911392),  # blocks.5.8  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="swish", drop_path_rate=0.14177215189873418),  # blocks.5.9  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="swish", drop_path_rate=0.14430379746835442),  # blocks.5.10  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="swish", drop_path_rate=0.1468354430379747),  # blocks.5.11  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="swish", drop_path_rate=0.14936708860759496),  # blocks.5.12  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="swish", drop_path_rate=0.1518987341772152),  # blocks.5.13  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="swish", drop_path_rate=0.15443037974683546),  # blocks.5.14  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="swish", drop_path_rate=0.1569620253164557),  # blocks.5.15  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="swish", drop_path_rate=0.15949367088607597),  # blocks.5.16  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="swish", drop_path_rate=0.1620253164556962),  # blocks.5.17  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="swish", drop_path_rate=0.16455696202531644),  # blocks.5.18  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="swish", drop_path_rate=0.1670886075949367),  # blocks.5.19  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="swish", drop_path_rate=0.16962025316455698),  # blocks.5.20  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="swish", drop_path_rate=0.17215189873417724),  # blocks.5.21  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="swish", drop_path_rate=0.17468354430379748),  # blocks.5.22  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="swish", drop_path_rate=0.17721518987341772),  # blocks.5.23  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="swish", drop_path_rate=0.179746835443038),  # blocks.5.24  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=224, out_channels=384, expansion=6, kernel=3, stride=2, se_channels=56, activation="swish", drop_path_rate=0.118987341772),  # blocks.5.0  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="swish", drop_path_rate=0.121518987342),  # blocks.5.1  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="swish", drop_path_rate=0.124050632911),  # blocks.5.2  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="swish", drop_path_rate=0.126582278481),  # blocks.5.3  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="swish", drop_path_rate=0.129113924051),  # blocks.5.4  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="swish", drop_path_rate=0.13164556962),  # blocks.5.5  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="swish", drop_path_rate=0.13417721519),  # blocks.5.6  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="swish", drop_path_rate=0.136708860759),  # blocks.5.7  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="swish", drop_path_rate=0.139240506329),  # blocks.5.8  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="swish", drop_path_rate=0.141772151899),  # blocks.5.9  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="swish", drop_path_rate=0.144303797468),  # blocks.5.10  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="swish", drop_path_rate=0.146835443038),  # blocks.5.11  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="swish", drop_path_rate=0.149367088608),  # blocks.5.12  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="swish", drop_path_rate=0.151898734177),  # blocks.5.13  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="swish", drop_path_rate=0.154430379747),  # blocks.5.14  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="swish", drop_path_rate=0.156962025316),  # blocks.5.15  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="swish", drop_path_rate=0.159493670886),  # blocks.5.16  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="swish", drop_path_rate=0.162025316456),  # blocks.5.17  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="swish", drop_path_rate=0.164556962025),  # blocks.5.18  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="swish", drop_path_rate=0.167088607595),  # blocks.5.19  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="swish", drop_path_rate=0.169620253165),  # blocks.5.20  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="swish", drop_path_rate=0.172151898734),  # blocks.5.21  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="swish", drop_path_rate=0.174683544304),  # blocks.5.22  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="swish", drop_path_rate=0.177215189873),  # blocks.5.23  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="swish", drop_path_rate=0.179746835443),  # blocks.5.24  # noqa: E501
     ),
     (  # stage 6: 7 x mbconv -> 640 channels at 15x15
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=640, expansion=6, kernel=3, stride=1, se_channels=96, activation="swish", drop_path_rate=0.18227848101265823),  # blocks.6.0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=640, out_channels=640, expansion=6, kernel=3, stride=1, se_channels=160, activation="swish", drop_path_rate=0.1848101265822785),  # blocks.6.1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=640, out_channels=640, expansion=6, kernel=3, stride=1, se_channels=160, activation="swish", drop_path_rate=0.18734177215189873),  # blocks.6.2  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=640, out_channels=640, expansion=6, kernel=3, stride=1, se_channels=160, activation="swish", drop_path_rate=0.189873417721519),  # blocks.6.3  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=640, out_channels=640, expansion=6, kernel=3, stride=1, se_channels=160, activation="swish", drop_path_rate=0.19240506329113927),  # blocks.6.4  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=640, out_channels=640, expansion=6, kernel=3, stride=1, se_channels=160, activation="swish", drop_path_rate=0.1949367088607595),  # blocks.6.5  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=640, out_channels=640, expansion=6, kernel=3, stride=1, se_channels=160, activation="swish", drop_path_rate=0.19746835443037977),  # blocks.6.6  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=384, out_channels=640, expansion=6, kernel=3, stride=1, se_channels=96, activation="swish", drop_path_rate=0.182278481013),  # blocks.6.0  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=640, out_channels=640, expansion=6, kernel=3, stride=1, se_channels=160, activation="swish", drop_path_rate=0.184810126582),  # blocks.6.1  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=640, out_channels=640, expansion=6, kernel=3, stride=1, se_channels=160, activation="swish", drop_path_rate=0.187341772152),  # blocks.6.2  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=640, out_channels=640, expansion=6, kernel=3, stride=1, se_channels=160, activation="swish", drop_path_rate=0.189873417722),  # blocks.6.3  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=640, out_channels=640, expansion=6, kernel=3, stride=1, se_channels=160, activation="swish", drop_path_rate=0.192405063291),  # blocks.6.4  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=640, out_channels=640, expansion=6, kernel=3, stride=1, se_channels=160, activation="swish", drop_path_rate=0.194936708861),  # blocks.6.5  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=640, out_channels=640, expansion=6, kernel=3, stride=1, se_channels=160, activation="swish", drop_path_rate=0.19746835443),  # blocks.6.6  # noqa: E501
     ),
 )
 # fmt: on

@@ -86,74 +86,74 @@ class BlockConfig:
 STAGES = (
     (  # stage 0: 3 x fused_mbconv -> 24 channels at 240x240
         BlockConfig(kind="fused_mbconv", in_channels=24, out_channels=24, expansion=1, kernel=3, stride=1, se_channels=0, activation="swish", drop_path_rate=0.0),  # blocks.0.0  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=24, out_channels=24, expansion=1, kernel=3, stride=1, se_channels=0, activation="swish", drop_path_rate=0.0035087719298245615),  # blocks.0.1  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=24, out_channels=24, expansion=1, kernel=3, stride=1, se_channels=0, activation="swish", drop_path_rate=0.007017543859649123),  # blocks.0.2  # noqa: E501
+        BlockConfig(kind="fused_mbconv", in_channels=24, out_channels=24, expansion=1, kernel=3, stride=1, se_channels=0, activation="swish", drop_path_rate=0.00350877193),  # blocks.0.1  # noqa: E501
+        BlockConfig(kind="fused_mbconv", in_channels=24, out_channels=24, expansion=1, kernel=3, stride=1, se_channels=0, activation="swish", drop_path_rate=0.00701754386),  # blocks.0.2  # noqa: E501
     ),
     (  # stage 1: 5 x fused_mbconv -> 48 channels at 120x120
-        BlockConfig(kind="fused_mbconv", in_channels=24, out_channels=48, expansion=4, kernel=3, stride=2, se_channels=0, activation="swish", drop_path_rate=0.010526315789473686),  # blocks.1.0  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=48, out_channels=48, expansion=4, kernel=3, stride=1, se_channels=0, activation="swish", drop_path_rate=0.014035087719298246),  # blocks.1.1  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=48, out_channels=48, expansion=4, kernel=3, stride=1, se_channels=0, activation="swish", drop_path_rate=0.017543859649122806),  # blocks.1.2  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=48, out_channels=48, expansion=4, kernel=3, stride=1, se_channels=0, activation="swish", drop_path_rate=0.02105263157894737),  # blocks.1.3  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=48, out_channels=48, expansion=4, kernel=3, stride=1, se_channels=0, activation="swish", drop_path_rate=0.024561403508771933),  # blocks.1.4  # noqa: E501
+        BlockConfig(kind="fused_mbconv", in_channels=24, out_channels=48, expansion=4, kernel=3, stride=2, se_channels=0, activation="swish", drop_path_rate=0.010526315789),  # blocks.1.0  # noqa: E501
+        BlockConfig(kind="fused_mbconv", in_channels=48, out_channels=48, expansion=4, kernel=3, stride=1, se_channels=0, activation="swish", drop_path_rate=0.014035087719),  # blocks.1.1  # noqa: E501
+        BlockConfig(kind="fused_mbconv", in_channels=48, out_channels=48, expansion=4, kernel=3, stride=1, se_channels=0, activation="swish", drop_path_rate=0.017543859649),  # blocks.1.2  # noqa: E501
+        BlockConfig(kind="fused_mbconv", in_channels=48, out_channels=48, expansion=4, kernel=3, stride=1, se_channels=0, activation="swish", drop_path_rate=0.021052631579),  # blocks.1.3  # noqa: E501
+        BlockConfig(kind="fused_mbconv", in_channels=48, out_channels=48, expansion=4, kernel=3, stride=1, se_channels=0, activation="swish", drop_path_rate=0.024561403509),  # blocks.1.4  # noqa: E501
     ),
     (  # stage 2: 5 x fused_mbconv -> 80 channels at 60x60
-        BlockConfig(kind="fused_mbconv", in_channels=48, out_channels=80, expansion=4, kernel=3, stride=2, se_channels=0, activation="swish", drop_path_rate=0.028070175438596492),  # blocks.2.0  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=80, out_channels=80, expansion=4, kernel=3, stride=1, se_channels=0, activation="swish", drop_path_rate=0.031578947368421054),  # blocks.2.1  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=80, out_channels=80, expansion=4, kernel=3, stride=1, se_channels=0, activation="swish", drop_path_rate=0.03508771929824561),  # blocks.2.2  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=80, out_channels=80, expansion=4, kernel=3, stride=1, se_channels=0, activation="swish", drop_path_rate=0.03859649122807018),  # blocks.2.3  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=80, out_channels=80, expansion=4, kernel=3, stride=1, se_channels=0, activation="swish", drop_path_rate=0.04210526315789474),  # blocks.2.4  # noqa: E501
+        BlockConfig(kind="fused_mbconv", in_channels=48, out_channels=80, expansion=4, kernel=3, stride=2, se_channels=0, activation="swish", drop_path_rate=0.028070175439),  # blocks.2.0  # noqa: E501
+        BlockConfig(kind="fused_mbconv", in_channels=80, out_channels=80, expansion=4, kernel=3, stride=1, se_channels=0, activation="swish", drop_path_rate=0.031578947368),  # blocks.2.1  # noqa: E501
+        BlockConfig(kind="fused_mbconv", in_channels=80, out_channels=80, expansion=4, kernel=3, stride=1, se_channels=0, activation="swish", drop_path_rate=0.035087719298),  # blocks.2.2  # noqa: E501
+        BlockConfig(kind="fused_mbconv", in_channels=80, out_channels=80, expansion=4, kernel=3, stride=1, se_channels=0, activation="swish", drop_path_rate=0.038596491228),  # blocks.2.3  # noqa: E501
+        BlockConfig(kind="fused_mbconv", in_channels=80, out_channels=80, expansion=4, kernel=3, stride=1, se_channels=0, activation="swish", drop_path_rate=0.042105263158),  # blocks.2.4  # noqa: E501
     ),
     (  # stage 3: 7 x mbconv -> 160 channels at 30x30
-        BlockConfig(kind="mbconv", in_channels=80, out_channels=160, expansion=4, kernel=3, stride=2, se_channels=20, activation="swish", drop_path_rate=0.0456140350877193),  # blocks.3.0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=160, out_channels=160, expansion=4, kernel=3, stride=1, se_channels=40, activation="swish", drop_path_rate=0.04912280701754387),  # blocks.3.1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=160, out_channels=160, expansion=4, kernel=3, stride=1, se_channels=40, activation="swish", drop_path_rate=0.05263157894736842),  # blocks.3.2  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=160, out_channels=160, expansion=4, kernel=3, stride=1, se_channels=40, activation="swish", drop_path_rate=0.056140350877192984),  # blocks.3.3  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=160, out_channels=160, expansion=4, kernel=3, stride=1, se_channels=40, activation="swish", drop_path_rate=0.05964912280701755),  # blocks.3.4  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=160, out_channels=160, expansion=4, kernel=3, stride=1, se_channels=40, activation="swish", drop_path_rate=0.06315789473684211),  # blocks.3.5  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=160, out_channels=160, expansion=4, kernel=3, stride=1, se_channels=40, activation="swish", drop_path_rate=0.06666666666666667),  # blocks.3.6  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=80, out_channels=160, expansion=4, kernel=3, stride=2, se_channels=20, activation="swish", drop_path_rate=0.045614035088),  # blocks.3.0  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=160, out_channels=160, expansion=4, kernel=3, stride=1, se_channels=40, activation="swish", drop_path_rate=0.049122807018),  # blocks.3.1  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=160, out_channels=160, expansion=4, kernel=3, stride=1, se_channels=40, activation="swish", drop_path_rate=0.052631578947),  # blocks.3.2  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=160, out_channels=160, expansion=4, kernel=3, stride=1, se_channels=40, activation="swish", drop_path_rate=0.056140350877),  # blocks.3.3  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=160, out_channels=160, expansion=4, kernel=3, stride=1, se_channels=40, activation="swish", drop_path_rate=0.059649122807),  # blocks.3.4  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=160, out_channels=160, expansion=4, kernel=3, stride=1, se_channels=40, activation="swish", drop_path_rate=0.063157894737),  # blocks.3.5  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=160, out_channels=160, expansion=4, kernel=3, stride=1, se_channels=40, activation="swish", drop_path_rate=0.066666666667),  # blocks.3.6  # noqa: E501
     ),
     (  # stage 4: 14 x mbconv -> 176 channels at 30x30
-        BlockConfig(kind="mbconv", in_channels=160, out_channels=176, expansion=6, kernel=3, stride=1, se_channels=40, activation="swish", drop_path_rate=0.07017543859649122),  # blocks.4.0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=176, out_channels=176, expansion=6, kernel=3, stride=1, se_channels=44, activation="swish", drop_path_rate=0.0736842105263158),  # blocks.4.1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=176, out_channels=176, expansion=6, kernel=3, stride=1, se_channels=44, activation="swish", drop_path_rate=0.07719298245614035),  # blocks.4.2  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=176, out_channels=176, expansion=6, kernel=3, stride=1, se_channels=44, activation="swish", drop_path_rate=0.08070175438596493),  # blocks.4.3  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=176, out_channels=176, expansion=6, kernel=3, stride=1, se_channels=44, activation="swish", drop_path_rate=0.08421052631578949),  # blocks.4.4  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=176, out_channels=176, expansion=6, kernel=3, stride=1, se_channels=44, activation="swish", drop_path_rate=0.08771929824561403),  # blocks.4.5  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=176, out_channels=176, expansion=6, kernel=3, stride=1, se_channels=44, activation="swish", drop_path_rate=0.0912280701754386),  # blocks.4.6  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=176, out_channels=176, expansion=6, kernel=3, stride=1, se_channels=44, activation="swish", drop_path_rate=0.09473684210526316),  # blocks.4.7  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=176, out_channels=176, expansion=6, kernel=3, stride=1, se_channels=44, activation="swish", drop_path_rate=0.09824561403508773),  # blocks.4.8  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=176, out_channels=176, expansion=6, kernel=3, stride=1, se_channels=44, activation="swish", drop_path_rate=0.10175438596491229),  # blocks.4.9  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=176, out_channels=176, expansion=6, kernel=3, stride=1, se_channels=44, activation="swish", drop_path_rate=0.10526315789473684),  # blocks.4.10  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=176, out_channels=176, expansion=6, kernel=3, stride=1, se_channels=44, activation="swish", drop_path_rate=0.10877192982456141),  # blocks.4.11  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=176, out_channels=176, expansion=6, kernel=3, stride=1, se_channels=44, activation="swish", drop_path_rate=0.11228070175438597),  # blocks.4.12  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=176, out_channels=176, expansion=6, kernel=3, stride=1, se_channels=44, activation="swish", drop_path_rate=0.11578947368421054),  # blocks.4.13  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=160, out_channels=176, expansion=6, kernel=3, stride=1, se_channels=40, activation="swish", drop_path_rate=0.070175438596),  # blocks.4.0  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=176, out_channels=176, expansion=6, kernel=3, stride=1, se_channels=44, activation="swish", drop_path_rate=0.073684210526),  # blocks.4.1  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=176, out_channels=176, expansion=6, kernel=3, stride=1, se_channels=44, activation="swish", drop_path_rate=0.077192982456),  # blocks.4.2  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=176, out_channels=176, expansion=6, kernel=3, stride=1, se_channels=44, activation="swish", drop_path_rate=0.080701754386),  # blocks.4.3  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=176, out_channels=176, expansion=6, kernel=3, stride=1, se_channels=44, activation="swish", drop_path_rate=0.084210526316),  # blocks.4.4  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=176, out_channels=176, expansion=6, kernel=3, stride=1, se_channels=44, activation="swish", drop_path_rate=0.087719298246),  # blocks.4.5  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=176, out_channels=176, expansion=6, kernel=3, stride=1, se_channels=44, activation="swish", drop_path_rate=0.091228070175),  # blocks.4.6  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=176, out_channels=176, expansion=6, kernel=3, stride=1, se_channels=44, activation="swish", drop_path_rate=0.094736842105),  # blocks.4.7  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=176, out_channels=176, expansion=6, kernel=3, stride=1, se_channels=44, activation="swish", drop_path_rate=0.098245614035),  # blocks.4.8  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=176, out_channels=176, expansion=6, kernel=3, stride=1, se_channels=44, activation="swish", drop_path_rate=0.101754385965),  # blocks.4.9  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=176, out_channels=176, expansion=6, kernel=3, stride=1, se_channels=44, activation="swish", drop_path_rate=0.105263157895),  # blocks.4.10  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=176, out_channels=176, expansion=6, kernel=3, stride=1, se_channels=44, activation="swish", drop_path_rate=0.108771929825),  # blocks.4.11  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=176, out_channels=176, expansion=6, kernel=3, stride=1, se_channels=44, activation="swish", drop_path_rate=0.112280701754),  # blocks.4.12  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=176, out_channels=176, expansion=6, kernel=3, stride=1, se_channels=44, activation="swish", drop_path_rate=0.115789473684),  # blocks.4.13  # noqa: E501
     ),
     (  # stage 5: 18 x mbconv -> 304 channels at 15x15
-        BlockConfig(kind="mbconv", in_channels=176, out_channels=304, expansion=6, kernel=3, stride=2, se_channels=44, activation="swish", drop_path_rate=0.1192982456140351),  # blocks.5.0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=304, out_channels=304, expansion=6, kernel=3, stride=1, se_channels=76, activation="swish", drop_path_rate=0.12280701754385964),  # blocks.5.1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=304, out_channels=304, expansion=6, kernel=3, stride=1, se_channels=76, activation="swish", drop_path_rate=0.12631578947368421),  # blocks.5.2  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=304, out_channels=304, expansion=6, kernel=3, stride=1, se_channels=76, activation="swish", drop_path_rate=0.1298245614035088),  # blocks.5.3  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=304, out_channels=304, expansion=6, kernel=3, stride=1, se_channels=76, activation="swish", drop_path_rate=0.13333333333333333),  # blocks.5.4  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=304, out_channels=304, expansion=6, kernel=3, stride=1, se_channels=76, activation="swish", drop_path_rate=0.1368421052631579),  # blocks.5.5  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=304, out_channels=304, expansion=6, kernel=3, stride=1, se_channels=76, activation="swish", drop_path_rate=0.14035087719298245),  # blocks.5.6  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=304, out_channels=304, expansion=6, kernel=3, stride=1, se_channels=76, activation="swish", drop_path_rate=0.14385964912280705),  # blocks.5.7  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=304, out_channels=304, expansion=6, kernel=3, stride=1, se_channels=76, activation="swish", drop_path_rate=0.1473684210526316),  # blocks.5.8  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=304, out_channels=304, expansion=6, kernel=3, stride=1, se_channels=76, activation="swish", drop_path_rate=0.15087719298245614),  # blocks.5.9  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=304, out_channels=304, expansion=6, kernel=3, stride=1, se_channels=76, activation="swish", drop_path_rate=0.1543859649122807),  # blocks.5.10  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=304, out_channels=304, expansion=6, kernel=3, stride=1, se_channels=76, activation="swish", drop_path_rate=0.15789473684210525),  # blocks.5.11  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=304, out_channels=304, expansion=6, kernel=3, stride=1, se_channels=76, activation="swish", drop_path_rate=0.16140350877192985),  # blocks.5.12  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=304, out_channels=304, expansion=6, kernel=3, stride=1, se_channels=76, activation="swish", drop_path_rate=0.1649122807017544),  # blocks.5.13  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=304, out_channels=304, expansion=6, kernel=3, stride=1, se_channels=76, activation="swish", drop_path_rate=0.16842105263157897),  # blocks.5.14  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=304, out_channels=304, expansion=6, kernel=3, stride=1, se_channels=76, activation="swish", drop_path_rate=0.17192982456140352),  # blocks.5.15  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=304, out_channels=304, expansion=6, kernel=3, stride=1, se_channels=76, activation="swish", drop_path_rate=0.17543859649122806),  # blocks.5.16  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=304, out_channels=304, expansion=6, kernel=3, stride=1, se_channels=76, activation="swish", drop_path_rate=0.17894736842105266),  # blocks.5.17  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=176, out_channels=304, expansion=6, kernel=3, stride=2, se_channels=44, activation="swish", drop_path_rate=0.119298245614),  # blocks.5.0  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=304, out_channels=304, expansion=6, kernel=3, stride=1, se_channels=76, activation="swish", drop_path_rate=0.122807017544),  # blocks.5.1  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=304, out_channels=304, expansion=6, kernel=3, stride=1, se_channels=76, activation="swish", drop_path_rate=0.126315789474),  # blocks.5.2  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=304, out_channels=304, expansion=6, kernel=3, stride=1, se_channels=76, activation="swish", drop_path_rate=0.129824561404),  # blocks.5.3  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=304, out_channels=304, expansion=6, kernel=3, stride=1, se_channels=76, activation="swish", drop_path_rate=0.133333333333),  # blocks.5.4  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=304, out_channels=304, expansion=6, kernel=3, stride=1, se_channels=76, activation="swish", drop_path_rate=0.136842105263),  # blocks.5.5  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=304, out_channels=304, expansion=6, kernel=3, stride=1, se_channels=76, activation="swish", drop_path_rate=0.140350877193),  # blocks.5.6  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=304, out_channels=304, expansion=6, kernel=3, stride=1, se_channels=76, activation="swish", drop_path_rate=0.143859649123),  # blocks.5.7  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=304, out_channels=304, expansion=6, kernel=3, stride=1, se_channels=76, activation="swish", drop_path_rate=0.147368421053),  # blocks.5.8  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=304, out_channels=304, expansion=6, kernel=3, stride=1, se_channels=76, activation="swish", drop_path_rate=0.150877192982),  # blocks.5.9  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=304, out_channels=304, expansion=6, kernel=3, stride=1, se_channels=76, activation="swish", drop_path_rate=0.154385964912),  # blocks.5.10  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=304, out_channels=304, expansion=6, kernel=3, stride=1, se_channels=76, activation="swish", drop_path_rate=0.157894736842),  # blocks.5.11  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=304, out_channels=304, expansion=6, kernel=3, stride=1, se_channels=76, activation="swish", drop_path_rate=0.161403508772),  # blocks.5.12  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=304, out_channels=304, expansion=6, kernel=3, stride=1, se_channels=76, activation="swish", drop_path_rate=0.164912280702),  # blocks.5.13  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=304, out_channels=304, expansion=6, kernel=3, stride=1, se_channels=76, activation="swish", drop_path_rate=0.168421052632),  # blocks.5.14  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=304, out_channels=304, expansion=6, kernel=3, stride=1, se_channels=76, activation="swish", drop_path_rate=0.171929824561),  # blocks.5.15  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=304, out_channels=304, expansion=6, kernel=3, stride=1, se_channels=76, activation="swish", drop_path_rate=0.175438596491),  # blocks.5.16  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=304, out_channels=304, expansion=6, kernel=3, stride=1, se_channels=76, activation="swish", drop_path_rate=0.178947368421),  # blocks.5.17  # noqa: E501
     ),
     (  # stage 6: 5 x mbconv -> 512 channels at 15x15
-        BlockConfig(kind="mbconv", in_channels=304, out_channels=512, expansion=6, kernel=3, stride=1, se_channels=76, activation="swish", drop_path_rate=0.1824561403508772),  # blocks.6.0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=512, out_channels=512, expansion=6, kernel=3, stride=1, se_channels=128, activation="swish", drop_path_rate=0.18596491228070178),  # blocks.6.1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=512, out_channels=512, expansion=6, kernel=3, stride=1, se_channels=128, activation="swish", drop_path_rate=0.18947368421052632),  # blocks.6.2  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=512, out_channels=512, expansion=6, kernel=3, stride=1, se_channels=128, activation="swish", drop_path_rate=0.19298245614035087),  # blocks.6.3  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=512, out_channels=512, expansion=6, kernel=3, stride=1, se_channels=128, activation="swish", drop_path_rate=0.19649122807017547),  # blocks.6.4  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=304, out_channels=512, expansion=6, kernel=3, stride=1, se_channels=76, activation="swish", drop_path_rate=0.182456140351),  # blocks.6.0  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=512, out_channels=512, expansion=6, kernel=3, stride=1, se_channels=128, activation="swish", drop_path_rate=0.185964912281),  # blocks.6.1  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=512, out_channels=512, expansion=6, kernel=3, stride=1, se_channels=128, activation="swish", drop_path_rate=0.189473684211),  # blocks.6.2  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=512, out_channels=512, expansion=6, kernel=3, stride=1, se_channels=128, activation="swish", drop_path_rate=0.19298245614),  # blocks.6.3  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=512, out_channels=512, expansion=6, kernel=3, stride=1, se_channels=128, activation="swish", drop_path_rate=0.19649122807),  # blocks.6.4  # noqa: E501
     ),
 )
 # fmt: on

@@ -91,20 +91,20 @@ STAGES = (
     ),
     (  # stage 1: 4 x fused_mbconv -> 48 channels at 96x96
         BlockConfig(kind="fused_mbconv", in_channels=24, out_channels=48, expansion=4, kernel=3, stride=2, se_channels=0, activation="swish", drop_path_rate=0.01),  # blocks.1.0  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=48, out_channels=48, expansion=4, kernel=3, stride=1, se_channels=0, activation="swish", drop_path_rate=0.015000000000000003),  # blocks.1.1  # noqa: E501
+        BlockConfig(kind="fused_mbconv", in_channels=48, out_channels=48, expansion=4, kernel=3, stride=1, se_channels=0, activation="swish", drop_path_rate=0.015),  # blocks.1.1  # noqa: E501
         BlockConfig(kind="fused_mbconv", in_channels=48, out_channels=48, expansion=4, kernel=3, stride=1, se_channels=0, activation="swish", drop_path_rate=0.02),  # blocks.1.2  # noqa: E501
         BlockConfig(kind="fused_mbconv", in_channels=48, out_channels=48, expansion=4, kernel=3, stride=1, se_channels=0, activation="swish", drop_path_rate=0.025),  # blocks.1.3  # noqa: E501
     ),
     (  # stage 2: 4 x fused_mbconv -> 64 channels at 48x48
-        BlockConfig(kind="fused_mbconv", in_channels=48, out_channels=64, expansion=4, kernel=3, stride=2, se_channels=0, activation="swish", drop_path_rate=0.030000000000000006),  # blocks.2.0  # noqa: E501
+        BlockConfig(kind="fused_mbconv", in_channels=48, out_channels=64, expansion=4, kernel=3, stride=2, se_channels=0, activation="swish", drop_path_rate=0.03),  # blocks.2.0  # noqa: E501
         BlockConfig(kind="fused_mbconv", in_channels=64, out_channels=64, expansion=4, kernel=3, stride=1, se_channels=0, activation="swish", drop_path_rate=0.035),  # blocks.2.1  # noqa: E501
         BlockConfig(kind="fused_mbconv", in_channels=64, out_channels=64, expansion=4, kernel=3, stride=1, se_channels=0, activation="swish", drop_path_rate=0.04),  # blocks.2.2  # noqa: E501
         BlockConfig(kind="fused_mbconv", in_channels=64, out_channels=64, expansion=4, kernel=3, stride=1, se_channels=0, activation="swish", drop_path_rate=0.045),  # blocks.2.3  # noqa: E501
     ),
     (  # stage 3: 6 x mbconv -> 128 channels at 24x24
         BlockConfig(kind="mbconv", in_channels=64, out_channels=128, expansion=4, kernel=3, stride=2, se_channels=16, activation="swish", drop_path_rate=0.05),  # blocks.3.0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=128, out_channels=128, expansion=4, kernel=3, stride=1, se_channels=32, activation="swish", drop_path_rate=0.05500000000000001),  # blocks.3.1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=128, out_channels=128, expansion=4, kernel=3, stride=1, se_channels=32, activation="swish", drop_path_rate=0.06000000000000001),  # blocks.3.2  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=128, out_channels=128, expansion=4, kernel=3, stride=1, se_channels=32, activation="swish", drop_path_rate=0.055),  # blocks.3.1  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=128, out_channels=128, expansion=4, kernel=3, stride=1, se_channels=32, activation="swish", drop_path_rate=0.06),  # blocks.3.2  # noqa: E501
         BlockConfig(kind="mbconv", in_channels=128, out_channels=128, expansion=4, kernel=3, stride=1, se_channels=32, activation="swish", drop_path_rate=0.065),  # blocks.3.3  # noqa: E501
         BlockConfig(kind="mbconv", in_channels=128, out_channels=128, expansion=4, kernel=3, stride=1, se_channels=32, activation="swish", drop_path_rate=0.07),  # blocks.3.4  # noqa: E501
         BlockConfig(kind="mbconv", in_channels=128, out_channels=128, expansion=4, kernel=3, stride=1, se_channels=32, activation="swish", drop_path_rate=0.075),  # blocks.3.5  # noqa: E501
@@ -115,17 +115,17 @@ STAGES = (
         BlockConfig(kind="mbconv", in_channels=160, out_channels=160, expansion=6, kernel=3, stride=1, se_channels=40, activation="swish", drop_path_rate=0.09),  # blocks.4.2  # noqa: E501
         BlockConfig(kind="mbconv", in_channels=160, out_channels=160, expansion=6, kernel=3, stride=1, se_channels=40, activation="swish", drop_path_rate=0.095),  # blocks.4.3  # noqa: E501
         BlockConfig(kind="mbconv", in_channels=160, out_channels=160, expansion=6, kernel=3, stride=1, se_channels=40, activation="swish", drop_path_rate=0.1),  # blocks.4.4  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=160, out_channels=160, expansion=6, kernel=3, stride=1, se_channels=40, activation="swish", drop_path_rate=0.10500000000000001),  # blocks.4.5  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=160, out_channels=160, expansion=6, kernel=3, stride=1, se_channels=40, activation="swish", drop_path_rate=0.11000000000000001),  # blocks.4.6  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=160, out_channels=160, expansion=6, kernel=3, stride=1, se_channels=40, activation="swish", drop_path_rate=0.11500000000000002),  # blocks.4.7  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=160, out_channels=160, expansion=6, kernel=3, stride=1, se_channels=40, activation="swish", drop_path_rate=0.12000000000000002),  # blocks.4.8  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=160, out_channels=160, expansion=6, kernel=3, stride=1, se_channels=40, activation="swish", drop_path_rate=0.105),  # blocks.4.5  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=160, out_channels=160, expansion=6, kernel=3, stride=1, se_channels=40, activation="swish", drop_path_rate=0.11),  # blocks.4.6  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=160, out_channels=160, expansion=6, kernel=3, stride=1, se_channels=40, activation="swish", drop_path_rate=0.115),  # blocks.4.7  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=160, out_channels=160, expansion=6, kernel=3, stride=1, se_channels=40, activation="swish", drop_path_rate=0.12),  # blocks.4.8  # noqa: E501
     ),
     (  # stage 5: 15 x mbconv -> 256 channels at 12x12
         BlockConfig(kind="mbconv", in_channels=160, out_channels=256, expansion=6, kernel=3, stride=2, se_channels=40, activation="swish", drop_path_rate=0.125),  # blocks.5.0  # noqa: E501
         BlockConfig(kind="mbconv", in_channels=256, out_channels=256, expansion=6, kernel=3, stride=1, se_channels=64, activation="swish", drop_path_rate=0.13),  # blocks.5.1  # noqa: E501
         BlockConfig(kind="mbconv", in_channels=256, out_channels=256, expansion=6, kernel=3, stride=1, se_channels=64, activation="swish", drop_path_rate=0.135),  # blocks.5.2  # noqa: E501
         BlockConfig(kind="mbconv", in_channels=256, out_channels=256, expansion=6, kernel=3, stride=1, se_channels=64, activation="swish", drop_path_rate=0.14),  # blocks.5.3  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=256, out_channels=256, expansion=6, kernel=3, stride=1, se_channels=64, activation="swish", drop_path_rate=0.14500000000000002),  # blocks.5.4  # noqa: E501
+        BlockConfig(kind="mbconv", in_channels=256, out_channels=256, expansion=6, kernel=3, stride=1, se_channels=64, activation="swish", drop_path_rate=0.145),  # blocks.5.4  # noqa: E501
         BlockConfig(kind="mbconv", in_channels=256, out_channels=256, expansion=6, kernel=3, stride=1, se_channels=64, activation="swish", drop_path_rate=0.15),  # blocks.5.5  # noqa: E501
         BlockConfig(kind="mbconv", in_channels=256, out_channels=256, expansion=6, kernel=3, stride=1, se_channels=64, activation="swish", drop_path_rate=0.155),  # blocks.5.6  # noqa: E501
         BlockConfig(kind="mbconv", in_channels=256, out_channels=256, expansion=6, kernel=3, stride=1, se_channels=64, activation="swish", drop_path_rate=0.16),  # blocks.5.7  # noqa: E501

@@ -59,6 +59,11 @@ def _seeded_torch_state(spec: str) -> dict[str, np.ndarray]:
     return torch_side.state_arrays(net)
 
 
+def convert(spec: str, source: str, target: str, weights: Path, out: Path) -> int:
+    """`effspec convert-weights` as a user runs it; returns the exit code."""
+    return main(["convert-weights", spec, "--from", source, "--to", target, str(weights), str(out)])
+
+
 def _assert_bit_identical(actual: dict[str, np.ndarray], expected: dict[str, np.ndarray]) -> None:
     assert list(actual) == list(expected)
     for name, array in expected.items():
@@ -151,36 +156,8 @@ def test_mismatches_name_the_parameter() -> None:
 def test_file_round_trip_torch_keras_torch_is_bit_identical(tmp_path: Path) -> None:
     state = _seeded_torch_state(V2_B0)
     save_torch_file(state, tmp_path / "start.safetensors")
-    assert (
-        main(
-            [
-                "convert-weights",
-                V2_B0,
-                "--from",
-                "torch",
-                "--to",
-                "keras",
-                str(tmp_path / "start.safetensors"),
-                str(tmp_path / "model.weights.h5"),
-            ]
-        )
-        == 0
-    )
-    assert (
-        main(
-            [
-                "convert-weights",
-                V2_B0,
-                "--from",
-                "keras",
-                "--to",
-                "torch",
-                str(tmp_path / "model.weights.h5"),
-                str(tmp_path / "back.pt"),
-            ]
-        )
-        == 0
-    )
+    assert convert(V2_B0, "torch", "keras", tmp_path / "start.safetensors", tmp_path / "model.weights.h5") == 0
+    assert convert(V2_B0, "keras", "torch", tmp_path / "model.weights.h5", tmp_path / "back.pt") == 0
     _assert_bit_identical(load_torch_file(tmp_path / "back.pt"), state)
     # num_batches_tracked has no Keras counterpart: it comes back as 0 (the state above starts at 0)
     assert all(load_torch_file(tmp_path / "back.pt")[name] == 0 for name in state if name.endswith("tracked"))
@@ -191,15 +168,12 @@ def test_convert_weights_rejects_a_mismatched_file(tmp_path: Path, capsys: pytes
     state["blocks.0.0.se.reduce.bias"] = np.zeros(9, np.float32)
     save_torch_file(state, tmp_path / "bad.pt")
 
-    def convert(out: str) -> int:
-        return main(["convert-weights", B0, "--from", "torch", "--to", "keras", str(tmp_path / "bad.pt"), out])
-
-    code = convert(str(tmp_path / "out.weights.h5"))
+    code = convert(B0, "torch", "keras", tmp_path / "bad.pt", tmp_path / "out.weights.h5")
     err = capsys.readouterr().err
     assert code == 2
     assert err.count("\n") == 1 and "blocks.0.0.se.reduce.bias: torch shape (9,) does not match expected (8,)" in err
     assert not (tmp_path / "out.weights.h5").exists()
-    assert convert(str(tmp_path / "out.h5")) == 2
+    assert convert(B0, "torch", "keras", tmp_path / "bad.pt", tmp_path / "out.h5") == 2
     assert "ends in .weights.h5" in capsys.readouterr().err
 
 
@@ -278,21 +252,7 @@ def test_check_with_the_users_weights(tmp_path: Path, capsys: pytest.CaptureFixt
     assert main([*args, str(tmp_path / "trained.pt")]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["ok"] and any("trained.pt" in note for note in report["notes"])
-    assert (
-        main(
-            [
-                "convert-weights",
-                V2_B0,
-                "--from",
-                "torch",
-                "--to",
-                "keras",
-                str(tmp_path / "trained.pt"),
-                str(tmp_path / "trained.weights.h5"),
-            ]
-        )
-        == 0
-    )
+    assert convert(V2_B0, "torch", "keras", tmp_path / "trained.pt", tmp_path / "trained.weights.h5") == 0
     capsys.readouterr()
     assert main([*args, str(tmp_path / "trained.weights.h5")]) == 0
     from_keras = json.loads(capsys.readouterr().out)

@@ -19,6 +19,7 @@ from effspec import ir
 from effspec.equivalence import keras_side, torch_side
 from effspec.equivalence.budget import Row, compare
 from effspec.equivalence.convert import keras_layer_weights, keras_to_torch, set_keras_weights, torch_to_keras
+from effspec.equivalence.files import KERAS_SUFFIX, load_keras_file, load_torch_file
 from effspec.equivalence.generated import load_model_module
 from effspec.equivalence.manifest import Manifest, build_manifest, sections
 from effspec.equivalence.report import CheckResult
@@ -103,8 +104,6 @@ def train_rows(
 
 def _user_state(manifest: Manifest, keras_module, path: Path) -> dict[str, np.ndarray]:
     """A torch state dict from the user's file: a torch file as it is, a Keras file converted."""
-    from effspec.equivalence.files import KERAS_SUFFIX, load_keras_file, load_torch_file
-
     if path.name.endswith(KERAS_SUFFIX):
         return keras_to_torch(manifest, load_keras_file(keras_side.build(keras_module), path))
     state = load_torch_file(path)

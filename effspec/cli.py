@@ -7,10 +7,12 @@ lazily, inside their handlers.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 # Start-up time matters for a CLI: pydantic would otherwise scan every installed package's entry
 # points for plugins on first model build (tens of ms with TensorFlow installed).
@@ -69,11 +71,33 @@ def _cmd_schema(args: argparse.Namespace) -> int:
 
     text = schema_text()
     if args.output:
-        Path(args.output).write_text(text, encoding="utf-8")
+        _write_text_file(Path(args.output), text)
         print(f"wrote {args.output}")
     else:
         sys.stdout.write(text)
     return 0
+
+
+def _write_text_file(path: Path, text: str) -> None:
+    """Replace a regular file (or create it) atomically; refuse directories, devices and FIFOs."""
+    import stat
+
+    from effspec.errors import OutputError
+    from effspec.pipeline import _write_file
+
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        info = None
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+    if info is not None and not stat.S_ISREG(info.st_mode):
+        kind = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file"
+        raise OutputError(f"-o {path}: expected a regular file to write, found {kind}")
+    try:
+        _write_file(path, text)
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -109,14 +133,89 @@ def build_parser() -> argparse.ArgumentParser:
             raise
     else:
         add_commands(sub)
+    from effspec.tools_commands import add_commands as add_tool_commands  # scale, search, plot
+
+    add_tool_commands(sub)
     return parser
+
+
+def _stdout_usable() -> bool:
+    if sys.stdout is None:  # started with stdout closed (`effspec ... >&-`)
+        return False
+    try:
+        fd = sys.stdout.fileno()
+    except io.UnsupportedOperation:  # a stream without a descriptor (pytest's capture): nothing to check
+        return True
+    except (ValueError, AttributeError):  # a closed stream
+        return False
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
+
+
+def _silence_stdout(stream: Any) -> None:
+    """Point fd 1 at /dev/null so the interpreter's final flush cannot fail a second time."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+    except Exception:
+        pass
+
+
+def _error(text: str) -> None:
+    if sys.stderr is not None:
+        try:
+            print(f"effspec: error: {text}", file=sys.stderr)
+        except (OSError, ValueError):
+            pass
+
+
+class _StdoutError(Exception):
+    """Writing standard output failed (a full disk, an I/O error): not an internal error."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(error.strerror or str(error))
+
+
+class _GuardedStdout:
+    """sys.stdout, with write errors other than a closed pipe turned into _StdoutError."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise _StdoutError(exc) from None
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise _StdoutError(exc) from None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if not _stdout_usable():
+        _error("standard output is closed; nothing was done")
+        return 2
+    original = sys.stdout
+    sys.stdout = _GuardedStdout(original)
     try:
-        return int(args.handler(args))
+        code = int(args.handler(args))
+        sys.stdout.flush()  # a full disk (`> /dev/full`) shows up here, not silently at exit
+        return code
     except SpecError as exc:  # already "file:line:column: error: field: message"
         print(exc, file=sys.stderr)
         return exc.exit_code
@@ -127,16 +226,27 @@ def main(argv: list[str] | None = None) -> int:
         print("effspec: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # the reader went away (`effspec info SPEC | head`): stop quietly, as cat does
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        _silence_stdout(original)  # no second error at exit's flush
         return 128 + 13  # SIGPIPE's conventional status
+    except _StdoutError as exc:
+        _silence_stdout(original)
+        _error(f"cannot write to standard output: {exc}")
+        return 2
     except Exception as exc:  # an internal bug: one line, the traceback only on request
-        if os.environ.get("EFFSPEC_DEBUG"):
-            raise
-        print(
-            f"effspec: internal error: {type(exc).__name__}: {exc} (set EFFSPEC_DEBUG=1 for a traceback)",
-            file=sys.stderr,
-        )
-        return 70
+        return _internal(exc)
+    finally:
+        sys.stdout = original
+
+
+def _internal(exc: BaseException) -> int:
+    if os.environ.get("EFFSPEC_DEBUG"):
+        raise exc
+    text = " ".join(str(exc).split())
+    print(
+        f"effspec: internal error: {type(exc).__name__}: {text} (set EFFSPEC_DEBUG=1 for a traceback)",
+        file=sys.stderr,
+    )
+    return 70
 
 
 if __name__ == "__main__":

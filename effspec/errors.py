@@ -42,6 +42,10 @@ class UsageError(EffspecError):
     """Bad command-line usage (unknown backend, missing file, ...)."""
 
 
+class OutputError(EffspecError):
+    """An output file or directory cannot be written (-o at a file, a read-only directory, a full disk)."""
+
+
 class CheckFailed(EffspecError):
     """A check ran and found a difference (exit code 1)."""
 

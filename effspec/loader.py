@@ -1,19 +1,31 @@
-"""Load a spec: read YAML, resolve ``extends`` (mappings merge deeply, lists replace), validate."""
+"""Load a spec: read YAML, resolve ``extends`` (mappings merge deeply, lists replace), validate.
+
+Two steps, so that the build cache can key on exactly the bytes the build parses: ``resolve`` reads
+every file of the extends chain once (no pydantic involved) and ``validate`` checks the merged data.
+
+``extends`` names a path relative to the file that contains it; ``..`` is allowed (a shared base in
+a parent directory), absolute paths are not. Each file is read with the same bounds as the spec
+itself (a regular file, at most 1 MiB), the chain may be at most ``MAX_EXTENDS`` files long, and
+cycles are errors.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import pydantic
+from typing import TYPE_CHECKING, Any
 
 from effspec.errors import Location, SpecError, format_path
-from effspec.paths import display_path
-from effspec.schema import Spec
-from effspec.yamlsource import FieldPath, Positions, read_yaml
+from effspec.paths import display_path, safe_resolve
+from effspec.yamlsource import FieldPath, Positions, parse_yaml, read_source
+
+if TYPE_CHECKING:
+    from effspec.schema import Spec
+
+MAX_EXTENDS = 16
 
 
 @dataclass(frozen=True)
@@ -46,22 +58,55 @@ def _merge(base: Any, override: Any) -> Any:
     return override
 
 
-def _resolve(path: Path, chain: tuple[Path, ...]) -> tuple[dict[str, Any], Positions]:
+@dataclass(frozen=True)
+class Resolved:
+    """A spec with its extends chain merged, before validation, and the exact bytes of every file read."""
+
+    path: Path
+    display: str
+    data: dict[str, Any]
+    positions: Positions
+    sources: tuple[tuple[str, bytes], ...]  # (resolved path, bytes) of the spec and each base, in order
+
+
+def resolve(path: str | Path) -> Resolved:
+    """Read the spec and every file it extends, once each, and merge them (no validation yet)."""
+    path = Path(path)
+    sources: list[tuple[str, bytes]] = []
+    data, positions = _resolve(path, (), sources)
+    return Resolved(path, display_path(path), data, positions, tuple(sources))
+
+
+def _resolve(path: Path, chain: tuple[Path, ...], sources: list[tuple[str, bytes]]) -> tuple[dict[str, Any], Positions]:
     display = display_path(path)
-    data, positions = read_yaml(path, display)
+    raw = read_source(path, display)
+    sources.append((str(safe_resolve(path)), raw))
+    data, positions = parse_yaml(raw, display)
     base_ref = data.pop("extends", None)
     if base_ref is None:
         return data, positions
     where = positions[("extends",)]
     if not isinstance(base_ref, str) or not base_ref:
-        raise SpecError(f"expected a relative path string, found {base_ref!r}", where, "extends")
+        raise SpecError(f"expected a relative path string, found {_describe(base_ref)}", where, "extends")
+    if "\0" in base_ref:
+        raise SpecError("expected a relative path string, found a NUL character", where, "extends")
+    if Path(base_ref).is_absolute():
+        raise SpecError(f"expected a relative path (to this file's directory), found {base_ref!r}", where, "extends")
     base_path = path.parent / base_ref
-    if base_path.resolve() in (*(p.resolve() for p in chain), path.resolve()):
+    if safe_resolve(base_path) in (*(safe_resolve(p) for p in chain), safe_resolve(path)):
         cycle = " -> ".join(display_path(p) for p in (*chain, path, base_path))
         raise SpecError(f"extends cycle: {cycle}", where, "extends")
-    if not base_path.is_file():
+    if len(chain) + 1 >= MAX_EXTENDS:
+        raise SpecError(f"expected an extends chain of at most {MAX_EXTENDS} files, found more", where, "extends")
+    if not os.path.lexists(base_path):
         raise SpecError(f"base spec not found: expected a file at {display_path(base_path)}", where, "extends")
-    base_data, base_positions = _resolve(base_path, (*chain, path))
+    try:
+        base_data, base_positions = _resolve(base_path, (*chain, path), sources)
+    except SpecError as exc:
+        if exc.location is None or exc.location.line != 1 or exc.location.column != 1 or exc.path:
+            raise
+        # The base itself cannot be read (a FIFO, a device, too big...): say so at the extends line.
+        raise SpecError(f"base spec {display_path(base_path)}: {exc.message}", where, "extends") from None
     merged_positions = {p: loc for p, loc in base_positions.items() if not _replaced(p, data)}
     merged_positions.update(positions)
     return _merge(base_data, data), merged_positions
@@ -138,14 +183,21 @@ def _pydantic_error(error: Any, positions: Positions) -> SpecError:
     return SpecError(message, locate(positions, loc), format_path(loc))
 
 
-def load_spec(path: str | Path) -> LoadedSpec:
-    """Read, resolve and validate one spec file. Raises SpecError with file:line:column."""
-    path = Path(path)
-    data, positions = _resolve(path, ())
+def validate(resolved: Resolved) -> LoadedSpec:
+    """Validate a resolved spec with pydantic. Raises SpecError with file:line:column."""
+    import pydantic  # here, not at import: resolve() and a build-cache hit never need it
+
+    from effspec.schema import Spec
+
     try:
-        spec = Spec.model_validate(data)
+        spec = Spec.model_validate(resolved.data)
     except pydantic.ValidationError as exc:
-        raise _pydantic_error(exc.errors()[0], positions) from None
+        raise _pydantic_error(exc.errors()[0], resolved.positions) from None
     canonical = json.dumps(spec.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
     digest = hashlib.sha256(canonical.encode("utf-8")).hexdigest()
-    return LoadedSpec(spec, display_path(path), digest, positions)
+    return LoadedSpec(spec, resolved.display, digest, resolved.positions)
+
+
+def load_spec(path: str | Path) -> LoadedSpec:
+    """Read, resolve and validate one spec file. Raises SpecError with file:line:column."""
+    return validate(resolve(path))

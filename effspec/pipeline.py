@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
+import re
+import secrets
+import stat
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from effspec import cache, ir
 from effspec.analysis import Report, analyze
-from effspec.paths import display_path
+from effspec.errors import OutputError, SpecError
+from effspec.paths import safe_resolve
 from effspec.registry import get_backend
 
 
@@ -23,23 +25,30 @@ class Compiled:
 
 
 def build(path: str | Path) -> Compiled:
-    key, cached = cache.lookup(Path(path), display_path(Path(path)))  # same bytes as a past success?
-    if isinstance(cached, Compiled):
+    from effspec.loader import resolve  # pydantic-free: reads the spec and its bases once each
+
+    resolved = resolve(path)  # bounded reads, YAML (positions kept), `extends` merged
+    name = resolved.data.get("name")
+    key = cache.key_for(resolved.display, resolved.sources)  # the bytes just parsed, not a re-read
+    cached = cache.lookup(key, Compiled, resolved.display, name)
+    if cached is not None and cached.model.name == name and cached.model.spec_path == resolved.display:
         return cached
     # Imported here: pydantic dominates start-up, and a cache hit does not need it.
-    from effspec.loader import load_spec
+    from effspec.limits import check_limits
+    from effspec.loader import validate
     from effspec.lower import lower
     from effspec.scaling import resolve_multipliers, scaling_warnings
     from effspec.verify import verify
 
-    loaded = load_spec(path)  # read YAML (positions kept), resolve `extends`, validate with pydantic
+    loaded = validate(resolved)  # pydantic: types, ranges, unknown keys
     scaled = resolve_multipliers(loaded.spec)  # compound (alpha^phi...) or explicit multipliers
+    check_limits(loaded, scaled)  # bounded blocks, channels, resolution, parameters: before building anything
     model = lower(loaded, scaled)  # every channel, repeat, stride, padding and shape resolved
     model = verify(model, loaded)  # invariants the schema cannot express (spatial collapse, names)
     report = analyze(model)  # params, MACs, activation memory per node
     warnings = tuple(f"{loaded.path}: warning: {text}" for text in scaling_warnings(loaded.spec))
     compiled = Compiled(model, report, warnings)
-    cache.store(key, compiled)
+    cache.store(key, compiled, resolved.display, loaded.spec.name)
     return compiled
 
 
@@ -48,27 +57,111 @@ def emit(model: ir.Model, backends: Sequence[str]) -> dict[str, dict[str, str]]:
     return {f"{name}/{model.model_name}": dict(get_backend(name).emit(model)) for name in backends}
 
 
+_TEMP_SUFFIX = ".effspec-tmp"
+_TEMP_NAME = re.compile(r"\.(?P<name>.+)\.(?P<pid>\d+)\.[0-9a-f]+" + re.escape(_TEMP_SUFFIX))
+_LEGACY_STAGING = re.compile(r"\.(?P<name>[a-z0-9_]+)\.(old|[a-z0-9_]{8})")  # effspec <= 0.1's staging dirs
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # exists, but not ours to signal
+    return True
+
+
+def _clean_stale(directory: Path, ours: set[str]) -> None:
+    """Remove what a killed compile left: our temp files (whose process is gone), and the staging
+    directories of older effspec versions when they hold nothing but files effspec writes."""
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return
+    for entry in entries:
+        try:
+            match = _TEMP_NAME.fullmatch(entry.name)
+            if match and entry.is_file(follow_symlinks=False) and not _alive(int(match["pid"])):
+                os.unlink(entry.path)
+                continue
+            legacy = _LEGACY_STAGING.fullmatch(entry.name)
+            if legacy and entry.is_dir(follow_symlinks=False):
+                inside = os.listdir(entry.path)
+                if all(name in ours and os.path.isfile(os.path.join(entry.path, name)) for name in inside):
+                    for name in inside:
+                        os.unlink(os.path.join(entry.path, name))
+                    os.rmdir(entry.path)
+        except OSError:
+            continue  # another compile cleaned it first, or it is not ours to touch
+
+
+def _write_file(target: Path, text: str) -> bool:
+    """Replace ``target`` atomically (a temp file beside it, then a rename); False when unchanged."""
+    data = text.encode("utf-8")
+    try:
+        if target.is_file() and not target.is_symlink() and target.read_bytes() == data:
+            return False  # same bytes: keep the file (and its mtime) as it is
+    except OSError:
+        pass
+    temp = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(6)}{_TEMP_SUFFIX}")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(temp, flags, 0o666)  # the umask applies, as for any file a tool creates
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        os.replace(temp, target)
+    except BaseException:
+        try:
+            os.unlink(temp)
+        except OSError:
+            pass
+        raise
+    return True
+
+
+def _output_error(path: Path, exc: OSError) -> OutputError:
+    reason = exc.strerror or str(exc)
+    if isinstance(exc, NotADirectoryError | FileExistsError):
+        reason = "a file is in the way of a directory"
+    return OutputError(f"cannot write {path}: {reason}")
+
+
 def write_outputs(outputs: dict[str, dict[str, str]], out_dir: Path) -> list[Path]:
-    """Write each model directory atomically: a temp dir next to it, then a rename into place."""
+    """Write each model directory's files, each atomically; leave every other file in it alone.
+
+    A file is replaced by a rename, so there is never a moment when ``model.py`` is missing or half
+    written, and two compiles of the same spec at once both succeed with the same files."""
+    try:
+        info = os.stat(out_dir)
+    except FileNotFoundError:
+        info = None
+    except OSError as exc:
+        raise _output_error(out_dir, exc) from None
+    if info is not None and not stat.S_ISDIR(info.st_mode):
+        raise OutputError(f"-o {out_dir}: expected a directory, found a file that is not one")
     written = []
     for rel, files in sorted(outputs.items()):
         target = out_dir / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
         try:
-            for name, text in sorted(files.items()):
-                (staging / name).parent.mkdir(parents=True, exist_ok=True)
-                (staging / name).write_text(text, encoding="utf-8", newline="\n")
-            if target.exists():
-                old = target.with_name(f".{target.name}.old")
-                shutil.rmtree(old, ignore_errors=True)
-                os.replace(target, old)
-                os.replace(staging, target)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(staging, target)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+            target.mkdir(parents=True, exist_ok=True)  # mode 0o777 less the umask
+        except OSError as exc:
+            raise _output_error(target, exc) from None
+        if not target.is_dir():
+            raise OutputError(f"cannot write {target}: not a directory")
+        _clean_stale(target, set(files))
+        _clean_stale(target.parent, set(files))
+        for name, text in sorted(files.items()):
+            if Path(name).is_absolute() or ".." in Path(name).parts:
+                raise RuntimeError(f"backend emitted a file outside its directory: {name!r}")
+            path = target / name
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                _write_file(path, text)
+            except OSError as exc:
+                raise _output_error(path, exc) from None
         written.append(target)
     return written
 
@@ -77,8 +170,26 @@ def compile_specs(paths: Iterable[str | Path], backends: Sequence[str], out_dir:
     """Build and emit everything in memory first, so a bad spec leaves nothing written."""
     outputs: dict[str, dict[str, str]] = {}
     warnings: list[str] = []
+    sources: dict[str, tuple[str, str]] = {}  # model_name -> (spec path, its resolved path)
     for path in paths:
         compiled = build(path)
+        model = compiled.model
+        resolved = str(safe_resolve(Path(path)))
+        if model.model_name in sources:
+            first, first_resolved = sources[model.model_name]
+            if first_resolved == resolved:
+                continue  # the same file named twice
+            raise _duplicate_name(Path(path), model.name, first)
+        sources[model.model_name] = (model.spec_path, resolved)
         warnings.extend(compiled.warnings)
-        outputs.update(emit(compiled.model, backends))
+        outputs.update(emit(model, backends))
     return write_outputs(outputs, out_dir), warnings
+
+
+def _duplicate_name(path: Path, name: str, first: str) -> SpecError:
+    from effspec.loader import resolve
+
+    where = resolve(path).positions.get(("name",))
+    return SpecError(
+        f"{first} is also named {name!r}: both would write the same model directory (rename one)", where, "name"
+    )

@@ -2,6 +2,9 @@
 
 Templates only print. Anything that came from a spec reaches generated code through ``py``
 (a Python literal built by ``repr``), never pasted as source, so a spec cannot inject code.
+
+Templates are compiled in memory on every run, never loaded from a bytecode cache: compiled
+templates are code, and a cache directory is a place where another program could plant some.
 """
 
 from __future__ import annotations
@@ -12,7 +15,6 @@ from pathlib import Path
 import jinja2
 
 from effspec import __version__
-from effspec.cache import cache_dir
 
 
 def py_literal(value: object) -> str:
@@ -45,19 +47,6 @@ def _escaped(ch: str, quote: str) -> str:
     return repr(ch)[1:-1]  # repr's own escapes: backslash, control and non-printable characters
 
 
-def _bytecode_cache() -> jinja2.BytecodeCache | None:
-    """Compiled templates in effspec's cache directory, as Python keeps .pyc files: Jinja checks
-    each template's source checksum, so an edited template is recompiled. Saves ~0.1 s a run."""
-    directory = cache_dir()
-    if directory is None:
-        return None
-    try:
-        (directory / "templates").mkdir(parents=True, exist_ok=True)
-    except OSError:
-        return None  # a read-only cache directory only costs speed
-    return jinja2.FileSystemBytecodeCache(str(directory / "templates"))
-
-
 def comment_text(value: str) -> str:
     """Text safe inside a ``#`` comment: one line, printable characters only."""
     return "".join(ch if ch.isprintable() else " " for ch in value.replace("\n", " ").replace("\r", " "))
@@ -66,7 +55,6 @@ def comment_text(value: str) -> str:
 def environment(template_dir: Path) -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(template_dir)),
-        bytecode_cache=_bytecode_cache(),
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,

@@ -9,22 +9,47 @@ Conventions stated once here and converted per backend:
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator
 
 Activation = Literal["swish", "silu", "relu", "relu6", "gelu", "hard_swish"]
 Padding = Literal["same", "symmetric"]
 BlockKind = Literal["mbconv", "fused_mbconv"]
 
-PositiveInt = Annotated[int, Field(gt=0)]
-PositiveFloat = Annotated[float, Field(gt=0)]
-Fraction = Annotated[float, Field(ge=0, lt=1)]
-Stride = Literal[1, 2]
+# Strict: ``true``, ``1.0`` and ``"1"`` are not integers, ``"1.5"`` and ``true`` are not numbers.
+# Non-finite floats (.inf, .nan) are rejected for every field (``allow_inf_nan`` below).
+PositiveInt = Annotated[int, Field(gt=0, strict=True)]
+PositiveFloat = Annotated[float, Field(gt=0, strict=True)]
+Fraction = Annotated[float, Field(ge=0, lt=1, strict=True)]
+Number = Annotated[float, Field(strict=True)]
+
+
+def _exact_int(value: Any) -> Any:
+    if type(value) is not int:  # Literal[1, 2] alone would take True and 1.0
+        shown = str(value).lower() if isinstance(value, bool) else repr(value)
+        raise ValueError(f"expected 1 or 2, found {shown}")
+    return value
+
+
+Stride = Annotated[Literal[1, 2], BeforeValidator(_exact_int)]
+
+# Bounds on what a spec may ask for before scaling; effspec/limits.py bounds the scaled model.
+MAX_KERNEL = 31
+MAX_RESOLUTION = 8192
+MAX_INPUT_CHANNELS = 64
+MAX_CHANNELS = 16384
+MAX_REPEATS = 1000
+MAX_EXPANSION = 64
+MAX_CLASSES = 100_000
+MAX_PHI = 30.0
+MAX_COEFFICIENT = 4.0  # alpha, beta, gamma
+MAX_MULTIPLIER = 64.0  # explicit width and depth
+MAX_PROGRESSIVE_STAGES = 100
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True, allow_inf_nan=False)
 
 
 def _odd_kernel(value: int) -> int:
@@ -36,9 +61,9 @@ def _odd_kernel(value: int) -> int:
 class Input(_Section):
     """The nominal input image (before scaling) and its normalization constants."""
 
-    resolution: PositiveInt = Field(224, description="base input resolution in pixels (square)")
-    channels: PositiveInt = 3
-    mean: tuple[float, ...] = Field((0.485, 0.456, 0.406), description="per-channel mean of 0..1 pixels")
+    resolution: PositiveInt = Field(224, le=MAX_RESOLUTION, description="base input resolution in pixels (square)")
+    channels: PositiveInt = Field(3, le=MAX_INPUT_CHANNELS)
+    mean: tuple[Number, ...] = Field((0.485, 0.456, 0.406), description="per-channel mean of 0..1 pixels")
     std: tuple[PositiveFloat, ...] = Field((0.229, 0.224, 0.225), description="per-channel std of 0..1 pixels")
 
     @field_validator("mean", "std")
@@ -52,7 +77,7 @@ class Input(_Section):
 
 class BatchNorm(_Section):
     eps: PositiveFloat = 1e-3
-    momentum: float = Field(0.99, gt=0, lt=1, description="running-average decay, TF/Keras convention")
+    momentum: float = Field(0.99, gt=0, lt=1, strict=True, description="running-average decay, TF/Keras convention")
 
 
 class Defaults(_Section):
@@ -63,13 +88,13 @@ class Defaults(_Section):
     padding: Padding = "same"
     se_ratio: Fraction = 0.25
     drop_path_rate: Fraction = 0.2
-    channel_divisor: PositiveInt = 8
-    round_limit: float = Field(0.9, ge=0, lt=1, description="the 10% rule: 0.9 for V1, 0 disables it (V2)")
+    channel_divisor: PositiveInt = Field(8, le=MAX_CHANNELS)
+    round_limit: float = Field(0.9, ge=0, lt=1, strict=True, description="the 10% rule: 0.9 for V1, 0 disables it (V2)")
 
 
 class Stem(_Section):
-    channels: PositiveInt = 32
-    kernel: PositiveInt = 3
+    channels: PositiveInt = Field(32, le=MAX_CHANNELS)
+    kernel: PositiveInt = Field(3, le=MAX_KERNEL)
     stride: Stride = 2
 
     _kernel = field_validator("kernel")(_odd_kernel)
@@ -77,11 +102,11 @@ class Stem(_Section):
 
 class Stage(_Section):
     block: BlockKind
-    repeats: PositiveInt
-    kernel: PositiveInt
+    repeats: PositiveInt = Field(le=MAX_REPEATS)
+    kernel: PositiveInt = Field(le=MAX_KERNEL)
     stride: Stride
-    expansion: PositiveInt
-    channels: PositiveInt
+    expansion: PositiveInt = Field(le=MAX_EXPANSION)
+    channels: PositiveInt = Field(le=MAX_CHANNELS)
     se_ratio: Fraction | None = Field(None, description="overrides defaults.se_ratio (0 = no SE)")
     activation: Activation | None = Field(None, description="overrides defaults.activation")
 
@@ -89,20 +114,22 @@ class Stage(_Section):
 
 
 class Head(_Section):
-    channels: PositiveInt = Field(1280, description="1x1 conv width before pooling (scaled by width)")
+    channels: PositiveInt = Field(1280, le=MAX_CHANNELS, description="1x1 conv width before pooling (scaled by width)")
     dropout: Fraction = 0.2
-    num_classes: PositiveInt = 1000
+    num_classes: PositiveInt = Field(1000, le=MAX_CLASSES)
 
 
 class CompoundScaling(_Section):
     """EfficientNet's compound rule: depth alpha^phi, width beta^phi, resolution gamma^phi."""
 
     method: Literal["compound"]
-    phi: float = Field(ge=0)
-    alpha: float = Field(1.2, ge=1)
-    beta: float = Field(1.1, ge=1)
-    gamma: float = Field(1.15, ge=1)
-    resolution_divisor: PositiveInt = Field(1, description="round the scaled resolution to a multiple of this")
+    phi: float = Field(ge=0, le=MAX_PHI, strict=True)
+    alpha: float = Field(1.2, ge=1, le=MAX_COEFFICIENT, strict=True)
+    beta: float = Field(1.1, ge=1, le=MAX_COEFFICIENT, strict=True)
+    gamma: float = Field(1.15, ge=1, le=MAX_COEFFICIENT, strict=True)
+    resolution_divisor: PositiveInt = Field(
+        1, le=MAX_RESOLUTION, description="round the scaled resolution to a multiple of this"
+    )
     dropout: Fraction | None = None
     drop_path_rate: Fraction | None = None
 
@@ -111,9 +138,11 @@ class ExplicitScaling(_Section):
     """Hand-picked multipliers, as the official B1..B7 and V2-B1..B3 use."""
 
     method: Literal["explicit"]
-    width: PositiveFloat = 1.0
-    depth: PositiveFloat = 1.0
-    resolution: PositiveInt | None = Field(None, description="absolute input resolution; default input.resolution")
+    width: PositiveFloat = Field(1.0, le=MAX_MULTIPLIER)
+    depth: PositiveFloat = Field(1.0, le=MAX_MULTIPLIER)
+    resolution: PositiveInt | None = Field(
+        None, le=MAX_RESOLUTION, description="absolute input resolution; default input.resolution"
+    )
     dropout: Fraction | None = None
     drop_path_rate: Fraction | None = None
 
@@ -124,14 +153,14 @@ Scaling = Annotated[CompoundScaling | ExplicitScaling, Field(discriminator="meth
 class Range(_Section):
     """A value that moves linearly from ``start`` to ``end`` across progressive-learning stages."""
 
-    start: float = Field(ge=0)
-    end: float = Field(ge=0)
+    start: float = Field(ge=0, strict=True)
+    end: float = Field(ge=0, strict=True)
 
 
 class Progressive(_Section):
     """EfficientNetV2 progressive learning: image size and regularization grow stage by stage."""
 
-    stages: PositiveInt = 4
+    stages: PositiveInt = Field(4, le=MAX_PROGRESSIVE_STAGES)
     image_size: Range
     randaugment_magnitude: Range
     mixup_alpha: Range
@@ -143,20 +172,22 @@ class Training(_Section):
 
     optimizer: Literal["rmsprop", "sgd", "adamw"] = "rmsprop"
     lr_per_256: PositiveFloat = Field(0.016, description="learning rate for a global batch of 256, scaled linearly")
-    batch_size: PositiveInt = Field(256, description="global batch size")
+    batch_size: PositiveInt = Field(256, le=1 << 24, description="global batch size")
     schedule: Literal["exponential", "cosine"] = "exponential"
     decay_rate: PositiveFloat = 0.97
     decay_epochs: PositiveFloat = 2.4
-    warmup_epochs: float = Field(5, ge=0)
-    epochs: PositiveInt = 350
-    weight_decay: float = Field(1e-5, ge=0)
+    warmup_epochs: float = Field(5, ge=0, strict=True)
+    epochs: PositiveInt = Field(350, le=100_000)
+    weight_decay: float = Field(1e-5, ge=0, strict=True)
     label_smoothing: Fraction = 0.1
-    ema_decay: float = Field(0.9999, ge=0, lt=1)
+    ema_decay: float = Field(0.9999, ge=0, lt=1, strict=True)
     augmentation: Literal["autoaugment", "randaugment", "none"] = "autoaugment"
-    randaugment_magnitude: float = Field(10, ge=0)
-    mixup_alpha: float = Field(0, ge=0)
-    train_resolution: PositiveInt | None = Field(None, description="default: the scaled resolution")
-    crop_fraction: float = Field(0.875, gt=0, le=1, description="eval center crop: resize to res/crop, crop res")
+    randaugment_magnitude: float = Field(10, ge=0, strict=True)
+    mixup_alpha: float = Field(0, ge=0, strict=True)
+    train_resolution: PositiveInt | None = Field(None, le=MAX_RESOLUTION, description="default: the scaled resolution")
+    crop_fraction: float = Field(
+        0.875, gt=0, le=1, strict=True, description="eval center crop: resize to res/crop, crop res"
+    )
     progressive: Progressive | None = None
 
 

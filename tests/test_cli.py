@@ -74,9 +74,15 @@ def test_compile_writes_backend_and_model_dirs(tmp_path: Path, capsys: pytest.Ca
     assert main(["compile", "specs/efficientnetv2-b0.yaml", "--backend", "torch", "-o", str(tmp_path)]) == 0
     assert (tmp_path / "torch" / "efficientnetv2_b0" / "model.py").is_file()
     assert not (tmp_path / "keras").exists()
-    # Recompiling replaces the directory atomically and leaves no staging directories behind.
+    # Recompiling replaces the files atomically, keeps the user's own files and leaves no temp files behind.
+    (tmp_path / "torch" / "efficientnetv2_b0" / "NOTES.md").write_text("mine")
     assert main(["compile", "specs/efficientnetv2-b0.yaml", "--backend", "torch", "-o", str(tmp_path)]) == 0
     assert sorted(p.name for p in (tmp_path / "torch").iterdir()) == ["efficientnetv2_b0"]
+    assert sorted(p.name for p in (tmp_path / "torch" / "efficientnetv2_b0").iterdir()) == [
+        "NOTES.md",
+        "model.py",
+        "train.py",
+    ]
 
 
 def test_console_script_runs_as_a_process() -> None:
@@ -107,8 +113,18 @@ def test_a_reader_that_goes_away_is_not_an_internal_error() -> None:
     assert (result.returncode, result.stderr) == (141, "")
 
 
-def test_build_cache_hits_only_for_identical_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def _cached(spec: Path):
+    """The cache entry build() would serve for ``spec`` (None on a miss)."""
     from effspec import cache
+    from effspec.loader import resolve
+    from effspec.pipeline import Compiled
+
+    resolved = resolve(spec)
+    key = cache.key_for(resolved.display, resolved.sources)
+    return cache.lookup(key, Compiled, resolved.display, resolved.data.get("name"))
+
+
+def test_build_cache_hits_only_for_identical_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from effspec.pipeline import build
 
     monkeypatch.setenv("EFFSPEC_CACHE_DIR", str(tmp_path / "cache"))
@@ -119,7 +135,10 @@ def test_build_cache_hits_only_for_identical_bytes(tmp_path: Path, monkeypatch: 
         "extends: base.yaml\nname: child\nscaling: {method: explicit, width: 1.1, depth: 1.2, resolution: 260}\n"
     )
     first = build(child)
-    assert len(list((tmp_path / "cache").glob("*.pickle"))) == 1
+    assert len(list((tmp_path / "cache").glob("*.json"))) == 1
+    assert not list((tmp_path / "cache").glob("*.pickle"))
+    assert (tmp_path / "cache").stat().st_mode & 0o777 == 0o700
+    assert _cached(child) == first
     assert build(child) == first  # served from the cache
     # Editing the BASE file must invalidate the child's entry.
     base.write_text(base.read_text().replace("channels: 320}", "channels: 328}"))
@@ -129,18 +148,17 @@ def test_build_cache_hits_only_for_identical_bytes(tmp_path: Path, monkeypatch: 
     child.write_text("extends: base.yaml\nname: child\nstem: {kernel: 2}\n")
     with pytest.raises(Exception, match="odd kernel"):
         build(child)
-    assert cache.lookup(child, "child.yaml")[1] is None
+    assert _cached(child) is None
 
 
 def test_build_cache_misses_when_the_compiler_changes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """An edited effspec (same version string, e.g. an editable install) must not reuse old IR."""
     from effspec import cache
-    from effspec.paths import display_path
     from effspec.pipeline import build
 
     monkeypatch.setenv("EFFSPEC_CACHE_DIR", str(tmp_path / "cache"))
     spec = ROOT / "specs" / "efficientnet-b0.yaml"
     build(spec)
-    assert cache.lookup(spec, display_path(spec))[1] is not None
+    assert _cached(spec) is not None
     monkeypatch.setattr(cache, "_code_stamp", lambda: "scaling.py:1:2")  # as if a module had been edited
-    assert cache.lookup(spec, display_path(spec))[1] is None
+    assert _cached(spec) is None

@@ -18,13 +18,13 @@ import numpy as np
 from effspec import ir
 from effspec.equivalence import keras_side, torch_side
 from effspec.equivalence.budget import Row, compare
-from effspec.equivalence.convert import keras_layer_weights, keras_to_torch, set_keras_weights, torch_to_keras
-from effspec.equivalence.files import KERAS_SUFFIX, load_keras_file, load_torch_file
-from effspec.equivalence.generated import load_model_module
-from effspec.equivalence.manifest import Manifest, build_manifest, sections
 from effspec.equivalence.report import CheckResult
 from effspec.errors import UsageError
 from effspec.pipeline import build
+from effspec.weights.convert import keras_layer_weights, keras_to_torch, set_keras_weights, torch_to_keras
+from effspec.weights.files import KERAS_SUFFIX, load_keras_file, load_torch_file
+from effspec.weights.generated import load_model_module
+from effspec.weights.manifest import Manifest, build_manifest, sections
 
 LEARNING_RATE = 0.1  # large enough that an update is well above float32 rounding of the weights
 STATISTIC_KINDS = ("bn_mean", "bn_variance")

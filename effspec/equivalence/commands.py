@@ -1,4 +1,5 @@
-"""`effspec check` and `effspec convert-weights`; ``effspec.cli`` adds them when this module exists.
+"""`effspec check` here; `effspec convert-weights` and `effspec export` from ``effspec.weights.commands``.
+``effspec.cli`` adds them when this module exists.
 
 Nothing heavy is imported here: torch and TensorFlow load inside the handlers.
 """
@@ -9,9 +10,7 @@ import argparse
 import json
 from pathlib import Path
 
-from effspec.errors import CheckFailed, UsageError
-
-FRAMEWORKS = ("torch", "keras")
+from effspec.errors import CheckFailed
 
 
 def _positive(text: str) -> int:
@@ -37,22 +36,6 @@ def _cmd_check(args: argparse.Namespace) -> int:
             f"{result.model_name}: {len(result.failures)} of {len(result.rows)} outputs over budget "
             f"(worst {worst.name}: error {worst.keras_error:.2e} > budget {worst.budget:.2e})"
         )
-    return 0
-
-
-def _cmd_convert(args: argparse.Namespace) -> int:
-    from effspec.equivalence.files import convert_file
-
-    if args.source == args.target:
-        raise UsageError(f"--from and --to are both {args.source}: nothing to convert")
-    if args.application and args.source != "keras-applications":
-        raise UsageError("--application goes with --from keras-applications")
-    written, notes = convert_file(
-        args.spec, args.source, args.target, Path(args.input), Path(args.output), args.application
-    )
-    for note in notes:
-        print(f"note: {note}")
-    print(f"wrote {written}")
     return 0
 
 
@@ -84,26 +67,6 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(handler=_cmd_check)
 
-    p = sub.add_parser(
-        "convert-weights",
-        help="convert weights between a torch state_dict (.pt/.safetensors) and Keras .weights.h5, or import "
-        "keras.applications EfficientNet weights",
-    )
-    p.add_argument("spec", metavar="SPEC")
-    p.add_argument(
-        "--from",
-        dest="source",
-        choices=(*FRAMEWORKS, "keras-applications"),
-        required=True,
-        help="framework of IN; keras-applications: a keras.applications EfficientNet .h5 (with or without top)",
-    )
-    p.add_argument("--to", dest="target", choices=FRAMEWORKS, required=True, help="framework of OUT")
-    p.add_argument(
-        "--application",
-        metavar="NAME",
-        help="with --from keras-applications: the keras.applications class (default: from the spec name, "
-        "efficientnet-b3 -> EfficientNetB3)",
-    )
-    p.add_argument("input", metavar="IN", help="torch .pt/.pth/.bin/.safetensors, Keras .weights.h5, or .h5")
-    p.add_argument("output", metavar="OUT", help="file to write")
-    p.set_defaults(handler=_cmd_convert)
+    from effspec.weights.commands import add_commands as add_weight_commands
+
+    add_weight_commands(sub)

@@ -1,4 +1,8 @@
-"""The weight manifest: every parameter and buffer of a model, derived from the IR's ``layers``.
+"""The weight manifest: every parameter and buffer of a model, derived from the IR's ``model.layers``.
+
+This is the layer naming every weight path shares with the IR: the generated torch ``state_dict``,
+the generated Keras layers, the structural importers (timm, torchvision, keras.applications) and the
+exporters all address tensors through it.
 
 One entry per tensor: its canonical name (the torch ``state_dict`` key: IR layer name + suffix), its
 kind, its canonical shape, and where each backend keeps it. The canonical layout is channels-first
@@ -139,24 +143,36 @@ def layer_entries(layer: ir.Layer, section: str) -> tuple[Entry, ...]:
             raise ValueError(f"{layer.name}: depthwise conv with a channel multiplier is not supported")
         weight = entry("weight", "depthwise_kernel", (channels, 1, layer.kernel, layer.kernel), "kernel")
     else:
-        weight = entry("weight", "conv_kernel", (channels, layer.in_channels, layer.kernel, layer.kernel), "kernel")
+        weight = entry(
+            "weight", "conv_kernel", (channels, layer.in_channels // layer.groups, layer.kernel, layer.kernel), "kernel"
+        )
     if layer.bias:
         return (weight, entry("bias", "bias", (channels,), "bias", 1))
     return (weight,)
 
 
+def section_of(layer_name: str) -> str:
+    """The report row a layer belongs to, from its canonical name alone: "stem", "blocks.<stage>" or
+    "head" (head conv and classifier)."""
+    parts = layer_name.split(".")
+    if parts[0] == "stem":
+        return "stem"
+    if parts[0] == "blocks" and len(parts) > 1:
+        return f"blocks.{parts[1]}"
+    return "head"
+
+
 def sections(model: ir.Model) -> tuple[tuple[str, tuple[ir.Layer, ...]], ...]:
-    """(row name, layers) in forward order: the stem, each stage, the head (conv and classifier)."""
-    stages = tuple(
-        (f"blocks.{stage.index}", tuple(layer for block in stage.blocks for layer in block.layers))
-        for stage in model.stages
-    )
-    return (("stem", model.stem.layers), *stages, ("head", model.head.layers))
+    """(row name, layers) in forward order: the stem, each stage, the head (conv and classifier).
+
+    Read from ``model.layers`` (names only), so it follows whatever the IR's layer list holds."""
+    rows: dict[str, list[ir.Layer]] = {}
+    for layer in model.layers:
+        rows.setdefault(section_of(layer.name), []).append(layer)
+    return tuple((name, tuple(layers)) for name, layers in rows.items())
 
 
 def build_manifest(model: ir.Model) -> Manifest:
-    """Every tensor of ``model`` in forward order."""
-    entries = tuple(
-        entry for section, layers in sections(model) for layer in layers for entry in layer_entries(layer, section)
-    )
+    """Every tensor of ``model`` in forward order (the order of ``model.layers``)."""
+    entries = tuple(entry for layer in model.layers for entry in layer_entries(layer, section_of(layer.name)))
     return Manifest(model.model_name, entries)

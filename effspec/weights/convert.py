@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from effspec.equivalence.manifest import Entry, Manifest, inverse_axes
 from effspec.errors import UsageError
+from effspec.weights.manifest import Entry, Manifest, inverse_axes
 
 if TYPE_CHECKING:
     import keras

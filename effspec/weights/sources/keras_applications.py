@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from effspec import ir
-from effspec.equivalence.convert import ConversionError
 from effspec.errors import UsageError
+from effspec.weights.convert import ConversionError
 
 APPLICATIONS = (
     *(f"EfficientNetB{i}" for i in range(8)),

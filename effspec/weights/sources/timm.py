@@ -1,0 +1,112 @@
+"""timm checkpoints (``model.safetensors``, ``pytorch_model.bin``, ``.pth``, train checkpoints).
+
+The model is identified by ``--model``, else by the checkpoint's ``arch`` entry (timm's train
+checkpoints), a ``config.json`` beside the file (the Hugging Face hub layout) or a timm model name in
+the path (``models--timm--tf_efficientnet_b0.ns_jft_in1k/...``). Conventions follow timm's naming:
+``tf_*`` models were ported from TensorFlow (TF SAME padding, batch-norm eps 1e-3), the others use
+symmetric padding and eps 1e-5. Preprocessing comes from the model's pretrained config.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from effspec import ir
+from effspec.errors import UsageError
+from effspec.weights.files import Checkpoint
+from effspec.weights.sources.base import Conventions
+
+NAME = "timm"
+_FAMILIES = r"(efficientnet|efficientnetv2|mobilenetv\d|mnasnet|semnasnet|mixnet|tinynet|fbnetc|spnasnet|lcnet)"
+_PATTERN = re.compile(rf"^(tf_)?{_FAMILIES}[a-z0-9_]*(\.[a-z0-9_]+)?$")
+
+
+def _import():
+    try:
+        import timm
+    except Exception:  # noqa: BLE001 - any import failure means "not available here"
+        return None
+    return timm
+
+
+def _config_json(path: Path) -> dict[str, Any]:
+    candidate = path.parent / "config.json"
+    if not candidate.is_file() or candidate.stat().st_size > 1_000_000:
+        return {}
+    try:
+        data = json.loads(candidate.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _from_path(path: Path) -> str | None:
+    for part in [path.name.removesuffix(path.suffix), *(p.name for p in path.resolve().parents)]:
+        part = part.removeprefix("models--timm--")
+        if _PATTERN.match(part):
+            return part
+    return None
+
+
+def identify(model: ir.Model, checkpoint: Checkpoint, requested: str | None) -> tuple[str | None, str]:
+    """(timm model name, possibly with a .tag; or None) and how it was found."""
+    if requested:
+        return requested, "--model"
+    arch = checkpoint.meta.get("arch")
+    if isinstance(arch, str) and arch:
+        return arch, "the checkpoint's arch entry"
+    config = _config_json(checkpoint.path)
+    architecture = config.get("architecture")
+    if isinstance(architecture, str) and architecture:
+        tag = (
+            (config.get("pretrained_cfg") or {}).get("tag") if isinstance(config.get("pretrained_cfg"), dict) else None
+        )
+        return (f"{architecture}.{tag}" if tag else architecture), "config.json"
+    found = _from_path(checkpoint.path)
+    return found, ("the file path" if found else "")
+
+
+def conventions(name: str, checkpoint: Checkpoint) -> Conventions:
+    base = name.split(".")[0]
+    tf_port = base.startswith("tf_")
+    cfg: dict[str, Any] = {}
+    config = _config_json(checkpoint.path)
+    if isinstance(config.get("pretrained_cfg"), dict) and config.get("architecture") == base:
+        cfg = config["pretrained_cfg"]
+    else:
+        timm = _import()
+        if timm is not None:
+            try:
+                found = timm.models.get_pretrained_cfg(name)
+            except Exception:  # noqa: BLE001 - unknown tag: no config, not an error
+                found = None
+            cfg = found.to_dict() if found is not None else {}
+    size = cfg.get("input_size")
+    crop = int(size[-1]) if isinstance(size, list | tuple) and size else None
+    crop_pct = cfg.get("crop_pct")
+    resize = int(crop / crop_pct) if crop and isinstance(crop_pct, int | float) and crop_pct > 0 else None
+    mean, std = cfg.get("mean"), cfg.get("std")
+    return Conventions(
+        model=f"timm {name}",
+        padding="same" if tf_port else "symmetric",
+        eps=1e-3 if tf_port else 1e-5,
+        mean=tuple(float(v) for v in mean) if mean else None,
+        std=tuple(float(v) for v in std) if std else None,
+        resize=resize,
+        crop=crop,
+        interpolation=cfg.get("interpolation"),
+    )
+
+
+def build(name: str, num_classes: int, in_channels: int):
+    """The timm model with random weights (None when timm does not import here)."""
+    timm = _import()
+    if timm is None:
+        return None
+    base = name.split(".")[0]
+    if not timm.is_model(base):
+        raise UsageError(f"timm has no model named {base!r}")
+    return timm.create_model(base, pretrained=False, num_classes=num_classes, in_chans=in_channels).eval()

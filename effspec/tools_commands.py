@@ -1,0 +1,77 @@
+"""`effspec scale`, `effspec search` and `effspec plot`; ``effspec.cli`` adds them to its parser.
+
+Nothing heavy is imported here: torch, Keras, optuna and matplotlib load inside the handlers.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, found {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, found {text}")
+    return value
+
+
+def _coefficient(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, found {text!r}") from None
+
+
+def _cmd_scale(args: argparse.Namespace) -> int:
+    from effspec.scale import run
+
+    return run(args)
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from effspec.plot import run
+
+    return run(args)
+
+
+def _cmd_search(args: argparse.Namespace) -> int:
+    from effspec.search import run
+
+    return run(args)
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "scale",
+        help="find phi so the scaled, rounded model meets a MACs, parameter or latency budget",
+        description="Find the compound-scaling phi whose ROUNDED model (exact figures from effspec's "
+        "analysis) is closest to the target, print the neighbouring candidates, and write a spec that "
+        "extends SPEC with that scaling. Unreachable targets exit 2 with the nearest reachable figure.",
+    )
+    p.add_argument("spec", metavar="SPEC", help="the base spec (its own scaling section is replaced)")
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--target-macs", metavar="N", help="multiply-accumulates, e.g. 1e9")
+    target.add_argument("--target-params", metavar="N", help="parameters, e.g. 20e6")
+    target.add_argument("--target-latency", metavar="MS", help="milliseconds per forward pass (measured)")
+    p.add_argument("--backend", choices=("torch", "keras"), help="latency: the generated model to time")
+    p.add_argument("--device", choices=("cpu", "cuda"), help="latency: where to time it (default cpu)")
+    p.add_argument("--batch", type=_positive_int, help="latency: images per forward pass (default 1)")
+    p.add_argument("--alpha", type=_coefficient, help="depth coefficient (default: the spec's, else 1.2)")
+    p.add_argument("--beta", type=_coefficient, help="width coefficient (default: the spec's, else 1.1)")
+    p.add_argument("--gamma", type=_coefficient, help="resolution coefficient (default: the spec's, else 1.15)")
+    p.add_argument(
+        "--resolution-divisor",
+        type=_positive_int,
+        help="round the resolution to a multiple of this (default: the spec's, else 8)",
+    )
+    p.add_argument(
+        "--explicit",
+        action="store_true",
+        help="write explicit width/depth/resolution (for a MACs target the resolution is fitted too)",
+    )
+    p.add_argument("--name", help="the new spec's name (default: from OUT's file name)")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.yaml", help="the spec to write")
+    p.set_defaults(handler=_cmd_scale)

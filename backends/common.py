@@ -1,18 +1,18 @@
 """What every backend's ``model.py`` context shares: the stage table and the spec's header facts.
 
-A backend passes in how it names a block and spells an activation; everything else (the rows of
-the generated ``STAGES`` table, the description split into printable pieces, the constants at the
-top of the module) is the same IR read the same way.
+The ``STAGES`` table (``templates/stages.py.j2``) is the same text in every backend: the IR's
+fields printed, with the spec's own names (activations as the spec spells them, momentum as the
+spec's decay). A backend maps those names to its framework inside the generated file.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from effspec import ir
-from effspec.render import py_literal
+from effspec.render import environment, py_literal
 
 #: Longest literal of one piece of a split DESCRIPTION constant, and of an unsplit one (ruff format
 #: joins implicitly concatenated strings whenever they fit its 88 columns, indented by 4).
@@ -20,51 +20,14 @@ DESCRIPTION_WIDTH = 80
 DESCRIPTION_UNSPLIT = 84
 
 
-@dataclass(frozen=True)
-class BlockRow:
-    """One row of the generated ``STAGES`` table (a ``BlockConfig``)."""
-
-    name: str  # the block's name in this backend, printed as a comment ("blocks.3.1", "blocks_3_1")
-    kind: str
-    in_channels: int
-    out_channels: int
-    expansion: int
-    kernel: int
-    stride: int
-    se_channels: int
-    activation: str
-    drop_path_rate: float
+#: The shared template every backend's model.py prints its stage table from.
+TEMPLATE_DIR = Path(__file__).parent / "templates"
 
 
-@dataclass(frozen=True)
-class StageRow:
-    index: int
-    kind: str
-    blocks: tuple[BlockRow, ...]
-    output: ir.Shape
-
-
-def stage_rows(model: ir.Model, name: Callable[[str], str], activation: Callable[[str], str]) -> tuple[StageRow, ...]:
-    """The ``STAGES`` table: block names and activations spelled by the backend's two functions."""
-
-    def row(block: ir.Block) -> BlockRow:
-        return BlockRow(
-            name=name(block.name),
-            kind=block.kind,
-            in_channels=block.in_channels,
-            out_channels=block.out_channels,
-            expansion=block.expansion,
-            kernel=block.kernel,
-            stride=block.stride,
-            se_channels=block.se_channels,
-            activation=activation(block.activation),
-            drop_path_rate=block.drop_path_rate,
-        )
-
-    return tuple(
-        StageRow(stage.index, stage.kind, tuple(row(block) for block in stage.blocks), stage.output)
-        for stage in model.stages
-    )
+def stage_table(model: ir.Model) -> str:
+    """The config dataclasses, ``STEM``, ``HEAD`` and the ``STAGES`` table: the same text in every
+    backend's ``model.py``. Every value is an IR field printed; nothing is derived here."""
+    return environment(TEMPLATE_DIR).get_template("stages.py.j2").render(model=model)
 
 
 def description_lines(text: str, width: int = DESCRIPTION_WIDTH) -> tuple[str, ...]:
@@ -157,12 +120,7 @@ def recipe_context(model: ir.Model) -> dict[str, object]:
 
 
 def header_context(model: ir.Model) -> dict[str, object]:
-    """The module constants every backend prints: the spec, its input, regularization, widths."""
-    stem, head = model.stem, model.head.conv
-    if stem.activation is None or head.activation is None:
-        raise ValueError(f"{model.name}: the stem and head convs must have an activation")
-    if stem.activation != head.activation:
-        raise ValueError(f"{model.name}: stem and head activations differ ({stem.activation}, {head.activation})")
+    """The module constants every backend prints: the spec, its input, regularization, the table."""
     description = description_lines(model.description)
     return {
         "spec_name": model.name,
@@ -170,19 +128,18 @@ def header_context(model: ir.Model) -> dict[str, object]:
         "spec_sha256": model.spec_sha256,
         "description_lines": description,
         "description_inline": len(description) == 1 and len(f"DESCRIPTION = {py_literal(description[0])}") <= 88,
-        "model_name": model.model_name,
+        "python_name": model.python_name,
         "resolution": model.resolution,
         "input_channels": model.input.channels,
         "mean": tuple(model.mean),
         "std": tuple(model.std),
         "num_classes": model.head.num_classes,
-        "drop_rate": model.head.dropout,
+        "dropout": model.head.dropout,
         "drop_path_rate": model.drop_path_rate,
         "padding": model.padding,
-        "stem_channels": stem.conv.out_channels,
-        "stem_kernel": stem.conv.kernel,
-        "stem_stride": stem.conv.stride,
-        "head_channels": head.conv.out_channels,
-        "block_kinds": tuple(dict.fromkeys(block.kind for block in model.blocks)),  # in order of first use
+        "bn_eps": model.batch_norm.eps,
+        "bn_momentum": model.batch_norm.momentum,
+        "stage_table": stage_table(model),
         "params": model.params,
+        "macs": model.macs,
     }

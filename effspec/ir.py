@@ -33,9 +33,28 @@ def same_output_size(size: int, stride: int) -> int:
     return -(-size // stride)
 
 
+#: How a conv pads: a fixed number of pixels on every side, or ``"same"``: TensorFlow SAME, which on a
+#: strided conv pads by the input size's parity (so it is worked out per call). Lowering decides it
+#: once per conv (``resolve_padding``); backends print it.
+ConvPadding = int | Literal["same"]
+
+
+def resolve_padding(mode: Padding, kernel: int, stride: int) -> ConvPadding:
+    """The one padding rule. ``symmetric``: (k - 1) // 2 per side. ``same`` (TF SAME): the same
+    fixed padding at stride 1 (odd kernels), and input-size dependent on a strided k > 1 conv."""
+    if mode == "same" and stride > 1 and kernel > 1:
+        return "same"
+    return (kernel - 1) // 2
+
+
+def flat_name(name: str) -> str:
+    """A canonical name as one identifier (``blocks.3.1.se`` -> ``blocks_3_1_se``): Keras layer names."""
+    return name.replace(".", "_")
+
+
 @dataclass(frozen=True)
 class Layer:
-    """One parameterized primitive. ``output`` is at the spec's nominal resolution."""
+    """One parameterized primitive, fully resolved. ``output`` is at the spec's nominal resolution."""
 
     name: str
     kind: LayerKind
@@ -44,12 +63,9 @@ class Layer:
     output: Shape
     kernel: int = 1
     stride: int = 1
+    groups: int = 1  # in_channels for a depthwise conv
     bias: bool = False
-    padding: Padding = "same"
-
-    @property
-    def groups(self) -> int:
-        return self.in_channels if self.kind == "depthwise_conv" else 1
+    padding: ConvPadding = 0
 
     @property
     def params(self) -> int:
@@ -68,16 +84,6 @@ class Layer:
             return 0
         return self.output.elements * self.kernel * self.kernel * (self.in_channels // self.groups)
 
-    @property
-    def needs_dynamic_padding(self) -> bool:
-        """TF-SAME on a strided k>1 conv pads by input-size parity: it must be computed per call."""
-        return self.padding == "same" and self.stride > 1 and self.kernel > 1
-
-    @property
-    def static_padding(self) -> int:
-        """Padding on every side when it does not depend on the input size."""
-        return (self.kernel - 1) // 2
-
 
 @dataclass(frozen=True)
 class ConvBnAct:
@@ -95,10 +101,13 @@ class ConvBnAct:
 
 @dataclass(frozen=True)
 class SqueezeExcite:
+    """Global average pool -> ``reduce`` (1x1 conv, bias) -> activation -> ``expand`` -> gate x."""
+
     name: str
-    channels: int  # the gated (expanded) channels
-    se_channels: int  # squeeze width = block input channels * se_ratio
+    channels: int  # the gated channels (the output of the conv before it)
+    se_channels: int  # squeeze width
     activation: str
+    gate: str  # "sigmoid"
     reduce: Layer
     expand: Layer
 
@@ -109,7 +118,8 @@ class SqueezeExcite:
 
 @dataclass(frozen=True)
 class Block:
-    """One MBConv or Fused-MBConv block, fully resolved."""
+    """One MBConv or Fused-MBConv block, fully resolved: its parts run in the order
+    expand -> depthwise -> se -> project, then the residual add when ``residual``."""
 
     name: str  # canonical, e.g. "blocks.3.1"
     stage: int
@@ -117,14 +127,11 @@ class Block:
     global_index: int
     kind: BlockKind
     in_channels: int
-    mid_channels: int
+    mid_channels: int  # the width inside the block (after expand, before project)
     out_channels: int
-    se_channels: int  # 0 when the block has no SE
     expansion: int
     kernel: int
     stride: int
-    padding: Padding
-    activation: str
     residual: bool
     drop_path_rate: float
     input: Shape
@@ -133,6 +140,10 @@ class Block:
     depthwise: ConvBnAct | None  # mbconv only
     se: SqueezeExcite | None
     project: ConvBnAct | None  # absent on a fused block with expansion 1
+
+    @property
+    def se_channels(self) -> int:
+        return self.se.se_channels if self.se is not None else 0
 
     @property
     def parts(self) -> tuple[ConvBnAct | SqueezeExcite, ...]:
@@ -171,10 +182,6 @@ class Head:
 class BatchNormSettings:
     eps: float
     momentum: float  # running-average decay (TF/Keras convention)
-
-    @property
-    def torch_momentum(self) -> float:
-        return round(1.0 - self.momentum, 10)
 
 
 @dataclass(frozen=True)
@@ -230,9 +237,13 @@ class Model:
     training: TrainingPlan
 
     @property
-    def model_name(self) -> str:
-        """Python identifier / directory name: the spec name with '-' turned into '_'."""
+    def python_name(self) -> str:
+        """The spec name as a Python identifier ('-' -> '_'): output directory, Keras model name."""
         return self.name.replace("-", "_")
+
+    @property
+    def model_name(self) -> str:  # transitional alias of python_name, removed once no caller is left
+        return self.python_name
 
     @property
     def blocks(self) -> tuple[Block, ...]:

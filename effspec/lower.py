@@ -17,11 +17,13 @@ def _conv_bn_act(
     padding: ir.Padding,
     activation: str | None,
     input_shape: ir.Shape,
-    depthwise: bool = False,
+    groups: int = 1,
 ) -> ir.ConvBnAct:
+    """conv -> BN -> activation; ``groups == in_channels == out_channels`` makes it depthwise."""
     out_size = ir.Shape(
         out_channels, ir.same_output_size(input_shape.height, stride), ir.same_output_size(input_shape.width, stride)
     )
+    depthwise = groups > 1 and groups == in_channels == out_channels
     conv = ir.Layer(
         f"{name}.conv",
         "depthwise_conv" if depthwise else "conv",
@@ -30,10 +32,24 @@ def _conv_bn_act(
         out_size,
         kernel=kernel,
         stride=stride,
-        padding=padding,
+        groups=groups,
+        padding=ir.resolve_padding(padding, kernel, stride),
     )
     bn = ir.Layer(f"{name}.bn", "batch_norm", out_channels, out_channels, out_size)
     return ir.ConvBnAct(name, conv, bn, activation)
+
+
+def _squeeze_excite(name: str, channels: int, se_channels: int, activation: str) -> ir.SqueezeExcite:
+    """Squeeze-excite gating ``channels`` through a ``se_channels`` bottleneck (1x1 convs with bias)."""
+    return ir.SqueezeExcite(
+        name,
+        channels,
+        se_channels,
+        activation,
+        "sigmoid",
+        ir.Layer(f"{name}.reduce", "conv", channels, se_channels, ir.Shape(se_channels, 1, 1), bias=True),
+        ir.Layer(f"{name}.expand", "conv", se_channels, channels, ir.Shape(channels, 1, 1), bias=True),
+    )
 
 
 def _block(
@@ -46,6 +62,16 @@ def _block(
     drop_path_rate: float,
     input_shape: ir.Shape,
 ) -> ir.Block:
+    """Every rule of a block, in one place.
+
+    - The stage's stride sits on its first block; a block adds its input back (``residual``) when
+      its stride is 1 and its input and output widths agree.
+    - MBConv: 1x1 expand (absent at expansion 1) -> k x k depthwise (the stride) -> SE -> 1x1 project.
+    - Fused-MBConv: k x k expand conv (the stride) -> SE -> 1x1 project; at expansion 1 the k x k conv
+      goes straight to the output width, keeps its activation, and there is no project conv.
+    - SE squeezes to ``max(1, int(block input width * se_ratio))`` and gates the width of the conv
+      before it. Fused-MBConv has no SE unless its stage sets ``se_ratio``.
+    """
     stage = spec.stages[stage_index]
     name = f"blocks.{stage_index}.{index}"
     stride = stage.stride if index == 0 else 1
@@ -54,33 +80,22 @@ def _block(
     se_ratio = stage.se_ratio if stage.se_ratio is not None else spec.defaults.se_ratio
     if stage.block == "fused_mbconv" and stage.se_ratio is None:
         se_ratio = 0.0  # Fused-MBConv has no SE unless the stage asks for it
-    mid = in_channels * stage.expansion
     se_channels = max(1, int(in_channels * se_ratio)) if se_ratio > 0 else 0
     shape = input_shape
-    expand = depthwise = se = project = None
+    expand = depthwise = project = None
     if stage.block == "mbconv":
+        mid = in_channels * stage.expansion
         if stage.expansion != 1:
             expand = _conv_bn_act(f"{name}.expand", in_channels, mid, 1, 1, padding, activation, shape)
         depthwise = _conv_bn_act(
-            f"{name}.depthwise", mid, mid, stage.kernel, stride, padding, activation, shape, depthwise=True
+            f"{name}.depthwise", mid, mid, stage.kernel, stride, padding, activation, shape, groups=mid
         )
         shape = depthwise.bn.output
     else:
-        fused_out = mid if stage.expansion != 1 else out_channels
-        expand = _conv_bn_act(
-            f"{name}.expand", in_channels, fused_out, stage.kernel, stride, padding, activation, shape
-        )
+        mid = in_channels * stage.expansion if stage.expansion != 1 else out_channels
+        expand = _conv_bn_act(f"{name}.expand", in_channels, mid, stage.kernel, stride, padding, activation, shape)
         shape = expand.bn.output
-    if se_channels:
-        unit = ir.Shape(se_channels, 1, 1)
-        se = ir.SqueezeExcite(
-            f"{name}.se",
-            mid,
-            se_channels,
-            activation,
-            ir.Layer(f"{name}.se.reduce", "conv", mid, se_channels, unit, bias=True),
-            ir.Layer(f"{name}.se.expand", "conv", se_channels, mid, ir.Shape(mid, 1, 1), bias=True),
-        )
+    se = _squeeze_excite(f"{name}.se", mid, se_channels, activation) if se_channels else None
     if stage.block == "mbconv" or stage.expansion != 1:
         project = _conv_bn_act(f"{name}.project", mid, out_channels, 1, 1, padding, None, shape)
         shape = project.bn.output
@@ -93,12 +108,9 @@ def _block(
         in_channels=in_channels,
         mid_channels=mid,
         out_channels=out_channels,
-        se_channels=se_channels,
         expansion=stage.expansion,
         kernel=stage.kernel,
         stride=stride,
-        padding=padding,
-        activation=activation,
         residual=stride == 1 and in_channels == out_channels,
         drop_path_rate=drop_path_rate,
         input=input_shape,

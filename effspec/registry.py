@@ -1,6 +1,6 @@
-"""Emitter registry: backends register an emitter; block kinds map to per-backend templates.
+"""Emitter registry: backends register an emitter (IR -> files).
 
-A lookup of an unknown backend or block kind fails with the list of known ones (as jax's lowering
+A lookup of an unknown backend fails with the list of known ones (as jax's lowering
 rules do), never with a KeyError.
 """
 
@@ -24,15 +24,6 @@ class Backend:
     name: str
     description: str
     emit: Emitter  # IR -> {relative file name: text}
-    block_macros: Mapping[str, str]  # block kind -> template macro that prints it
-
-    def macro_for(self, kind: str) -> str:
-        if kind not in self.block_macros:
-            known = ", ".join(sorted(self.block_macros))
-            raise UsageError(
-                f"backend {self.name!r} has no rule for block kind {kind!r}. Known block kinds are: {known}"
-            )
-        return self.block_macros[kind]
 
 
 _REGISTRY: dict[str, Backend] = {}

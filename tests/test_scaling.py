@@ -55,7 +55,7 @@ def test_compound_spec_uses_alpha_beta_gamma() -> None:
     assert model.depth == pytest.approx(1.2**2)
     assert model.resolution == 296  # 224 * 1.15^2 = 296.2, to a multiple of 8
     assert [len(stage.blocks) for stage in model.stages] == [2, 3, 3, 5, 5, 6, 2]
-    assert model.padding == "symmetric" and model.blocks[0].activation == "relu6"
+    assert model.padding == "symmetric" and model.blocks[0].depthwise.activation == "relu6"
 
 
 def test_official_coefficients_are_explicit_not_compound() -> None:

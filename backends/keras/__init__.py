@@ -10,7 +10,7 @@ from effspec.registry import Backend, register_backend
 from effspec.render import environment
 
 from ..common import recipe_context
-from .context import BLOCK_FUNCTIONS, model_context
+from .context import model_context
 
 TEMPLATE_DIR = Path(__file__).parent / "templates"
 
@@ -24,7 +24,6 @@ def emit(model: ir.Model) -> Mapping[str, str]:
         **model_context(model),
         "train": recipe_context(model),
         "model": model,
-        "block_macros": BACKEND.block_macros,
     }
     return {name: env.get_template(template).render(**context) for name, template in TEMPLATES.items()}
 
@@ -34,6 +33,5 @@ BACKEND = register_backend(
         name="keras",
         description="Keras 3 functional model (keras.layers / keras.ops only; TensorFlow or JAX backend)",
         emit=emit,
-        block_macros=dict(BLOCK_FUNCTIONS),  # block kind -> macro in templates/_blocks.j2
     )
 )

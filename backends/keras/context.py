@@ -1,16 +1,18 @@
 """IR -> the ready-to-print values of the Keras ``model.py`` template. Templates only print these.
 
-Every name here is a Keras layer name: the IR's canonical name with ``.`` replaced by ``_``
-(docs/backends.md), so weights map by name between backends.
+Every Keras layer name is the IR's canonical name with ``.`` replaced by ``_`` (``ir.flat_name``),
+so weights map by name between backends. The IR decides every layer; this module only checks that
+the generated code can build what the IR says.
 """
 
 from __future__ import annotations
 
 from effspec import ir
 
-from ..common import header_context, stage_rows
+from ..common import header_context
+from ..torch.context import check_activations
 
-#: IR activation name -> Keras 3 activation identifier (gelu is exact in both torch and Keras).
+#: Spec activation name -> Keras 3 activation identifier (gelu is exact in both torch and Keras).
 ACTIVATIONS = {
     "swish": "silu",
     "silu": "silu",
@@ -18,50 +20,38 @@ ACTIVATIONS = {
     "relu6": "relu6",
     "gelu": "gelu",
     "hard_swish": "hard_silu",
+    "sigmoid": "sigmoid",
 }
-
-#: Block kind -> the generated function that builds one block of that kind.
-BLOCK_FUNCTIONS = {"mbconv": "mbconv_block", "fused_mbconv": "fused_mbconv_block"}
-
-
-def keras_name(canonical: str) -> str:
-    return canonical.replace(".", "_")
-
-
-def keras_activation(name: str) -> str:
-    if name not in ACTIVATIONS:
-        known = ", ".join(sorted(ACTIVATIONS))
-        raise ValueError(f"the keras backend has no activation {name!r}. Known activations are: {known}")
-    return ACTIVATIONS[name]
 
 
 def block_output_layer(block: ir.Block) -> str:
     """The Keras layer whose output is the block's output (what the next block consumes)."""
-    name = keras_name(block.name)
+    name = ir.flat_name(block.name)
     if block.residual:
         return f"{name}_add"
-    if block.project is not None:
-        return keras_name(block.project.bn.name)
-    if block.se is not None:  # a fused block with expansion 1 and squeeze-excite ends at the gate
-        return f"{keras_name(block.se.name)}_scale"
-    if block.expand is None or block.expand.activation is None:
-        raise ValueError(f"block {block.name}: no projection, so its expansion conv must have an activation")
-    return f"{keras_name(block.expand.name)}_act"
+    last = block.parts[-1]
+    if isinstance(last, ir.SqueezeExcite):
+        return f"{ir.flat_name(last.name)}_scale"
+    return ir.flat_name(f"{last.name}.act" if last.activation is not None else last.bn.name)
+
+
+def _check_padding(model: ir.Model) -> None:
+    """The generated conv_bn_act uses Keras' "same" at stride 1: the IR must pad (k - 1) // 2 there."""
+    for layer in model.layers:
+        if layer.kind in ("conv", "depthwise_conv") and layer.stride == 1 and layer.padding != (layer.kernel - 1) // 2:
+            raise ValueError(f"{layer.name}: the keras backend cannot pad {layer.padding!r} at stride 1")
 
 
 def model_context(model: ir.Model) -> dict[str, object]:
     """Everything ``model.py.j2`` prints, computed once from the IR."""
-    header = header_context(model)
-    stem, head = model.stem, model.head.conv
-    stage_outputs = (f"{keras_name(stem.name)}_act",) + tuple(
+    check_activations(model, ACTIVATIONS, "keras")
+    _check_padding(model)
+    stage_outputs = (ir.flat_name(f"{model.stem.name}.act"),) + tuple(
         block_output_layer(stage.blocks[-1]) for stage in model.stages
     )
     return {
-        **header,
-        "activation": keras_activation(stem.activation),
-        "bn_momentum": model.batch_norm.momentum,
-        "bn_epsilon": model.batch_norm.eps,
-        "stages": stage_rows(model, name=keras_name, activation=keras_activation),
+        **header_context(model),
+        "activations": ACTIVATIONS,
         "stage_outputs": stage_outputs,
-        "features_output": f"{keras_name(head.name)}_act",
+        "features_output": ir.flat_name(f"{model.head.conv.name}.act"),
     }

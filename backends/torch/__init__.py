@@ -9,7 +9,7 @@ from effspec import ir
 from effspec.registry import Backend, register_backend
 from effspec.render import environment
 
-from .context import BLOCK_MACROS, model_context
+from .context import model_context
 from .train_context import train_context
 
 TEMPLATE_DIR = Path(__file__).parent / "templates"
@@ -24,7 +24,6 @@ def emit(model: ir.Model) -> Mapping[str, str]:
         **model_context(model),
         "train": train_context(model),  # train.py.j2 reads only this
         "model": model,
-        "block_macros": BACKEND.block_macros,
     }
     return {name: env.get_template(template).render(**context) for name, template in TEMPLATES.items()}
 
@@ -34,6 +33,5 @@ BACKEND = register_backend(
         name="torch",
         description="PyTorch nn.Module (torch only; TF-SAME padding, BN folding, scriptable and exportable)",
         emit=emit,
-        block_macros=dict(BLOCK_MACROS),  # block kind -> macro in templates/_blocks.py.j2
     )
 )

@@ -18,7 +18,7 @@ from effspec.errors import UsageError  # noqa: E402
 
 def build(module: ModuleType) -> keras.Model:
     """The generated model with dropout and drop-path off (so train steps are deterministic)."""
-    return module.build_model(drop_rate=0.0, drop_path_rate=0.0)
+    return module.build_model(dropout=0.0, drop_path_rate=0.0)
 
 
 def nhwc(images: np.ndarray) -> np.ndarray:

@@ -23,7 +23,7 @@ def build_seeded(module: ModuleType, seed: int, calibration: np.ndarray) -> nn.M
     through deep stacks instead of growing or vanishing geometrically.
     """
     torch.manual_seed(seed)
-    net = module.build_model(drop_rate=0.0, drop_path_rate=0.0)
+    net = module.build_model(dropout=0.0, drop_path_rate=0.0)
     generator = torch.Generator().manual_seed(seed + 1)
 
     def uniform(like: torch.Tensor, low: float, high: float) -> torch.Tensor:
@@ -42,7 +42,7 @@ def build_seeded(module: ModuleType, seed: int, calibration: np.ndarray) -> nn.M
 
 def build_loaded(module: ModuleType, state: dict[str, np.ndarray]) -> nn.Module:
     """The generated model with the user's weights, dropout and drop-path off, in eval mode."""
-    net = module.build_model(drop_rate=0.0, drop_path_rate=0.0)
+    net = module.build_model(dropout=0.0, drop_path_rate=0.0)
     net.load_state_dict({name: torch.from_numpy(np.array(array)) for name, array in state.items()})
     return net.eval()
 

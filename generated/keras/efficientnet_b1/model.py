@@ -26,17 +26,24 @@ INPUT_CHANNELS = 3
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 NUM_CLASSES = 1000
-DROP_RATE = 0.2  # dropout before the classifier
+DROPOUT = 0.2  # before the classifier
 DROP_PATH_RATE = 0.2  # stochastic depth: block i of N gets rate * i / N
-ACTIVATION = "silu"
-PADDING = "same"  # "same": TensorFlow SAME; "symmetric": (k - 1) // 2 per side
-BN_MOMENTUM = 0.99  # running-average decay (Keras convention)
-BN_EPSILON = 0.001
-STEM_CHANNELS = 32
-STEM_KERNEL = 3
-STEM_STRIDE = 2
-HEAD_CHANNELS = 1280
+PADDING = "same"  # the spec's mode; each conv below carries its resolved padding
+BN_EPS = 0.001
+BN_MOMENTUM = 0.99  # running-average decay, as the spec states it
 PARAMS = 7794184  # trainable parameters with NUM_CLASSES classes
+MACS = 686802832  # conv and linear multiply-accumulates at RESOLUTION
+
+# Activation names as the spec spells them -> Keras activation identifiers.
+ACTIVATIONS = {
+    "swish": "silu",
+    "silu": "silu",
+    "relu": "relu",
+    "relu6": "relu6",
+    "gelu": "gelu",
+    "hard_swish": "hard_silu",
+    "sigmoid": "sigmoid",
+}
 
 # The layers whose outputs are the stem's and each stage's output, in order.
 STAGE_OUTPUTS = (
@@ -53,67 +60,271 @@ FEATURES_OUTPUT = "head_act"  # pre-pooling features (head conv-bn-act)
 
 
 @dataclass(frozen=True)
-class BlockConfig:
-    """One MBConv or Fused-MBConv block, fully resolved by the compiler."""
+class ConvBnActConfig:
+    """conv (no bias) -> batch norm -> activation, resolved by the compiler."""
 
-    kind: str  # "mbconv" or "fused_mbconv"
     in_channels: int
     out_channels: int
-    expansion: int
     kernel: int
     stride: int
-    se_channels: int  # squeeze width; 0 means no squeeze-and-excitation
+    groups: int  # 1 for a dense conv, the channel count for a depthwise one
+    depthwise: bool  # one filter per channel (groups == channels)
+    padding: int | str  # pixels per side, or "same": TensorFlow SAME per input size
+    activation: str | None  # a key of ACTIVATIONS; None is linear
+
+
+@dataclass(frozen=True)
+class SqueezeExciteConfig:
+    """Global average pool -> reduce (1x1 conv) -> activation -> expand -> gate."""
+
+    channels: int  # the gated channels
+    se_channels: int  # the squeeze width
     activation: str
-    drop_path_rate: float  # stochastic depth, training only
-
-    @property
-    def mid_channels(self) -> int:
-        return self.in_channels * self.expansion
-
-    @property
-    def residual(self) -> bool:
-        return self.stride == 1 and self.in_channels == self.out_channels
+    gate: str  # a key of ACTIVATIONS
 
 
-# One tuple per stage, one BlockConfig per block; block j of stage i is blocks_i_j.
+@dataclass(frozen=True)
+class BlockConfig:
+    """One MBConv or Fused-MBConv block: its parts run in the order expand ->
+    depthwise -> se -> project (None: absent), then the residual add."""
+
+    kind: str  # "mbconv" or "fused_mbconv"
+    expand: ConvBnActConfig | None
+    depthwise: ConvBnActConfig | None
+    se: SqueezeExciteConfig | None
+    project: ConvBnActConfig | None
+    residual: bool  # add the block's input to its output
+    drop_path_rate: float  # stochastic depth of the residual branch, training only
+
+
+# The compiler decided every number below: widths, strides, padding, residuals, rates.
+# One line per part, one BlockConfig per block, one tuple per stage (blocks.i.j is
+# block j of stage i).
+# ruff: noqa: E501
 # fmt: off
+STEM = ConvBnActConfig(3, 32, kernel=3, stride=2, groups=1, depthwise=False, padding="same", activation="swish")
+HEAD = ConvBnActConfig(320, 1280, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish")
 STAGES = (
-    (  # stage 0: 2 x mbconv -> 16 channels at 120x120
-        BlockConfig(kind="mbconv", in_channels=32, out_channels=16, expansion=1, kernel=3, stride=1, se_channels=8, activation="silu", drop_path_rate=0.0),  # blocks_0_0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=16, out_channels=16, expansion=1, kernel=3, stride=1, se_channels=4, activation="silu", drop_path_rate=0.008695652174),  # blocks_0_1  # noqa: E501
+    (  # blocks.0: 2 x mbconv -> 16 channels at 120x120
+        BlockConfig(  # blocks.0.0
+            kind="mbconv",
+            expand=None,
+            depthwise=ConvBnActConfig(32, 32, kernel=3, stride=1, groups=32, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(32, 8, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(32, 16, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=False,
+            drop_path_rate=0.0,
+        ),
+        BlockConfig(  # blocks.0.1
+            kind="mbconv",
+            expand=None,
+            depthwise=ConvBnActConfig(16, 16, kernel=3, stride=1, groups=16, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(16, 4, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(16, 16, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.008695652174,
+        ),
     ),
-    (  # stage 1: 3 x mbconv -> 24 channels at 60x60
-        BlockConfig(kind="mbconv", in_channels=16, out_channels=24, expansion=6, kernel=3, stride=2, se_channels=4, activation="silu", drop_path_rate=0.017391304348),  # blocks_1_0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=24, out_channels=24, expansion=6, kernel=3, stride=1, se_channels=6, activation="silu", drop_path_rate=0.026086956522),  # blocks_1_1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=24, out_channels=24, expansion=6, kernel=3, stride=1, se_channels=6, activation="silu", drop_path_rate=0.034782608696),  # blocks_1_2  # noqa: E501
+    (  # blocks.1: 3 x mbconv -> 24 channels at 60x60
+        BlockConfig(  # blocks.1.0
+            kind="mbconv",
+            expand=ConvBnActConfig(16, 96, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(96, 96, kernel=3, stride=2, groups=96, depthwise=True, padding="same", activation="swish"),
+            se=SqueezeExciteConfig(96, 4, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(96, 24, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=False,
+            drop_path_rate=0.017391304348,
+        ),
+        BlockConfig(  # blocks.1.1
+            kind="mbconv",
+            expand=ConvBnActConfig(24, 144, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(144, 144, kernel=3, stride=1, groups=144, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(144, 6, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(144, 24, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.026086956522,
+        ),
+        BlockConfig(  # blocks.1.2
+            kind="mbconv",
+            expand=ConvBnActConfig(24, 144, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(144, 144, kernel=3, stride=1, groups=144, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(144, 6, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(144, 24, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.034782608696,
+        ),
     ),
-    (  # stage 2: 3 x mbconv -> 40 channels at 30x30
-        BlockConfig(kind="mbconv", in_channels=24, out_channels=40, expansion=6, kernel=5, stride=2, se_channels=6, activation="silu", drop_path_rate=0.04347826087),  # blocks_2_0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=40, out_channels=40, expansion=6, kernel=5, stride=1, se_channels=10, activation="silu", drop_path_rate=0.052173913043),  # blocks_2_1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=40, out_channels=40, expansion=6, kernel=5, stride=1, se_channels=10, activation="silu", drop_path_rate=0.060869565217),  # blocks_2_2  # noqa: E501
+    (  # blocks.2: 3 x mbconv -> 40 channels at 30x30
+        BlockConfig(  # blocks.2.0
+            kind="mbconv",
+            expand=ConvBnActConfig(24, 144, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(144, 144, kernel=5, stride=2, groups=144, depthwise=True, padding="same", activation="swish"),
+            se=SqueezeExciteConfig(144, 6, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(144, 40, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=False,
+            drop_path_rate=0.04347826087,
+        ),
+        BlockConfig(  # blocks.2.1
+            kind="mbconv",
+            expand=ConvBnActConfig(40, 240, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(240, 240, kernel=5, stride=1, groups=240, depthwise=True, padding=2, activation="swish"),
+            se=SqueezeExciteConfig(240, 10, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(240, 40, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.052173913043,
+        ),
+        BlockConfig(  # blocks.2.2
+            kind="mbconv",
+            expand=ConvBnActConfig(40, 240, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(240, 240, kernel=5, stride=1, groups=240, depthwise=True, padding=2, activation="swish"),
+            se=SqueezeExciteConfig(240, 10, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(240, 40, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.060869565217,
+        ),
     ),
-    (  # stage 3: 4 x mbconv -> 80 channels at 15x15
-        BlockConfig(kind="mbconv", in_channels=40, out_channels=80, expansion=6, kernel=3, stride=2, se_channels=10, activation="silu", drop_path_rate=0.069565217391),  # blocks_3_0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=80, out_channels=80, expansion=6, kernel=3, stride=1, se_channels=20, activation="silu", drop_path_rate=0.078260869565),  # blocks_3_1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=80, out_channels=80, expansion=6, kernel=3, stride=1, se_channels=20, activation="silu", drop_path_rate=0.086956521739),  # blocks_3_2  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=80, out_channels=80, expansion=6, kernel=3, stride=1, se_channels=20, activation="silu", drop_path_rate=0.095652173913),  # blocks_3_3  # noqa: E501
+    (  # blocks.3: 4 x mbconv -> 80 channels at 15x15
+        BlockConfig(  # blocks.3.0
+            kind="mbconv",
+            expand=ConvBnActConfig(40, 240, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(240, 240, kernel=3, stride=2, groups=240, depthwise=True, padding="same", activation="swish"),
+            se=SqueezeExciteConfig(240, 10, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(240, 80, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=False,
+            drop_path_rate=0.069565217391,
+        ),
+        BlockConfig(  # blocks.3.1
+            kind="mbconv",
+            expand=ConvBnActConfig(80, 480, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(480, 480, kernel=3, stride=1, groups=480, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(480, 20, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(480, 80, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.078260869565,
+        ),
+        BlockConfig(  # blocks.3.2
+            kind="mbconv",
+            expand=ConvBnActConfig(80, 480, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(480, 480, kernel=3, stride=1, groups=480, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(480, 20, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(480, 80, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.086956521739,
+        ),
+        BlockConfig(  # blocks.3.3
+            kind="mbconv",
+            expand=ConvBnActConfig(80, 480, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(480, 480, kernel=3, stride=1, groups=480, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(480, 20, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(480, 80, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.095652173913,
+        ),
     ),
-    (  # stage 4: 4 x mbconv -> 112 channels at 15x15
-        BlockConfig(kind="mbconv", in_channels=80, out_channels=112, expansion=6, kernel=5, stride=1, se_channels=20, activation="silu", drop_path_rate=0.104347826087),  # blocks_4_0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=112, out_channels=112, expansion=6, kernel=5, stride=1, se_channels=28, activation="silu", drop_path_rate=0.113043478261),  # blocks_4_1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=112, out_channels=112, expansion=6, kernel=5, stride=1, se_channels=28, activation="silu", drop_path_rate=0.121739130435),  # blocks_4_2  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=112, out_channels=112, expansion=6, kernel=5, stride=1, se_channels=28, activation="silu", drop_path_rate=0.130434782609),  # blocks_4_3  # noqa: E501
+    (  # blocks.4: 4 x mbconv -> 112 channels at 15x15
+        BlockConfig(  # blocks.4.0
+            kind="mbconv",
+            expand=ConvBnActConfig(80, 480, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(480, 480, kernel=5, stride=1, groups=480, depthwise=True, padding=2, activation="swish"),
+            se=SqueezeExciteConfig(480, 20, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(480, 112, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=False,
+            drop_path_rate=0.104347826087,
+        ),
+        BlockConfig(  # blocks.4.1
+            kind="mbconv",
+            expand=ConvBnActConfig(112, 672, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(672, 672, kernel=5, stride=1, groups=672, depthwise=True, padding=2, activation="swish"),
+            se=SqueezeExciteConfig(672, 28, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(672, 112, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.113043478261,
+        ),
+        BlockConfig(  # blocks.4.2
+            kind="mbconv",
+            expand=ConvBnActConfig(112, 672, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(672, 672, kernel=5, stride=1, groups=672, depthwise=True, padding=2, activation="swish"),
+            se=SqueezeExciteConfig(672, 28, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(672, 112, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.121739130435,
+        ),
+        BlockConfig(  # blocks.4.3
+            kind="mbconv",
+            expand=ConvBnActConfig(112, 672, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(672, 672, kernel=5, stride=1, groups=672, depthwise=True, padding=2, activation="swish"),
+            se=SqueezeExciteConfig(672, 28, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(672, 112, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.130434782609,
+        ),
     ),
-    (  # stage 5: 5 x mbconv -> 192 channels at 8x8
-        BlockConfig(kind="mbconv", in_channels=112, out_channels=192, expansion=6, kernel=5, stride=2, se_channels=28, activation="silu", drop_path_rate=0.139130434783),  # blocks_5_0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=6, kernel=5, stride=1, se_channels=48, activation="silu", drop_path_rate=0.147826086957),  # blocks_5_1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=6, kernel=5, stride=1, se_channels=48, activation="silu", drop_path_rate=0.15652173913),  # blocks_5_2  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=6, kernel=5, stride=1, se_channels=48, activation="silu", drop_path_rate=0.165217391304),  # blocks_5_3  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=6, kernel=5, stride=1, se_channels=48, activation="silu", drop_path_rate=0.173913043478),  # blocks_5_4  # noqa: E501
+    (  # blocks.5: 5 x mbconv -> 192 channels at 8x8
+        BlockConfig(  # blocks.5.0
+            kind="mbconv",
+            expand=ConvBnActConfig(112, 672, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(672, 672, kernel=5, stride=2, groups=672, depthwise=True, padding="same", activation="swish"),
+            se=SqueezeExciteConfig(672, 28, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(672, 192, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=False,
+            drop_path_rate=0.139130434783,
+        ),
+        BlockConfig(  # blocks.5.1
+            kind="mbconv",
+            expand=ConvBnActConfig(192, 1152, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1152, 1152, kernel=5, stride=1, groups=1152, depthwise=True, padding=2, activation="swish"),
+            se=SqueezeExciteConfig(1152, 48, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1152, 192, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.147826086957,
+        ),
+        BlockConfig(  # blocks.5.2
+            kind="mbconv",
+            expand=ConvBnActConfig(192, 1152, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1152, 1152, kernel=5, stride=1, groups=1152, depthwise=True, padding=2, activation="swish"),
+            se=SqueezeExciteConfig(1152, 48, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1152, 192, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.15652173913,
+        ),
+        BlockConfig(  # blocks.5.3
+            kind="mbconv",
+            expand=ConvBnActConfig(192, 1152, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1152, 1152, kernel=5, stride=1, groups=1152, depthwise=True, padding=2, activation="swish"),
+            se=SqueezeExciteConfig(1152, 48, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1152, 192, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.165217391304,
+        ),
+        BlockConfig(  # blocks.5.4
+            kind="mbconv",
+            expand=ConvBnActConfig(192, 1152, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1152, 1152, kernel=5, stride=1, groups=1152, depthwise=True, padding=2, activation="swish"),
+            se=SqueezeExciteConfig(1152, 48, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1152, 192, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.173913043478,
+        ),
     ),
-    (  # stage 6: 2 x mbconv -> 320 channels at 8x8
-        BlockConfig(kind="mbconv", in_channels=192, out_channels=320, expansion=6, kernel=3, stride=1, se_channels=48, activation="silu", drop_path_rate=0.182608695652),  # blocks_6_0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=320, out_channels=320, expansion=6, kernel=3, stride=1, se_channels=80, activation="silu", drop_path_rate=0.191304347826),  # blocks_6_1  # noqa: E501
+    (  # blocks.6: 2 x mbconv -> 320 channels at 8x8
+        BlockConfig(  # blocks.6.0
+            kind="mbconv",
+            expand=ConvBnActConfig(192, 1152, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1152, 1152, kernel=3, stride=1, groups=1152, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(1152, 48, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1152, 320, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=False,
+            drop_path_rate=0.182608695652,
+        ),
+        BlockConfig(  # blocks.6.1
+            kind="mbconv",
+            expand=ConvBnActConfig(320, 1920, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1920, 1920, kernel=3, stride=1, groups=1920, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(1920, 80, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1920, 320, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.191304347826,
+        ),
     ),
 )
 # fmt: on
@@ -137,23 +348,21 @@ def dense_kernel_initializer() -> keras.initializers.Initializer:
 
 
 def conv_bn_act(
-    x: keras.KerasTensor,
-    filters: int,
-    kernel: int,
-    stride: int,
-    activation: str | None,
-    name: str,
-    depthwise: bool = False,
+    x: keras.KerasTensor, config: ConvBnActConfig, name: str
 ) -> keras.KerasTensor:
     """Conv (or depthwise conv) -> batch norm -> activation: {name}_conv, _bn, _act."""
+    # Keras' "same" is TensorFlow SAME; at stride 1 it pads (k - 1) // 2 per side, which
+    # is what the compiler gives every stride-1 conv. A fixed padding on a strided conv
+    # is an explicit zero padding.
     padding = "same"
-    if PADDING == "symmetric" and kernel > 1:
-        x = layers.ZeroPadding2D((kernel - 1) // 2, name=f"{name}_pad")(x)
+    if config.padding != "same" and config.stride != 1:
         padding = "valid"
-    if depthwise:
+        if config.padding:
+            x = layers.ZeroPadding2D(config.padding, name=f"{name}_pad")(x)
+    if config.depthwise:
         x = layers.DepthwiseConv2D(
-            kernel,
-            stride,
+            config.kernel,
+            config.stride,
             padding=padding,
             use_bias=False,
             depthwise_initializer=conv_kernel_initializer(),
@@ -161,53 +370,60 @@ def conv_bn_act(
         )(x)
     else:
         x = layers.Conv2D(
-            filters,
-            kernel,
-            stride,
+            config.out_channels,
+            config.kernel,
+            config.stride,
             padding=padding,
+            groups=config.groups,
             use_bias=False,
             kernel_initializer=conv_kernel_initializer(),
             name=f"{name}_conv",
         )(x)
     x = layers.BatchNormalization(
-        momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=f"{name}_bn"
+        momentum=BN_MOMENTUM, epsilon=BN_EPS, name=f"{name}_bn"
     )(x)
-    if activation is not None:
-        x = layers.Activation(activation, name=f"{name}_act")(x)
+    if config.activation is not None:
+        x = layers.Activation(ACTIVATIONS[config.activation], name=f"{name}_act")(x)
     return x
 
 
 def squeeze_excite(
-    x: keras.KerasTensor, se_channels: int, activation: str, name: str
+    x: keras.KerasTensor, config: SqueezeExciteConfig, name: str
 ) -> keras.KerasTensor:
-    """Gate channels by a sigmoid of their global average: pool -> reduce -> expand."""
-    channels = x.shape[-1]
-    gate = layers.GlobalAveragePooling2D(keepdims=True, name=f"{name}_pool")(x)
-    gate = layers.Conv2D(
-        se_channels,
+    """Gate channels by a function of their global average: pool -> reduce -> expand."""
+    scale = layers.GlobalAveragePooling2D(keepdims=True, name=f"{name}_pool")(x)
+    scale = layers.Conv2D(
+        config.se_channels,
         1,
-        activation=activation,
+        activation=ACTIVATIONS[config.activation],
         kernel_initializer=conv_kernel_initializer(),
         name=f"{name}_reduce",
-    )(gate)
-    gate = layers.Conv2D(
-        channels,
+    )(scale)
+    scale = layers.Conv2D(
+        config.channels,
         1,
-        activation="sigmoid",
+        activation=ACTIVATIONS[config.gate],
         kernel_initializer=conv_kernel_initializer(),
         name=f"{name}_expand",
-    )(gate)
-    return layers.Multiply(name=f"{name}_scale")([x, gate])
+    )(scale)
+    return layers.Multiply(name=f"{name}_scale")([x, scale])
 
 
-def residual(
-    x: keras.KerasTensor,
-    shortcut: keras.KerasTensor,
-    config: BlockConfig,
-    drop_path_rate: float,
-    name: str,
+def block(
+    x: keras.KerasTensor, config: BlockConfig, drop_path_rate: float, name: str
 ) -> keras.KerasTensor:
-    """Add the shortcut when shapes allow; drop the branch per sample while training."""
+    """MBConv (1x1 expand -> k x k depthwise) or Fused-MBConv (one k x k expand conv),
+    then squeeze-excite and the 1x1 linear projection; parts the config leaves None
+    are absent. The residual branch is dropped per sample while training."""
+    shortcut = x
+    if config.expand is not None:
+        x = conv_bn_act(x, config.expand, name=f"{name}_expand")
+    if config.depthwise is not None:
+        x = conv_bn_act(x, config.depthwise, name=f"{name}_depthwise")
+    if config.se is not None:
+        x = squeeze_excite(x, config.se, name=f"{name}_se")
+    if config.project is not None:
+        x = conv_bn_act(x, config.project, name=f"{name}_project")
     if not config.residual:
         return x
     if drop_path_rate > 0:
@@ -218,42 +434,9 @@ def residual(
     return layers.Add(name=f"{name}_add")([x, shortcut])
 
 
-def mbconv_block(
-    x: keras.KerasTensor, config: BlockConfig, drop_path_rate: float, name: str
-) -> keras.KerasTensor:
-    """MBConv: 1x1 expansion -> k x k depthwise -> squeeze-excite -> 1x1 projection."""
-    shortcut = x
-    # Point-wise expansion (absent when expansion is 1)
-    if config.expansion != 1:
-        x = conv_bn_act(
-            x, config.mid_channels, 1, 1, config.activation, name=f"{name}_expand"
-        )
-    # Depth-wise convolution; the stride sits here
-    x = conv_bn_act(
-        x,
-        config.mid_channels,
-        config.kernel,
-        config.stride,
-        config.activation,
-        name=f"{name}_depthwise",
-        depthwise=True,
-    )
-    # Squeeze-and-excitation
-    if config.se_channels:
-        x = squeeze_excite(x, config.se_channels, config.activation, name=f"{name}_se")
-    # Point-wise linear projection
-    x = conv_bn_act(x, config.out_channels, 1, 1, None, name=f"{name}_project")
-    return residual(x, shortcut, config, drop_path_rate, name)
-
-
-BLOCK_BUILDERS = {
-    "mbconv": mbconv_block,
-}
-
-
 def build_model(
     num_classes: int = NUM_CLASSES,
-    drop_rate: float | None = None,
+    dropout: float | None = None,
     drop_path_rate: float | None = None,
     include_preprocessing: bool = False,
     input_shape: tuple[int | None, int | None, int] | None = None,
@@ -262,14 +445,14 @@ def build_model(
 
     Args:
         num_classes: classifier outputs.
-        drop_rate: dropout before the classifier; None keeps DROP_RATE.
+        dropout: dropout before the classifier; None keeps DROPOUT.
         drop_path_rate: stochastic-depth base rate (block i of N gets rate * i / N);
             None keeps the spec's per-block rates.
         include_preprocessing: normalize with MEAN/STD inside the model, so it takes
             raw 0..1 pixels.
         input_shape: (height, width, channels); None accepts any spatial size.
     """
-    drop_rate = DROP_RATE if drop_rate is None else drop_rate
+    dropout = DROPOUT if dropout is None else dropout
     if input_shape is None:
         input_shape = (None, None, INPUT_CHANNELS)
     inputs = keras.Input(shape=input_shape, name="image")
@@ -278,7 +461,7 @@ def build_model(
         x = layers.Normalization(
             mean=MEAN, variance=[s * s for s in STD], name="preprocessing"
         )(x)
-    x = conv_bn_act(x, STEM_CHANNELS, STEM_KERNEL, STEM_STRIDE, ACTIVATION, name="stem")
+    x = conv_bn_act(x, STEM, name="stem")
     num_blocks = sum(len(stage) for stage in STAGES)
     block_index = 0
     for stage_index, stage in enumerate(STAGES):
@@ -286,13 +469,12 @@ def build_model(
             rate = config.drop_path_rate
             if drop_path_rate is not None:
                 rate = drop_path_rate * block_index / num_blocks
-            build_block = BLOCK_BUILDERS[config.kind]
-            x = build_block(x, config, rate, name=f"blocks_{stage_index}_{index}")
+            x = block(x, config, rate, name=f"blocks_{stage_index}_{index}")
             block_index += 1
-    x = conv_bn_act(x, HEAD_CHANNELS, 1, 1, ACTIVATION, name="head")
+    x = conv_bn_act(x, HEAD, name="head")
     x = layers.GlobalAveragePooling2D(name="head_pool")(x)
-    if drop_rate > 0:
-        x = layers.Dropout(drop_rate, name="head_dropout")(x)
+    if dropout > 0:
+        x = layers.Dropout(dropout, name="head_dropout")(x)
     outputs = layers.Dense(
         num_classes,
         kernel_initializer=dense_kernel_initializer(),

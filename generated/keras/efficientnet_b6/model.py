@@ -26,17 +26,24 @@ INPUT_CHANNELS = 3
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 NUM_CLASSES = 1000
-DROP_RATE = 0.5  # dropout before the classifier
+DROPOUT = 0.5  # before the classifier
 DROP_PATH_RATE = 0.2  # stochastic depth: block i of N gets rate * i / N
-ACTIVATION = "silu"
-PADDING = "same"  # "same": TensorFlow SAME; "symmetric": (k - 1) // 2 per side
-BN_MOMENTUM = 0.99  # running-average decay (Keras convention)
-BN_EPSILON = 0.001
-STEM_CHANNELS = 56
-STEM_KERNEL = 3
-STEM_STRIDE = 2
-HEAD_CHANNELS = 2304
+PADDING = "same"  # the spec's mode; each conv below carries its resolved padding
+BN_EPS = 0.001
+BN_MOMENTUM = 0.99  # running-average decay, as the spec states it
 PARAMS = 43040704  # trainable parameters with NUM_CLASSES classes
+MACS = 19067593536  # conv and linear multiply-accumulates at RESOLUTION
+
+# Activation names as the spec spells them -> Keras activation identifiers.
+ACTIVATIONS = {
+    "swish": "silu",
+    "silu": "silu",
+    "relu": "relu",
+    "relu6": "relu6",
+    "gelu": "gelu",
+    "hard_swish": "hard_silu",
+    "sigmoid": "sigmoid",
+}
 
 # The layers whose outputs are the stem's and each stage's output, in order.
 STAGE_OUTPUTS = (
@@ -53,89 +60,469 @@ FEATURES_OUTPUT = "head_act"  # pre-pooling features (head conv-bn-act)
 
 
 @dataclass(frozen=True)
-class BlockConfig:
-    """One MBConv or Fused-MBConv block, fully resolved by the compiler."""
+class ConvBnActConfig:
+    """conv (no bias) -> batch norm -> activation, resolved by the compiler."""
 
-    kind: str  # "mbconv" or "fused_mbconv"
     in_channels: int
     out_channels: int
-    expansion: int
     kernel: int
     stride: int
-    se_channels: int  # squeeze width; 0 means no squeeze-and-excitation
+    groups: int  # 1 for a dense conv, the channel count for a depthwise one
+    depthwise: bool  # one filter per channel (groups == channels)
+    padding: int | str  # pixels per side, or "same": TensorFlow SAME per input size
+    activation: str | None  # a key of ACTIVATIONS; None is linear
+
+
+@dataclass(frozen=True)
+class SqueezeExciteConfig:
+    """Global average pool -> reduce (1x1 conv) -> activation -> expand -> gate."""
+
+    channels: int  # the gated channels
+    se_channels: int  # the squeeze width
     activation: str
-    drop_path_rate: float  # stochastic depth, training only
-
-    @property
-    def mid_channels(self) -> int:
-        return self.in_channels * self.expansion
-
-    @property
-    def residual(self) -> bool:
-        return self.stride == 1 and self.in_channels == self.out_channels
+    gate: str  # a key of ACTIVATIONS
 
 
-# One tuple per stage, one BlockConfig per block; block j of stage i is blocks_i_j.
+@dataclass(frozen=True)
+class BlockConfig:
+    """One MBConv or Fused-MBConv block: its parts run in the order expand ->
+    depthwise -> se -> project (None: absent), then the residual add."""
+
+    kind: str  # "mbconv" or "fused_mbconv"
+    expand: ConvBnActConfig | None
+    depthwise: ConvBnActConfig | None
+    se: SqueezeExciteConfig | None
+    project: ConvBnActConfig | None
+    residual: bool  # add the block's input to its output
+    drop_path_rate: float  # stochastic depth of the residual branch, training only
+
+
+# The compiler decided every number below: widths, strides, padding, residuals, rates.
+# One line per part, one BlockConfig per block, one tuple per stage (blocks.i.j is
+# block j of stage i).
+# ruff: noqa: E501
 # fmt: off
+STEM = ConvBnActConfig(3, 56, kernel=3, stride=2, groups=1, depthwise=False, padding="same", activation="swish")
+HEAD = ConvBnActConfig(576, 2304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish")
 STAGES = (
-    (  # stage 0: 3 x mbconv -> 32 channels at 264x264
-        BlockConfig(kind="mbconv", in_channels=56, out_channels=32, expansion=1, kernel=3, stride=1, se_channels=14, activation="silu", drop_path_rate=0.0),  # blocks_0_0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=32, out_channels=32, expansion=1, kernel=3, stride=1, se_channels=8, activation="silu", drop_path_rate=0.004444444444),  # blocks_0_1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=32, out_channels=32, expansion=1, kernel=3, stride=1, se_channels=8, activation="silu", drop_path_rate=0.008888888889),  # blocks_0_2  # noqa: E501
+    (  # blocks.0: 3 x mbconv -> 32 channels at 264x264
+        BlockConfig(  # blocks.0.0
+            kind="mbconv",
+            expand=None,
+            depthwise=ConvBnActConfig(56, 56, kernel=3, stride=1, groups=56, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(56, 14, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(56, 32, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=False,
+            drop_path_rate=0.0,
+        ),
+        BlockConfig(  # blocks.0.1
+            kind="mbconv",
+            expand=None,
+            depthwise=ConvBnActConfig(32, 32, kernel=3, stride=1, groups=32, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(32, 8, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(32, 32, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.004444444444,
+        ),
+        BlockConfig(  # blocks.0.2
+            kind="mbconv",
+            expand=None,
+            depthwise=ConvBnActConfig(32, 32, kernel=3, stride=1, groups=32, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(32, 8, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(32, 32, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.008888888889,
+        ),
     ),
-    (  # stage 1: 6 x mbconv -> 40 channels at 132x132
-        BlockConfig(kind="mbconv", in_channels=32, out_channels=40, expansion=6, kernel=3, stride=2, se_channels=8, activation="silu", drop_path_rate=0.013333333333),  # blocks_1_0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=40, out_channels=40, expansion=6, kernel=3, stride=1, se_channels=10, activation="silu", drop_path_rate=0.017777777778),  # blocks_1_1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=40, out_channels=40, expansion=6, kernel=3, stride=1, se_channels=10, activation="silu", drop_path_rate=0.022222222222),  # blocks_1_2  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=40, out_channels=40, expansion=6, kernel=3, stride=1, se_channels=10, activation="silu", drop_path_rate=0.026666666667),  # blocks_1_3  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=40, out_channels=40, expansion=6, kernel=3, stride=1, se_channels=10, activation="silu", drop_path_rate=0.031111111111),  # blocks_1_4  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=40, out_channels=40, expansion=6, kernel=3, stride=1, se_channels=10, activation="silu", drop_path_rate=0.035555555556),  # blocks_1_5  # noqa: E501
+    (  # blocks.1: 6 x mbconv -> 40 channels at 132x132
+        BlockConfig(  # blocks.1.0
+            kind="mbconv",
+            expand=ConvBnActConfig(32, 192, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(192, 192, kernel=3, stride=2, groups=192, depthwise=True, padding="same", activation="swish"),
+            se=SqueezeExciteConfig(192, 8, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(192, 40, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=False,
+            drop_path_rate=0.013333333333,
+        ),
+        BlockConfig(  # blocks.1.1
+            kind="mbconv",
+            expand=ConvBnActConfig(40, 240, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(240, 240, kernel=3, stride=1, groups=240, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(240, 10, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(240, 40, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.017777777778,
+        ),
+        BlockConfig(  # blocks.1.2
+            kind="mbconv",
+            expand=ConvBnActConfig(40, 240, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(240, 240, kernel=3, stride=1, groups=240, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(240, 10, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(240, 40, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.022222222222,
+        ),
+        BlockConfig(  # blocks.1.3
+            kind="mbconv",
+            expand=ConvBnActConfig(40, 240, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(240, 240, kernel=3, stride=1, groups=240, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(240, 10, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(240, 40, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.026666666667,
+        ),
+        BlockConfig(  # blocks.1.4
+            kind="mbconv",
+            expand=ConvBnActConfig(40, 240, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(240, 240, kernel=3, stride=1, groups=240, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(240, 10, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(240, 40, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.031111111111,
+        ),
+        BlockConfig(  # blocks.1.5
+            kind="mbconv",
+            expand=ConvBnActConfig(40, 240, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(240, 240, kernel=3, stride=1, groups=240, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(240, 10, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(240, 40, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.035555555556,
+        ),
     ),
-    (  # stage 2: 6 x mbconv -> 72 channels at 66x66
-        BlockConfig(kind="mbconv", in_channels=40, out_channels=72, expansion=6, kernel=5, stride=2, se_channels=10, activation="silu", drop_path_rate=0.04),  # blocks_2_0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=72, out_channels=72, expansion=6, kernel=5, stride=1, se_channels=18, activation="silu", drop_path_rate=0.044444444444),  # blocks_2_1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=72, out_channels=72, expansion=6, kernel=5, stride=1, se_channels=18, activation="silu", drop_path_rate=0.048888888889),  # blocks_2_2  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=72, out_channels=72, expansion=6, kernel=5, stride=1, se_channels=18, activation="silu", drop_path_rate=0.053333333333),  # blocks_2_3  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=72, out_channels=72, expansion=6, kernel=5, stride=1, se_channels=18, activation="silu", drop_path_rate=0.057777777778),  # blocks_2_4  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=72, out_channels=72, expansion=6, kernel=5, stride=1, se_channels=18, activation="silu", drop_path_rate=0.062222222222),  # blocks_2_5  # noqa: E501
+    (  # blocks.2: 6 x mbconv -> 72 channels at 66x66
+        BlockConfig(  # blocks.2.0
+            kind="mbconv",
+            expand=ConvBnActConfig(40, 240, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(240, 240, kernel=5, stride=2, groups=240, depthwise=True, padding="same", activation="swish"),
+            se=SqueezeExciteConfig(240, 10, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(240, 72, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=False,
+            drop_path_rate=0.04,
+        ),
+        BlockConfig(  # blocks.2.1
+            kind="mbconv",
+            expand=ConvBnActConfig(72, 432, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(432, 432, kernel=5, stride=1, groups=432, depthwise=True, padding=2, activation="swish"),
+            se=SqueezeExciteConfig(432, 18, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(432, 72, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.044444444444,
+        ),
+        BlockConfig(  # blocks.2.2
+            kind="mbconv",
+            expand=ConvBnActConfig(72, 432, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(432, 432, kernel=5, stride=1, groups=432, depthwise=True, padding=2, activation="swish"),
+            se=SqueezeExciteConfig(432, 18, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(432, 72, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.048888888889,
+        ),
+        BlockConfig(  # blocks.2.3
+            kind="mbconv",
+            expand=ConvBnActConfig(72, 432, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(432, 432, kernel=5, stride=1, groups=432, depthwise=True, padding=2, activation="swish"),
+            se=SqueezeExciteConfig(432, 18, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(432, 72, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.053333333333,
+        ),
+        BlockConfig(  # blocks.2.4
+            kind="mbconv",
+            expand=ConvBnActConfig(72, 432, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(432, 432, kernel=5, stride=1, groups=432, depthwise=True, padding=2, activation="swish"),
+            se=SqueezeExciteConfig(432, 18, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(432, 72, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.057777777778,
+        ),
+        BlockConfig(  # blocks.2.5
+            kind="mbconv",
+            expand=ConvBnActConfig(72, 432, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(432, 432, kernel=5, stride=1, groups=432, depthwise=True, padding=2, activation="swish"),
+            se=SqueezeExciteConfig(432, 18, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(432, 72, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.062222222222,
+        ),
     ),
-    (  # stage 3: 8 x mbconv -> 144 channels at 33x33
-        BlockConfig(kind="mbconv", in_channels=72, out_channels=144, expansion=6, kernel=3, stride=2, se_channels=18, activation="silu", drop_path_rate=0.066666666667),  # blocks_3_0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=144, out_channels=144, expansion=6, kernel=3, stride=1, se_channels=36, activation="silu", drop_path_rate=0.071111111111),  # blocks_3_1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=144, out_channels=144, expansion=6, kernel=3, stride=1, se_channels=36, activation="silu", drop_path_rate=0.075555555556),  # blocks_3_2  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=144, out_channels=144, expansion=6, kernel=3, stride=1, se_channels=36, activation="silu", drop_path_rate=0.08),  # blocks_3_3  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=144, out_channels=144, expansion=6, kernel=3, stride=1, se_channels=36, activation="silu", drop_path_rate=0.084444444444),  # blocks_3_4  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=144, out_channels=144, expansion=6, kernel=3, stride=1, se_channels=36, activation="silu", drop_path_rate=0.088888888889),  # blocks_3_5  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=144, out_channels=144, expansion=6, kernel=3, stride=1, se_channels=36, activation="silu", drop_path_rate=0.093333333333),  # blocks_3_6  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=144, out_channels=144, expansion=6, kernel=3, stride=1, se_channels=36, activation="silu", drop_path_rate=0.097777777778),  # blocks_3_7  # noqa: E501
+    (  # blocks.3: 8 x mbconv -> 144 channels at 33x33
+        BlockConfig(  # blocks.3.0
+            kind="mbconv",
+            expand=ConvBnActConfig(72, 432, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(432, 432, kernel=3, stride=2, groups=432, depthwise=True, padding="same", activation="swish"),
+            se=SqueezeExciteConfig(432, 18, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(432, 144, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=False,
+            drop_path_rate=0.066666666667,
+        ),
+        BlockConfig(  # blocks.3.1
+            kind="mbconv",
+            expand=ConvBnActConfig(144, 864, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(864, 864, kernel=3, stride=1, groups=864, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(864, 36, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(864, 144, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.071111111111,
+        ),
+        BlockConfig(  # blocks.3.2
+            kind="mbconv",
+            expand=ConvBnActConfig(144, 864, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(864, 864, kernel=3, stride=1, groups=864, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(864, 36, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(864, 144, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.075555555556,
+        ),
+        BlockConfig(  # blocks.3.3
+            kind="mbconv",
+            expand=ConvBnActConfig(144, 864, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(864, 864, kernel=3, stride=1, groups=864, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(864, 36, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(864, 144, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.08,
+        ),
+        BlockConfig(  # blocks.3.4
+            kind="mbconv",
+            expand=ConvBnActConfig(144, 864, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(864, 864, kernel=3, stride=1, groups=864, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(864, 36, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(864, 144, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.084444444444,
+        ),
+        BlockConfig(  # blocks.3.5
+            kind="mbconv",
+            expand=ConvBnActConfig(144, 864, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(864, 864, kernel=3, stride=1, groups=864, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(864, 36, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(864, 144, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.088888888889,
+        ),
+        BlockConfig(  # blocks.3.6
+            kind="mbconv",
+            expand=ConvBnActConfig(144, 864, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(864, 864, kernel=3, stride=1, groups=864, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(864, 36, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(864, 144, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.093333333333,
+        ),
+        BlockConfig(  # blocks.3.7
+            kind="mbconv",
+            expand=ConvBnActConfig(144, 864, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(864, 864, kernel=3, stride=1, groups=864, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(864, 36, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(864, 144, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.097777777778,
+        ),
     ),
-    (  # stage 4: 8 x mbconv -> 200 channels at 33x33
-        BlockConfig(kind="mbconv", in_channels=144, out_channels=200, expansion=6, kernel=5, stride=1, se_channels=36, activation="silu", drop_path_rate=0.102222222222),  # blocks_4_0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=200, out_channels=200, expansion=6, kernel=5, stride=1, se_channels=50, activation="silu", drop_path_rate=0.106666666667),  # blocks_4_1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=200, out_channels=200, expansion=6, kernel=5, stride=1, se_channels=50, activation="silu", drop_path_rate=0.111111111111),  # blocks_4_2  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=200, out_channels=200, expansion=6, kernel=5, stride=1, se_channels=50, activation="silu", drop_path_rate=0.115555555556),  # blocks_4_3  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=200, out_channels=200, expansion=6, kernel=5, stride=1, se_channels=50, activation="silu", drop_path_rate=0.12),  # blocks_4_4  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=200, out_channels=200, expansion=6, kernel=5, stride=1, se_channels=50, activation="silu", drop_path_rate=0.124444444444),  # blocks_4_5  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=200, out_channels=200, expansion=6, kernel=5, stride=1, se_channels=50, activation="silu", drop_path_rate=0.128888888889),  # blocks_4_6  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=200, out_channels=200, expansion=6, kernel=5, stride=1, se_channels=50, activation="silu", drop_path_rate=0.133333333333),  # blocks_4_7  # noqa: E501
+    (  # blocks.4: 8 x mbconv -> 200 channels at 33x33
+        BlockConfig(  # blocks.4.0
+            kind="mbconv",
+            expand=ConvBnActConfig(144, 864, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(864, 864, kernel=5, stride=1, groups=864, depthwise=True, padding=2, activation="swish"),
+            se=SqueezeExciteConfig(864, 36, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(864, 200, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=False,
+            drop_path_rate=0.102222222222,
+        ),
+        BlockConfig(  # blocks.4.1
+            kind="mbconv",
+            expand=ConvBnActConfig(200, 1200, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1200, 1200, kernel=5, stride=1, groups=1200, depthwise=True, padding=2, activation="swish"),
+            se=SqueezeExciteConfig(1200, 50, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1200, 200, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.106666666667,
+        ),
+        BlockConfig(  # blocks.4.2
+            kind="mbconv",
+            expand=ConvBnActConfig(200, 1200, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1200, 1200, kernel=5, stride=1, groups=1200, depthwise=True, padding=2, activation="swish"),
+            se=SqueezeExciteConfig(1200, 50, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1200, 200, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.111111111111,
+        ),
+        BlockConfig(  # blocks.4.3
+            kind="mbconv",
+            expand=ConvBnActConfig(200, 1200, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1200, 1200, kernel=5, stride=1, groups=1200, depthwise=True, padding=2, activation="swish"),
+            se=SqueezeExciteConfig(1200, 50, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1200, 200, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.115555555556,
+        ),
+        BlockConfig(  # blocks.4.4
+            kind="mbconv",
+            expand=ConvBnActConfig(200, 1200, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1200, 1200, kernel=5, stride=1, groups=1200, depthwise=True, padding=2, activation="swish"),
+            se=SqueezeExciteConfig(1200, 50, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1200, 200, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.12,
+        ),
+        BlockConfig(  # blocks.4.5
+            kind="mbconv",
+            expand=ConvBnActConfig(200, 1200, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1200, 1200, kernel=5, stride=1, groups=1200, depthwise=True, padding=2, activation="swish"),
+            se=SqueezeExciteConfig(1200, 50, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1200, 200, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.124444444444,
+        ),
+        BlockConfig(  # blocks.4.6
+            kind="mbconv",
+            expand=ConvBnActConfig(200, 1200, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1200, 1200, kernel=5, stride=1, groups=1200, depthwise=True, padding=2, activation="swish"),
+            se=SqueezeExciteConfig(1200, 50, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1200, 200, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.128888888889,
+        ),
+        BlockConfig(  # blocks.4.7
+            kind="mbconv",
+            expand=ConvBnActConfig(200, 1200, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1200, 1200, kernel=5, stride=1, groups=1200, depthwise=True, padding=2, activation="swish"),
+            se=SqueezeExciteConfig(1200, 50, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1200, 200, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.133333333333,
+        ),
     ),
-    (  # stage 5: 11 x mbconv -> 344 channels at 17x17
-        BlockConfig(kind="mbconv", in_channels=200, out_channels=344, expansion=6, kernel=5, stride=2, se_channels=50, activation="silu", drop_path_rate=0.137777777778),  # blocks_5_0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=344, out_channels=344, expansion=6, kernel=5, stride=1, se_channels=86, activation="silu", drop_path_rate=0.142222222222),  # blocks_5_1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=344, out_channels=344, expansion=6, kernel=5, stride=1, se_channels=86, activation="silu", drop_path_rate=0.146666666667),  # blocks_5_2  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=344, out_channels=344, expansion=6, kernel=5, stride=1, se_channels=86, activation="silu", drop_path_rate=0.151111111111),  # blocks_5_3  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=344, out_channels=344, expansion=6, kernel=5, stride=1, se_channels=86, activation="silu", drop_path_rate=0.155555555556),  # blocks_5_4  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=344, out_channels=344, expansion=6, kernel=5, stride=1, se_channels=86, activation="silu", drop_path_rate=0.16),  # blocks_5_5  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=344, out_channels=344, expansion=6, kernel=5, stride=1, se_channels=86, activation="silu", drop_path_rate=0.164444444444),  # blocks_5_6  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=344, out_channels=344, expansion=6, kernel=5, stride=1, se_channels=86, activation="silu", drop_path_rate=0.168888888889),  # blocks_5_7  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=344, out_channels=344, expansion=6, kernel=5, stride=1, se_channels=86, activation="silu", drop_path_rate=0.173333333333),  # blocks_5_8  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=344, out_channels=344, expansion=6, kernel=5, stride=1, se_channels=86, activation="silu", drop_path_rate=0.177777777778),  # blocks_5_9  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=344, out_channels=344, expansion=6, kernel=5, stride=1, se_channels=86, activation="silu", drop_path_rate=0.182222222222),  # blocks_5_10  # noqa: E501
+    (  # blocks.5: 11 x mbconv -> 344 channels at 17x17
+        BlockConfig(  # blocks.5.0
+            kind="mbconv",
+            expand=ConvBnActConfig(200, 1200, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1200, 1200, kernel=5, stride=2, groups=1200, depthwise=True, padding="same", activation="swish"),
+            se=SqueezeExciteConfig(1200, 50, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1200, 344, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=False,
+            drop_path_rate=0.137777777778,
+        ),
+        BlockConfig(  # blocks.5.1
+            kind="mbconv",
+            expand=ConvBnActConfig(344, 2064, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(2064, 2064, kernel=5, stride=1, groups=2064, depthwise=True, padding=2, activation="swish"),
+            se=SqueezeExciteConfig(2064, 86, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(2064, 344, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.142222222222,
+        ),
+        BlockConfig(  # blocks.5.2
+            kind="mbconv",
+            expand=ConvBnActConfig(344, 2064, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(2064, 2064, kernel=5, stride=1, groups=2064, depthwise=True, padding=2, activation="swish"),
+            se=SqueezeExciteConfig(2064, 86, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(2064, 344, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.146666666667,
+        ),
+        BlockConfig(  # blocks.5.3
+            kind="mbconv",
+            expand=ConvBnActConfig(344, 2064, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(2064, 2064, kernel=5, stride=1, groups=2064, depthwise=True, padding=2, activation="swish"),
+            se=SqueezeExciteConfig(2064, 86, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(2064, 344, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.151111111111,
+        ),
+        BlockConfig(  # blocks.5.4
+            kind="mbconv",
+            expand=ConvBnActConfig(344, 2064, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(2064, 2064, kernel=5, stride=1, groups=2064, depthwise=True, padding=2, activation="swish"),
+            se=SqueezeExciteConfig(2064, 86, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(2064, 344, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.155555555556,
+        ),
+        BlockConfig(  # blocks.5.5
+            kind="mbconv",
+            expand=ConvBnActConfig(344, 2064, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(2064, 2064, kernel=5, stride=1, groups=2064, depthwise=True, padding=2, activation="swish"),
+            se=SqueezeExciteConfig(2064, 86, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(2064, 344, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.16,
+        ),
+        BlockConfig(  # blocks.5.6
+            kind="mbconv",
+            expand=ConvBnActConfig(344, 2064, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(2064, 2064, kernel=5, stride=1, groups=2064, depthwise=True, padding=2, activation="swish"),
+            se=SqueezeExciteConfig(2064, 86, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(2064, 344, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.164444444444,
+        ),
+        BlockConfig(  # blocks.5.7
+            kind="mbconv",
+            expand=ConvBnActConfig(344, 2064, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(2064, 2064, kernel=5, stride=1, groups=2064, depthwise=True, padding=2, activation="swish"),
+            se=SqueezeExciteConfig(2064, 86, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(2064, 344, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.168888888889,
+        ),
+        BlockConfig(  # blocks.5.8
+            kind="mbconv",
+            expand=ConvBnActConfig(344, 2064, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(2064, 2064, kernel=5, stride=1, groups=2064, depthwise=True, padding=2, activation="swish"),
+            se=SqueezeExciteConfig(2064, 86, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(2064, 344, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.173333333333,
+        ),
+        BlockConfig(  # blocks.5.9
+            kind="mbconv",
+            expand=ConvBnActConfig(344, 2064, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(2064, 2064, kernel=5, stride=1, groups=2064, depthwise=True, padding=2, activation="swish"),
+            se=SqueezeExciteConfig(2064, 86, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(2064, 344, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.177777777778,
+        ),
+        BlockConfig(  # blocks.5.10
+            kind="mbconv",
+            expand=ConvBnActConfig(344, 2064, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(2064, 2064, kernel=5, stride=1, groups=2064, depthwise=True, padding=2, activation="swish"),
+            se=SqueezeExciteConfig(2064, 86, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(2064, 344, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.182222222222,
+        ),
     ),
-    (  # stage 6: 3 x mbconv -> 576 channels at 17x17
-        BlockConfig(kind="mbconv", in_channels=344, out_channels=576, expansion=6, kernel=3, stride=1, se_channels=86, activation="silu", drop_path_rate=0.186666666667),  # blocks_6_0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=576, out_channels=576, expansion=6, kernel=3, stride=1, se_channels=144, activation="silu", drop_path_rate=0.191111111111),  # blocks_6_1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=576, out_channels=576, expansion=6, kernel=3, stride=1, se_channels=144, activation="silu", drop_path_rate=0.195555555556),  # blocks_6_2  # noqa: E501
+    (  # blocks.6: 3 x mbconv -> 576 channels at 17x17
+        BlockConfig(  # blocks.6.0
+            kind="mbconv",
+            expand=ConvBnActConfig(344, 2064, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(2064, 2064, kernel=3, stride=1, groups=2064, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(2064, 86, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(2064, 576, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=False,
+            drop_path_rate=0.186666666667,
+        ),
+        BlockConfig(  # blocks.6.1
+            kind="mbconv",
+            expand=ConvBnActConfig(576, 3456, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(3456, 3456, kernel=3, stride=1, groups=3456, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(3456, 144, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(3456, 576, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.191111111111,
+        ),
+        BlockConfig(  # blocks.6.2
+            kind="mbconv",
+            expand=ConvBnActConfig(576, 3456, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(3456, 3456, kernel=3, stride=1, groups=3456, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(3456, 144, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(3456, 576, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.195555555556,
+        ),
     ),
 )
 # fmt: on
@@ -159,23 +546,21 @@ def dense_kernel_initializer() -> keras.initializers.Initializer:
 
 
 def conv_bn_act(
-    x: keras.KerasTensor,
-    filters: int,
-    kernel: int,
-    stride: int,
-    activation: str | None,
-    name: str,
-    depthwise: bool = False,
+    x: keras.KerasTensor, config: ConvBnActConfig, name: str
 ) -> keras.KerasTensor:
     """Conv (or depthwise conv) -> batch norm -> activation: {name}_conv, _bn, _act."""
+    # Keras' "same" is TensorFlow SAME; at stride 1 it pads (k - 1) // 2 per side, which
+    # is what the compiler gives every stride-1 conv. A fixed padding on a strided conv
+    # is an explicit zero padding.
     padding = "same"
-    if PADDING == "symmetric" and kernel > 1:
-        x = layers.ZeroPadding2D((kernel - 1) // 2, name=f"{name}_pad")(x)
+    if config.padding != "same" and config.stride != 1:
         padding = "valid"
-    if depthwise:
+        if config.padding:
+            x = layers.ZeroPadding2D(config.padding, name=f"{name}_pad")(x)
+    if config.depthwise:
         x = layers.DepthwiseConv2D(
-            kernel,
-            stride,
+            config.kernel,
+            config.stride,
             padding=padding,
             use_bias=False,
             depthwise_initializer=conv_kernel_initializer(),
@@ -183,53 +568,60 @@ def conv_bn_act(
         )(x)
     else:
         x = layers.Conv2D(
-            filters,
-            kernel,
-            stride,
+            config.out_channels,
+            config.kernel,
+            config.stride,
             padding=padding,
+            groups=config.groups,
             use_bias=False,
             kernel_initializer=conv_kernel_initializer(),
             name=f"{name}_conv",
         )(x)
     x = layers.BatchNormalization(
-        momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=f"{name}_bn"
+        momentum=BN_MOMENTUM, epsilon=BN_EPS, name=f"{name}_bn"
     )(x)
-    if activation is not None:
-        x = layers.Activation(activation, name=f"{name}_act")(x)
+    if config.activation is not None:
+        x = layers.Activation(ACTIVATIONS[config.activation], name=f"{name}_act")(x)
     return x
 
 
 def squeeze_excite(
-    x: keras.KerasTensor, se_channels: int, activation: str, name: str
+    x: keras.KerasTensor, config: SqueezeExciteConfig, name: str
 ) -> keras.KerasTensor:
-    """Gate channels by a sigmoid of their global average: pool -> reduce -> expand."""
-    channels = x.shape[-1]
-    gate = layers.GlobalAveragePooling2D(keepdims=True, name=f"{name}_pool")(x)
-    gate = layers.Conv2D(
-        se_channels,
+    """Gate channels by a function of their global average: pool -> reduce -> expand."""
+    scale = layers.GlobalAveragePooling2D(keepdims=True, name=f"{name}_pool")(x)
+    scale = layers.Conv2D(
+        config.se_channels,
         1,
-        activation=activation,
+        activation=ACTIVATIONS[config.activation],
         kernel_initializer=conv_kernel_initializer(),
         name=f"{name}_reduce",
-    )(gate)
-    gate = layers.Conv2D(
-        channels,
+    )(scale)
+    scale = layers.Conv2D(
+        config.channels,
         1,
-        activation="sigmoid",
+        activation=ACTIVATIONS[config.gate],
         kernel_initializer=conv_kernel_initializer(),
         name=f"{name}_expand",
-    )(gate)
-    return layers.Multiply(name=f"{name}_scale")([x, gate])
+    )(scale)
+    return layers.Multiply(name=f"{name}_scale")([x, scale])
 
 
-def residual(
-    x: keras.KerasTensor,
-    shortcut: keras.KerasTensor,
-    config: BlockConfig,
-    drop_path_rate: float,
-    name: str,
+def block(
+    x: keras.KerasTensor, config: BlockConfig, drop_path_rate: float, name: str
 ) -> keras.KerasTensor:
-    """Add the shortcut when shapes allow; drop the branch per sample while training."""
+    """MBConv (1x1 expand -> k x k depthwise) or Fused-MBConv (one k x k expand conv),
+    then squeeze-excite and the 1x1 linear projection; parts the config leaves None
+    are absent. The residual branch is dropped per sample while training."""
+    shortcut = x
+    if config.expand is not None:
+        x = conv_bn_act(x, config.expand, name=f"{name}_expand")
+    if config.depthwise is not None:
+        x = conv_bn_act(x, config.depthwise, name=f"{name}_depthwise")
+    if config.se is not None:
+        x = squeeze_excite(x, config.se, name=f"{name}_se")
+    if config.project is not None:
+        x = conv_bn_act(x, config.project, name=f"{name}_project")
     if not config.residual:
         return x
     if drop_path_rate > 0:
@@ -240,42 +632,9 @@ def residual(
     return layers.Add(name=f"{name}_add")([x, shortcut])
 
 
-def mbconv_block(
-    x: keras.KerasTensor, config: BlockConfig, drop_path_rate: float, name: str
-) -> keras.KerasTensor:
-    """MBConv: 1x1 expansion -> k x k depthwise -> squeeze-excite -> 1x1 projection."""
-    shortcut = x
-    # Point-wise expansion (absent when expansion is 1)
-    if config.expansion != 1:
-        x = conv_bn_act(
-            x, config.mid_channels, 1, 1, config.activation, name=f"{name}_expand"
-        )
-    # Depth-wise convolution; the stride sits here
-    x = conv_bn_act(
-        x,
-        config.mid_channels,
-        config.kernel,
-        config.stride,
-        config.activation,
-        name=f"{name}_depthwise",
-        depthwise=True,
-    )
-    # Squeeze-and-excitation
-    if config.se_channels:
-        x = squeeze_excite(x, config.se_channels, config.activation, name=f"{name}_se")
-    # Point-wise linear projection
-    x = conv_bn_act(x, config.out_channels, 1, 1, None, name=f"{name}_project")
-    return residual(x, shortcut, config, drop_path_rate, name)
-
-
-BLOCK_BUILDERS = {
-    "mbconv": mbconv_block,
-}
-
-
 def build_model(
     num_classes: int = NUM_CLASSES,
-    drop_rate: float | None = None,
+    dropout: float | None = None,
     drop_path_rate: float | None = None,
     include_preprocessing: bool = False,
     input_shape: tuple[int | None, int | None, int] | None = None,
@@ -284,14 +643,14 @@ def build_model(
 
     Args:
         num_classes: classifier outputs.
-        drop_rate: dropout before the classifier; None keeps DROP_RATE.
+        dropout: dropout before the classifier; None keeps DROPOUT.
         drop_path_rate: stochastic-depth base rate (block i of N gets rate * i / N);
             None keeps the spec's per-block rates.
         include_preprocessing: normalize with MEAN/STD inside the model, so it takes
             raw 0..1 pixels.
         input_shape: (height, width, channels); None accepts any spatial size.
     """
-    drop_rate = DROP_RATE if drop_rate is None else drop_rate
+    dropout = DROPOUT if dropout is None else dropout
     if input_shape is None:
         input_shape = (None, None, INPUT_CHANNELS)
     inputs = keras.Input(shape=input_shape, name="image")
@@ -300,7 +659,7 @@ def build_model(
         x = layers.Normalization(
             mean=MEAN, variance=[s * s for s in STD], name="preprocessing"
         )(x)
-    x = conv_bn_act(x, STEM_CHANNELS, STEM_KERNEL, STEM_STRIDE, ACTIVATION, name="stem")
+    x = conv_bn_act(x, STEM, name="stem")
     num_blocks = sum(len(stage) for stage in STAGES)
     block_index = 0
     for stage_index, stage in enumerate(STAGES):
@@ -308,13 +667,12 @@ def build_model(
             rate = config.drop_path_rate
             if drop_path_rate is not None:
                 rate = drop_path_rate * block_index / num_blocks
-            build_block = BLOCK_BUILDERS[config.kind]
-            x = build_block(x, config, rate, name=f"blocks_{stage_index}_{index}")
+            x = block(x, config, rate, name=f"blocks_{stage_index}_{index}")
             block_index += 1
-    x = conv_bn_act(x, HEAD_CHANNELS, 1, 1, ACTIVATION, name="head")
+    x = conv_bn_act(x, HEAD, name="head")
     x = layers.GlobalAveragePooling2D(name="head_pool")(x)
-    if drop_rate > 0:
-        x = layers.Dropout(drop_rate, name="head_dropout")(x)
+    if dropout > 0:
+        x = layers.Dropout(dropout, name="head_dropout")(x)
     outputs = layers.Dense(
         num_classes,
         kernel_initializer=dense_kernel_initializer(),

@@ -26,17 +26,24 @@ INPUT_CHANNELS = 3
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 NUM_CLASSES = 1000
-DROP_RATE = 0.5  # dropout before the classifier
+DROPOUT = 0.5  # before the classifier
 DROP_PATH_RATE = 0.2  # stochastic depth: block i of N gets rate * i / N
-ACTIVATION = "silu"
-PADDING = "same"  # "same": TensorFlow SAME; "symmetric": (k - 1) // 2 per side
-BN_MOMENTUM = 0.99  # running-average decay (Keras convention)
-BN_EPSILON = 0.001
-STEM_CHANNELS = 64
-STEM_KERNEL = 3
-STEM_STRIDE = 2
-HEAD_CHANNELS = 2560
+PADDING = "same"  # the spec's mode; each conv below carries its resolved padding
+BN_EPS = 0.001
+BN_MOMENTUM = 0.99  # running-average decay, as the spec states it
 PARAMS = 66347960  # trainable parameters with NUM_CLASSES classes
+MACS = 37745884192  # conv and linear multiply-accumulates at RESOLUTION
+
+# Activation names as the spec spells them -> Keras activation identifiers.
+ACTIVATIONS = {
+    "swish": "silu",
+    "silu": "silu",
+    "relu": "relu",
+    "relu6": "relu6",
+    "gelu": "gelu",
+    "hard_swish": "hard_silu",
+    "sigmoid": "sigmoid",
+}
 
 # The layers whose outputs are the stem's and each stage's output, in order.
 STAGE_OUTPUTS = (
@@ -53,99 +60,559 @@ FEATURES_OUTPUT = "head_act"  # pre-pooling features (head conv-bn-act)
 
 
 @dataclass(frozen=True)
-class BlockConfig:
-    """One MBConv or Fused-MBConv block, fully resolved by the compiler."""
+class ConvBnActConfig:
+    """conv (no bias) -> batch norm -> activation, resolved by the compiler."""
 
-    kind: str  # "mbconv" or "fused_mbconv"
     in_channels: int
     out_channels: int
-    expansion: int
     kernel: int
     stride: int
-    se_channels: int  # squeeze width; 0 means no squeeze-and-excitation
+    groups: int  # 1 for a dense conv, the channel count for a depthwise one
+    depthwise: bool  # one filter per channel (groups == channels)
+    padding: int | str  # pixels per side, or "same": TensorFlow SAME per input size
+    activation: str | None  # a key of ACTIVATIONS; None is linear
+
+
+@dataclass(frozen=True)
+class SqueezeExciteConfig:
+    """Global average pool -> reduce (1x1 conv) -> activation -> expand -> gate."""
+
+    channels: int  # the gated channels
+    se_channels: int  # the squeeze width
     activation: str
-    drop_path_rate: float  # stochastic depth, training only
-
-    @property
-    def mid_channels(self) -> int:
-        return self.in_channels * self.expansion
-
-    @property
-    def residual(self) -> bool:
-        return self.stride == 1 and self.in_channels == self.out_channels
+    gate: str  # a key of ACTIVATIONS
 
 
-# One tuple per stage, one BlockConfig per block; block j of stage i is blocks_i_j.
+@dataclass(frozen=True)
+class BlockConfig:
+    """One MBConv or Fused-MBConv block: its parts run in the order expand ->
+    depthwise -> se -> project (None: absent), then the residual add."""
+
+    kind: str  # "mbconv" or "fused_mbconv"
+    expand: ConvBnActConfig | None
+    depthwise: ConvBnActConfig | None
+    se: SqueezeExciteConfig | None
+    project: ConvBnActConfig | None
+    residual: bool  # add the block's input to its output
+    drop_path_rate: float  # stochastic depth of the residual branch, training only
+
+
+# The compiler decided every number below: widths, strides, padding, residuals, rates.
+# One line per part, one BlockConfig per block, one tuple per stage (blocks.i.j is
+# block j of stage i).
+# ruff: noqa: E501
 # fmt: off
+STEM = ConvBnActConfig(3, 64, kernel=3, stride=2, groups=1, depthwise=False, padding="same", activation="swish")
+HEAD = ConvBnActConfig(640, 2560, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish")
 STAGES = (
-    (  # stage 0: 4 x mbconv -> 32 channels at 300x300
-        BlockConfig(kind="mbconv", in_channels=64, out_channels=32, expansion=1, kernel=3, stride=1, se_channels=16, activation="silu", drop_path_rate=0.0),  # blocks_0_0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=32, out_channels=32, expansion=1, kernel=3, stride=1, se_channels=8, activation="silu", drop_path_rate=0.003636363636),  # blocks_0_1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=32, out_channels=32, expansion=1, kernel=3, stride=1, se_channels=8, activation="silu", drop_path_rate=0.007272727273),  # blocks_0_2  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=32, out_channels=32, expansion=1, kernel=3, stride=1, se_channels=8, activation="silu", drop_path_rate=0.010909090909),  # blocks_0_3  # noqa: E501
+    (  # blocks.0: 4 x mbconv -> 32 channels at 300x300
+        BlockConfig(  # blocks.0.0
+            kind="mbconv",
+            expand=None,
+            depthwise=ConvBnActConfig(64, 64, kernel=3, stride=1, groups=64, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(64, 16, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(64, 32, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=False,
+            drop_path_rate=0.0,
+        ),
+        BlockConfig(  # blocks.0.1
+            kind="mbconv",
+            expand=None,
+            depthwise=ConvBnActConfig(32, 32, kernel=3, stride=1, groups=32, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(32, 8, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(32, 32, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.003636363636,
+        ),
+        BlockConfig(  # blocks.0.2
+            kind="mbconv",
+            expand=None,
+            depthwise=ConvBnActConfig(32, 32, kernel=3, stride=1, groups=32, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(32, 8, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(32, 32, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.007272727273,
+        ),
+        BlockConfig(  # blocks.0.3
+            kind="mbconv",
+            expand=None,
+            depthwise=ConvBnActConfig(32, 32, kernel=3, stride=1, groups=32, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(32, 8, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(32, 32, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.010909090909,
+        ),
     ),
-    (  # stage 1: 7 x mbconv -> 48 channels at 150x150
-        BlockConfig(kind="mbconv", in_channels=32, out_channels=48, expansion=6, kernel=3, stride=2, se_channels=8, activation="silu", drop_path_rate=0.014545454545),  # blocks_1_0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=48, out_channels=48, expansion=6, kernel=3, stride=1, se_channels=12, activation="silu", drop_path_rate=0.018181818182),  # blocks_1_1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=48, out_channels=48, expansion=6, kernel=3, stride=1, se_channels=12, activation="silu", drop_path_rate=0.021818181818),  # blocks_1_2  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=48, out_channels=48, expansion=6, kernel=3, stride=1, se_channels=12, activation="silu", drop_path_rate=0.025454545455),  # blocks_1_3  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=48, out_channels=48, expansion=6, kernel=3, stride=1, se_channels=12, activation="silu", drop_path_rate=0.029090909091),  # blocks_1_4  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=48, out_channels=48, expansion=6, kernel=3, stride=1, se_channels=12, activation="silu", drop_path_rate=0.032727272727),  # blocks_1_5  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=48, out_channels=48, expansion=6, kernel=3, stride=1, se_channels=12, activation="silu", drop_path_rate=0.036363636364),  # blocks_1_6  # noqa: E501
+    (  # blocks.1: 7 x mbconv -> 48 channels at 150x150
+        BlockConfig(  # blocks.1.0
+            kind="mbconv",
+            expand=ConvBnActConfig(32, 192, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(192, 192, kernel=3, stride=2, groups=192, depthwise=True, padding="same", activation="swish"),
+            se=SqueezeExciteConfig(192, 8, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(192, 48, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=False,
+            drop_path_rate=0.014545454545,
+        ),
+        BlockConfig(  # blocks.1.1
+            kind="mbconv",
+            expand=ConvBnActConfig(48, 288, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(288, 288, kernel=3, stride=1, groups=288, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(288, 12, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(288, 48, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.018181818182,
+        ),
+        BlockConfig(  # blocks.1.2
+            kind="mbconv",
+            expand=ConvBnActConfig(48, 288, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(288, 288, kernel=3, stride=1, groups=288, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(288, 12, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(288, 48, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.021818181818,
+        ),
+        BlockConfig(  # blocks.1.3
+            kind="mbconv",
+            expand=ConvBnActConfig(48, 288, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(288, 288, kernel=3, stride=1, groups=288, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(288, 12, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(288, 48, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.025454545455,
+        ),
+        BlockConfig(  # blocks.1.4
+            kind="mbconv",
+            expand=ConvBnActConfig(48, 288, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(288, 288, kernel=3, stride=1, groups=288, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(288, 12, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(288, 48, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.029090909091,
+        ),
+        BlockConfig(  # blocks.1.5
+            kind="mbconv",
+            expand=ConvBnActConfig(48, 288, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(288, 288, kernel=3, stride=1, groups=288, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(288, 12, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(288, 48, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.032727272727,
+        ),
+        BlockConfig(  # blocks.1.6
+            kind="mbconv",
+            expand=ConvBnActConfig(48, 288, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(288, 288, kernel=3, stride=1, groups=288, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(288, 12, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(288, 48, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.036363636364,
+        ),
     ),
-    (  # stage 2: 7 x mbconv -> 80 channels at 75x75
-        BlockConfig(kind="mbconv", in_channels=48, out_channels=80, expansion=6, kernel=5, stride=2, se_channels=12, activation="silu", drop_path_rate=0.04),  # blocks_2_0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=80, out_channels=80, expansion=6, kernel=5, stride=1, se_channels=20, activation="silu", drop_path_rate=0.043636363636),  # blocks_2_1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=80, out_channels=80, expansion=6, kernel=5, stride=1, se_channels=20, activation="silu", drop_path_rate=0.047272727273),  # blocks_2_2  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=80, out_channels=80, expansion=6, kernel=5, stride=1, se_channels=20, activation="silu", drop_path_rate=0.050909090909),  # blocks_2_3  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=80, out_channels=80, expansion=6, kernel=5, stride=1, se_channels=20, activation="silu", drop_path_rate=0.054545454545),  # blocks_2_4  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=80, out_channels=80, expansion=6, kernel=5, stride=1, se_channels=20, activation="silu", drop_path_rate=0.058181818182),  # blocks_2_5  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=80, out_channels=80, expansion=6, kernel=5, stride=1, se_channels=20, activation="silu", drop_path_rate=0.061818181818),  # blocks_2_6  # noqa: E501
+    (  # blocks.2: 7 x mbconv -> 80 channels at 75x75
+        BlockConfig(  # blocks.2.0
+            kind="mbconv",
+            expand=ConvBnActConfig(48, 288, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(288, 288, kernel=5, stride=2, groups=288, depthwise=True, padding="same", activation="swish"),
+            se=SqueezeExciteConfig(288, 12, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(288, 80, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=False,
+            drop_path_rate=0.04,
+        ),
+        BlockConfig(  # blocks.2.1
+            kind="mbconv",
+            expand=ConvBnActConfig(80, 480, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(480, 480, kernel=5, stride=1, groups=480, depthwise=True, padding=2, activation="swish"),
+            se=SqueezeExciteConfig(480, 20, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(480, 80, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.043636363636,
+        ),
+        BlockConfig(  # blocks.2.2
+            kind="mbconv",
+            expand=ConvBnActConfig(80, 480, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(480, 480, kernel=5, stride=1, groups=480, depthwise=True, padding=2, activation="swish"),
+            se=SqueezeExciteConfig(480, 20, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(480, 80, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.047272727273,
+        ),
+        BlockConfig(  # blocks.2.3
+            kind="mbconv",
+            expand=ConvBnActConfig(80, 480, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(480, 480, kernel=5, stride=1, groups=480, depthwise=True, padding=2, activation="swish"),
+            se=SqueezeExciteConfig(480, 20, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(480, 80, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.050909090909,
+        ),
+        BlockConfig(  # blocks.2.4
+            kind="mbconv",
+            expand=ConvBnActConfig(80, 480, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(480, 480, kernel=5, stride=1, groups=480, depthwise=True, padding=2, activation="swish"),
+            se=SqueezeExciteConfig(480, 20, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(480, 80, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.054545454545,
+        ),
+        BlockConfig(  # blocks.2.5
+            kind="mbconv",
+            expand=ConvBnActConfig(80, 480, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(480, 480, kernel=5, stride=1, groups=480, depthwise=True, padding=2, activation="swish"),
+            se=SqueezeExciteConfig(480, 20, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(480, 80, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.058181818182,
+        ),
+        BlockConfig(  # blocks.2.6
+            kind="mbconv",
+            expand=ConvBnActConfig(80, 480, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(480, 480, kernel=5, stride=1, groups=480, depthwise=True, padding=2, activation="swish"),
+            se=SqueezeExciteConfig(480, 20, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(480, 80, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.061818181818,
+        ),
     ),
-    (  # stage 3: 10 x mbconv -> 160 channels at 38x38
-        BlockConfig(kind="mbconv", in_channels=80, out_channels=160, expansion=6, kernel=3, stride=2, se_channels=20, activation="silu", drop_path_rate=0.065454545455),  # blocks_3_0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=160, out_channels=160, expansion=6, kernel=3, stride=1, se_channels=40, activation="silu", drop_path_rate=0.069090909091),  # blocks_3_1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=160, out_channels=160, expansion=6, kernel=3, stride=1, se_channels=40, activation="silu", drop_path_rate=0.072727272727),  # blocks_3_2  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=160, out_channels=160, expansion=6, kernel=3, stride=1, se_channels=40, activation="silu", drop_path_rate=0.076363636364),  # blocks_3_3  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=160, out_channels=160, expansion=6, kernel=3, stride=1, se_channels=40, activation="silu", drop_path_rate=0.08),  # blocks_3_4  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=160, out_channels=160, expansion=6, kernel=3, stride=1, se_channels=40, activation="silu", drop_path_rate=0.083636363636),  # blocks_3_5  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=160, out_channels=160, expansion=6, kernel=3, stride=1, se_channels=40, activation="silu", drop_path_rate=0.087272727273),  # blocks_3_6  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=160, out_channels=160, expansion=6, kernel=3, stride=1, se_channels=40, activation="silu", drop_path_rate=0.090909090909),  # blocks_3_7  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=160, out_channels=160, expansion=6, kernel=3, stride=1, se_channels=40, activation="silu", drop_path_rate=0.094545454545),  # blocks_3_8  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=160, out_channels=160, expansion=6, kernel=3, stride=1, se_channels=40, activation="silu", drop_path_rate=0.098181818182),  # blocks_3_9  # noqa: E501
+    (  # blocks.3: 10 x mbconv -> 160 channels at 38x38
+        BlockConfig(  # blocks.3.0
+            kind="mbconv",
+            expand=ConvBnActConfig(80, 480, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(480, 480, kernel=3, stride=2, groups=480, depthwise=True, padding="same", activation="swish"),
+            se=SqueezeExciteConfig(480, 20, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(480, 160, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=False,
+            drop_path_rate=0.065454545455,
+        ),
+        BlockConfig(  # blocks.3.1
+            kind="mbconv",
+            expand=ConvBnActConfig(160, 960, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(960, 960, kernel=3, stride=1, groups=960, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(960, 40, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(960, 160, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.069090909091,
+        ),
+        BlockConfig(  # blocks.3.2
+            kind="mbconv",
+            expand=ConvBnActConfig(160, 960, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(960, 960, kernel=3, stride=1, groups=960, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(960, 40, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(960, 160, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.072727272727,
+        ),
+        BlockConfig(  # blocks.3.3
+            kind="mbconv",
+            expand=ConvBnActConfig(160, 960, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(960, 960, kernel=3, stride=1, groups=960, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(960, 40, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(960, 160, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.076363636364,
+        ),
+        BlockConfig(  # blocks.3.4
+            kind="mbconv",
+            expand=ConvBnActConfig(160, 960, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(960, 960, kernel=3, stride=1, groups=960, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(960, 40, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(960, 160, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.08,
+        ),
+        BlockConfig(  # blocks.3.5
+            kind="mbconv",
+            expand=ConvBnActConfig(160, 960, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(960, 960, kernel=3, stride=1, groups=960, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(960, 40, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(960, 160, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.083636363636,
+        ),
+        BlockConfig(  # blocks.3.6
+            kind="mbconv",
+            expand=ConvBnActConfig(160, 960, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(960, 960, kernel=3, stride=1, groups=960, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(960, 40, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(960, 160, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.087272727273,
+        ),
+        BlockConfig(  # blocks.3.7
+            kind="mbconv",
+            expand=ConvBnActConfig(160, 960, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(960, 960, kernel=3, stride=1, groups=960, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(960, 40, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(960, 160, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.090909090909,
+        ),
+        BlockConfig(  # blocks.3.8
+            kind="mbconv",
+            expand=ConvBnActConfig(160, 960, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(960, 960, kernel=3, stride=1, groups=960, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(960, 40, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(960, 160, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.094545454545,
+        ),
+        BlockConfig(  # blocks.3.9
+            kind="mbconv",
+            expand=ConvBnActConfig(160, 960, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(960, 960, kernel=3, stride=1, groups=960, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(960, 40, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(960, 160, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.098181818182,
+        ),
     ),
-    (  # stage 4: 10 x mbconv -> 224 channels at 38x38
-        BlockConfig(kind="mbconv", in_channels=160, out_channels=224, expansion=6, kernel=5, stride=1, se_channels=40, activation="silu", drop_path_rate=0.101818181818),  # blocks_4_0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=5, stride=1, se_channels=56, activation="silu", drop_path_rate=0.105454545455),  # blocks_4_1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=5, stride=1, se_channels=56, activation="silu", drop_path_rate=0.109090909091),  # blocks_4_2  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=5, stride=1, se_channels=56, activation="silu", drop_path_rate=0.112727272727),  # blocks_4_3  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=5, stride=1, se_channels=56, activation="silu", drop_path_rate=0.116363636364),  # blocks_4_4  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=5, stride=1, se_channels=56, activation="silu", drop_path_rate=0.12),  # blocks_4_5  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=5, stride=1, se_channels=56, activation="silu", drop_path_rate=0.123636363636),  # blocks_4_6  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=5, stride=1, se_channels=56, activation="silu", drop_path_rate=0.127272727273),  # blocks_4_7  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=5, stride=1, se_channels=56, activation="silu", drop_path_rate=0.130909090909),  # blocks_4_8  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=5, stride=1, se_channels=56, activation="silu", drop_path_rate=0.134545454545),  # blocks_4_9  # noqa: E501
+    (  # blocks.4: 10 x mbconv -> 224 channels at 38x38
+        BlockConfig(  # blocks.4.0
+            kind="mbconv",
+            expand=ConvBnActConfig(160, 960, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(960, 960, kernel=5, stride=1, groups=960, depthwise=True, padding=2, activation="swish"),
+            se=SqueezeExciteConfig(960, 40, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(960, 224, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=False,
+            drop_path_rate=0.101818181818,
+        ),
+        BlockConfig(  # blocks.4.1
+            kind="mbconv",
+            expand=ConvBnActConfig(224, 1344, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1344, 1344, kernel=5, stride=1, groups=1344, depthwise=True, padding=2, activation="swish"),
+            se=SqueezeExciteConfig(1344, 56, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1344, 224, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.105454545455,
+        ),
+        BlockConfig(  # blocks.4.2
+            kind="mbconv",
+            expand=ConvBnActConfig(224, 1344, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1344, 1344, kernel=5, stride=1, groups=1344, depthwise=True, padding=2, activation="swish"),
+            se=SqueezeExciteConfig(1344, 56, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1344, 224, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.109090909091,
+        ),
+        BlockConfig(  # blocks.4.3
+            kind="mbconv",
+            expand=ConvBnActConfig(224, 1344, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1344, 1344, kernel=5, stride=1, groups=1344, depthwise=True, padding=2, activation="swish"),
+            se=SqueezeExciteConfig(1344, 56, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1344, 224, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.112727272727,
+        ),
+        BlockConfig(  # blocks.4.4
+            kind="mbconv",
+            expand=ConvBnActConfig(224, 1344, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1344, 1344, kernel=5, stride=1, groups=1344, depthwise=True, padding=2, activation="swish"),
+            se=SqueezeExciteConfig(1344, 56, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1344, 224, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.116363636364,
+        ),
+        BlockConfig(  # blocks.4.5
+            kind="mbconv",
+            expand=ConvBnActConfig(224, 1344, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1344, 1344, kernel=5, stride=1, groups=1344, depthwise=True, padding=2, activation="swish"),
+            se=SqueezeExciteConfig(1344, 56, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1344, 224, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.12,
+        ),
+        BlockConfig(  # blocks.4.6
+            kind="mbconv",
+            expand=ConvBnActConfig(224, 1344, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1344, 1344, kernel=5, stride=1, groups=1344, depthwise=True, padding=2, activation="swish"),
+            se=SqueezeExciteConfig(1344, 56, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1344, 224, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.123636363636,
+        ),
+        BlockConfig(  # blocks.4.7
+            kind="mbconv",
+            expand=ConvBnActConfig(224, 1344, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1344, 1344, kernel=5, stride=1, groups=1344, depthwise=True, padding=2, activation="swish"),
+            se=SqueezeExciteConfig(1344, 56, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1344, 224, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.127272727273,
+        ),
+        BlockConfig(  # blocks.4.8
+            kind="mbconv",
+            expand=ConvBnActConfig(224, 1344, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1344, 1344, kernel=5, stride=1, groups=1344, depthwise=True, padding=2, activation="swish"),
+            se=SqueezeExciteConfig(1344, 56, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1344, 224, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.130909090909,
+        ),
+        BlockConfig(  # blocks.4.9
+            kind="mbconv",
+            expand=ConvBnActConfig(224, 1344, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1344, 1344, kernel=5, stride=1, groups=1344, depthwise=True, padding=2, activation="swish"),
+            se=SqueezeExciteConfig(1344, 56, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1344, 224, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.134545454545,
+        ),
     ),
-    (  # stage 5: 13 x mbconv -> 384 channels at 19x19
-        BlockConfig(kind="mbconv", in_channels=224, out_channels=384, expansion=6, kernel=5, stride=2, se_channels=56, activation="silu", drop_path_rate=0.138181818182),  # blocks_5_0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=5, stride=1, se_channels=96, activation="silu", drop_path_rate=0.141818181818),  # blocks_5_1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=5, stride=1, se_channels=96, activation="silu", drop_path_rate=0.145454545455),  # blocks_5_2  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=5, stride=1, se_channels=96, activation="silu", drop_path_rate=0.149090909091),  # blocks_5_3  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=5, stride=1, se_channels=96, activation="silu", drop_path_rate=0.152727272727),  # blocks_5_4  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=5, stride=1, se_channels=96, activation="silu", drop_path_rate=0.156363636364),  # blocks_5_5  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=5, stride=1, se_channels=96, activation="silu", drop_path_rate=0.16),  # blocks_5_6  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=5, stride=1, se_channels=96, activation="silu", drop_path_rate=0.163636363636),  # blocks_5_7  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=5, stride=1, se_channels=96, activation="silu", drop_path_rate=0.167272727273),  # blocks_5_8  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=5, stride=1, se_channels=96, activation="silu", drop_path_rate=0.170909090909),  # blocks_5_9  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=5, stride=1, se_channels=96, activation="silu", drop_path_rate=0.174545454545),  # blocks_5_10  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=5, stride=1, se_channels=96, activation="silu", drop_path_rate=0.178181818182),  # blocks_5_11  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=5, stride=1, se_channels=96, activation="silu", drop_path_rate=0.181818181818),  # blocks_5_12  # noqa: E501
+    (  # blocks.5: 13 x mbconv -> 384 channels at 19x19
+        BlockConfig(  # blocks.5.0
+            kind="mbconv",
+            expand=ConvBnActConfig(224, 1344, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1344, 1344, kernel=5, stride=2, groups=1344, depthwise=True, padding="same", activation="swish"),
+            se=SqueezeExciteConfig(1344, 56, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1344, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=False,
+            drop_path_rate=0.138181818182,
+        ),
+        BlockConfig(  # blocks.5.1
+            kind="mbconv",
+            expand=ConvBnActConfig(384, 2304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(2304, 2304, kernel=5, stride=1, groups=2304, depthwise=True, padding=2, activation="swish"),
+            se=SqueezeExciteConfig(2304, 96, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(2304, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.141818181818,
+        ),
+        BlockConfig(  # blocks.5.2
+            kind="mbconv",
+            expand=ConvBnActConfig(384, 2304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(2304, 2304, kernel=5, stride=1, groups=2304, depthwise=True, padding=2, activation="swish"),
+            se=SqueezeExciteConfig(2304, 96, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(2304, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.145454545455,
+        ),
+        BlockConfig(  # blocks.5.3
+            kind="mbconv",
+            expand=ConvBnActConfig(384, 2304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(2304, 2304, kernel=5, stride=1, groups=2304, depthwise=True, padding=2, activation="swish"),
+            se=SqueezeExciteConfig(2304, 96, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(2304, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.149090909091,
+        ),
+        BlockConfig(  # blocks.5.4
+            kind="mbconv",
+            expand=ConvBnActConfig(384, 2304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(2304, 2304, kernel=5, stride=1, groups=2304, depthwise=True, padding=2, activation="swish"),
+            se=SqueezeExciteConfig(2304, 96, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(2304, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.152727272727,
+        ),
+        BlockConfig(  # blocks.5.5
+            kind="mbconv",
+            expand=ConvBnActConfig(384, 2304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(2304, 2304, kernel=5, stride=1, groups=2304, depthwise=True, padding=2, activation="swish"),
+            se=SqueezeExciteConfig(2304, 96, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(2304, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.156363636364,
+        ),
+        BlockConfig(  # blocks.5.6
+            kind="mbconv",
+            expand=ConvBnActConfig(384, 2304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(2304, 2304, kernel=5, stride=1, groups=2304, depthwise=True, padding=2, activation="swish"),
+            se=SqueezeExciteConfig(2304, 96, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(2304, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.16,
+        ),
+        BlockConfig(  # blocks.5.7
+            kind="mbconv",
+            expand=ConvBnActConfig(384, 2304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(2304, 2304, kernel=5, stride=1, groups=2304, depthwise=True, padding=2, activation="swish"),
+            se=SqueezeExciteConfig(2304, 96, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(2304, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.163636363636,
+        ),
+        BlockConfig(  # blocks.5.8
+            kind="mbconv",
+            expand=ConvBnActConfig(384, 2304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(2304, 2304, kernel=5, stride=1, groups=2304, depthwise=True, padding=2, activation="swish"),
+            se=SqueezeExciteConfig(2304, 96, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(2304, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.167272727273,
+        ),
+        BlockConfig(  # blocks.5.9
+            kind="mbconv",
+            expand=ConvBnActConfig(384, 2304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(2304, 2304, kernel=5, stride=1, groups=2304, depthwise=True, padding=2, activation="swish"),
+            se=SqueezeExciteConfig(2304, 96, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(2304, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.170909090909,
+        ),
+        BlockConfig(  # blocks.5.10
+            kind="mbconv",
+            expand=ConvBnActConfig(384, 2304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(2304, 2304, kernel=5, stride=1, groups=2304, depthwise=True, padding=2, activation="swish"),
+            se=SqueezeExciteConfig(2304, 96, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(2304, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.174545454545,
+        ),
+        BlockConfig(  # blocks.5.11
+            kind="mbconv",
+            expand=ConvBnActConfig(384, 2304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(2304, 2304, kernel=5, stride=1, groups=2304, depthwise=True, padding=2, activation="swish"),
+            se=SqueezeExciteConfig(2304, 96, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(2304, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.178181818182,
+        ),
+        BlockConfig(  # blocks.5.12
+            kind="mbconv",
+            expand=ConvBnActConfig(384, 2304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(2304, 2304, kernel=5, stride=1, groups=2304, depthwise=True, padding=2, activation="swish"),
+            se=SqueezeExciteConfig(2304, 96, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(2304, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.181818181818,
+        ),
     ),
-    (  # stage 6: 4 x mbconv -> 640 channels at 19x19
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=640, expansion=6, kernel=3, stride=1, se_channels=96, activation="silu", drop_path_rate=0.185454545455),  # blocks_6_0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=640, out_channels=640, expansion=6, kernel=3, stride=1, se_channels=160, activation="silu", drop_path_rate=0.189090909091),  # blocks_6_1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=640, out_channels=640, expansion=6, kernel=3, stride=1, se_channels=160, activation="silu", drop_path_rate=0.192727272727),  # blocks_6_2  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=640, out_channels=640, expansion=6, kernel=3, stride=1, se_channels=160, activation="silu", drop_path_rate=0.196363636364),  # blocks_6_3  # noqa: E501
+    (  # blocks.6: 4 x mbconv -> 640 channels at 19x19
+        BlockConfig(  # blocks.6.0
+            kind="mbconv",
+            expand=ConvBnActConfig(384, 2304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(2304, 2304, kernel=3, stride=1, groups=2304, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(2304, 96, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(2304, 640, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=False,
+            drop_path_rate=0.185454545455,
+        ),
+        BlockConfig(  # blocks.6.1
+            kind="mbconv",
+            expand=ConvBnActConfig(640, 3840, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(3840, 3840, kernel=3, stride=1, groups=3840, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(3840, 160, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(3840, 640, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.189090909091,
+        ),
+        BlockConfig(  # blocks.6.2
+            kind="mbconv",
+            expand=ConvBnActConfig(640, 3840, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(3840, 3840, kernel=3, stride=1, groups=3840, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(3840, 160, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(3840, 640, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.192727272727,
+        ),
+        BlockConfig(  # blocks.6.3
+            kind="mbconv",
+            expand=ConvBnActConfig(640, 3840, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(3840, 3840, kernel=3, stride=1, groups=3840, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(3840, 160, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(3840, 640, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.196363636364,
+        ),
     ),
 )
 # fmt: on
@@ -169,23 +636,21 @@ def dense_kernel_initializer() -> keras.initializers.Initializer:
 
 
 def conv_bn_act(
-    x: keras.KerasTensor,
-    filters: int,
-    kernel: int,
-    stride: int,
-    activation: str | None,
-    name: str,
-    depthwise: bool = False,
+    x: keras.KerasTensor, config: ConvBnActConfig, name: str
 ) -> keras.KerasTensor:
     """Conv (or depthwise conv) -> batch norm -> activation: {name}_conv, _bn, _act."""
+    # Keras' "same" is TensorFlow SAME; at stride 1 it pads (k - 1) // 2 per side, which
+    # is what the compiler gives every stride-1 conv. A fixed padding on a strided conv
+    # is an explicit zero padding.
     padding = "same"
-    if PADDING == "symmetric" and kernel > 1:
-        x = layers.ZeroPadding2D((kernel - 1) // 2, name=f"{name}_pad")(x)
+    if config.padding != "same" and config.stride != 1:
         padding = "valid"
-    if depthwise:
+        if config.padding:
+            x = layers.ZeroPadding2D(config.padding, name=f"{name}_pad")(x)
+    if config.depthwise:
         x = layers.DepthwiseConv2D(
-            kernel,
-            stride,
+            config.kernel,
+            config.stride,
             padding=padding,
             use_bias=False,
             depthwise_initializer=conv_kernel_initializer(),
@@ -193,53 +658,60 @@ def conv_bn_act(
         )(x)
     else:
         x = layers.Conv2D(
-            filters,
-            kernel,
-            stride,
+            config.out_channels,
+            config.kernel,
+            config.stride,
             padding=padding,
+            groups=config.groups,
             use_bias=False,
             kernel_initializer=conv_kernel_initializer(),
             name=f"{name}_conv",
         )(x)
     x = layers.BatchNormalization(
-        momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=f"{name}_bn"
+        momentum=BN_MOMENTUM, epsilon=BN_EPS, name=f"{name}_bn"
     )(x)
-    if activation is not None:
-        x = layers.Activation(activation, name=f"{name}_act")(x)
+    if config.activation is not None:
+        x = layers.Activation(ACTIVATIONS[config.activation], name=f"{name}_act")(x)
     return x
 
 
 def squeeze_excite(
-    x: keras.KerasTensor, se_channels: int, activation: str, name: str
+    x: keras.KerasTensor, config: SqueezeExciteConfig, name: str
 ) -> keras.KerasTensor:
-    """Gate channels by a sigmoid of their global average: pool -> reduce -> expand."""
-    channels = x.shape[-1]
-    gate = layers.GlobalAveragePooling2D(keepdims=True, name=f"{name}_pool")(x)
-    gate = layers.Conv2D(
-        se_channels,
+    """Gate channels by a function of their global average: pool -> reduce -> expand."""
+    scale = layers.GlobalAveragePooling2D(keepdims=True, name=f"{name}_pool")(x)
+    scale = layers.Conv2D(
+        config.se_channels,
         1,
-        activation=activation,
+        activation=ACTIVATIONS[config.activation],
         kernel_initializer=conv_kernel_initializer(),
         name=f"{name}_reduce",
-    )(gate)
-    gate = layers.Conv2D(
-        channels,
+    )(scale)
+    scale = layers.Conv2D(
+        config.channels,
         1,
-        activation="sigmoid",
+        activation=ACTIVATIONS[config.gate],
         kernel_initializer=conv_kernel_initializer(),
         name=f"{name}_expand",
-    )(gate)
-    return layers.Multiply(name=f"{name}_scale")([x, gate])
+    )(scale)
+    return layers.Multiply(name=f"{name}_scale")([x, scale])
 
 
-def residual(
-    x: keras.KerasTensor,
-    shortcut: keras.KerasTensor,
-    config: BlockConfig,
-    drop_path_rate: float,
-    name: str,
+def block(
+    x: keras.KerasTensor, config: BlockConfig, drop_path_rate: float, name: str
 ) -> keras.KerasTensor:
-    """Add the shortcut when shapes allow; drop the branch per sample while training."""
+    """MBConv (1x1 expand -> k x k depthwise) or Fused-MBConv (one k x k expand conv),
+    then squeeze-excite and the 1x1 linear projection; parts the config leaves None
+    are absent. The residual branch is dropped per sample while training."""
+    shortcut = x
+    if config.expand is not None:
+        x = conv_bn_act(x, config.expand, name=f"{name}_expand")
+    if config.depthwise is not None:
+        x = conv_bn_act(x, config.depthwise, name=f"{name}_depthwise")
+    if config.se is not None:
+        x = squeeze_excite(x, config.se, name=f"{name}_se")
+    if config.project is not None:
+        x = conv_bn_act(x, config.project, name=f"{name}_project")
     if not config.residual:
         return x
     if drop_path_rate > 0:
@@ -250,42 +722,9 @@ def residual(
     return layers.Add(name=f"{name}_add")([x, shortcut])
 
 
-def mbconv_block(
-    x: keras.KerasTensor, config: BlockConfig, drop_path_rate: float, name: str
-) -> keras.KerasTensor:
-    """MBConv: 1x1 expansion -> k x k depthwise -> squeeze-excite -> 1x1 projection."""
-    shortcut = x
-    # Point-wise expansion (absent when expansion is 1)
-    if config.expansion != 1:
-        x = conv_bn_act(
-            x, config.mid_channels, 1, 1, config.activation, name=f"{name}_expand"
-        )
-    # Depth-wise convolution; the stride sits here
-    x = conv_bn_act(
-        x,
-        config.mid_channels,
-        config.kernel,
-        config.stride,
-        config.activation,
-        name=f"{name}_depthwise",
-        depthwise=True,
-    )
-    # Squeeze-and-excitation
-    if config.se_channels:
-        x = squeeze_excite(x, config.se_channels, config.activation, name=f"{name}_se")
-    # Point-wise linear projection
-    x = conv_bn_act(x, config.out_channels, 1, 1, None, name=f"{name}_project")
-    return residual(x, shortcut, config, drop_path_rate, name)
-
-
-BLOCK_BUILDERS = {
-    "mbconv": mbconv_block,
-}
-
-
 def build_model(
     num_classes: int = NUM_CLASSES,
-    drop_rate: float | None = None,
+    dropout: float | None = None,
     drop_path_rate: float | None = None,
     include_preprocessing: bool = False,
     input_shape: tuple[int | None, int | None, int] | None = None,
@@ -294,14 +733,14 @@ def build_model(
 
     Args:
         num_classes: classifier outputs.
-        drop_rate: dropout before the classifier; None keeps DROP_RATE.
+        dropout: dropout before the classifier; None keeps DROPOUT.
         drop_path_rate: stochastic-depth base rate (block i of N gets rate * i / N);
             None keeps the spec's per-block rates.
         include_preprocessing: normalize with MEAN/STD inside the model, so it takes
             raw 0..1 pixels.
         input_shape: (height, width, channels); None accepts any spatial size.
     """
-    drop_rate = DROP_RATE if drop_rate is None else drop_rate
+    dropout = DROPOUT if dropout is None else dropout
     if input_shape is None:
         input_shape = (None, None, INPUT_CHANNELS)
     inputs = keras.Input(shape=input_shape, name="image")
@@ -310,7 +749,7 @@ def build_model(
         x = layers.Normalization(
             mean=MEAN, variance=[s * s for s in STD], name="preprocessing"
         )(x)
-    x = conv_bn_act(x, STEM_CHANNELS, STEM_KERNEL, STEM_STRIDE, ACTIVATION, name="stem")
+    x = conv_bn_act(x, STEM, name="stem")
     num_blocks = sum(len(stage) for stage in STAGES)
     block_index = 0
     for stage_index, stage in enumerate(STAGES):
@@ -318,13 +757,12 @@ def build_model(
             rate = config.drop_path_rate
             if drop_path_rate is not None:
                 rate = drop_path_rate * block_index / num_blocks
-            build_block = BLOCK_BUILDERS[config.kind]
-            x = build_block(x, config, rate, name=f"blocks_{stage_index}_{index}")
+            x = block(x, config, rate, name=f"blocks_{stage_index}_{index}")
             block_index += 1
-    x = conv_bn_act(x, HEAD_CHANNELS, 1, 1, ACTIVATION, name="head")
+    x = conv_bn_act(x, HEAD, name="head")
     x = layers.GlobalAveragePooling2D(name="head_pool")(x)
-    if drop_rate > 0:
-        x = layers.Dropout(drop_rate, name="head_dropout")(x)
+    if dropout > 0:
+        x = layers.Dropout(dropout, name="head_dropout")(x)
     outputs = layers.Dense(
         num_classes,
         kernel_initializer=dense_kernel_initializer(),

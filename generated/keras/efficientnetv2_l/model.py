@@ -25,17 +25,24 @@ INPUT_CHANNELS = 3
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 NUM_CLASSES = 1000
-DROP_RATE = 0.4  # dropout before the classifier
+DROPOUT = 0.4  # before the classifier
 DROP_PATH_RATE = 0.2  # stochastic depth: block i of N gets rate * i / N
-ACTIVATION = "silu"
-PADDING = "same"  # "same": TensorFlow SAME; "symmetric": (k - 1) // 2 per side
-BN_MOMENTUM = 0.9  # running-average decay (Keras convention)
-BN_EPSILON = 0.001
-STEM_CHANNELS = 32
-STEM_KERNEL = 3
-STEM_STRIDE = 2
-HEAD_CHANNELS = 1280
+PADDING = "same"  # the spec's mode; each conv below carries its resolved padding
+BN_EPS = 0.001
+BN_MOMENTUM = 0.9  # running-average decay, as the spec states it
 PARAMS = 118515272  # trainable parameters with NUM_CLASSES classes
+MACS = 56079699008  # conv and linear multiply-accumulates at RESOLUTION
+
+# Activation names as the spec spells them -> Keras activation identifiers.
+ACTIVATIONS = {
+    "swish": "silu",
+    "silu": "silu",
+    "relu": "relu",
+    "relu6": "relu6",
+    "gelu": "gelu",
+    "hard_swish": "hard_silu",
+    "sigmoid": "sigmoid",
+}
 
 # The layers whose outputs are the stem's and each stage's output, in order.
 STAGE_OUTPUTS = (
@@ -52,123 +59,775 @@ FEATURES_OUTPUT = "head_act"  # pre-pooling features (head conv-bn-act)
 
 
 @dataclass(frozen=True)
-class BlockConfig:
-    """One MBConv or Fused-MBConv block, fully resolved by the compiler."""
+class ConvBnActConfig:
+    """conv (no bias) -> batch norm -> activation, resolved by the compiler."""
 
-    kind: str  # "mbconv" or "fused_mbconv"
     in_channels: int
     out_channels: int
-    expansion: int
     kernel: int
     stride: int
-    se_channels: int  # squeeze width; 0 means no squeeze-and-excitation
+    groups: int  # 1 for a dense conv, the channel count for a depthwise one
+    depthwise: bool  # one filter per channel (groups == channels)
+    padding: int | str  # pixels per side, or "same": TensorFlow SAME per input size
+    activation: str | None  # a key of ACTIVATIONS; None is linear
+
+
+@dataclass(frozen=True)
+class SqueezeExciteConfig:
+    """Global average pool -> reduce (1x1 conv) -> activation -> expand -> gate."""
+
+    channels: int  # the gated channels
+    se_channels: int  # the squeeze width
     activation: str
-    drop_path_rate: float  # stochastic depth, training only
-
-    @property
-    def mid_channels(self) -> int:
-        return self.in_channels * self.expansion
-
-    @property
-    def residual(self) -> bool:
-        return self.stride == 1 and self.in_channels == self.out_channels
+    gate: str  # a key of ACTIVATIONS
 
 
-# One tuple per stage, one BlockConfig per block; block j of stage i is blocks_i_j.
+@dataclass(frozen=True)
+class BlockConfig:
+    """One MBConv or Fused-MBConv block: its parts run in the order expand ->
+    depthwise -> se -> project (None: absent), then the residual add."""
+
+    kind: str  # "mbconv" or "fused_mbconv"
+    expand: ConvBnActConfig | None
+    depthwise: ConvBnActConfig | None
+    se: SqueezeExciteConfig | None
+    project: ConvBnActConfig | None
+    residual: bool  # add the block's input to its output
+    drop_path_rate: float  # stochastic depth of the residual branch, training only
+
+
+# The compiler decided every number below: widths, strides, padding, residuals, rates.
+# One line per part, one BlockConfig per block, one tuple per stage (blocks.i.j is
+# block j of stage i).
+# ruff: noqa: E501
 # fmt: off
+STEM = ConvBnActConfig(3, 32, kernel=3, stride=2, groups=1, depthwise=False, padding="same", activation="swish")
+HEAD = ConvBnActConfig(640, 1280, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish")
 STAGES = (
-    (  # stage 0: 4 x fused_mbconv -> 32 channels at 240x240
-        BlockConfig(kind="fused_mbconv", in_channels=32, out_channels=32, expansion=1, kernel=3, stride=1, se_channels=0, activation="silu", drop_path_rate=0.0),  # blocks_0_0  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=32, out_channels=32, expansion=1, kernel=3, stride=1, se_channels=0, activation="silu", drop_path_rate=0.00253164557),  # blocks_0_1  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=32, out_channels=32, expansion=1, kernel=3, stride=1, se_channels=0, activation="silu", drop_path_rate=0.005063291139),  # blocks_0_2  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=32, out_channels=32, expansion=1, kernel=3, stride=1, se_channels=0, activation="silu", drop_path_rate=0.007594936709),  # blocks_0_3  # noqa: E501
+    (  # blocks.0: 4 x fused_mbconv -> 32 channels at 240x240
+        BlockConfig(  # blocks.0.0
+            kind="fused_mbconv",
+            expand=ConvBnActConfig(32, 32, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="swish"),
+            depthwise=None,
+            se=None,
+            project=None,
+            residual=True,
+            drop_path_rate=0.0,
+        ),
+        BlockConfig(  # blocks.0.1
+            kind="fused_mbconv",
+            expand=ConvBnActConfig(32, 32, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="swish"),
+            depthwise=None,
+            se=None,
+            project=None,
+            residual=True,
+            drop_path_rate=0.00253164557,
+        ),
+        BlockConfig(  # blocks.0.2
+            kind="fused_mbconv",
+            expand=ConvBnActConfig(32, 32, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="swish"),
+            depthwise=None,
+            se=None,
+            project=None,
+            residual=True,
+            drop_path_rate=0.005063291139,
+        ),
+        BlockConfig(  # blocks.0.3
+            kind="fused_mbconv",
+            expand=ConvBnActConfig(32, 32, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="swish"),
+            depthwise=None,
+            se=None,
+            project=None,
+            residual=True,
+            drop_path_rate=0.007594936709,
+        ),
     ),
-    (  # stage 1: 7 x fused_mbconv -> 64 channels at 120x120
-        BlockConfig(kind="fused_mbconv", in_channels=32, out_channels=64, expansion=4, kernel=3, stride=2, se_channels=0, activation="silu", drop_path_rate=0.010126582278),  # blocks_1_0  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=64, out_channels=64, expansion=4, kernel=3, stride=1, se_channels=0, activation="silu", drop_path_rate=0.012658227848),  # blocks_1_1  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=64, out_channels=64, expansion=4, kernel=3, stride=1, se_channels=0, activation="silu", drop_path_rate=0.015189873418),  # blocks_1_2  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=64, out_channels=64, expansion=4, kernel=3, stride=1, se_channels=0, activation="silu", drop_path_rate=0.017721518987),  # blocks_1_3  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=64, out_channels=64, expansion=4, kernel=3, stride=1, se_channels=0, activation="silu", drop_path_rate=0.020253164557),  # blocks_1_4  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=64, out_channels=64, expansion=4, kernel=3, stride=1, se_channels=0, activation="silu", drop_path_rate=0.022784810127),  # blocks_1_5  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=64, out_channels=64, expansion=4, kernel=3, stride=1, se_channels=0, activation="silu", drop_path_rate=0.025316455696),  # blocks_1_6  # noqa: E501
+    (  # blocks.1: 7 x fused_mbconv -> 64 channels at 120x120
+        BlockConfig(  # blocks.1.0
+            kind="fused_mbconv",
+            expand=ConvBnActConfig(32, 128, kernel=3, stride=2, groups=1, depthwise=False, padding="same", activation="swish"),
+            depthwise=None,
+            se=None,
+            project=ConvBnActConfig(128, 64, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=False,
+            drop_path_rate=0.010126582278,
+        ),
+        BlockConfig(  # blocks.1.1
+            kind="fused_mbconv",
+            expand=ConvBnActConfig(64, 256, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="swish"),
+            depthwise=None,
+            se=None,
+            project=ConvBnActConfig(256, 64, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.012658227848,
+        ),
+        BlockConfig(  # blocks.1.2
+            kind="fused_mbconv",
+            expand=ConvBnActConfig(64, 256, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="swish"),
+            depthwise=None,
+            se=None,
+            project=ConvBnActConfig(256, 64, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.015189873418,
+        ),
+        BlockConfig(  # blocks.1.3
+            kind="fused_mbconv",
+            expand=ConvBnActConfig(64, 256, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="swish"),
+            depthwise=None,
+            se=None,
+            project=ConvBnActConfig(256, 64, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.017721518987,
+        ),
+        BlockConfig(  # blocks.1.4
+            kind="fused_mbconv",
+            expand=ConvBnActConfig(64, 256, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="swish"),
+            depthwise=None,
+            se=None,
+            project=ConvBnActConfig(256, 64, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.020253164557,
+        ),
+        BlockConfig(  # blocks.1.5
+            kind="fused_mbconv",
+            expand=ConvBnActConfig(64, 256, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="swish"),
+            depthwise=None,
+            se=None,
+            project=ConvBnActConfig(256, 64, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.022784810127,
+        ),
+        BlockConfig(  # blocks.1.6
+            kind="fused_mbconv",
+            expand=ConvBnActConfig(64, 256, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="swish"),
+            depthwise=None,
+            se=None,
+            project=ConvBnActConfig(256, 64, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.025316455696,
+        ),
     ),
-    (  # stage 2: 7 x fused_mbconv -> 96 channels at 60x60
-        BlockConfig(kind="fused_mbconv", in_channels=64, out_channels=96, expansion=4, kernel=3, stride=2, se_channels=0, activation="silu", drop_path_rate=0.027848101266),  # blocks_2_0  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=96, out_channels=96, expansion=4, kernel=3, stride=1, se_channels=0, activation="silu", drop_path_rate=0.030379746835),  # blocks_2_1  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=96, out_channels=96, expansion=4, kernel=3, stride=1, se_channels=0, activation="silu", drop_path_rate=0.032911392405),  # blocks_2_2  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=96, out_channels=96, expansion=4, kernel=3, stride=1, se_channels=0, activation="silu", drop_path_rate=0.035443037975),  # blocks_2_3  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=96, out_channels=96, expansion=4, kernel=3, stride=1, se_channels=0, activation="silu", drop_path_rate=0.037974683544),  # blocks_2_4  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=96, out_channels=96, expansion=4, kernel=3, stride=1, se_channels=0, activation="silu", drop_path_rate=0.040506329114),  # blocks_2_5  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=96, out_channels=96, expansion=4, kernel=3, stride=1, se_channels=0, activation="silu", drop_path_rate=0.043037974684),  # blocks_2_6  # noqa: E501
+    (  # blocks.2: 7 x fused_mbconv -> 96 channels at 60x60
+        BlockConfig(  # blocks.2.0
+            kind="fused_mbconv",
+            expand=ConvBnActConfig(64, 256, kernel=3, stride=2, groups=1, depthwise=False, padding="same", activation="swish"),
+            depthwise=None,
+            se=None,
+            project=ConvBnActConfig(256, 96, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=False,
+            drop_path_rate=0.027848101266,
+        ),
+        BlockConfig(  # blocks.2.1
+            kind="fused_mbconv",
+            expand=ConvBnActConfig(96, 384, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="swish"),
+            depthwise=None,
+            se=None,
+            project=ConvBnActConfig(384, 96, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.030379746835,
+        ),
+        BlockConfig(  # blocks.2.2
+            kind="fused_mbconv",
+            expand=ConvBnActConfig(96, 384, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="swish"),
+            depthwise=None,
+            se=None,
+            project=ConvBnActConfig(384, 96, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.032911392405,
+        ),
+        BlockConfig(  # blocks.2.3
+            kind="fused_mbconv",
+            expand=ConvBnActConfig(96, 384, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="swish"),
+            depthwise=None,
+            se=None,
+            project=ConvBnActConfig(384, 96, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.035443037975,
+        ),
+        BlockConfig(  # blocks.2.4
+            kind="fused_mbconv",
+            expand=ConvBnActConfig(96, 384, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="swish"),
+            depthwise=None,
+            se=None,
+            project=ConvBnActConfig(384, 96, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.037974683544,
+        ),
+        BlockConfig(  # blocks.2.5
+            kind="fused_mbconv",
+            expand=ConvBnActConfig(96, 384, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="swish"),
+            depthwise=None,
+            se=None,
+            project=ConvBnActConfig(384, 96, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.040506329114,
+        ),
+        BlockConfig(  # blocks.2.6
+            kind="fused_mbconv",
+            expand=ConvBnActConfig(96, 384, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="swish"),
+            depthwise=None,
+            se=None,
+            project=ConvBnActConfig(384, 96, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.043037974684,
+        ),
     ),
-    (  # stage 3: 10 x mbconv -> 192 channels at 30x30
-        BlockConfig(kind="mbconv", in_channels=96, out_channels=192, expansion=4, kernel=3, stride=2, se_channels=24, activation="silu", drop_path_rate=0.045569620253),  # blocks_3_0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=4, kernel=3, stride=1, se_channels=48, activation="silu", drop_path_rate=0.048101265823),  # blocks_3_1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=4, kernel=3, stride=1, se_channels=48, activation="silu", drop_path_rate=0.050632911392),  # blocks_3_2  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=4, kernel=3, stride=1, se_channels=48, activation="silu", drop_path_rate=0.053164556962),  # blocks_3_3  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=4, kernel=3, stride=1, se_channels=48, activation="silu", drop_path_rate=0.055696202532),  # blocks_3_4  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=4, kernel=3, stride=1, se_channels=48, activation="silu", drop_path_rate=0.058227848101),  # blocks_3_5  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=4, kernel=3, stride=1, se_channels=48, activation="silu", drop_path_rate=0.060759493671),  # blocks_3_6  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=4, kernel=3, stride=1, se_channels=48, activation="silu", drop_path_rate=0.063291139241),  # blocks_3_7  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=4, kernel=3, stride=1, se_channels=48, activation="silu", drop_path_rate=0.06582278481),  # blocks_3_8  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=4, kernel=3, stride=1, se_channels=48, activation="silu", drop_path_rate=0.06835443038),  # blocks_3_9  # noqa: E501
+    (  # blocks.3: 10 x mbconv -> 192 channels at 30x30
+        BlockConfig(  # blocks.3.0
+            kind="mbconv",
+            expand=ConvBnActConfig(96, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(384, 384, kernel=3, stride=2, groups=384, depthwise=True, padding="same", activation="swish"),
+            se=SqueezeExciteConfig(384, 24, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(384, 192, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=False,
+            drop_path_rate=0.045569620253,
+        ),
+        BlockConfig(  # blocks.3.1
+            kind="mbconv",
+            expand=ConvBnActConfig(192, 768, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(768, 768, kernel=3, stride=1, groups=768, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(768, 48, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(768, 192, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.048101265823,
+        ),
+        BlockConfig(  # blocks.3.2
+            kind="mbconv",
+            expand=ConvBnActConfig(192, 768, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(768, 768, kernel=3, stride=1, groups=768, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(768, 48, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(768, 192, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.050632911392,
+        ),
+        BlockConfig(  # blocks.3.3
+            kind="mbconv",
+            expand=ConvBnActConfig(192, 768, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(768, 768, kernel=3, stride=1, groups=768, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(768, 48, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(768, 192, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.053164556962,
+        ),
+        BlockConfig(  # blocks.3.4
+            kind="mbconv",
+            expand=ConvBnActConfig(192, 768, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(768, 768, kernel=3, stride=1, groups=768, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(768, 48, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(768, 192, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.055696202532,
+        ),
+        BlockConfig(  # blocks.3.5
+            kind="mbconv",
+            expand=ConvBnActConfig(192, 768, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(768, 768, kernel=3, stride=1, groups=768, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(768, 48, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(768, 192, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.058227848101,
+        ),
+        BlockConfig(  # blocks.3.6
+            kind="mbconv",
+            expand=ConvBnActConfig(192, 768, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(768, 768, kernel=3, stride=1, groups=768, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(768, 48, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(768, 192, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.060759493671,
+        ),
+        BlockConfig(  # blocks.3.7
+            kind="mbconv",
+            expand=ConvBnActConfig(192, 768, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(768, 768, kernel=3, stride=1, groups=768, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(768, 48, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(768, 192, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.063291139241,
+        ),
+        BlockConfig(  # blocks.3.8
+            kind="mbconv",
+            expand=ConvBnActConfig(192, 768, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(768, 768, kernel=3, stride=1, groups=768, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(768, 48, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(768, 192, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.06582278481,
+        ),
+        BlockConfig(  # blocks.3.9
+            kind="mbconv",
+            expand=ConvBnActConfig(192, 768, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(768, 768, kernel=3, stride=1, groups=768, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(768, 48, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(768, 192, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.06835443038,
+        ),
     ),
-    (  # stage 4: 19 x mbconv -> 224 channels at 30x30
-        BlockConfig(kind="mbconv", in_channels=192, out_channels=224, expansion=6, kernel=3, stride=1, se_channels=48, activation="silu", drop_path_rate=0.070886075949),  # blocks_4_0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=3, stride=1, se_channels=56, activation="silu", drop_path_rate=0.073417721519),  # blocks_4_1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=3, stride=1, se_channels=56, activation="silu", drop_path_rate=0.075949367089),  # blocks_4_2  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=3, stride=1, se_channels=56, activation="silu", drop_path_rate=0.078481012658),  # blocks_4_3  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=3, stride=1, se_channels=56, activation="silu", drop_path_rate=0.081012658228),  # blocks_4_4  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=3, stride=1, se_channels=56, activation="silu", drop_path_rate=0.083544303797),  # blocks_4_5  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=3, stride=1, se_channels=56, activation="silu", drop_path_rate=0.086075949367),  # blocks_4_6  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=3, stride=1, se_channels=56, activation="silu", drop_path_rate=0.088607594937),  # blocks_4_7  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=3, stride=1, se_channels=56, activation="silu", drop_path_rate=0.091139240506),  # blocks_4_8  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=3, stride=1, se_channels=56, activation="silu", drop_path_rate=0.093670886076),  # blocks_4_9  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=3, stride=1, se_channels=56, activation="silu", drop_path_rate=0.096202531646),  # blocks_4_10  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=3, stride=1, se_channels=56, activation="silu", drop_path_rate=0.098734177215),  # blocks_4_11  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=3, stride=1, se_channels=56, activation="silu", drop_path_rate=0.101265822785),  # blocks_4_12  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=3, stride=1, se_channels=56, activation="silu", drop_path_rate=0.103797468354),  # blocks_4_13  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=3, stride=1, se_channels=56, activation="silu", drop_path_rate=0.106329113924),  # blocks_4_14  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=3, stride=1, se_channels=56, activation="silu", drop_path_rate=0.108860759494),  # blocks_4_15  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=3, stride=1, se_channels=56, activation="silu", drop_path_rate=0.111392405063),  # blocks_4_16  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=3, stride=1, se_channels=56, activation="silu", drop_path_rate=0.113924050633),  # blocks_4_17  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=3, stride=1, se_channels=56, activation="silu", drop_path_rate=0.116455696203),  # blocks_4_18  # noqa: E501
+    (  # blocks.4: 19 x mbconv -> 224 channels at 30x30
+        BlockConfig(  # blocks.4.0
+            kind="mbconv",
+            expand=ConvBnActConfig(192, 1152, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1152, 1152, kernel=3, stride=1, groups=1152, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(1152, 48, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1152, 224, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=False,
+            drop_path_rate=0.070886075949,
+        ),
+        BlockConfig(  # blocks.4.1
+            kind="mbconv",
+            expand=ConvBnActConfig(224, 1344, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1344, 1344, kernel=3, stride=1, groups=1344, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(1344, 56, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1344, 224, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.073417721519,
+        ),
+        BlockConfig(  # blocks.4.2
+            kind="mbconv",
+            expand=ConvBnActConfig(224, 1344, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1344, 1344, kernel=3, stride=1, groups=1344, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(1344, 56, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1344, 224, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.075949367089,
+        ),
+        BlockConfig(  # blocks.4.3
+            kind="mbconv",
+            expand=ConvBnActConfig(224, 1344, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1344, 1344, kernel=3, stride=1, groups=1344, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(1344, 56, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1344, 224, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.078481012658,
+        ),
+        BlockConfig(  # blocks.4.4
+            kind="mbconv",
+            expand=ConvBnActConfig(224, 1344, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1344, 1344, kernel=3, stride=1, groups=1344, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(1344, 56, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1344, 224, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.081012658228,
+        ),
+        BlockConfig(  # blocks.4.5
+            kind="mbconv",
+            expand=ConvBnActConfig(224, 1344, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1344, 1344, kernel=3, stride=1, groups=1344, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(1344, 56, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1344, 224, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.083544303797,
+        ),
+        BlockConfig(  # blocks.4.6
+            kind="mbconv",
+            expand=ConvBnActConfig(224, 1344, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1344, 1344, kernel=3, stride=1, groups=1344, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(1344, 56, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1344, 224, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.086075949367,
+        ),
+        BlockConfig(  # blocks.4.7
+            kind="mbconv",
+            expand=ConvBnActConfig(224, 1344, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1344, 1344, kernel=3, stride=1, groups=1344, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(1344, 56, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1344, 224, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.088607594937,
+        ),
+        BlockConfig(  # blocks.4.8
+            kind="mbconv",
+            expand=ConvBnActConfig(224, 1344, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1344, 1344, kernel=3, stride=1, groups=1344, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(1344, 56, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1344, 224, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.091139240506,
+        ),
+        BlockConfig(  # blocks.4.9
+            kind="mbconv",
+            expand=ConvBnActConfig(224, 1344, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1344, 1344, kernel=3, stride=1, groups=1344, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(1344, 56, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1344, 224, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.093670886076,
+        ),
+        BlockConfig(  # blocks.4.10
+            kind="mbconv",
+            expand=ConvBnActConfig(224, 1344, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1344, 1344, kernel=3, stride=1, groups=1344, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(1344, 56, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1344, 224, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.096202531646,
+        ),
+        BlockConfig(  # blocks.4.11
+            kind="mbconv",
+            expand=ConvBnActConfig(224, 1344, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1344, 1344, kernel=3, stride=1, groups=1344, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(1344, 56, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1344, 224, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.098734177215,
+        ),
+        BlockConfig(  # blocks.4.12
+            kind="mbconv",
+            expand=ConvBnActConfig(224, 1344, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1344, 1344, kernel=3, stride=1, groups=1344, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(1344, 56, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1344, 224, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.101265822785,
+        ),
+        BlockConfig(  # blocks.4.13
+            kind="mbconv",
+            expand=ConvBnActConfig(224, 1344, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1344, 1344, kernel=3, stride=1, groups=1344, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(1344, 56, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1344, 224, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.103797468354,
+        ),
+        BlockConfig(  # blocks.4.14
+            kind="mbconv",
+            expand=ConvBnActConfig(224, 1344, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1344, 1344, kernel=3, stride=1, groups=1344, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(1344, 56, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1344, 224, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.106329113924,
+        ),
+        BlockConfig(  # blocks.4.15
+            kind="mbconv",
+            expand=ConvBnActConfig(224, 1344, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1344, 1344, kernel=3, stride=1, groups=1344, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(1344, 56, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1344, 224, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.108860759494,
+        ),
+        BlockConfig(  # blocks.4.16
+            kind="mbconv",
+            expand=ConvBnActConfig(224, 1344, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1344, 1344, kernel=3, stride=1, groups=1344, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(1344, 56, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1344, 224, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.111392405063,
+        ),
+        BlockConfig(  # blocks.4.17
+            kind="mbconv",
+            expand=ConvBnActConfig(224, 1344, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1344, 1344, kernel=3, stride=1, groups=1344, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(1344, 56, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1344, 224, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.113924050633,
+        ),
+        BlockConfig(  # blocks.4.18
+            kind="mbconv",
+            expand=ConvBnActConfig(224, 1344, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1344, 1344, kernel=3, stride=1, groups=1344, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(1344, 56, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1344, 224, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.116455696203,
+        ),
     ),
-    (  # stage 5: 25 x mbconv -> 384 channels at 15x15
-        BlockConfig(kind="mbconv", in_channels=224, out_channels=384, expansion=6, kernel=3, stride=2, se_channels=56, activation="silu", drop_path_rate=0.118987341772),  # blocks_5_0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="silu", drop_path_rate=0.121518987342),  # blocks_5_1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="silu", drop_path_rate=0.124050632911),  # blocks_5_2  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="silu", drop_path_rate=0.126582278481),  # blocks_5_3  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="silu", drop_path_rate=0.129113924051),  # blocks_5_4  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="silu", drop_path_rate=0.13164556962),  # blocks_5_5  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="silu", drop_path_rate=0.13417721519),  # blocks_5_6  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="silu", drop_path_rate=0.136708860759),  # blocks_5_7  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="silu", drop_path_rate=0.139240506329),  # blocks_5_8  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="silu", drop_path_rate=0.141772151899),  # blocks_5_9  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="silu", drop_path_rate=0.144303797468),  # blocks_5_10  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="silu", drop_path_rate=0.146835443038),  # blocks_5_11  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="silu", drop_path_rate=0.149367088608),  # blocks_5_12  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="silu", drop_path_rate=0.151898734177),  # blocks_5_13  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="silu", drop_path_rate=0.154430379747),  # blocks_5_14  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="silu", drop_path_rate=0.156962025316),  # blocks_5_15  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="silu", drop_path_rate=0.159493670886),  # blocks_5_16  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="silu", drop_path_rate=0.162025316456),  # blocks_5_17  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="silu", drop_path_rate=0.164556962025),  # blocks_5_18  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="silu", drop_path_rate=0.167088607595),  # blocks_5_19  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="silu", drop_path_rate=0.169620253165),  # blocks_5_20  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="silu", drop_path_rate=0.172151898734),  # blocks_5_21  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="silu", drop_path_rate=0.174683544304),  # blocks_5_22  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="silu", drop_path_rate=0.177215189873),  # blocks_5_23  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="silu", drop_path_rate=0.179746835443),  # blocks_5_24  # noqa: E501
+    (  # blocks.5: 25 x mbconv -> 384 channels at 15x15
+        BlockConfig(  # blocks.5.0
+            kind="mbconv",
+            expand=ConvBnActConfig(224, 1344, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1344, 1344, kernel=3, stride=2, groups=1344, depthwise=True, padding="same", activation="swish"),
+            se=SqueezeExciteConfig(1344, 56, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1344, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=False,
+            drop_path_rate=0.118987341772,
+        ),
+        BlockConfig(  # blocks.5.1
+            kind="mbconv",
+            expand=ConvBnActConfig(384, 2304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(2304, 2304, kernel=3, stride=1, groups=2304, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(2304, 96, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(2304, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.121518987342,
+        ),
+        BlockConfig(  # blocks.5.2
+            kind="mbconv",
+            expand=ConvBnActConfig(384, 2304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(2304, 2304, kernel=3, stride=1, groups=2304, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(2304, 96, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(2304, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.124050632911,
+        ),
+        BlockConfig(  # blocks.5.3
+            kind="mbconv",
+            expand=ConvBnActConfig(384, 2304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(2304, 2304, kernel=3, stride=1, groups=2304, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(2304, 96, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(2304, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.126582278481,
+        ),
+        BlockConfig(  # blocks.5.4
+            kind="mbconv",
+            expand=ConvBnActConfig(384, 2304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(2304, 2304, kernel=3, stride=1, groups=2304, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(2304, 96, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(2304, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.129113924051,
+        ),
+        BlockConfig(  # blocks.5.5
+            kind="mbconv",
+            expand=ConvBnActConfig(384, 2304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(2304, 2304, kernel=3, stride=1, groups=2304, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(2304, 96, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(2304, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.13164556962,
+        ),
+        BlockConfig(  # blocks.5.6
+            kind="mbconv",
+            expand=ConvBnActConfig(384, 2304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(2304, 2304, kernel=3, stride=1, groups=2304, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(2304, 96, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(2304, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.13417721519,
+        ),
+        BlockConfig(  # blocks.5.7
+            kind="mbconv",
+            expand=ConvBnActConfig(384, 2304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(2304, 2304, kernel=3, stride=1, groups=2304, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(2304, 96, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(2304, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.136708860759,
+        ),
+        BlockConfig(  # blocks.5.8
+            kind="mbconv",
+            expand=ConvBnActConfig(384, 2304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(2304, 2304, kernel=3, stride=1, groups=2304, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(2304, 96, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(2304, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.139240506329,
+        ),
+        BlockConfig(  # blocks.5.9
+            kind="mbconv",
+            expand=ConvBnActConfig(384, 2304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(2304, 2304, kernel=3, stride=1, groups=2304, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(2304, 96, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(2304, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.141772151899,
+        ),
+        BlockConfig(  # blocks.5.10
+            kind="mbconv",
+            expand=ConvBnActConfig(384, 2304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(2304, 2304, kernel=3, stride=1, groups=2304, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(2304, 96, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(2304, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.144303797468,
+        ),
+        BlockConfig(  # blocks.5.11
+            kind="mbconv",
+            expand=ConvBnActConfig(384, 2304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(2304, 2304, kernel=3, stride=1, groups=2304, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(2304, 96, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(2304, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.146835443038,
+        ),
+        BlockConfig(  # blocks.5.12
+            kind="mbconv",
+            expand=ConvBnActConfig(384, 2304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(2304, 2304, kernel=3, stride=1, groups=2304, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(2304, 96, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(2304, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.149367088608,
+        ),
+        BlockConfig(  # blocks.5.13
+            kind="mbconv",
+            expand=ConvBnActConfig(384, 2304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(2304, 2304, kernel=3, stride=1, groups=2304, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(2304, 96, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(2304, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.151898734177,
+        ),
+        BlockConfig(  # blocks.5.14
+            kind="mbconv",
+            expand=ConvBnActConfig(384, 2304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(2304, 2304, kernel=3, stride=1, groups=2304, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(2304, 96, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(2304, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.154430379747,
+        ),
+        BlockConfig(  # blocks.5.15
+            kind="mbconv",
+            expand=ConvBnActConfig(384, 2304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(2304, 2304, kernel=3, stride=1, groups=2304, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(2304, 96, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(2304, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.156962025316,
+        ),
+        BlockConfig(  # blocks.5.16
+            kind="mbconv",
+            expand=ConvBnActConfig(384, 2304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(2304, 2304, kernel=3, stride=1, groups=2304, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(2304, 96, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(2304, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.159493670886,
+        ),
+        BlockConfig(  # blocks.5.17
+            kind="mbconv",
+            expand=ConvBnActConfig(384, 2304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(2304, 2304, kernel=3, stride=1, groups=2304, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(2304, 96, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(2304, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.162025316456,
+        ),
+        BlockConfig(  # blocks.5.18
+            kind="mbconv",
+            expand=ConvBnActConfig(384, 2304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(2304, 2304, kernel=3, stride=1, groups=2304, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(2304, 96, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(2304, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.164556962025,
+        ),
+        BlockConfig(  # blocks.5.19
+            kind="mbconv",
+            expand=ConvBnActConfig(384, 2304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(2304, 2304, kernel=3, stride=1, groups=2304, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(2304, 96, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(2304, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.167088607595,
+        ),
+        BlockConfig(  # blocks.5.20
+            kind="mbconv",
+            expand=ConvBnActConfig(384, 2304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(2304, 2304, kernel=3, stride=1, groups=2304, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(2304, 96, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(2304, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.169620253165,
+        ),
+        BlockConfig(  # blocks.5.21
+            kind="mbconv",
+            expand=ConvBnActConfig(384, 2304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(2304, 2304, kernel=3, stride=1, groups=2304, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(2304, 96, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(2304, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.172151898734,
+        ),
+        BlockConfig(  # blocks.5.22
+            kind="mbconv",
+            expand=ConvBnActConfig(384, 2304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(2304, 2304, kernel=3, stride=1, groups=2304, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(2304, 96, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(2304, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.174683544304,
+        ),
+        BlockConfig(  # blocks.5.23
+            kind="mbconv",
+            expand=ConvBnActConfig(384, 2304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(2304, 2304, kernel=3, stride=1, groups=2304, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(2304, 96, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(2304, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.177215189873,
+        ),
+        BlockConfig(  # blocks.5.24
+            kind="mbconv",
+            expand=ConvBnActConfig(384, 2304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(2304, 2304, kernel=3, stride=1, groups=2304, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(2304, 96, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(2304, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.179746835443,
+        ),
     ),
-    (  # stage 6: 7 x mbconv -> 640 channels at 15x15
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=640, expansion=6, kernel=3, stride=1, se_channels=96, activation="silu", drop_path_rate=0.182278481013),  # blocks_6_0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=640, out_channels=640, expansion=6, kernel=3, stride=1, se_channels=160, activation="silu", drop_path_rate=0.184810126582),  # blocks_6_1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=640, out_channels=640, expansion=6, kernel=3, stride=1, se_channels=160, activation="silu", drop_path_rate=0.187341772152),  # blocks_6_2  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=640, out_channels=640, expansion=6, kernel=3, stride=1, se_channels=160, activation="silu", drop_path_rate=0.189873417722),  # blocks_6_3  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=640, out_channels=640, expansion=6, kernel=3, stride=1, se_channels=160, activation="silu", drop_path_rate=0.192405063291),  # blocks_6_4  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=640, out_channels=640, expansion=6, kernel=3, stride=1, se_channels=160, activation="silu", drop_path_rate=0.194936708861),  # blocks_6_5  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=640, out_channels=640, expansion=6, kernel=3, stride=1, se_channels=160, activation="silu", drop_path_rate=0.19746835443),  # blocks_6_6  # noqa: E501
+    (  # blocks.6: 7 x mbconv -> 640 channels at 15x15
+        BlockConfig(  # blocks.6.0
+            kind="mbconv",
+            expand=ConvBnActConfig(384, 2304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(2304, 2304, kernel=3, stride=1, groups=2304, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(2304, 96, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(2304, 640, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=False,
+            drop_path_rate=0.182278481013,
+        ),
+        BlockConfig(  # blocks.6.1
+            kind="mbconv",
+            expand=ConvBnActConfig(640, 3840, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(3840, 3840, kernel=3, stride=1, groups=3840, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(3840, 160, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(3840, 640, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.184810126582,
+        ),
+        BlockConfig(  # blocks.6.2
+            kind="mbconv",
+            expand=ConvBnActConfig(640, 3840, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(3840, 3840, kernel=3, stride=1, groups=3840, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(3840, 160, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(3840, 640, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.187341772152,
+        ),
+        BlockConfig(  # blocks.6.3
+            kind="mbconv",
+            expand=ConvBnActConfig(640, 3840, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(3840, 3840, kernel=3, stride=1, groups=3840, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(3840, 160, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(3840, 640, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.189873417722,
+        ),
+        BlockConfig(  # blocks.6.4
+            kind="mbconv",
+            expand=ConvBnActConfig(640, 3840, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(3840, 3840, kernel=3, stride=1, groups=3840, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(3840, 160, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(3840, 640, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.192405063291,
+        ),
+        BlockConfig(  # blocks.6.5
+            kind="mbconv",
+            expand=ConvBnActConfig(640, 3840, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(3840, 3840, kernel=3, stride=1, groups=3840, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(3840, 160, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(3840, 640, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.194936708861,
+        ),
+        BlockConfig(  # blocks.6.6
+            kind="mbconv",
+            expand=ConvBnActConfig(640, 3840, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(3840, 3840, kernel=3, stride=1, groups=3840, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(3840, 160, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(3840, 640, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.19746835443,
+        ),
     ),
 )
 # fmt: on
@@ -192,23 +851,21 @@ def dense_kernel_initializer() -> keras.initializers.Initializer:
 
 
 def conv_bn_act(
-    x: keras.KerasTensor,
-    filters: int,
-    kernel: int,
-    stride: int,
-    activation: str | None,
-    name: str,
-    depthwise: bool = False,
+    x: keras.KerasTensor, config: ConvBnActConfig, name: str
 ) -> keras.KerasTensor:
     """Conv (or depthwise conv) -> batch norm -> activation: {name}_conv, _bn, _act."""
+    # Keras' "same" is TensorFlow SAME; at stride 1 it pads (k - 1) // 2 per side, which
+    # is what the compiler gives every stride-1 conv. A fixed padding on a strided conv
+    # is an explicit zero padding.
     padding = "same"
-    if PADDING == "symmetric" and kernel > 1:
-        x = layers.ZeroPadding2D((kernel - 1) // 2, name=f"{name}_pad")(x)
+    if config.padding != "same" and config.stride != 1:
         padding = "valid"
-    if depthwise:
+        if config.padding:
+            x = layers.ZeroPadding2D(config.padding, name=f"{name}_pad")(x)
+    if config.depthwise:
         x = layers.DepthwiseConv2D(
-            kernel,
-            stride,
+            config.kernel,
+            config.stride,
             padding=padding,
             use_bias=False,
             depthwise_initializer=conv_kernel_initializer(),
@@ -216,53 +873,60 @@ def conv_bn_act(
         )(x)
     else:
         x = layers.Conv2D(
-            filters,
-            kernel,
-            stride,
+            config.out_channels,
+            config.kernel,
+            config.stride,
             padding=padding,
+            groups=config.groups,
             use_bias=False,
             kernel_initializer=conv_kernel_initializer(),
             name=f"{name}_conv",
         )(x)
     x = layers.BatchNormalization(
-        momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=f"{name}_bn"
+        momentum=BN_MOMENTUM, epsilon=BN_EPS, name=f"{name}_bn"
     )(x)
-    if activation is not None:
-        x = layers.Activation(activation, name=f"{name}_act")(x)
+    if config.activation is not None:
+        x = layers.Activation(ACTIVATIONS[config.activation], name=f"{name}_act")(x)
     return x
 
 
 def squeeze_excite(
-    x: keras.KerasTensor, se_channels: int, activation: str, name: str
+    x: keras.KerasTensor, config: SqueezeExciteConfig, name: str
 ) -> keras.KerasTensor:
-    """Gate channels by a sigmoid of their global average: pool -> reduce -> expand."""
-    channels = x.shape[-1]
-    gate = layers.GlobalAveragePooling2D(keepdims=True, name=f"{name}_pool")(x)
-    gate = layers.Conv2D(
-        se_channels,
+    """Gate channels by a function of their global average: pool -> reduce -> expand."""
+    scale = layers.GlobalAveragePooling2D(keepdims=True, name=f"{name}_pool")(x)
+    scale = layers.Conv2D(
+        config.se_channels,
         1,
-        activation=activation,
+        activation=ACTIVATIONS[config.activation],
         kernel_initializer=conv_kernel_initializer(),
         name=f"{name}_reduce",
-    )(gate)
-    gate = layers.Conv2D(
-        channels,
+    )(scale)
+    scale = layers.Conv2D(
+        config.channels,
         1,
-        activation="sigmoid",
+        activation=ACTIVATIONS[config.gate],
         kernel_initializer=conv_kernel_initializer(),
         name=f"{name}_expand",
-    )(gate)
-    return layers.Multiply(name=f"{name}_scale")([x, gate])
+    )(scale)
+    return layers.Multiply(name=f"{name}_scale")([x, scale])
 
 
-def residual(
-    x: keras.KerasTensor,
-    shortcut: keras.KerasTensor,
-    config: BlockConfig,
-    drop_path_rate: float,
-    name: str,
+def block(
+    x: keras.KerasTensor, config: BlockConfig, drop_path_rate: float, name: str
 ) -> keras.KerasTensor:
-    """Add the shortcut when shapes allow; drop the branch per sample while training."""
+    """MBConv (1x1 expand -> k x k depthwise) or Fused-MBConv (one k x k expand conv),
+    then squeeze-excite and the 1x1 linear projection; parts the config leaves None
+    are absent. The residual branch is dropped per sample while training."""
+    shortcut = x
+    if config.expand is not None:
+        x = conv_bn_act(x, config.expand, name=f"{name}_expand")
+    if config.depthwise is not None:
+        x = conv_bn_act(x, config.depthwise, name=f"{name}_depthwise")
+    if config.se is not None:
+        x = squeeze_excite(x, config.se, name=f"{name}_se")
+    if config.project is not None:
+        x = conv_bn_act(x, config.project, name=f"{name}_project")
     if not config.residual:
         return x
     if drop_path_rate > 0:
@@ -273,82 +937,9 @@ def residual(
     return layers.Add(name=f"{name}_add")([x, shortcut])
 
 
-def fused_mbconv_block(
-    x: keras.KerasTensor, config: BlockConfig, drop_path_rate: float, name: str
-) -> keras.KerasTensor:
-    """Fused-MBConv: k x k expansion conv -> (squeeze-excite) -> 1x1 projection.
-
-    With expansion 1 the k x k conv is the only conv and keeps its activation.
-    """
-    shortcut = x
-    if config.expansion == 1:
-        x = conv_bn_act(
-            x,
-            config.out_channels,
-            config.kernel,
-            config.stride,
-            config.activation,
-            name=f"{name}_expand",
-        )
-        if config.se_channels:
-            x = squeeze_excite(
-                x, config.se_channels, config.activation, name=f"{name}_se"
-            )
-        return residual(x, shortcut, config, drop_path_rate, name)
-    # Fused expansion: one k x k conv instead of 1x1 expansion + depthwise
-    x = conv_bn_act(
-        x,
-        config.mid_channels,
-        config.kernel,
-        config.stride,
-        config.activation,
-        name=f"{name}_expand",
-    )
-    # Squeeze-and-excitation
-    if config.se_channels:
-        x = squeeze_excite(x, config.se_channels, config.activation, name=f"{name}_se")
-    # Point-wise linear projection
-    x = conv_bn_act(x, config.out_channels, 1, 1, None, name=f"{name}_project")
-    return residual(x, shortcut, config, drop_path_rate, name)
-
-
-def mbconv_block(
-    x: keras.KerasTensor, config: BlockConfig, drop_path_rate: float, name: str
-) -> keras.KerasTensor:
-    """MBConv: 1x1 expansion -> k x k depthwise -> squeeze-excite -> 1x1 projection."""
-    shortcut = x
-    # Point-wise expansion (absent when expansion is 1)
-    if config.expansion != 1:
-        x = conv_bn_act(
-            x, config.mid_channels, 1, 1, config.activation, name=f"{name}_expand"
-        )
-    # Depth-wise convolution; the stride sits here
-    x = conv_bn_act(
-        x,
-        config.mid_channels,
-        config.kernel,
-        config.stride,
-        config.activation,
-        name=f"{name}_depthwise",
-        depthwise=True,
-    )
-    # Squeeze-and-excitation
-    if config.se_channels:
-        x = squeeze_excite(x, config.se_channels, config.activation, name=f"{name}_se")
-    # Point-wise linear projection
-    x = conv_bn_act(x, config.out_channels, 1, 1, None, name=f"{name}_project")
-    return residual(x, shortcut, config, drop_path_rate, name)
-
-
-BLOCK_BUILDERS = {
-    "fused_mbconv": fused_mbconv_block,
-    "mbconv": mbconv_block,
-}
-
-
 def build_model(
     num_classes: int = NUM_CLASSES,
-    drop_rate: float | None = None,
+    dropout: float | None = None,
     drop_path_rate: float | None = None,
     include_preprocessing: bool = False,
     input_shape: tuple[int | None, int | None, int] | None = None,
@@ -357,14 +948,14 @@ def build_model(
 
     Args:
         num_classes: classifier outputs.
-        drop_rate: dropout before the classifier; None keeps DROP_RATE.
+        dropout: dropout before the classifier; None keeps DROPOUT.
         drop_path_rate: stochastic-depth base rate (block i of N gets rate * i / N);
             None keeps the spec's per-block rates.
         include_preprocessing: normalize with MEAN/STD inside the model, so it takes
             raw 0..1 pixels.
         input_shape: (height, width, channels); None accepts any spatial size.
     """
-    drop_rate = DROP_RATE if drop_rate is None else drop_rate
+    dropout = DROPOUT if dropout is None else dropout
     if input_shape is None:
         input_shape = (None, None, INPUT_CHANNELS)
     inputs = keras.Input(shape=input_shape, name="image")
@@ -373,7 +964,7 @@ def build_model(
         x = layers.Normalization(
             mean=MEAN, variance=[s * s for s in STD], name="preprocessing"
         )(x)
-    x = conv_bn_act(x, STEM_CHANNELS, STEM_KERNEL, STEM_STRIDE, ACTIVATION, name="stem")
+    x = conv_bn_act(x, STEM, name="stem")
     num_blocks = sum(len(stage) for stage in STAGES)
     block_index = 0
     for stage_index, stage in enumerate(STAGES):
@@ -381,13 +972,12 @@ def build_model(
             rate = config.drop_path_rate
             if drop_path_rate is not None:
                 rate = drop_path_rate * block_index / num_blocks
-            build_block = BLOCK_BUILDERS[config.kind]
-            x = build_block(x, config, rate, name=f"blocks_{stage_index}_{index}")
+            x = block(x, config, rate, name=f"blocks_{stage_index}_{index}")
             block_index += 1
-    x = conv_bn_act(x, HEAD_CHANNELS, 1, 1, ACTIVATION, name="head")
+    x = conv_bn_act(x, HEAD, name="head")
     x = layers.GlobalAveragePooling2D(name="head_pool")(x)
-    if drop_rate > 0:
-        x = layers.Dropout(drop_rate, name="head_dropout")(x)
+    if dropout > 0:
+        x = layers.Dropout(dropout, name="head_dropout")(x)
     outputs = layers.Dense(
         num_classes,
         kernel_initializer=dense_kernel_initializer(),

@@ -25,17 +25,24 @@ INPUT_CHANNELS = 3
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 NUM_CLASSES = 1000
-DROP_RATE = 0.3  # dropout before the classifier
+DROPOUT = 0.3  # before the classifier
 DROP_PATH_RATE = 0.2  # stochastic depth: block i of N gets rate * i / N
-ACTIVATION = "silu"
-PADDING = "same"  # "same": TensorFlow SAME; "symmetric": (k - 1) // 2 per side
-BN_MOMENTUM = 0.9  # running-average decay (Keras convention)
-BN_EPSILON = 0.001
-STEM_CHANNELS = 24
-STEM_KERNEL = 3
-STEM_STRIDE = 2
-HEAD_CHANNELS = 1280
+PADDING = "same"  # the spec's mode; each conv below carries its resolved padding
+BN_EPS = 0.001
+BN_MOMENTUM = 0.9  # running-average decay, as the spec states it
 PARAMS = 54139356  # trainable parameters with NUM_CLASSES classes
+MACS = 24582460384  # conv and linear multiply-accumulates at RESOLUTION
+
+# Activation names as the spec spells them -> Keras activation identifiers.
+ACTIVATIONS = {
+    "swish": "silu",
+    "silu": "silu",
+    "relu": "relu",
+    "relu6": "relu6",
+    "gelu": "gelu",
+    "hard_swish": "hard_silu",
+    "sigmoid": "sigmoid",
+}
 
 # The layers whose outputs are the stem's and each stage's output, in order.
 STAGE_OUTPUTS = (
@@ -52,101 +59,577 @@ FEATURES_OUTPUT = "head_act"  # pre-pooling features (head conv-bn-act)
 
 
 @dataclass(frozen=True)
-class BlockConfig:
-    """One MBConv or Fused-MBConv block, fully resolved by the compiler."""
+class ConvBnActConfig:
+    """conv (no bias) -> batch norm -> activation, resolved by the compiler."""
 
-    kind: str  # "mbconv" or "fused_mbconv"
     in_channels: int
     out_channels: int
-    expansion: int
     kernel: int
     stride: int
-    se_channels: int  # squeeze width; 0 means no squeeze-and-excitation
+    groups: int  # 1 for a dense conv, the channel count for a depthwise one
+    depthwise: bool  # one filter per channel (groups == channels)
+    padding: int | str  # pixels per side, or "same": TensorFlow SAME per input size
+    activation: str | None  # a key of ACTIVATIONS; None is linear
+
+
+@dataclass(frozen=True)
+class SqueezeExciteConfig:
+    """Global average pool -> reduce (1x1 conv) -> activation -> expand -> gate."""
+
+    channels: int  # the gated channels
+    se_channels: int  # the squeeze width
     activation: str
-    drop_path_rate: float  # stochastic depth, training only
-
-    @property
-    def mid_channels(self) -> int:
-        return self.in_channels * self.expansion
-
-    @property
-    def residual(self) -> bool:
-        return self.stride == 1 and self.in_channels == self.out_channels
+    gate: str  # a key of ACTIVATIONS
 
 
-# One tuple per stage, one BlockConfig per block; block j of stage i is blocks_i_j.
+@dataclass(frozen=True)
+class BlockConfig:
+    """One MBConv or Fused-MBConv block: its parts run in the order expand ->
+    depthwise -> se -> project (None: absent), then the residual add."""
+
+    kind: str  # "mbconv" or "fused_mbconv"
+    expand: ConvBnActConfig | None
+    depthwise: ConvBnActConfig | None
+    se: SqueezeExciteConfig | None
+    project: ConvBnActConfig | None
+    residual: bool  # add the block's input to its output
+    drop_path_rate: float  # stochastic depth of the residual branch, training only
+
+
+# The compiler decided every number below: widths, strides, padding, residuals, rates.
+# One line per part, one BlockConfig per block, one tuple per stage (blocks.i.j is
+# block j of stage i).
+# ruff: noqa: E501
 # fmt: off
+STEM = ConvBnActConfig(3, 24, kernel=3, stride=2, groups=1, depthwise=False, padding="same", activation="swish")
+HEAD = ConvBnActConfig(512, 1280, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish")
 STAGES = (
-    (  # stage 0: 3 x fused_mbconv -> 24 channels at 240x240
-        BlockConfig(kind="fused_mbconv", in_channels=24, out_channels=24, expansion=1, kernel=3, stride=1, se_channels=0, activation="silu", drop_path_rate=0.0),  # blocks_0_0  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=24, out_channels=24, expansion=1, kernel=3, stride=1, se_channels=0, activation="silu", drop_path_rate=0.00350877193),  # blocks_0_1  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=24, out_channels=24, expansion=1, kernel=3, stride=1, se_channels=0, activation="silu", drop_path_rate=0.00701754386),  # blocks_0_2  # noqa: E501
+    (  # blocks.0: 3 x fused_mbconv -> 24 channels at 240x240
+        BlockConfig(  # blocks.0.0
+            kind="fused_mbconv",
+            expand=ConvBnActConfig(24, 24, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="swish"),
+            depthwise=None,
+            se=None,
+            project=None,
+            residual=True,
+            drop_path_rate=0.0,
+        ),
+        BlockConfig(  # blocks.0.1
+            kind="fused_mbconv",
+            expand=ConvBnActConfig(24, 24, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="swish"),
+            depthwise=None,
+            se=None,
+            project=None,
+            residual=True,
+            drop_path_rate=0.00350877193,
+        ),
+        BlockConfig(  # blocks.0.2
+            kind="fused_mbconv",
+            expand=ConvBnActConfig(24, 24, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="swish"),
+            depthwise=None,
+            se=None,
+            project=None,
+            residual=True,
+            drop_path_rate=0.00701754386,
+        ),
     ),
-    (  # stage 1: 5 x fused_mbconv -> 48 channels at 120x120
-        BlockConfig(kind="fused_mbconv", in_channels=24, out_channels=48, expansion=4, kernel=3, stride=2, se_channels=0, activation="silu", drop_path_rate=0.010526315789),  # blocks_1_0  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=48, out_channels=48, expansion=4, kernel=3, stride=1, se_channels=0, activation="silu", drop_path_rate=0.014035087719),  # blocks_1_1  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=48, out_channels=48, expansion=4, kernel=3, stride=1, se_channels=0, activation="silu", drop_path_rate=0.017543859649),  # blocks_1_2  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=48, out_channels=48, expansion=4, kernel=3, stride=1, se_channels=0, activation="silu", drop_path_rate=0.021052631579),  # blocks_1_3  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=48, out_channels=48, expansion=4, kernel=3, stride=1, se_channels=0, activation="silu", drop_path_rate=0.024561403509),  # blocks_1_4  # noqa: E501
+    (  # blocks.1: 5 x fused_mbconv -> 48 channels at 120x120
+        BlockConfig(  # blocks.1.0
+            kind="fused_mbconv",
+            expand=ConvBnActConfig(24, 96, kernel=3, stride=2, groups=1, depthwise=False, padding="same", activation="swish"),
+            depthwise=None,
+            se=None,
+            project=ConvBnActConfig(96, 48, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=False,
+            drop_path_rate=0.010526315789,
+        ),
+        BlockConfig(  # blocks.1.1
+            kind="fused_mbconv",
+            expand=ConvBnActConfig(48, 192, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="swish"),
+            depthwise=None,
+            se=None,
+            project=ConvBnActConfig(192, 48, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.014035087719,
+        ),
+        BlockConfig(  # blocks.1.2
+            kind="fused_mbconv",
+            expand=ConvBnActConfig(48, 192, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="swish"),
+            depthwise=None,
+            se=None,
+            project=ConvBnActConfig(192, 48, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.017543859649,
+        ),
+        BlockConfig(  # blocks.1.3
+            kind="fused_mbconv",
+            expand=ConvBnActConfig(48, 192, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="swish"),
+            depthwise=None,
+            se=None,
+            project=ConvBnActConfig(192, 48, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.021052631579,
+        ),
+        BlockConfig(  # blocks.1.4
+            kind="fused_mbconv",
+            expand=ConvBnActConfig(48, 192, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="swish"),
+            depthwise=None,
+            se=None,
+            project=ConvBnActConfig(192, 48, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.024561403509,
+        ),
     ),
-    (  # stage 2: 5 x fused_mbconv -> 80 channels at 60x60
-        BlockConfig(kind="fused_mbconv", in_channels=48, out_channels=80, expansion=4, kernel=3, stride=2, se_channels=0, activation="silu", drop_path_rate=0.028070175439),  # blocks_2_0  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=80, out_channels=80, expansion=4, kernel=3, stride=1, se_channels=0, activation="silu", drop_path_rate=0.031578947368),  # blocks_2_1  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=80, out_channels=80, expansion=4, kernel=3, stride=1, se_channels=0, activation="silu", drop_path_rate=0.035087719298),  # blocks_2_2  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=80, out_channels=80, expansion=4, kernel=3, stride=1, se_channels=0, activation="silu", drop_path_rate=0.038596491228),  # blocks_2_3  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=80, out_channels=80, expansion=4, kernel=3, stride=1, se_channels=0, activation="silu", drop_path_rate=0.042105263158),  # blocks_2_4  # noqa: E501
+    (  # blocks.2: 5 x fused_mbconv -> 80 channels at 60x60
+        BlockConfig(  # blocks.2.0
+            kind="fused_mbconv",
+            expand=ConvBnActConfig(48, 192, kernel=3, stride=2, groups=1, depthwise=False, padding="same", activation="swish"),
+            depthwise=None,
+            se=None,
+            project=ConvBnActConfig(192, 80, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=False,
+            drop_path_rate=0.028070175439,
+        ),
+        BlockConfig(  # blocks.2.1
+            kind="fused_mbconv",
+            expand=ConvBnActConfig(80, 320, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="swish"),
+            depthwise=None,
+            se=None,
+            project=ConvBnActConfig(320, 80, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.031578947368,
+        ),
+        BlockConfig(  # blocks.2.2
+            kind="fused_mbconv",
+            expand=ConvBnActConfig(80, 320, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="swish"),
+            depthwise=None,
+            se=None,
+            project=ConvBnActConfig(320, 80, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.035087719298,
+        ),
+        BlockConfig(  # blocks.2.3
+            kind="fused_mbconv",
+            expand=ConvBnActConfig(80, 320, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="swish"),
+            depthwise=None,
+            se=None,
+            project=ConvBnActConfig(320, 80, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.038596491228,
+        ),
+        BlockConfig(  # blocks.2.4
+            kind="fused_mbconv",
+            expand=ConvBnActConfig(80, 320, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="swish"),
+            depthwise=None,
+            se=None,
+            project=ConvBnActConfig(320, 80, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.042105263158,
+        ),
     ),
-    (  # stage 3: 7 x mbconv -> 160 channels at 30x30
-        BlockConfig(kind="mbconv", in_channels=80, out_channels=160, expansion=4, kernel=3, stride=2, se_channels=20, activation="silu", drop_path_rate=0.045614035088),  # blocks_3_0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=160, out_channels=160, expansion=4, kernel=3, stride=1, se_channels=40, activation="silu", drop_path_rate=0.049122807018),  # blocks_3_1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=160, out_channels=160, expansion=4, kernel=3, stride=1, se_channels=40, activation="silu", drop_path_rate=0.052631578947),  # blocks_3_2  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=160, out_channels=160, expansion=4, kernel=3, stride=1, se_channels=40, activation="silu", drop_path_rate=0.056140350877),  # blocks_3_3  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=160, out_channels=160, expansion=4, kernel=3, stride=1, se_channels=40, activation="silu", drop_path_rate=0.059649122807),  # blocks_3_4  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=160, out_channels=160, expansion=4, kernel=3, stride=1, se_channels=40, activation="silu", drop_path_rate=0.063157894737),  # blocks_3_5  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=160, out_channels=160, expansion=4, kernel=3, stride=1, se_channels=40, activation="silu", drop_path_rate=0.066666666667),  # blocks_3_6  # noqa: E501
+    (  # blocks.3: 7 x mbconv -> 160 channels at 30x30
+        BlockConfig(  # blocks.3.0
+            kind="mbconv",
+            expand=ConvBnActConfig(80, 320, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(320, 320, kernel=3, stride=2, groups=320, depthwise=True, padding="same", activation="swish"),
+            se=SqueezeExciteConfig(320, 20, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(320, 160, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=False,
+            drop_path_rate=0.045614035088,
+        ),
+        BlockConfig(  # blocks.3.1
+            kind="mbconv",
+            expand=ConvBnActConfig(160, 640, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(640, 640, kernel=3, stride=1, groups=640, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(640, 40, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(640, 160, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.049122807018,
+        ),
+        BlockConfig(  # blocks.3.2
+            kind="mbconv",
+            expand=ConvBnActConfig(160, 640, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(640, 640, kernel=3, stride=1, groups=640, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(640, 40, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(640, 160, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.052631578947,
+        ),
+        BlockConfig(  # blocks.3.3
+            kind="mbconv",
+            expand=ConvBnActConfig(160, 640, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(640, 640, kernel=3, stride=1, groups=640, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(640, 40, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(640, 160, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.056140350877,
+        ),
+        BlockConfig(  # blocks.3.4
+            kind="mbconv",
+            expand=ConvBnActConfig(160, 640, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(640, 640, kernel=3, stride=1, groups=640, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(640, 40, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(640, 160, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.059649122807,
+        ),
+        BlockConfig(  # blocks.3.5
+            kind="mbconv",
+            expand=ConvBnActConfig(160, 640, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(640, 640, kernel=3, stride=1, groups=640, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(640, 40, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(640, 160, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.063157894737,
+        ),
+        BlockConfig(  # blocks.3.6
+            kind="mbconv",
+            expand=ConvBnActConfig(160, 640, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(640, 640, kernel=3, stride=1, groups=640, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(640, 40, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(640, 160, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.066666666667,
+        ),
     ),
-    (  # stage 4: 14 x mbconv -> 176 channels at 30x30
-        BlockConfig(kind="mbconv", in_channels=160, out_channels=176, expansion=6, kernel=3, stride=1, se_channels=40, activation="silu", drop_path_rate=0.070175438596),  # blocks_4_0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=176, out_channels=176, expansion=6, kernel=3, stride=1, se_channels=44, activation="silu", drop_path_rate=0.073684210526),  # blocks_4_1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=176, out_channels=176, expansion=6, kernel=3, stride=1, se_channels=44, activation="silu", drop_path_rate=0.077192982456),  # blocks_4_2  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=176, out_channels=176, expansion=6, kernel=3, stride=1, se_channels=44, activation="silu", drop_path_rate=0.080701754386),  # blocks_4_3  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=176, out_channels=176, expansion=6, kernel=3, stride=1, se_channels=44, activation="silu", drop_path_rate=0.084210526316),  # blocks_4_4  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=176, out_channels=176, expansion=6, kernel=3, stride=1, se_channels=44, activation="silu", drop_path_rate=0.087719298246),  # blocks_4_5  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=176, out_channels=176, expansion=6, kernel=3, stride=1, se_channels=44, activation="silu", drop_path_rate=0.091228070175),  # blocks_4_6  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=176, out_channels=176, expansion=6, kernel=3, stride=1, se_channels=44, activation="silu", drop_path_rate=0.094736842105),  # blocks_4_7  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=176, out_channels=176, expansion=6, kernel=3, stride=1, se_channels=44, activation="silu", drop_path_rate=0.098245614035),  # blocks_4_8  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=176, out_channels=176, expansion=6, kernel=3, stride=1, se_channels=44, activation="silu", drop_path_rate=0.101754385965),  # blocks_4_9  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=176, out_channels=176, expansion=6, kernel=3, stride=1, se_channels=44, activation="silu", drop_path_rate=0.105263157895),  # blocks_4_10  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=176, out_channels=176, expansion=6, kernel=3, stride=1, se_channels=44, activation="silu", drop_path_rate=0.108771929825),  # blocks_4_11  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=176, out_channels=176, expansion=6, kernel=3, stride=1, se_channels=44, activation="silu", drop_path_rate=0.112280701754),  # blocks_4_12  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=176, out_channels=176, expansion=6, kernel=3, stride=1, se_channels=44, activation="silu", drop_path_rate=0.115789473684),  # blocks_4_13  # noqa: E501
+    (  # blocks.4: 14 x mbconv -> 176 channels at 30x30
+        BlockConfig(  # blocks.4.0
+            kind="mbconv",
+            expand=ConvBnActConfig(160, 960, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(960, 960, kernel=3, stride=1, groups=960, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(960, 40, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(960, 176, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=False,
+            drop_path_rate=0.070175438596,
+        ),
+        BlockConfig(  # blocks.4.1
+            kind="mbconv",
+            expand=ConvBnActConfig(176, 1056, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1056, 1056, kernel=3, stride=1, groups=1056, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(1056, 44, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1056, 176, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.073684210526,
+        ),
+        BlockConfig(  # blocks.4.2
+            kind="mbconv",
+            expand=ConvBnActConfig(176, 1056, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1056, 1056, kernel=3, stride=1, groups=1056, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(1056, 44, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1056, 176, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.077192982456,
+        ),
+        BlockConfig(  # blocks.4.3
+            kind="mbconv",
+            expand=ConvBnActConfig(176, 1056, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1056, 1056, kernel=3, stride=1, groups=1056, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(1056, 44, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1056, 176, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.080701754386,
+        ),
+        BlockConfig(  # blocks.4.4
+            kind="mbconv",
+            expand=ConvBnActConfig(176, 1056, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1056, 1056, kernel=3, stride=1, groups=1056, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(1056, 44, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1056, 176, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.084210526316,
+        ),
+        BlockConfig(  # blocks.4.5
+            kind="mbconv",
+            expand=ConvBnActConfig(176, 1056, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1056, 1056, kernel=3, stride=1, groups=1056, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(1056, 44, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1056, 176, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.087719298246,
+        ),
+        BlockConfig(  # blocks.4.6
+            kind="mbconv",
+            expand=ConvBnActConfig(176, 1056, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1056, 1056, kernel=3, stride=1, groups=1056, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(1056, 44, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1056, 176, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.091228070175,
+        ),
+        BlockConfig(  # blocks.4.7
+            kind="mbconv",
+            expand=ConvBnActConfig(176, 1056, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1056, 1056, kernel=3, stride=1, groups=1056, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(1056, 44, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1056, 176, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.094736842105,
+        ),
+        BlockConfig(  # blocks.4.8
+            kind="mbconv",
+            expand=ConvBnActConfig(176, 1056, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1056, 1056, kernel=3, stride=1, groups=1056, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(1056, 44, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1056, 176, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.098245614035,
+        ),
+        BlockConfig(  # blocks.4.9
+            kind="mbconv",
+            expand=ConvBnActConfig(176, 1056, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1056, 1056, kernel=3, stride=1, groups=1056, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(1056, 44, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1056, 176, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.101754385965,
+        ),
+        BlockConfig(  # blocks.4.10
+            kind="mbconv",
+            expand=ConvBnActConfig(176, 1056, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1056, 1056, kernel=3, stride=1, groups=1056, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(1056, 44, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1056, 176, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.105263157895,
+        ),
+        BlockConfig(  # blocks.4.11
+            kind="mbconv",
+            expand=ConvBnActConfig(176, 1056, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1056, 1056, kernel=3, stride=1, groups=1056, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(1056, 44, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1056, 176, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.108771929825,
+        ),
+        BlockConfig(  # blocks.4.12
+            kind="mbconv",
+            expand=ConvBnActConfig(176, 1056, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1056, 1056, kernel=3, stride=1, groups=1056, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(1056, 44, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1056, 176, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.112280701754,
+        ),
+        BlockConfig(  # blocks.4.13
+            kind="mbconv",
+            expand=ConvBnActConfig(176, 1056, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1056, 1056, kernel=3, stride=1, groups=1056, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(1056, 44, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1056, 176, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.115789473684,
+        ),
     ),
-    (  # stage 5: 18 x mbconv -> 304 channels at 15x15
-        BlockConfig(kind="mbconv", in_channels=176, out_channels=304, expansion=6, kernel=3, stride=2, se_channels=44, activation="silu", drop_path_rate=0.119298245614),  # blocks_5_0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=304, out_channels=304, expansion=6, kernel=3, stride=1, se_channels=76, activation="silu", drop_path_rate=0.122807017544),  # blocks_5_1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=304, out_channels=304, expansion=6, kernel=3, stride=1, se_channels=76, activation="silu", drop_path_rate=0.126315789474),  # blocks_5_2  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=304, out_channels=304, expansion=6, kernel=3, stride=1, se_channels=76, activation="silu", drop_path_rate=0.129824561404),  # blocks_5_3  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=304, out_channels=304, expansion=6, kernel=3, stride=1, se_channels=76, activation="silu", drop_path_rate=0.133333333333),  # blocks_5_4  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=304, out_channels=304, expansion=6, kernel=3, stride=1, se_channels=76, activation="silu", drop_path_rate=0.136842105263),  # blocks_5_5  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=304, out_channels=304, expansion=6, kernel=3, stride=1, se_channels=76, activation="silu", drop_path_rate=0.140350877193),  # blocks_5_6  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=304, out_channels=304, expansion=6, kernel=3, stride=1, se_channels=76, activation="silu", drop_path_rate=0.143859649123),  # blocks_5_7  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=304, out_channels=304, expansion=6, kernel=3, stride=1, se_channels=76, activation="silu", drop_path_rate=0.147368421053),  # blocks_5_8  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=304, out_channels=304, expansion=6, kernel=3, stride=1, se_channels=76, activation="silu", drop_path_rate=0.150877192982),  # blocks_5_9  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=304, out_channels=304, expansion=6, kernel=3, stride=1, se_channels=76, activation="silu", drop_path_rate=0.154385964912),  # blocks_5_10  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=304, out_channels=304, expansion=6, kernel=3, stride=1, se_channels=76, activation="silu", drop_path_rate=0.157894736842),  # blocks_5_11  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=304, out_channels=304, expansion=6, kernel=3, stride=1, se_channels=76, activation="silu", drop_path_rate=0.161403508772),  # blocks_5_12  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=304, out_channels=304, expansion=6, kernel=3, stride=1, se_channels=76, activation="silu", drop_path_rate=0.164912280702),  # blocks_5_13  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=304, out_channels=304, expansion=6, kernel=3, stride=1, se_channels=76, activation="silu", drop_path_rate=0.168421052632),  # blocks_5_14  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=304, out_channels=304, expansion=6, kernel=3, stride=1, se_channels=76, activation="silu", drop_path_rate=0.171929824561),  # blocks_5_15  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=304, out_channels=304, expansion=6, kernel=3, stride=1, se_channels=76, activation="silu", drop_path_rate=0.175438596491),  # blocks_5_16  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=304, out_channels=304, expansion=6, kernel=3, stride=1, se_channels=76, activation="silu", drop_path_rate=0.178947368421),  # blocks_5_17  # noqa: E501
+    (  # blocks.5: 18 x mbconv -> 304 channels at 15x15
+        BlockConfig(  # blocks.5.0
+            kind="mbconv",
+            expand=ConvBnActConfig(176, 1056, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1056, 1056, kernel=3, stride=2, groups=1056, depthwise=True, padding="same", activation="swish"),
+            se=SqueezeExciteConfig(1056, 44, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1056, 304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=False,
+            drop_path_rate=0.119298245614,
+        ),
+        BlockConfig(  # blocks.5.1
+            kind="mbconv",
+            expand=ConvBnActConfig(304, 1824, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1824, 1824, kernel=3, stride=1, groups=1824, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(1824, 76, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1824, 304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.122807017544,
+        ),
+        BlockConfig(  # blocks.5.2
+            kind="mbconv",
+            expand=ConvBnActConfig(304, 1824, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1824, 1824, kernel=3, stride=1, groups=1824, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(1824, 76, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1824, 304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.126315789474,
+        ),
+        BlockConfig(  # blocks.5.3
+            kind="mbconv",
+            expand=ConvBnActConfig(304, 1824, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1824, 1824, kernel=3, stride=1, groups=1824, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(1824, 76, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1824, 304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.129824561404,
+        ),
+        BlockConfig(  # blocks.5.4
+            kind="mbconv",
+            expand=ConvBnActConfig(304, 1824, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1824, 1824, kernel=3, stride=1, groups=1824, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(1824, 76, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1824, 304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.133333333333,
+        ),
+        BlockConfig(  # blocks.5.5
+            kind="mbconv",
+            expand=ConvBnActConfig(304, 1824, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1824, 1824, kernel=3, stride=1, groups=1824, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(1824, 76, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1824, 304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.136842105263,
+        ),
+        BlockConfig(  # blocks.5.6
+            kind="mbconv",
+            expand=ConvBnActConfig(304, 1824, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1824, 1824, kernel=3, stride=1, groups=1824, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(1824, 76, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1824, 304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.140350877193,
+        ),
+        BlockConfig(  # blocks.5.7
+            kind="mbconv",
+            expand=ConvBnActConfig(304, 1824, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1824, 1824, kernel=3, stride=1, groups=1824, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(1824, 76, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1824, 304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.143859649123,
+        ),
+        BlockConfig(  # blocks.5.8
+            kind="mbconv",
+            expand=ConvBnActConfig(304, 1824, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1824, 1824, kernel=3, stride=1, groups=1824, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(1824, 76, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1824, 304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.147368421053,
+        ),
+        BlockConfig(  # blocks.5.9
+            kind="mbconv",
+            expand=ConvBnActConfig(304, 1824, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1824, 1824, kernel=3, stride=1, groups=1824, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(1824, 76, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1824, 304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.150877192982,
+        ),
+        BlockConfig(  # blocks.5.10
+            kind="mbconv",
+            expand=ConvBnActConfig(304, 1824, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1824, 1824, kernel=3, stride=1, groups=1824, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(1824, 76, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1824, 304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.154385964912,
+        ),
+        BlockConfig(  # blocks.5.11
+            kind="mbconv",
+            expand=ConvBnActConfig(304, 1824, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1824, 1824, kernel=3, stride=1, groups=1824, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(1824, 76, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1824, 304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.157894736842,
+        ),
+        BlockConfig(  # blocks.5.12
+            kind="mbconv",
+            expand=ConvBnActConfig(304, 1824, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1824, 1824, kernel=3, stride=1, groups=1824, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(1824, 76, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1824, 304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.161403508772,
+        ),
+        BlockConfig(  # blocks.5.13
+            kind="mbconv",
+            expand=ConvBnActConfig(304, 1824, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1824, 1824, kernel=3, stride=1, groups=1824, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(1824, 76, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1824, 304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.164912280702,
+        ),
+        BlockConfig(  # blocks.5.14
+            kind="mbconv",
+            expand=ConvBnActConfig(304, 1824, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1824, 1824, kernel=3, stride=1, groups=1824, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(1824, 76, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1824, 304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.168421052632,
+        ),
+        BlockConfig(  # blocks.5.15
+            kind="mbconv",
+            expand=ConvBnActConfig(304, 1824, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1824, 1824, kernel=3, stride=1, groups=1824, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(1824, 76, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1824, 304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.171929824561,
+        ),
+        BlockConfig(  # blocks.5.16
+            kind="mbconv",
+            expand=ConvBnActConfig(304, 1824, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1824, 1824, kernel=3, stride=1, groups=1824, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(1824, 76, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1824, 304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.175438596491,
+        ),
+        BlockConfig(  # blocks.5.17
+            kind="mbconv",
+            expand=ConvBnActConfig(304, 1824, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1824, 1824, kernel=3, stride=1, groups=1824, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(1824, 76, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1824, 304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.178947368421,
+        ),
     ),
-    (  # stage 6: 5 x mbconv -> 512 channels at 15x15
-        BlockConfig(kind="mbconv", in_channels=304, out_channels=512, expansion=6, kernel=3, stride=1, se_channels=76, activation="silu", drop_path_rate=0.182456140351),  # blocks_6_0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=512, out_channels=512, expansion=6, kernel=3, stride=1, se_channels=128, activation="silu", drop_path_rate=0.185964912281),  # blocks_6_1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=512, out_channels=512, expansion=6, kernel=3, stride=1, se_channels=128, activation="silu", drop_path_rate=0.189473684211),  # blocks_6_2  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=512, out_channels=512, expansion=6, kernel=3, stride=1, se_channels=128, activation="silu", drop_path_rate=0.19298245614),  # blocks_6_3  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=512, out_channels=512, expansion=6, kernel=3, stride=1, se_channels=128, activation="silu", drop_path_rate=0.19649122807),  # blocks_6_4  # noqa: E501
+    (  # blocks.6: 5 x mbconv -> 512 channels at 15x15
+        BlockConfig(  # blocks.6.0
+            kind="mbconv",
+            expand=ConvBnActConfig(304, 1824, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1824, 1824, kernel=3, stride=1, groups=1824, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(1824, 76, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1824, 512, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=False,
+            drop_path_rate=0.182456140351,
+        ),
+        BlockConfig(  # blocks.6.1
+            kind="mbconv",
+            expand=ConvBnActConfig(512, 3072, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(3072, 3072, kernel=3, stride=1, groups=3072, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(3072, 128, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(3072, 512, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.185964912281,
+        ),
+        BlockConfig(  # blocks.6.2
+            kind="mbconv",
+            expand=ConvBnActConfig(512, 3072, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(3072, 3072, kernel=3, stride=1, groups=3072, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(3072, 128, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(3072, 512, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.189473684211,
+        ),
+        BlockConfig(  # blocks.6.3
+            kind="mbconv",
+            expand=ConvBnActConfig(512, 3072, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(3072, 3072, kernel=3, stride=1, groups=3072, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(3072, 128, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(3072, 512, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.19298245614,
+        ),
+        BlockConfig(  # blocks.6.4
+            kind="mbconv",
+            expand=ConvBnActConfig(512, 3072, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(3072, 3072, kernel=3, stride=1, groups=3072, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(3072, 128, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(3072, 512, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.19649122807,
+        ),
     ),
 )
 # fmt: on
@@ -170,23 +653,21 @@ def dense_kernel_initializer() -> keras.initializers.Initializer:
 
 
 def conv_bn_act(
-    x: keras.KerasTensor,
-    filters: int,
-    kernel: int,
-    stride: int,
-    activation: str | None,
-    name: str,
-    depthwise: bool = False,
+    x: keras.KerasTensor, config: ConvBnActConfig, name: str
 ) -> keras.KerasTensor:
     """Conv (or depthwise conv) -> batch norm -> activation: {name}_conv, _bn, _act."""
+    # Keras' "same" is TensorFlow SAME; at stride 1 it pads (k - 1) // 2 per side, which
+    # is what the compiler gives every stride-1 conv. A fixed padding on a strided conv
+    # is an explicit zero padding.
     padding = "same"
-    if PADDING == "symmetric" and kernel > 1:
-        x = layers.ZeroPadding2D((kernel - 1) // 2, name=f"{name}_pad")(x)
+    if config.padding != "same" and config.stride != 1:
         padding = "valid"
-    if depthwise:
+        if config.padding:
+            x = layers.ZeroPadding2D(config.padding, name=f"{name}_pad")(x)
+    if config.depthwise:
         x = layers.DepthwiseConv2D(
-            kernel,
-            stride,
+            config.kernel,
+            config.stride,
             padding=padding,
             use_bias=False,
             depthwise_initializer=conv_kernel_initializer(),
@@ -194,53 +675,60 @@ def conv_bn_act(
         )(x)
     else:
         x = layers.Conv2D(
-            filters,
-            kernel,
-            stride,
+            config.out_channels,
+            config.kernel,
+            config.stride,
             padding=padding,
+            groups=config.groups,
             use_bias=False,
             kernel_initializer=conv_kernel_initializer(),
             name=f"{name}_conv",
         )(x)
     x = layers.BatchNormalization(
-        momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=f"{name}_bn"
+        momentum=BN_MOMENTUM, epsilon=BN_EPS, name=f"{name}_bn"
     )(x)
-    if activation is not None:
-        x = layers.Activation(activation, name=f"{name}_act")(x)
+    if config.activation is not None:
+        x = layers.Activation(ACTIVATIONS[config.activation], name=f"{name}_act")(x)
     return x
 
 
 def squeeze_excite(
-    x: keras.KerasTensor, se_channels: int, activation: str, name: str
+    x: keras.KerasTensor, config: SqueezeExciteConfig, name: str
 ) -> keras.KerasTensor:
-    """Gate channels by a sigmoid of their global average: pool -> reduce -> expand."""
-    channels = x.shape[-1]
-    gate = layers.GlobalAveragePooling2D(keepdims=True, name=f"{name}_pool")(x)
-    gate = layers.Conv2D(
-        se_channels,
+    """Gate channels by a function of their global average: pool -> reduce -> expand."""
+    scale = layers.GlobalAveragePooling2D(keepdims=True, name=f"{name}_pool")(x)
+    scale = layers.Conv2D(
+        config.se_channels,
         1,
-        activation=activation,
+        activation=ACTIVATIONS[config.activation],
         kernel_initializer=conv_kernel_initializer(),
         name=f"{name}_reduce",
-    )(gate)
-    gate = layers.Conv2D(
-        channels,
+    )(scale)
+    scale = layers.Conv2D(
+        config.channels,
         1,
-        activation="sigmoid",
+        activation=ACTIVATIONS[config.gate],
         kernel_initializer=conv_kernel_initializer(),
         name=f"{name}_expand",
-    )(gate)
-    return layers.Multiply(name=f"{name}_scale")([x, gate])
+    )(scale)
+    return layers.Multiply(name=f"{name}_scale")([x, scale])
 
 
-def residual(
-    x: keras.KerasTensor,
-    shortcut: keras.KerasTensor,
-    config: BlockConfig,
-    drop_path_rate: float,
-    name: str,
+def block(
+    x: keras.KerasTensor, config: BlockConfig, drop_path_rate: float, name: str
 ) -> keras.KerasTensor:
-    """Add the shortcut when shapes allow; drop the branch per sample while training."""
+    """MBConv (1x1 expand -> k x k depthwise) or Fused-MBConv (one k x k expand conv),
+    then squeeze-excite and the 1x1 linear projection; parts the config leaves None
+    are absent. The residual branch is dropped per sample while training."""
+    shortcut = x
+    if config.expand is not None:
+        x = conv_bn_act(x, config.expand, name=f"{name}_expand")
+    if config.depthwise is not None:
+        x = conv_bn_act(x, config.depthwise, name=f"{name}_depthwise")
+    if config.se is not None:
+        x = squeeze_excite(x, config.se, name=f"{name}_se")
+    if config.project is not None:
+        x = conv_bn_act(x, config.project, name=f"{name}_project")
     if not config.residual:
         return x
     if drop_path_rate > 0:
@@ -251,82 +739,9 @@ def residual(
     return layers.Add(name=f"{name}_add")([x, shortcut])
 
 
-def fused_mbconv_block(
-    x: keras.KerasTensor, config: BlockConfig, drop_path_rate: float, name: str
-) -> keras.KerasTensor:
-    """Fused-MBConv: k x k expansion conv -> (squeeze-excite) -> 1x1 projection.
-
-    With expansion 1 the k x k conv is the only conv and keeps its activation.
-    """
-    shortcut = x
-    if config.expansion == 1:
-        x = conv_bn_act(
-            x,
-            config.out_channels,
-            config.kernel,
-            config.stride,
-            config.activation,
-            name=f"{name}_expand",
-        )
-        if config.se_channels:
-            x = squeeze_excite(
-                x, config.se_channels, config.activation, name=f"{name}_se"
-            )
-        return residual(x, shortcut, config, drop_path_rate, name)
-    # Fused expansion: one k x k conv instead of 1x1 expansion + depthwise
-    x = conv_bn_act(
-        x,
-        config.mid_channels,
-        config.kernel,
-        config.stride,
-        config.activation,
-        name=f"{name}_expand",
-    )
-    # Squeeze-and-excitation
-    if config.se_channels:
-        x = squeeze_excite(x, config.se_channels, config.activation, name=f"{name}_se")
-    # Point-wise linear projection
-    x = conv_bn_act(x, config.out_channels, 1, 1, None, name=f"{name}_project")
-    return residual(x, shortcut, config, drop_path_rate, name)
-
-
-def mbconv_block(
-    x: keras.KerasTensor, config: BlockConfig, drop_path_rate: float, name: str
-) -> keras.KerasTensor:
-    """MBConv: 1x1 expansion -> k x k depthwise -> squeeze-excite -> 1x1 projection."""
-    shortcut = x
-    # Point-wise expansion (absent when expansion is 1)
-    if config.expansion != 1:
-        x = conv_bn_act(
-            x, config.mid_channels, 1, 1, config.activation, name=f"{name}_expand"
-        )
-    # Depth-wise convolution; the stride sits here
-    x = conv_bn_act(
-        x,
-        config.mid_channels,
-        config.kernel,
-        config.stride,
-        config.activation,
-        name=f"{name}_depthwise",
-        depthwise=True,
-    )
-    # Squeeze-and-excitation
-    if config.se_channels:
-        x = squeeze_excite(x, config.se_channels, config.activation, name=f"{name}_se")
-    # Point-wise linear projection
-    x = conv_bn_act(x, config.out_channels, 1, 1, None, name=f"{name}_project")
-    return residual(x, shortcut, config, drop_path_rate, name)
-
-
-BLOCK_BUILDERS = {
-    "fused_mbconv": fused_mbconv_block,
-    "mbconv": mbconv_block,
-}
-
-
 def build_model(
     num_classes: int = NUM_CLASSES,
-    drop_rate: float | None = None,
+    dropout: float | None = None,
     drop_path_rate: float | None = None,
     include_preprocessing: bool = False,
     input_shape: tuple[int | None, int | None, int] | None = None,
@@ -335,14 +750,14 @@ def build_model(
 
     Args:
         num_classes: classifier outputs.
-        drop_rate: dropout before the classifier; None keeps DROP_RATE.
+        dropout: dropout before the classifier; None keeps DROPOUT.
         drop_path_rate: stochastic-depth base rate (block i of N gets rate * i / N);
             None keeps the spec's per-block rates.
         include_preprocessing: normalize with MEAN/STD inside the model, so it takes
             raw 0..1 pixels.
         input_shape: (height, width, channels); None accepts any spatial size.
     """
-    drop_rate = DROP_RATE if drop_rate is None else drop_rate
+    dropout = DROPOUT if dropout is None else dropout
     if input_shape is None:
         input_shape = (None, None, INPUT_CHANNELS)
     inputs = keras.Input(shape=input_shape, name="image")
@@ -351,7 +766,7 @@ def build_model(
         x = layers.Normalization(
             mean=MEAN, variance=[s * s for s in STD], name="preprocessing"
         )(x)
-    x = conv_bn_act(x, STEM_CHANNELS, STEM_KERNEL, STEM_STRIDE, ACTIVATION, name="stem")
+    x = conv_bn_act(x, STEM, name="stem")
     num_blocks = sum(len(stage) for stage in STAGES)
     block_index = 0
     for stage_index, stage in enumerate(STAGES):
@@ -359,13 +774,12 @@ def build_model(
             rate = config.drop_path_rate
             if drop_path_rate is not None:
                 rate = drop_path_rate * block_index / num_blocks
-            build_block = BLOCK_BUILDERS[config.kind]
-            x = build_block(x, config, rate, name=f"blocks_{stage_index}_{index}")
+            x = block(x, config, rate, name=f"blocks_{stage_index}_{index}")
             block_index += 1
-    x = conv_bn_act(x, HEAD_CHANNELS, 1, 1, ACTIVATION, name="head")
+    x = conv_bn_act(x, HEAD, name="head")
     x = layers.GlobalAveragePooling2D(name="head_pool")(x)
-    if drop_rate > 0:
-        x = layers.Dropout(drop_rate, name="head_dropout")(x)
+    if dropout > 0:
+        x = layers.Dropout(dropout, name="head_dropout")(x)
     outputs = layers.Dense(
         num_classes,
         kernel_initializer=dense_kernel_initializer(),

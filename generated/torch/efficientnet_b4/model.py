@@ -35,16 +35,11 @@ INPUT_CHANNELS = 3
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 NUM_CLASSES = 1000
-DROP_RATE = 0.4  # dropout before the classifier
+DROPOUT = 0.4  # before the classifier
 DROP_PATH_RATE = 0.2  # stochastic depth: block i of N gets rate * i / N
-ACTIVATION = "swish"  # stem and head
-PADDING = "same"  # "same": TensorFlow SAME; "symmetric": (k - 1) // 2 per side
+PADDING = "same"  # the spec's mode; each conv below carries its resolved padding
 BN_EPS = 0.001
-BN_MOMENTUM = 0.01  # torch convention: 1 - the spec's decay 0.99
-STEM_CHANNELS = 48
-STEM_KERNEL = 3
-STEM_STRIDE = 2
-HEAD_CHANNELS = 1792
+BN_MOMENTUM = 0.99  # running-average decay, as the spec states it
 PARAMS = 19341616  # trainable parameters with NUM_CLASSES classes
 MACS = 4393771024  # conv and linear multiply-accumulates at RESOLUTION
 
@@ -56,80 +51,357 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu6": nn.ReLU6,
     "gelu": nn.GELU,
     "hard_swish": nn.Hardswish,
+    "sigmoid": nn.Sigmoid,
 }
 
 
 @dataclass(frozen=True)
-class BlockConfig:
-    """One MBConv or Fused-MBConv block, fully resolved by the compiler."""
+class ConvBnActConfig:
+    """conv (no bias) -> batch norm -> activation, resolved by the compiler."""
 
-    kind: str  # "mbconv" or "fused_mbconv"
     in_channels: int
     out_channels: int
-    expansion: int
     kernel: int
     stride: int
-    se_channels: int  # squeeze width; 0 means no squeeze-and-excitation
+    groups: int  # 1 for a dense conv, the channel count for a depthwise one
+    depthwise: bool  # one filter per channel (groups == channels)
+    padding: int | str  # pixels per side, or "same": TensorFlow SAME per input size
+    activation: str | None  # a key of ACTIVATIONS; None is linear
+
+
+@dataclass(frozen=True)
+class SqueezeExciteConfig:
+    """Global average pool -> reduce (1x1 conv) -> activation -> expand -> gate."""
+
+    channels: int  # the gated channels
+    se_channels: int  # the squeeze width
     activation: str
-    drop_path_rate: float  # stochastic depth, training only
-
-    @property
-    def mid_channels(self) -> int:
-        return self.in_channels * self.expansion
-
-    @property
-    def residual(self) -> bool:
-        return self.stride == 1 and self.in_channels == self.out_channels
+    gate: str  # a key of ACTIVATIONS
 
 
-# One tuple per stage, one BlockConfig per block; block j of stage i is blocks.i.j.
+@dataclass(frozen=True)
+class BlockConfig:
+    """One MBConv or Fused-MBConv block: its parts run in the order expand ->
+    depthwise -> se -> project (None: absent), then the residual add."""
+
+    kind: str  # "mbconv" or "fused_mbconv"
+    expand: ConvBnActConfig | None
+    depthwise: ConvBnActConfig | None
+    se: SqueezeExciteConfig | None
+    project: ConvBnActConfig | None
+    residual: bool  # add the block's input to its output
+    drop_path_rate: float  # stochastic depth of the residual branch, training only
+
+
+# The compiler decided every number below: widths, strides, padding, residuals, rates.
+# One line per part, one BlockConfig per block, one tuple per stage (blocks.i.j is
+# block j of stage i).
+# ruff: noqa: E501
 # fmt: off
+STEM = ConvBnActConfig(3, 48, kernel=3, stride=2, groups=1, depthwise=False, padding="same", activation="swish")
+HEAD = ConvBnActConfig(448, 1792, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish")
 STAGES = (
-    (  # stage 0: 2 x mbconv -> 24 channels at 190x190
-        BlockConfig(kind="mbconv", in_channels=48, out_channels=24, expansion=1, kernel=3, stride=1, se_channels=12, activation="swish", drop_path_rate=0.0),  # blocks.0.0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=24, out_channels=24, expansion=1, kernel=3, stride=1, se_channels=6, activation="swish", drop_path_rate=0.00625),  # blocks.0.1  # noqa: E501
+    (  # blocks.0: 2 x mbconv -> 24 channels at 190x190
+        BlockConfig(  # blocks.0.0
+            kind="mbconv",
+            expand=None,
+            depthwise=ConvBnActConfig(48, 48, kernel=3, stride=1, groups=48, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(48, 12, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(48, 24, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=False,
+            drop_path_rate=0.0,
+        ),
+        BlockConfig(  # blocks.0.1
+            kind="mbconv",
+            expand=None,
+            depthwise=ConvBnActConfig(24, 24, kernel=3, stride=1, groups=24, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(24, 6, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(24, 24, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.00625,
+        ),
     ),
-    (  # stage 1: 4 x mbconv -> 32 channels at 95x95
-        BlockConfig(kind="mbconv", in_channels=24, out_channels=32, expansion=6, kernel=3, stride=2, se_channels=6, activation="swish", drop_path_rate=0.0125),  # blocks.1.0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=32, out_channels=32, expansion=6, kernel=3, stride=1, se_channels=8, activation="swish", drop_path_rate=0.01875),  # blocks.1.1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=32, out_channels=32, expansion=6, kernel=3, stride=1, se_channels=8, activation="swish", drop_path_rate=0.025),  # blocks.1.2  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=32, out_channels=32, expansion=6, kernel=3, stride=1, se_channels=8, activation="swish", drop_path_rate=0.03125),  # blocks.1.3  # noqa: E501
+    (  # blocks.1: 4 x mbconv -> 32 channels at 95x95
+        BlockConfig(  # blocks.1.0
+            kind="mbconv",
+            expand=ConvBnActConfig(24, 144, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(144, 144, kernel=3, stride=2, groups=144, depthwise=True, padding="same", activation="swish"),
+            se=SqueezeExciteConfig(144, 6, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(144, 32, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=False,
+            drop_path_rate=0.0125,
+        ),
+        BlockConfig(  # blocks.1.1
+            kind="mbconv",
+            expand=ConvBnActConfig(32, 192, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(192, 192, kernel=3, stride=1, groups=192, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(192, 8, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(192, 32, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.01875,
+        ),
+        BlockConfig(  # blocks.1.2
+            kind="mbconv",
+            expand=ConvBnActConfig(32, 192, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(192, 192, kernel=3, stride=1, groups=192, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(192, 8, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(192, 32, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.025,
+        ),
+        BlockConfig(  # blocks.1.3
+            kind="mbconv",
+            expand=ConvBnActConfig(32, 192, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(192, 192, kernel=3, stride=1, groups=192, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(192, 8, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(192, 32, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.03125,
+        ),
     ),
-    (  # stage 2: 4 x mbconv -> 56 channels at 48x48
-        BlockConfig(kind="mbconv", in_channels=32, out_channels=56, expansion=6, kernel=5, stride=2, se_channels=8, activation="swish", drop_path_rate=0.0375),  # blocks.2.0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=56, out_channels=56, expansion=6, kernel=5, stride=1, se_channels=14, activation="swish", drop_path_rate=0.04375),  # blocks.2.1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=56, out_channels=56, expansion=6, kernel=5, stride=1, se_channels=14, activation="swish", drop_path_rate=0.05),  # blocks.2.2  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=56, out_channels=56, expansion=6, kernel=5, stride=1, se_channels=14, activation="swish", drop_path_rate=0.05625),  # blocks.2.3  # noqa: E501
+    (  # blocks.2: 4 x mbconv -> 56 channels at 48x48
+        BlockConfig(  # blocks.2.0
+            kind="mbconv",
+            expand=ConvBnActConfig(32, 192, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(192, 192, kernel=5, stride=2, groups=192, depthwise=True, padding="same", activation="swish"),
+            se=SqueezeExciteConfig(192, 8, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(192, 56, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=False,
+            drop_path_rate=0.0375,
+        ),
+        BlockConfig(  # blocks.2.1
+            kind="mbconv",
+            expand=ConvBnActConfig(56, 336, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(336, 336, kernel=5, stride=1, groups=336, depthwise=True, padding=2, activation="swish"),
+            se=SqueezeExciteConfig(336, 14, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(336, 56, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.04375,
+        ),
+        BlockConfig(  # blocks.2.2
+            kind="mbconv",
+            expand=ConvBnActConfig(56, 336, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(336, 336, kernel=5, stride=1, groups=336, depthwise=True, padding=2, activation="swish"),
+            se=SqueezeExciteConfig(336, 14, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(336, 56, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.05,
+        ),
+        BlockConfig(  # blocks.2.3
+            kind="mbconv",
+            expand=ConvBnActConfig(56, 336, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(336, 336, kernel=5, stride=1, groups=336, depthwise=True, padding=2, activation="swish"),
+            se=SqueezeExciteConfig(336, 14, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(336, 56, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.05625,
+        ),
     ),
-    (  # stage 3: 6 x mbconv -> 112 channels at 24x24
-        BlockConfig(kind="mbconv", in_channels=56, out_channels=112, expansion=6, kernel=3, stride=2, se_channels=14, activation="swish", drop_path_rate=0.0625),  # blocks.3.0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=112, out_channels=112, expansion=6, kernel=3, stride=1, se_channels=28, activation="swish", drop_path_rate=0.06875),  # blocks.3.1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=112, out_channels=112, expansion=6, kernel=3, stride=1, se_channels=28, activation="swish", drop_path_rate=0.075),  # blocks.3.2  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=112, out_channels=112, expansion=6, kernel=3, stride=1, se_channels=28, activation="swish", drop_path_rate=0.08125),  # blocks.3.3  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=112, out_channels=112, expansion=6, kernel=3, stride=1, se_channels=28, activation="swish", drop_path_rate=0.0875),  # blocks.3.4  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=112, out_channels=112, expansion=6, kernel=3, stride=1, se_channels=28, activation="swish", drop_path_rate=0.09375),  # blocks.3.5  # noqa: E501
+    (  # blocks.3: 6 x mbconv -> 112 channels at 24x24
+        BlockConfig(  # blocks.3.0
+            kind="mbconv",
+            expand=ConvBnActConfig(56, 336, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(336, 336, kernel=3, stride=2, groups=336, depthwise=True, padding="same", activation="swish"),
+            se=SqueezeExciteConfig(336, 14, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(336, 112, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=False,
+            drop_path_rate=0.0625,
+        ),
+        BlockConfig(  # blocks.3.1
+            kind="mbconv",
+            expand=ConvBnActConfig(112, 672, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(672, 672, kernel=3, stride=1, groups=672, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(672, 28, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(672, 112, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.06875,
+        ),
+        BlockConfig(  # blocks.3.2
+            kind="mbconv",
+            expand=ConvBnActConfig(112, 672, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(672, 672, kernel=3, stride=1, groups=672, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(672, 28, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(672, 112, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.075,
+        ),
+        BlockConfig(  # blocks.3.3
+            kind="mbconv",
+            expand=ConvBnActConfig(112, 672, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(672, 672, kernel=3, stride=1, groups=672, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(672, 28, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(672, 112, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.08125,
+        ),
+        BlockConfig(  # blocks.3.4
+            kind="mbconv",
+            expand=ConvBnActConfig(112, 672, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(672, 672, kernel=3, stride=1, groups=672, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(672, 28, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(672, 112, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.0875,
+        ),
+        BlockConfig(  # blocks.3.5
+            kind="mbconv",
+            expand=ConvBnActConfig(112, 672, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(672, 672, kernel=3, stride=1, groups=672, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(672, 28, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(672, 112, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.09375,
+        ),
     ),
-    (  # stage 4: 6 x mbconv -> 160 channels at 24x24
-        BlockConfig(kind="mbconv", in_channels=112, out_channels=160, expansion=6, kernel=5, stride=1, se_channels=28, activation="swish", drop_path_rate=0.1),  # blocks.4.0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=160, out_channels=160, expansion=6, kernel=5, stride=1, se_channels=40, activation="swish", drop_path_rate=0.10625),  # blocks.4.1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=160, out_channels=160, expansion=6, kernel=5, stride=1, se_channels=40, activation="swish", drop_path_rate=0.1125),  # blocks.4.2  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=160, out_channels=160, expansion=6, kernel=5, stride=1, se_channels=40, activation="swish", drop_path_rate=0.11875),  # blocks.4.3  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=160, out_channels=160, expansion=6, kernel=5, stride=1, se_channels=40, activation="swish", drop_path_rate=0.125),  # blocks.4.4  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=160, out_channels=160, expansion=6, kernel=5, stride=1, se_channels=40, activation="swish", drop_path_rate=0.13125),  # blocks.4.5  # noqa: E501
+    (  # blocks.4: 6 x mbconv -> 160 channels at 24x24
+        BlockConfig(  # blocks.4.0
+            kind="mbconv",
+            expand=ConvBnActConfig(112, 672, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(672, 672, kernel=5, stride=1, groups=672, depthwise=True, padding=2, activation="swish"),
+            se=SqueezeExciteConfig(672, 28, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(672, 160, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=False,
+            drop_path_rate=0.1,
+        ),
+        BlockConfig(  # blocks.4.1
+            kind="mbconv",
+            expand=ConvBnActConfig(160, 960, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(960, 960, kernel=5, stride=1, groups=960, depthwise=True, padding=2, activation="swish"),
+            se=SqueezeExciteConfig(960, 40, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(960, 160, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.10625,
+        ),
+        BlockConfig(  # blocks.4.2
+            kind="mbconv",
+            expand=ConvBnActConfig(160, 960, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(960, 960, kernel=5, stride=1, groups=960, depthwise=True, padding=2, activation="swish"),
+            se=SqueezeExciteConfig(960, 40, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(960, 160, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.1125,
+        ),
+        BlockConfig(  # blocks.4.3
+            kind="mbconv",
+            expand=ConvBnActConfig(160, 960, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(960, 960, kernel=5, stride=1, groups=960, depthwise=True, padding=2, activation="swish"),
+            se=SqueezeExciteConfig(960, 40, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(960, 160, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.11875,
+        ),
+        BlockConfig(  # blocks.4.4
+            kind="mbconv",
+            expand=ConvBnActConfig(160, 960, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(960, 960, kernel=5, stride=1, groups=960, depthwise=True, padding=2, activation="swish"),
+            se=SqueezeExciteConfig(960, 40, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(960, 160, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.125,
+        ),
+        BlockConfig(  # blocks.4.5
+            kind="mbconv",
+            expand=ConvBnActConfig(160, 960, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(960, 960, kernel=5, stride=1, groups=960, depthwise=True, padding=2, activation="swish"),
+            se=SqueezeExciteConfig(960, 40, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(960, 160, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.13125,
+        ),
     ),
-    (  # stage 5: 8 x mbconv -> 272 channels at 12x12
-        BlockConfig(kind="mbconv", in_channels=160, out_channels=272, expansion=6, kernel=5, stride=2, se_channels=40, activation="swish", drop_path_rate=0.1375),  # blocks.5.0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=272, out_channels=272, expansion=6, kernel=5, stride=1, se_channels=68, activation="swish", drop_path_rate=0.14375),  # blocks.5.1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=272, out_channels=272, expansion=6, kernel=5, stride=1, se_channels=68, activation="swish", drop_path_rate=0.15),  # blocks.5.2  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=272, out_channels=272, expansion=6, kernel=5, stride=1, se_channels=68, activation="swish", drop_path_rate=0.15625),  # blocks.5.3  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=272, out_channels=272, expansion=6, kernel=5, stride=1, se_channels=68, activation="swish", drop_path_rate=0.1625),  # blocks.5.4  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=272, out_channels=272, expansion=6, kernel=5, stride=1, se_channels=68, activation="swish", drop_path_rate=0.16875),  # blocks.5.5  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=272, out_channels=272, expansion=6, kernel=5, stride=1, se_channels=68, activation="swish", drop_path_rate=0.175),  # blocks.5.6  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=272, out_channels=272, expansion=6, kernel=5, stride=1, se_channels=68, activation="swish", drop_path_rate=0.18125),  # blocks.5.7  # noqa: E501
+    (  # blocks.5: 8 x mbconv -> 272 channels at 12x12
+        BlockConfig(  # blocks.5.0
+            kind="mbconv",
+            expand=ConvBnActConfig(160, 960, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(960, 960, kernel=5, stride=2, groups=960, depthwise=True, padding="same", activation="swish"),
+            se=SqueezeExciteConfig(960, 40, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(960, 272, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=False,
+            drop_path_rate=0.1375,
+        ),
+        BlockConfig(  # blocks.5.1
+            kind="mbconv",
+            expand=ConvBnActConfig(272, 1632, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1632, 1632, kernel=5, stride=1, groups=1632, depthwise=True, padding=2, activation="swish"),
+            se=SqueezeExciteConfig(1632, 68, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1632, 272, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.14375,
+        ),
+        BlockConfig(  # blocks.5.2
+            kind="mbconv",
+            expand=ConvBnActConfig(272, 1632, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1632, 1632, kernel=5, stride=1, groups=1632, depthwise=True, padding=2, activation="swish"),
+            se=SqueezeExciteConfig(1632, 68, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1632, 272, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.15,
+        ),
+        BlockConfig(  # blocks.5.3
+            kind="mbconv",
+            expand=ConvBnActConfig(272, 1632, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1632, 1632, kernel=5, stride=1, groups=1632, depthwise=True, padding=2, activation="swish"),
+            se=SqueezeExciteConfig(1632, 68, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1632, 272, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.15625,
+        ),
+        BlockConfig(  # blocks.5.4
+            kind="mbconv",
+            expand=ConvBnActConfig(272, 1632, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1632, 1632, kernel=5, stride=1, groups=1632, depthwise=True, padding=2, activation="swish"),
+            se=SqueezeExciteConfig(1632, 68, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1632, 272, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.1625,
+        ),
+        BlockConfig(  # blocks.5.5
+            kind="mbconv",
+            expand=ConvBnActConfig(272, 1632, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1632, 1632, kernel=5, stride=1, groups=1632, depthwise=True, padding=2, activation="swish"),
+            se=SqueezeExciteConfig(1632, 68, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1632, 272, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.16875,
+        ),
+        BlockConfig(  # blocks.5.6
+            kind="mbconv",
+            expand=ConvBnActConfig(272, 1632, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1632, 1632, kernel=5, stride=1, groups=1632, depthwise=True, padding=2, activation="swish"),
+            se=SqueezeExciteConfig(1632, 68, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1632, 272, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.175,
+        ),
+        BlockConfig(  # blocks.5.7
+            kind="mbconv",
+            expand=ConvBnActConfig(272, 1632, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1632, 1632, kernel=5, stride=1, groups=1632, depthwise=True, padding=2, activation="swish"),
+            se=SqueezeExciteConfig(1632, 68, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1632, 272, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.18125,
+        ),
     ),
-    (  # stage 6: 2 x mbconv -> 448 channels at 12x12
-        BlockConfig(kind="mbconv", in_channels=272, out_channels=448, expansion=6, kernel=3, stride=1, se_channels=68, activation="swish", drop_path_rate=0.1875),  # blocks.6.0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=448, out_channels=448, expansion=6, kernel=3, stride=1, se_channels=112, activation="swish", drop_path_rate=0.19375),  # blocks.6.1  # noqa: E501
+    (  # blocks.6: 2 x mbconv -> 448 channels at 12x12
+        BlockConfig(  # blocks.6.0
+            kind="mbconv",
+            expand=ConvBnActConfig(272, 1632, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1632, 1632, kernel=3, stride=1, groups=1632, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(1632, 68, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1632, 448, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=False,
+            drop_path_rate=0.1875,
+        ),
+        BlockConfig(  # blocks.6.1
+            kind="mbconv",
+            expand=ConvBnActConfig(448, 2688, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(2688, 2688, kernel=3, stride=1, groups=2688, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(2688, 112, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(2688, 448, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.19375,
+        ),
     ),
 )
 # fmt: on
@@ -195,52 +467,44 @@ class Conv2dSame(nn.Conv2d):
 class ConvBnAct(nn.Module):
     """Conv (no bias) -> batch norm -> activation, as ``conv``, ``bn`` and ``act``."""
 
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel: int,
-        stride: int = 1,
-        activation: str | None = None,
-        groups: int = 1,
-        padding: str = PADDING,
-    ) -> None:
+    def __init__(self, config: ConvBnActConfig) -> None:
         super().__init__()
-        # TF SAME on a strided conv depends on the input size, so Conv2dSame works it
-        # out per call; everywhere else it is (k - 1) // 2 per side, fixed.
-        self.dynamic_padding = padding == "same" and stride > 1 and kernel > 1
-        self.kernel = kernel
-        self.stride = stride
-        conv = Conv2dSame if self.dynamic_padding else nn.Conv2d
+        # "same" is TensorFlow SAME on a strided conv: Conv2dSame works it out per call
+        dynamic = config.padding == "same"
+        conv = Conv2dSame if dynamic else nn.Conv2d
         self.conv = conv(
-            in_channels,
-            out_channels,
-            kernel,
-            stride,
-            padding=0 if self.dynamic_padding else (kernel - 1) // 2,
-            groups=groups,
+            config.in_channels,
+            config.out_channels,
+            config.kernel,
+            config.stride,
+            padding=0 if dynamic else config.padding,
+            groups=config.groups,
             bias=False,
         )
-        self.bn = nn.BatchNorm2d(out_channels, eps=BN_EPS, momentum=BN_MOMENTUM)
-        self.act = make_activation(activation)
+        # torch's momentum weighs the new batch: 1 - the running-average decay
+        self.bn = nn.BatchNorm2d(
+            config.out_channels, eps=BN_EPS, momentum=1.0 - BN_MOMENTUM
+        )
+        self.act = make_activation(config.activation)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(self.bn(self.conv(x)))
 
 
 class SqueezeExcite(nn.Module):
-    """Gate channels by a sigmoid of their global average: pool -> reduce -> expand."""
+    """Gate channels by a function of their global average: pool -> reduce -> expand."""
 
-    def __init__(self, channels: int, se_channels: int, activation: str) -> None:
+    def __init__(self, config: SqueezeExciteConfig) -> None:
         super().__init__()
-        self.reduce = nn.Conv2d(channels, se_channels, 1)
-        self.act = make_activation(activation)
-        self.expand = nn.Conv2d(se_channels, channels, 1)
+        self.reduce = nn.Conv2d(config.channels, config.se_channels, 1)
+        self.act = make_activation(config.activation)
+        self.expand = nn.Conv2d(config.se_channels, config.channels, 1)
+        self.gate = make_activation(config.gate)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate = x.mean((2, 3), keepdim=True)
-        gate = self.expand(self.act(self.reduce(gate)))
-        return x * torch.sigmoid(gate)
+        scale = x.mean((2, 3), keepdim=True)
+        scale = self.expand(self.act(self.reduce(scale)))
+        return x * self.gate(scale)
 
 
 class DropPath(nn.Module):
@@ -276,47 +540,35 @@ class Normalize(nn.Module):
         return (x - self.mean) / self.std
 
 
-class MBConv(nn.Module):
-    """MBConv: 1x1 expansion -> k x k depthwise -> squeeze-excite -> 1x1 projection."""
+class Block(nn.Module):
+    """MBConv (1x1 expand -> k x k depthwise) or Fused-MBConv (one k x k expand conv),
+    then squeeze-excite and the 1x1 linear projection; parts the config leaves None
+    are absent. The residual branch is dropped per sample while training."""
 
     def __init__(self, config: BlockConfig) -> None:
         super().__init__()
-        mid = config.mid_channels
-        act = config.activation
-        self.expand = None  # absent when expansion is 1
-        if config.expansion != 1:
-            self.expand = ConvBnAct(config.in_channels, mid, 1, activation=act)
-        self.depthwise = ConvBnAct(
-            mid, mid, config.kernel, config.stride, activation=act, groups=mid
-        )
-        self.se = None  # absent when se_channels is 0
-        if config.se_channels:
-            self.se = SqueezeExcite(mid, config.se_channels, act)
-        self.project = ConvBnAct(mid, config.out_channels, 1)
+        self.expand = None if config.expand is None else ConvBnAct(config.expand)
+        self.depthwise = None
+        if config.depthwise is not None:
+            self.depthwise = ConvBnAct(config.depthwise)
+        self.se = None if config.se is None else SqueezeExcite(config.se)
+        self.project = None if config.project is None else ConvBnAct(config.project)
         self.residual = config.residual
         self.drop_path = DropPath(config.drop_path_rate)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x
-        # Point-wise expansion
         if self.expand is not None:
             x = self.expand(x)
-        # Depth-wise convolution; the block's stride sits here
-        x = self.depthwise(x)
-        # Squeeze-and-excitation
+        if self.depthwise is not None:
+            x = self.depthwise(x)
         if self.se is not None:
             x = self.se(x)
-        # Point-wise linear projection
-        x = self.project(x)
-        # Residual connection, the branch dropped per sample while training
+        if self.project is not None:
+            x = self.project(x)
         if self.residual:
             x = self.drop_path(x) + shortcut
         return x
-
-
-BLOCK_CLASSES: dict[str, type[nn.Module]] = {
-    "mbconv": MBConv,
-}
 
 
 class EfficientNet(nn.Module):
@@ -326,30 +578,24 @@ class EfficientNet(nn.Module):
         self,
         stages: tuple[tuple[BlockConfig, ...], ...] = STAGES,
         num_classes: int = NUM_CLASSES,
-        drop_rate: float = DROP_RATE,
+        dropout: float = DROPOUT,
         include_preprocessing: bool = False,
     ) -> None:
         super().__init__()
         self.num_classes = num_classes
-        self.num_features = HEAD_CHANNELS
+        self.num_features = HEAD.out_channels
         self.preprocess = Normalize(MEAN, STD) if include_preprocessing else None
-        self.stem = ConvBnAct(
-            INPUT_CHANNELS, STEM_CHANNELS, STEM_KERNEL, STEM_STRIDE, ACTIVATION
-        )
+        self.stem = ConvBnAct(STEM)
         self.blocks = nn.Sequential(
-            *(
-                nn.Sequential(*(BLOCK_CLASSES[c.kind](c) for c in stage))
-                for stage in stages
-            )
+            *(nn.Sequential(*(Block(config) for config in stage)) for stage in stages)
         )
-        last_channels = stages[-1][-1].out_channels
-        self.head = ConvBnAct(last_channels, HEAD_CHANNELS, 1, activation=ACTIVATION)
-        self.dropout = nn.Dropout(drop_rate)
-        self.classifier = nn.Linear(HEAD_CHANNELS, num_classes)
+        self.head = ConvBnAct(HEAD)
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(HEAD.out_channels, num_classes)
         init_weights(self)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Feature maps before pooling (HEAD_CHANNELS wide, FEATURE_INFO[-1] stride)."""
+        """Feature maps before pooling: HEAD.out_channels wide, FEATURE_INFO[-1] stride."""
         if self.preprocess is not None:
             x = self.preprocess(x)
         # Stem: strided k x k conv
@@ -406,7 +652,8 @@ def init_weights(model: nn.Module) -> None:
 def with_drop_path_rate(
     stages: tuple[tuple[BlockConfig, ...], ...], rate: float
 ) -> tuple[tuple[BlockConfig, ...], ...]:
-    """The same stages with stochastic depth rate * i / N on block i of N."""
+    """The same stages with stochastic depth rate * i / N on block i of N (the spec's
+    rule, applied to a rate chosen when the model is built)."""
     num_blocks = sum(len(stage) for stage in stages)
     rescaled = []
     first = 0  # global index of the stage's first block
@@ -423,7 +670,7 @@ def with_drop_path_rate(
 
 def build_model(
     num_classes: int = NUM_CLASSES,
-    drop_rate: float | None = None,
+    dropout: float | None = None,
     drop_path_rate: float | None = None,
     include_preprocessing: bool = False,
 ) -> EfficientNet:
@@ -431,7 +678,7 @@ def build_model(
 
     Args:
         num_classes: classifier outputs.
-        drop_rate: dropout before the classifier; None keeps DROP_RATE.
+        dropout: dropout before the classifier; None keeps DROPOUT.
         drop_path_rate: stochastic-depth base rate (block i of N gets rate * i / N);
             None keeps the spec's per-block rates.
         include_preprocessing: normalize with MEAN/STD inside the model, so it takes
@@ -443,7 +690,7 @@ def build_model(
     return EfficientNet(
         stages,
         num_classes=num_classes,
-        drop_rate=DROP_RATE if drop_rate is None else drop_rate,
+        dropout=DROPOUT if dropout is None else dropout,
         include_preprocessing=include_preprocessing,
     )
 

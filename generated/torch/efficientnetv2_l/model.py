@@ -34,16 +34,11 @@ INPUT_CHANNELS = 3
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 NUM_CLASSES = 1000
-DROP_RATE = 0.4  # dropout before the classifier
+DROPOUT = 0.4  # before the classifier
 DROP_PATH_RATE = 0.2  # stochastic depth: block i of N gets rate * i / N
-ACTIVATION = "swish"  # stem and head
-PADDING = "same"  # "same": TensorFlow SAME; "symmetric": (k - 1) // 2 per side
+PADDING = "same"  # the spec's mode; each conv below carries its resolved padding
 BN_EPS = 0.001
-BN_MOMENTUM = 0.1  # torch convention: 1 - the spec's decay 0.9
-STEM_CHANNELS = 32
-STEM_KERNEL = 3
-STEM_STRIDE = 2
-HEAD_CHANNELS = 1280
+BN_MOMENTUM = 0.9  # running-average decay, as the spec states it
 PARAMS = 118515272  # trainable parameters with NUM_CLASSES classes
 MACS = 56079699008  # conv and linear multiply-accumulates at RESOLUTION
 
@@ -55,127 +50,780 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu6": nn.ReLU6,
     "gelu": nn.GELU,
     "hard_swish": nn.Hardswish,
+    "sigmoid": nn.Sigmoid,
 }
 
 
 @dataclass(frozen=True)
-class BlockConfig:
-    """One MBConv or Fused-MBConv block, fully resolved by the compiler."""
+class ConvBnActConfig:
+    """conv (no bias) -> batch norm -> activation, resolved by the compiler."""
 
-    kind: str  # "mbconv" or "fused_mbconv"
     in_channels: int
     out_channels: int
-    expansion: int
     kernel: int
     stride: int
-    se_channels: int  # squeeze width; 0 means no squeeze-and-excitation
+    groups: int  # 1 for a dense conv, the channel count for a depthwise one
+    depthwise: bool  # one filter per channel (groups == channels)
+    padding: int | str  # pixels per side, or "same": TensorFlow SAME per input size
+    activation: str | None  # a key of ACTIVATIONS; None is linear
+
+
+@dataclass(frozen=True)
+class SqueezeExciteConfig:
+    """Global average pool -> reduce (1x1 conv) -> activation -> expand -> gate."""
+
+    channels: int  # the gated channels
+    se_channels: int  # the squeeze width
     activation: str
-    drop_path_rate: float  # stochastic depth, training only
-
-    @property
-    def mid_channels(self) -> int:
-        return self.in_channels * self.expansion
-
-    @property
-    def residual(self) -> bool:
-        return self.stride == 1 and self.in_channels == self.out_channels
+    gate: str  # a key of ACTIVATIONS
 
 
-# One tuple per stage, one BlockConfig per block; block j of stage i is blocks.i.j.
+@dataclass(frozen=True)
+class BlockConfig:
+    """One MBConv or Fused-MBConv block: its parts run in the order expand ->
+    depthwise -> se -> project (None: absent), then the residual add."""
+
+    kind: str  # "mbconv" or "fused_mbconv"
+    expand: ConvBnActConfig | None
+    depthwise: ConvBnActConfig | None
+    se: SqueezeExciteConfig | None
+    project: ConvBnActConfig | None
+    residual: bool  # add the block's input to its output
+    drop_path_rate: float  # stochastic depth of the residual branch, training only
+
+
+# The compiler decided every number below: widths, strides, padding, residuals, rates.
+# One line per part, one BlockConfig per block, one tuple per stage (blocks.i.j is
+# block j of stage i).
+# ruff: noqa: E501
 # fmt: off
+STEM = ConvBnActConfig(3, 32, kernel=3, stride=2, groups=1, depthwise=False, padding="same", activation="swish")
+HEAD = ConvBnActConfig(640, 1280, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish")
 STAGES = (
-    (  # stage 0: 4 x fused_mbconv -> 32 channels at 240x240
-        BlockConfig(kind="fused_mbconv", in_channels=32, out_channels=32, expansion=1, kernel=3, stride=1, se_channels=0, activation="swish", drop_path_rate=0.0),  # blocks.0.0  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=32, out_channels=32, expansion=1, kernel=3, stride=1, se_channels=0, activation="swish", drop_path_rate=0.00253164557),  # blocks.0.1  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=32, out_channels=32, expansion=1, kernel=3, stride=1, se_channels=0, activation="swish", drop_path_rate=0.005063291139),  # blocks.0.2  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=32, out_channels=32, expansion=1, kernel=3, stride=1, se_channels=0, activation="swish", drop_path_rate=0.007594936709),  # blocks.0.3  # noqa: E501
+    (  # blocks.0: 4 x fused_mbconv -> 32 channels at 240x240
+        BlockConfig(  # blocks.0.0
+            kind="fused_mbconv",
+            expand=ConvBnActConfig(32, 32, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="swish"),
+            depthwise=None,
+            se=None,
+            project=None,
+            residual=True,
+            drop_path_rate=0.0,
+        ),
+        BlockConfig(  # blocks.0.1
+            kind="fused_mbconv",
+            expand=ConvBnActConfig(32, 32, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="swish"),
+            depthwise=None,
+            se=None,
+            project=None,
+            residual=True,
+            drop_path_rate=0.00253164557,
+        ),
+        BlockConfig(  # blocks.0.2
+            kind="fused_mbconv",
+            expand=ConvBnActConfig(32, 32, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="swish"),
+            depthwise=None,
+            se=None,
+            project=None,
+            residual=True,
+            drop_path_rate=0.005063291139,
+        ),
+        BlockConfig(  # blocks.0.3
+            kind="fused_mbconv",
+            expand=ConvBnActConfig(32, 32, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="swish"),
+            depthwise=None,
+            se=None,
+            project=None,
+            residual=True,
+            drop_path_rate=0.007594936709,
+        ),
     ),
-    (  # stage 1: 7 x fused_mbconv -> 64 channels at 120x120
-        BlockConfig(kind="fused_mbconv", in_channels=32, out_channels=64, expansion=4, kernel=3, stride=2, se_channels=0, activation="swish", drop_path_rate=0.010126582278),  # blocks.1.0  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=64, out_channels=64, expansion=4, kernel=3, stride=1, se_channels=0, activation="swish", drop_path_rate=0.012658227848),  # blocks.1.1  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=64, out_channels=64, expansion=4, kernel=3, stride=1, se_channels=0, activation="swish", drop_path_rate=0.015189873418),  # blocks.1.2  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=64, out_channels=64, expansion=4, kernel=3, stride=1, se_channels=0, activation="swish", drop_path_rate=0.017721518987),  # blocks.1.3  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=64, out_channels=64, expansion=4, kernel=3, stride=1, se_channels=0, activation="swish", drop_path_rate=0.020253164557),  # blocks.1.4  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=64, out_channels=64, expansion=4, kernel=3, stride=1, se_channels=0, activation="swish", drop_path_rate=0.022784810127),  # blocks.1.5  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=64, out_channels=64, expansion=4, kernel=3, stride=1, se_channels=0, activation="swish", drop_path_rate=0.025316455696),  # blocks.1.6  # noqa: E501
+    (  # blocks.1: 7 x fused_mbconv -> 64 channels at 120x120
+        BlockConfig(  # blocks.1.0
+            kind="fused_mbconv",
+            expand=ConvBnActConfig(32, 128, kernel=3, stride=2, groups=1, depthwise=False, padding="same", activation="swish"),
+            depthwise=None,
+            se=None,
+            project=ConvBnActConfig(128, 64, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=False,
+            drop_path_rate=0.010126582278,
+        ),
+        BlockConfig(  # blocks.1.1
+            kind="fused_mbconv",
+            expand=ConvBnActConfig(64, 256, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="swish"),
+            depthwise=None,
+            se=None,
+            project=ConvBnActConfig(256, 64, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.012658227848,
+        ),
+        BlockConfig(  # blocks.1.2
+            kind="fused_mbconv",
+            expand=ConvBnActConfig(64, 256, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="swish"),
+            depthwise=None,
+            se=None,
+            project=ConvBnActConfig(256, 64, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.015189873418,
+        ),
+        BlockConfig(  # blocks.1.3
+            kind="fused_mbconv",
+            expand=ConvBnActConfig(64, 256, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="swish"),
+            depthwise=None,
+            se=None,
+            project=ConvBnActConfig(256, 64, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.017721518987,
+        ),
+        BlockConfig(  # blocks.1.4
+            kind="fused_mbconv",
+            expand=ConvBnActConfig(64, 256, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="swish"),
+            depthwise=None,
+            se=None,
+            project=ConvBnActConfig(256, 64, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.020253164557,
+        ),
+        BlockConfig(  # blocks.1.5
+            kind="fused_mbconv",
+            expand=ConvBnActConfig(64, 256, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="swish"),
+            depthwise=None,
+            se=None,
+            project=ConvBnActConfig(256, 64, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.022784810127,
+        ),
+        BlockConfig(  # blocks.1.6
+            kind="fused_mbconv",
+            expand=ConvBnActConfig(64, 256, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="swish"),
+            depthwise=None,
+            se=None,
+            project=ConvBnActConfig(256, 64, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.025316455696,
+        ),
     ),
-    (  # stage 2: 7 x fused_mbconv -> 96 channels at 60x60
-        BlockConfig(kind="fused_mbconv", in_channels=64, out_channels=96, expansion=4, kernel=3, stride=2, se_channels=0, activation="swish", drop_path_rate=0.027848101266),  # blocks.2.0  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=96, out_channels=96, expansion=4, kernel=3, stride=1, se_channels=0, activation="swish", drop_path_rate=0.030379746835),  # blocks.2.1  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=96, out_channels=96, expansion=4, kernel=3, stride=1, se_channels=0, activation="swish", drop_path_rate=0.032911392405),  # blocks.2.2  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=96, out_channels=96, expansion=4, kernel=3, stride=1, se_channels=0, activation="swish", drop_path_rate=0.035443037975),  # blocks.2.3  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=96, out_channels=96, expansion=4, kernel=3, stride=1, se_channels=0, activation="swish", drop_path_rate=0.037974683544),  # blocks.2.4  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=96, out_channels=96, expansion=4, kernel=3, stride=1, se_channels=0, activation="swish", drop_path_rate=0.040506329114),  # blocks.2.5  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=96, out_channels=96, expansion=4, kernel=3, stride=1, se_channels=0, activation="swish", drop_path_rate=0.043037974684),  # blocks.2.6  # noqa: E501
+    (  # blocks.2: 7 x fused_mbconv -> 96 channels at 60x60
+        BlockConfig(  # blocks.2.0
+            kind="fused_mbconv",
+            expand=ConvBnActConfig(64, 256, kernel=3, stride=2, groups=1, depthwise=False, padding="same", activation="swish"),
+            depthwise=None,
+            se=None,
+            project=ConvBnActConfig(256, 96, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=False,
+            drop_path_rate=0.027848101266,
+        ),
+        BlockConfig(  # blocks.2.1
+            kind="fused_mbconv",
+            expand=ConvBnActConfig(96, 384, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="swish"),
+            depthwise=None,
+            se=None,
+            project=ConvBnActConfig(384, 96, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.030379746835,
+        ),
+        BlockConfig(  # blocks.2.2
+            kind="fused_mbconv",
+            expand=ConvBnActConfig(96, 384, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="swish"),
+            depthwise=None,
+            se=None,
+            project=ConvBnActConfig(384, 96, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.032911392405,
+        ),
+        BlockConfig(  # blocks.2.3
+            kind="fused_mbconv",
+            expand=ConvBnActConfig(96, 384, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="swish"),
+            depthwise=None,
+            se=None,
+            project=ConvBnActConfig(384, 96, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.035443037975,
+        ),
+        BlockConfig(  # blocks.2.4
+            kind="fused_mbconv",
+            expand=ConvBnActConfig(96, 384, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="swish"),
+            depthwise=None,
+            se=None,
+            project=ConvBnActConfig(384, 96, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.037974683544,
+        ),
+        BlockConfig(  # blocks.2.5
+            kind="fused_mbconv",
+            expand=ConvBnActConfig(96, 384, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="swish"),
+            depthwise=None,
+            se=None,
+            project=ConvBnActConfig(384, 96, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.040506329114,
+        ),
+        BlockConfig(  # blocks.2.6
+            kind="fused_mbconv",
+            expand=ConvBnActConfig(96, 384, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="swish"),
+            depthwise=None,
+            se=None,
+            project=ConvBnActConfig(384, 96, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.043037974684,
+        ),
     ),
-    (  # stage 3: 10 x mbconv -> 192 channels at 30x30
-        BlockConfig(kind="mbconv", in_channels=96, out_channels=192, expansion=4, kernel=3, stride=2, se_channels=24, activation="swish", drop_path_rate=0.045569620253),  # blocks.3.0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=4, kernel=3, stride=1, se_channels=48, activation="swish", drop_path_rate=0.048101265823),  # blocks.3.1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=4, kernel=3, stride=1, se_channels=48, activation="swish", drop_path_rate=0.050632911392),  # blocks.3.2  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=4, kernel=3, stride=1, se_channels=48, activation="swish", drop_path_rate=0.053164556962),  # blocks.3.3  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=4, kernel=3, stride=1, se_channels=48, activation="swish", drop_path_rate=0.055696202532),  # blocks.3.4  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=4, kernel=3, stride=1, se_channels=48, activation="swish", drop_path_rate=0.058227848101),  # blocks.3.5  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=4, kernel=3, stride=1, se_channels=48, activation="swish", drop_path_rate=0.060759493671),  # blocks.3.6  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=4, kernel=3, stride=1, se_channels=48, activation="swish", drop_path_rate=0.063291139241),  # blocks.3.7  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=4, kernel=3, stride=1, se_channels=48, activation="swish", drop_path_rate=0.06582278481),  # blocks.3.8  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=192, out_channels=192, expansion=4, kernel=3, stride=1, se_channels=48, activation="swish", drop_path_rate=0.06835443038),  # blocks.3.9  # noqa: E501
+    (  # blocks.3: 10 x mbconv -> 192 channels at 30x30
+        BlockConfig(  # blocks.3.0
+            kind="mbconv",
+            expand=ConvBnActConfig(96, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(384, 384, kernel=3, stride=2, groups=384, depthwise=True, padding="same", activation="swish"),
+            se=SqueezeExciteConfig(384, 24, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(384, 192, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=False,
+            drop_path_rate=0.045569620253,
+        ),
+        BlockConfig(  # blocks.3.1
+            kind="mbconv",
+            expand=ConvBnActConfig(192, 768, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(768, 768, kernel=3, stride=1, groups=768, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(768, 48, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(768, 192, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.048101265823,
+        ),
+        BlockConfig(  # blocks.3.2
+            kind="mbconv",
+            expand=ConvBnActConfig(192, 768, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(768, 768, kernel=3, stride=1, groups=768, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(768, 48, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(768, 192, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.050632911392,
+        ),
+        BlockConfig(  # blocks.3.3
+            kind="mbconv",
+            expand=ConvBnActConfig(192, 768, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(768, 768, kernel=3, stride=1, groups=768, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(768, 48, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(768, 192, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.053164556962,
+        ),
+        BlockConfig(  # blocks.3.4
+            kind="mbconv",
+            expand=ConvBnActConfig(192, 768, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(768, 768, kernel=3, stride=1, groups=768, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(768, 48, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(768, 192, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.055696202532,
+        ),
+        BlockConfig(  # blocks.3.5
+            kind="mbconv",
+            expand=ConvBnActConfig(192, 768, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(768, 768, kernel=3, stride=1, groups=768, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(768, 48, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(768, 192, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.058227848101,
+        ),
+        BlockConfig(  # blocks.3.6
+            kind="mbconv",
+            expand=ConvBnActConfig(192, 768, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(768, 768, kernel=3, stride=1, groups=768, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(768, 48, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(768, 192, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.060759493671,
+        ),
+        BlockConfig(  # blocks.3.7
+            kind="mbconv",
+            expand=ConvBnActConfig(192, 768, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(768, 768, kernel=3, stride=1, groups=768, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(768, 48, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(768, 192, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.063291139241,
+        ),
+        BlockConfig(  # blocks.3.8
+            kind="mbconv",
+            expand=ConvBnActConfig(192, 768, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(768, 768, kernel=3, stride=1, groups=768, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(768, 48, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(768, 192, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.06582278481,
+        ),
+        BlockConfig(  # blocks.3.9
+            kind="mbconv",
+            expand=ConvBnActConfig(192, 768, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(768, 768, kernel=3, stride=1, groups=768, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(768, 48, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(768, 192, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.06835443038,
+        ),
     ),
-    (  # stage 4: 19 x mbconv -> 224 channels at 30x30
-        BlockConfig(kind="mbconv", in_channels=192, out_channels=224, expansion=6, kernel=3, stride=1, se_channels=48, activation="swish", drop_path_rate=0.070886075949),  # blocks.4.0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=3, stride=1, se_channels=56, activation="swish", drop_path_rate=0.073417721519),  # blocks.4.1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=3, stride=1, se_channels=56, activation="swish", drop_path_rate=0.075949367089),  # blocks.4.2  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=3, stride=1, se_channels=56, activation="swish", drop_path_rate=0.078481012658),  # blocks.4.3  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=3, stride=1, se_channels=56, activation="swish", drop_path_rate=0.081012658228),  # blocks.4.4  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=3, stride=1, se_channels=56, activation="swish", drop_path_rate=0.083544303797),  # blocks.4.5  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=3, stride=1, se_channels=56, activation="swish", drop_path_rate=0.086075949367),  # blocks.4.6  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=3, stride=1, se_channels=56, activation="swish", drop_path_rate=0.088607594937),  # blocks.4.7  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=3, stride=1, se_channels=56, activation="swish", drop_path_rate=0.091139240506),  # blocks.4.8  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=3, stride=1, se_channels=56, activation="swish", drop_path_rate=0.093670886076),  # blocks.4.9  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=3, stride=1, se_channels=56, activation="swish", drop_path_rate=0.096202531646),  # blocks.4.10  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=3, stride=1, se_channels=56, activation="swish", drop_path_rate=0.098734177215),  # blocks.4.11  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=3, stride=1, se_channels=56, activation="swish", drop_path_rate=0.101265822785),  # blocks.4.12  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=3, stride=1, se_channels=56, activation="swish", drop_path_rate=0.103797468354),  # blocks.4.13  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=3, stride=1, se_channels=56, activation="swish", drop_path_rate=0.106329113924),  # blocks.4.14  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=3, stride=1, se_channels=56, activation="swish", drop_path_rate=0.108860759494),  # blocks.4.15  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=3, stride=1, se_channels=56, activation="swish", drop_path_rate=0.111392405063),  # blocks.4.16  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=3, stride=1, se_channels=56, activation="swish", drop_path_rate=0.113924050633),  # blocks.4.17  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=224, out_channels=224, expansion=6, kernel=3, stride=1, se_channels=56, activation="swish", drop_path_rate=0.116455696203),  # blocks.4.18  # noqa: E501
+    (  # blocks.4: 19 x mbconv -> 224 channels at 30x30
+        BlockConfig(  # blocks.4.0
+            kind="mbconv",
+            expand=ConvBnActConfig(192, 1152, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1152, 1152, kernel=3, stride=1, groups=1152, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(1152, 48, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1152, 224, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=False,
+            drop_path_rate=0.070886075949,
+        ),
+        BlockConfig(  # blocks.4.1
+            kind="mbconv",
+            expand=ConvBnActConfig(224, 1344, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1344, 1344, kernel=3, stride=1, groups=1344, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(1344, 56, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1344, 224, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.073417721519,
+        ),
+        BlockConfig(  # blocks.4.2
+            kind="mbconv",
+            expand=ConvBnActConfig(224, 1344, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1344, 1344, kernel=3, stride=1, groups=1344, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(1344, 56, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1344, 224, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.075949367089,
+        ),
+        BlockConfig(  # blocks.4.3
+            kind="mbconv",
+            expand=ConvBnActConfig(224, 1344, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1344, 1344, kernel=3, stride=1, groups=1344, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(1344, 56, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1344, 224, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.078481012658,
+        ),
+        BlockConfig(  # blocks.4.4
+            kind="mbconv",
+            expand=ConvBnActConfig(224, 1344, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1344, 1344, kernel=3, stride=1, groups=1344, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(1344, 56, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1344, 224, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.081012658228,
+        ),
+        BlockConfig(  # blocks.4.5
+            kind="mbconv",
+            expand=ConvBnActConfig(224, 1344, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1344, 1344, kernel=3, stride=1, groups=1344, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(1344, 56, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1344, 224, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.083544303797,
+        ),
+        BlockConfig(  # blocks.4.6
+            kind="mbconv",
+            expand=ConvBnActConfig(224, 1344, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1344, 1344, kernel=3, stride=1, groups=1344, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(1344, 56, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1344, 224, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.086075949367,
+        ),
+        BlockConfig(  # blocks.4.7
+            kind="mbconv",
+            expand=ConvBnActConfig(224, 1344, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1344, 1344, kernel=3, stride=1, groups=1344, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(1344, 56, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1344, 224, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.088607594937,
+        ),
+        BlockConfig(  # blocks.4.8
+            kind="mbconv",
+            expand=ConvBnActConfig(224, 1344, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1344, 1344, kernel=3, stride=1, groups=1344, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(1344, 56, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1344, 224, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.091139240506,
+        ),
+        BlockConfig(  # blocks.4.9
+            kind="mbconv",
+            expand=ConvBnActConfig(224, 1344, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1344, 1344, kernel=3, stride=1, groups=1344, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(1344, 56, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1344, 224, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.093670886076,
+        ),
+        BlockConfig(  # blocks.4.10
+            kind="mbconv",
+            expand=ConvBnActConfig(224, 1344, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1344, 1344, kernel=3, stride=1, groups=1344, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(1344, 56, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1344, 224, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.096202531646,
+        ),
+        BlockConfig(  # blocks.4.11
+            kind="mbconv",
+            expand=ConvBnActConfig(224, 1344, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1344, 1344, kernel=3, stride=1, groups=1344, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(1344, 56, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1344, 224, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.098734177215,
+        ),
+        BlockConfig(  # blocks.4.12
+            kind="mbconv",
+            expand=ConvBnActConfig(224, 1344, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1344, 1344, kernel=3, stride=1, groups=1344, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(1344, 56, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1344, 224, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.101265822785,
+        ),
+        BlockConfig(  # blocks.4.13
+            kind="mbconv",
+            expand=ConvBnActConfig(224, 1344, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1344, 1344, kernel=3, stride=1, groups=1344, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(1344, 56, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1344, 224, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.103797468354,
+        ),
+        BlockConfig(  # blocks.4.14
+            kind="mbconv",
+            expand=ConvBnActConfig(224, 1344, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1344, 1344, kernel=3, stride=1, groups=1344, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(1344, 56, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1344, 224, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.106329113924,
+        ),
+        BlockConfig(  # blocks.4.15
+            kind="mbconv",
+            expand=ConvBnActConfig(224, 1344, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1344, 1344, kernel=3, stride=1, groups=1344, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(1344, 56, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1344, 224, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.108860759494,
+        ),
+        BlockConfig(  # blocks.4.16
+            kind="mbconv",
+            expand=ConvBnActConfig(224, 1344, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1344, 1344, kernel=3, stride=1, groups=1344, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(1344, 56, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1344, 224, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.111392405063,
+        ),
+        BlockConfig(  # blocks.4.17
+            kind="mbconv",
+            expand=ConvBnActConfig(224, 1344, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1344, 1344, kernel=3, stride=1, groups=1344, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(1344, 56, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1344, 224, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.113924050633,
+        ),
+        BlockConfig(  # blocks.4.18
+            kind="mbconv",
+            expand=ConvBnActConfig(224, 1344, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1344, 1344, kernel=3, stride=1, groups=1344, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(1344, 56, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1344, 224, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.116455696203,
+        ),
     ),
-    (  # stage 5: 25 x mbconv -> 384 channels at 15x15
-        BlockConfig(kind="mbconv", in_channels=224, out_channels=384, expansion=6, kernel=3, stride=2, se_channels=56, activation="swish", drop_path_rate=0.118987341772),  # blocks.5.0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="swish", drop_path_rate=0.121518987342),  # blocks.5.1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="swish", drop_path_rate=0.124050632911),  # blocks.5.2  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="swish", drop_path_rate=0.126582278481),  # blocks.5.3  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="swish", drop_path_rate=0.129113924051),  # blocks.5.4  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="swish", drop_path_rate=0.13164556962),  # blocks.5.5  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="swish", drop_path_rate=0.13417721519),  # blocks.5.6  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="swish", drop_path_rate=0.136708860759),  # blocks.5.7  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="swish", drop_path_rate=0.139240506329),  # blocks.5.8  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="swish", drop_path_rate=0.141772151899),  # blocks.5.9  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="swish", drop_path_rate=0.144303797468),  # blocks.5.10  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="swish", drop_path_rate=0.146835443038),  # blocks.5.11  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="swish", drop_path_rate=0.149367088608),  # blocks.5.12  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="swish", drop_path_rate=0.151898734177),  # blocks.5.13  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="swish", drop_path_rate=0.154430379747),  # blocks.5.14  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="swish", drop_path_rate=0.156962025316),  # blocks.5.15  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="swish", drop_path_rate=0.159493670886),  # blocks.5.16  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="swish", drop_path_rate=0.162025316456),  # blocks.5.17  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="swish", drop_path_rate=0.164556962025),  # blocks.5.18  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="swish", drop_path_rate=0.167088607595),  # blocks.5.19  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="swish", drop_path_rate=0.169620253165),  # blocks.5.20  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="swish", drop_path_rate=0.172151898734),  # blocks.5.21  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="swish", drop_path_rate=0.174683544304),  # blocks.5.22  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="swish", drop_path_rate=0.177215189873),  # blocks.5.23  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=384, expansion=6, kernel=3, stride=1, se_channels=96, activation="swish", drop_path_rate=0.179746835443),  # blocks.5.24  # noqa: E501
+    (  # blocks.5: 25 x mbconv -> 384 channels at 15x15
+        BlockConfig(  # blocks.5.0
+            kind="mbconv",
+            expand=ConvBnActConfig(224, 1344, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1344, 1344, kernel=3, stride=2, groups=1344, depthwise=True, padding="same", activation="swish"),
+            se=SqueezeExciteConfig(1344, 56, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1344, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=False,
+            drop_path_rate=0.118987341772,
+        ),
+        BlockConfig(  # blocks.5.1
+            kind="mbconv",
+            expand=ConvBnActConfig(384, 2304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(2304, 2304, kernel=3, stride=1, groups=2304, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(2304, 96, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(2304, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.121518987342,
+        ),
+        BlockConfig(  # blocks.5.2
+            kind="mbconv",
+            expand=ConvBnActConfig(384, 2304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(2304, 2304, kernel=3, stride=1, groups=2304, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(2304, 96, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(2304, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.124050632911,
+        ),
+        BlockConfig(  # blocks.5.3
+            kind="mbconv",
+            expand=ConvBnActConfig(384, 2304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(2304, 2304, kernel=3, stride=1, groups=2304, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(2304, 96, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(2304, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.126582278481,
+        ),
+        BlockConfig(  # blocks.5.4
+            kind="mbconv",
+            expand=ConvBnActConfig(384, 2304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(2304, 2304, kernel=3, stride=1, groups=2304, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(2304, 96, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(2304, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.129113924051,
+        ),
+        BlockConfig(  # blocks.5.5
+            kind="mbconv",
+            expand=ConvBnActConfig(384, 2304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(2304, 2304, kernel=3, stride=1, groups=2304, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(2304, 96, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(2304, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.13164556962,
+        ),
+        BlockConfig(  # blocks.5.6
+            kind="mbconv",
+            expand=ConvBnActConfig(384, 2304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(2304, 2304, kernel=3, stride=1, groups=2304, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(2304, 96, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(2304, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.13417721519,
+        ),
+        BlockConfig(  # blocks.5.7
+            kind="mbconv",
+            expand=ConvBnActConfig(384, 2304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(2304, 2304, kernel=3, stride=1, groups=2304, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(2304, 96, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(2304, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.136708860759,
+        ),
+        BlockConfig(  # blocks.5.8
+            kind="mbconv",
+            expand=ConvBnActConfig(384, 2304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(2304, 2304, kernel=3, stride=1, groups=2304, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(2304, 96, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(2304, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.139240506329,
+        ),
+        BlockConfig(  # blocks.5.9
+            kind="mbconv",
+            expand=ConvBnActConfig(384, 2304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(2304, 2304, kernel=3, stride=1, groups=2304, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(2304, 96, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(2304, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.141772151899,
+        ),
+        BlockConfig(  # blocks.5.10
+            kind="mbconv",
+            expand=ConvBnActConfig(384, 2304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(2304, 2304, kernel=3, stride=1, groups=2304, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(2304, 96, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(2304, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.144303797468,
+        ),
+        BlockConfig(  # blocks.5.11
+            kind="mbconv",
+            expand=ConvBnActConfig(384, 2304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(2304, 2304, kernel=3, stride=1, groups=2304, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(2304, 96, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(2304, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.146835443038,
+        ),
+        BlockConfig(  # blocks.5.12
+            kind="mbconv",
+            expand=ConvBnActConfig(384, 2304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(2304, 2304, kernel=3, stride=1, groups=2304, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(2304, 96, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(2304, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.149367088608,
+        ),
+        BlockConfig(  # blocks.5.13
+            kind="mbconv",
+            expand=ConvBnActConfig(384, 2304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(2304, 2304, kernel=3, stride=1, groups=2304, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(2304, 96, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(2304, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.151898734177,
+        ),
+        BlockConfig(  # blocks.5.14
+            kind="mbconv",
+            expand=ConvBnActConfig(384, 2304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(2304, 2304, kernel=3, stride=1, groups=2304, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(2304, 96, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(2304, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.154430379747,
+        ),
+        BlockConfig(  # blocks.5.15
+            kind="mbconv",
+            expand=ConvBnActConfig(384, 2304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(2304, 2304, kernel=3, stride=1, groups=2304, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(2304, 96, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(2304, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.156962025316,
+        ),
+        BlockConfig(  # blocks.5.16
+            kind="mbconv",
+            expand=ConvBnActConfig(384, 2304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(2304, 2304, kernel=3, stride=1, groups=2304, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(2304, 96, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(2304, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.159493670886,
+        ),
+        BlockConfig(  # blocks.5.17
+            kind="mbconv",
+            expand=ConvBnActConfig(384, 2304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(2304, 2304, kernel=3, stride=1, groups=2304, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(2304, 96, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(2304, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.162025316456,
+        ),
+        BlockConfig(  # blocks.5.18
+            kind="mbconv",
+            expand=ConvBnActConfig(384, 2304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(2304, 2304, kernel=3, stride=1, groups=2304, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(2304, 96, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(2304, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.164556962025,
+        ),
+        BlockConfig(  # blocks.5.19
+            kind="mbconv",
+            expand=ConvBnActConfig(384, 2304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(2304, 2304, kernel=3, stride=1, groups=2304, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(2304, 96, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(2304, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.167088607595,
+        ),
+        BlockConfig(  # blocks.5.20
+            kind="mbconv",
+            expand=ConvBnActConfig(384, 2304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(2304, 2304, kernel=3, stride=1, groups=2304, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(2304, 96, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(2304, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.169620253165,
+        ),
+        BlockConfig(  # blocks.5.21
+            kind="mbconv",
+            expand=ConvBnActConfig(384, 2304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(2304, 2304, kernel=3, stride=1, groups=2304, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(2304, 96, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(2304, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.172151898734,
+        ),
+        BlockConfig(  # blocks.5.22
+            kind="mbconv",
+            expand=ConvBnActConfig(384, 2304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(2304, 2304, kernel=3, stride=1, groups=2304, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(2304, 96, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(2304, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.174683544304,
+        ),
+        BlockConfig(  # blocks.5.23
+            kind="mbconv",
+            expand=ConvBnActConfig(384, 2304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(2304, 2304, kernel=3, stride=1, groups=2304, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(2304, 96, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(2304, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.177215189873,
+        ),
+        BlockConfig(  # blocks.5.24
+            kind="mbconv",
+            expand=ConvBnActConfig(384, 2304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(2304, 2304, kernel=3, stride=1, groups=2304, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(2304, 96, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(2304, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.179746835443,
+        ),
     ),
-    (  # stage 6: 7 x mbconv -> 640 channels at 15x15
-        BlockConfig(kind="mbconv", in_channels=384, out_channels=640, expansion=6, kernel=3, stride=1, se_channels=96, activation="swish", drop_path_rate=0.182278481013),  # blocks.6.0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=640, out_channels=640, expansion=6, kernel=3, stride=1, se_channels=160, activation="swish", drop_path_rate=0.184810126582),  # blocks.6.1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=640, out_channels=640, expansion=6, kernel=3, stride=1, se_channels=160, activation="swish", drop_path_rate=0.187341772152),  # blocks.6.2  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=640, out_channels=640, expansion=6, kernel=3, stride=1, se_channels=160, activation="swish", drop_path_rate=0.189873417722),  # blocks.6.3  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=640, out_channels=640, expansion=6, kernel=3, stride=1, se_channels=160, activation="swish", drop_path_rate=0.192405063291),  # blocks.6.4  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=640, out_channels=640, expansion=6, kernel=3, stride=1, se_channels=160, activation="swish", drop_path_rate=0.194936708861),  # blocks.6.5  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=640, out_channels=640, expansion=6, kernel=3, stride=1, se_channels=160, activation="swish", drop_path_rate=0.19746835443),  # blocks.6.6  # noqa: E501
+    (  # blocks.6: 7 x mbconv -> 640 channels at 15x15
+        BlockConfig(  # blocks.6.0
+            kind="mbconv",
+            expand=ConvBnActConfig(384, 2304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(2304, 2304, kernel=3, stride=1, groups=2304, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(2304, 96, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(2304, 640, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=False,
+            drop_path_rate=0.182278481013,
+        ),
+        BlockConfig(  # blocks.6.1
+            kind="mbconv",
+            expand=ConvBnActConfig(640, 3840, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(3840, 3840, kernel=3, stride=1, groups=3840, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(3840, 160, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(3840, 640, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.184810126582,
+        ),
+        BlockConfig(  # blocks.6.2
+            kind="mbconv",
+            expand=ConvBnActConfig(640, 3840, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(3840, 3840, kernel=3, stride=1, groups=3840, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(3840, 160, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(3840, 640, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.187341772152,
+        ),
+        BlockConfig(  # blocks.6.3
+            kind="mbconv",
+            expand=ConvBnActConfig(640, 3840, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(3840, 3840, kernel=3, stride=1, groups=3840, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(3840, 160, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(3840, 640, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.189873417722,
+        ),
+        BlockConfig(  # blocks.6.4
+            kind="mbconv",
+            expand=ConvBnActConfig(640, 3840, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(3840, 3840, kernel=3, stride=1, groups=3840, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(3840, 160, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(3840, 640, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.192405063291,
+        ),
+        BlockConfig(  # blocks.6.5
+            kind="mbconv",
+            expand=ConvBnActConfig(640, 3840, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(3840, 3840, kernel=3, stride=1, groups=3840, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(3840, 160, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(3840, 640, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.194936708861,
+        ),
+        BlockConfig(  # blocks.6.6
+            kind="mbconv",
+            expand=ConvBnActConfig(640, 3840, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(3840, 3840, kernel=3, stride=1, groups=3840, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(3840, 160, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(3840, 640, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.19746835443,
+        ),
     ),
 )
 # fmt: on
@@ -241,52 +889,44 @@ class Conv2dSame(nn.Conv2d):
 class ConvBnAct(nn.Module):
     """Conv (no bias) -> batch norm -> activation, as ``conv``, ``bn`` and ``act``."""
 
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel: int,
-        stride: int = 1,
-        activation: str | None = None,
-        groups: int = 1,
-        padding: str = PADDING,
-    ) -> None:
+    def __init__(self, config: ConvBnActConfig) -> None:
         super().__init__()
-        # TF SAME on a strided conv depends on the input size, so Conv2dSame works it
-        # out per call; everywhere else it is (k - 1) // 2 per side, fixed.
-        self.dynamic_padding = padding == "same" and stride > 1 and kernel > 1
-        self.kernel = kernel
-        self.stride = stride
-        conv = Conv2dSame if self.dynamic_padding else nn.Conv2d
+        # "same" is TensorFlow SAME on a strided conv: Conv2dSame works it out per call
+        dynamic = config.padding == "same"
+        conv = Conv2dSame if dynamic else nn.Conv2d
         self.conv = conv(
-            in_channels,
-            out_channels,
-            kernel,
-            stride,
-            padding=0 if self.dynamic_padding else (kernel - 1) // 2,
-            groups=groups,
+            config.in_channels,
+            config.out_channels,
+            config.kernel,
+            config.stride,
+            padding=0 if dynamic else config.padding,
+            groups=config.groups,
             bias=False,
         )
-        self.bn = nn.BatchNorm2d(out_channels, eps=BN_EPS, momentum=BN_MOMENTUM)
-        self.act = make_activation(activation)
+        # torch's momentum weighs the new batch: 1 - the running-average decay
+        self.bn = nn.BatchNorm2d(
+            config.out_channels, eps=BN_EPS, momentum=1.0 - BN_MOMENTUM
+        )
+        self.act = make_activation(config.activation)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(self.bn(self.conv(x)))
 
 
 class SqueezeExcite(nn.Module):
-    """Gate channels by a sigmoid of their global average: pool -> reduce -> expand."""
+    """Gate channels by a function of their global average: pool -> reduce -> expand."""
 
-    def __init__(self, channels: int, se_channels: int, activation: str) -> None:
+    def __init__(self, config: SqueezeExciteConfig) -> None:
         super().__init__()
-        self.reduce = nn.Conv2d(channels, se_channels, 1)
-        self.act = make_activation(activation)
-        self.expand = nn.Conv2d(se_channels, channels, 1)
+        self.reduce = nn.Conv2d(config.channels, config.se_channels, 1)
+        self.act = make_activation(config.activation)
+        self.expand = nn.Conv2d(config.se_channels, config.channels, 1)
+        self.gate = make_activation(config.gate)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate = x.mean((2, 3), keepdim=True)
-        gate = self.expand(self.act(self.reduce(gate)))
-        return x * torch.sigmoid(gate)
+        scale = x.mean((2, 3), keepdim=True)
+        scale = self.expand(self.act(self.reduce(scale)))
+        return x * self.gate(scale)
 
 
 class DropPath(nn.Module):
@@ -322,88 +962,35 @@ class Normalize(nn.Module):
         return (x - self.mean) / self.std
 
 
-class FusedMBConv(nn.Module):
-    """Fused-MBConv: k x k expansion conv -> (squeeze-excite) -> 1x1 projection.
-
-    With expansion 1 the k x k conv is the block's only conv and keeps its activation.
-    """
+class Block(nn.Module):
+    """MBConv (1x1 expand -> k x k depthwise) or Fused-MBConv (one k x k expand conv),
+    then squeeze-excite and the 1x1 linear projection; parts the config leaves None
+    are absent. The residual branch is dropped per sample while training."""
 
     def __init__(self, config: BlockConfig) -> None:
         super().__init__()
-        act = config.activation
-        fused_channels = config.mid_channels
-        if config.expansion == 1:
-            fused_channels = config.out_channels
-        self.expand = ConvBnAct(
-            config.in_channels, fused_channels, config.kernel, config.stride, act
-        )
-        self.se = None  # absent when se_channels is 0
-        if config.se_channels:
-            self.se = SqueezeExcite(fused_channels, config.se_channels, act)
-        self.project = None  # absent when expansion is 1
-        if config.expansion != 1:
-            self.project = ConvBnAct(fused_channels, config.out_channels, 1)
+        self.expand = None if config.expand is None else ConvBnAct(config.expand)
+        self.depthwise = None
+        if config.depthwise is not None:
+            self.depthwise = ConvBnAct(config.depthwise)
+        self.se = None if config.se is None else SqueezeExcite(config.se)
+        self.project = None if config.project is None else ConvBnAct(config.project)
         self.residual = config.residual
         self.drop_path = DropPath(config.drop_path_rate)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x
-        # Fused expansion: one k x k conv instead of 1x1 expansion + depthwise
-        x = self.expand(x)
-        # Squeeze-and-excitation
-        if self.se is not None:
-            x = self.se(x)
-        # Point-wise linear projection
-        if self.project is not None:
-            x = self.project(x)
-        # Residual connection, the branch dropped per sample while training
-        if self.residual:
-            x = self.drop_path(x) + shortcut
-        return x
-
-
-class MBConv(nn.Module):
-    """MBConv: 1x1 expansion -> k x k depthwise -> squeeze-excite -> 1x1 projection."""
-
-    def __init__(self, config: BlockConfig) -> None:
-        super().__init__()
-        mid = config.mid_channels
-        act = config.activation
-        self.expand = None  # absent when expansion is 1
-        if config.expansion != 1:
-            self.expand = ConvBnAct(config.in_channels, mid, 1, activation=act)
-        self.depthwise = ConvBnAct(
-            mid, mid, config.kernel, config.stride, activation=act, groups=mid
-        )
-        self.se = None  # absent when se_channels is 0
-        if config.se_channels:
-            self.se = SqueezeExcite(mid, config.se_channels, act)
-        self.project = ConvBnAct(mid, config.out_channels, 1)
-        self.residual = config.residual
-        self.drop_path = DropPath(config.drop_path_rate)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shortcut = x
-        # Point-wise expansion
         if self.expand is not None:
             x = self.expand(x)
-        # Depth-wise convolution; the block's stride sits here
-        x = self.depthwise(x)
-        # Squeeze-and-excitation
+        if self.depthwise is not None:
+            x = self.depthwise(x)
         if self.se is not None:
             x = self.se(x)
-        # Point-wise linear projection
-        x = self.project(x)
-        # Residual connection, the branch dropped per sample while training
+        if self.project is not None:
+            x = self.project(x)
         if self.residual:
             x = self.drop_path(x) + shortcut
         return x
-
-
-BLOCK_CLASSES: dict[str, type[nn.Module]] = {
-    "fused_mbconv": FusedMBConv,
-    "mbconv": MBConv,
-}
 
 
 class EfficientNet(nn.Module):
@@ -413,30 +1000,24 @@ class EfficientNet(nn.Module):
         self,
         stages: tuple[tuple[BlockConfig, ...], ...] = STAGES,
         num_classes: int = NUM_CLASSES,
-        drop_rate: float = DROP_RATE,
+        dropout: float = DROPOUT,
         include_preprocessing: bool = False,
     ) -> None:
         super().__init__()
         self.num_classes = num_classes
-        self.num_features = HEAD_CHANNELS
+        self.num_features = HEAD.out_channels
         self.preprocess = Normalize(MEAN, STD) if include_preprocessing else None
-        self.stem = ConvBnAct(
-            INPUT_CHANNELS, STEM_CHANNELS, STEM_KERNEL, STEM_STRIDE, ACTIVATION
-        )
+        self.stem = ConvBnAct(STEM)
         self.blocks = nn.Sequential(
-            *(
-                nn.Sequential(*(BLOCK_CLASSES[c.kind](c) for c in stage))
-                for stage in stages
-            )
+            *(nn.Sequential(*(Block(config) for config in stage)) for stage in stages)
         )
-        last_channels = stages[-1][-1].out_channels
-        self.head = ConvBnAct(last_channels, HEAD_CHANNELS, 1, activation=ACTIVATION)
-        self.dropout = nn.Dropout(drop_rate)
-        self.classifier = nn.Linear(HEAD_CHANNELS, num_classes)
+        self.head = ConvBnAct(HEAD)
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(HEAD.out_channels, num_classes)
         init_weights(self)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Feature maps before pooling (HEAD_CHANNELS wide, FEATURE_INFO[-1] stride)."""
+        """Feature maps before pooling: HEAD.out_channels wide, FEATURE_INFO[-1] stride."""
         if self.preprocess is not None:
             x = self.preprocess(x)
         # Stem: strided k x k conv
@@ -493,7 +1074,8 @@ def init_weights(model: nn.Module) -> None:
 def with_drop_path_rate(
     stages: tuple[tuple[BlockConfig, ...], ...], rate: float
 ) -> tuple[tuple[BlockConfig, ...], ...]:
-    """The same stages with stochastic depth rate * i / N on block i of N."""
+    """The same stages with stochastic depth rate * i / N on block i of N (the spec's
+    rule, applied to a rate chosen when the model is built)."""
     num_blocks = sum(len(stage) for stage in stages)
     rescaled = []
     first = 0  # global index of the stage's first block
@@ -510,7 +1092,7 @@ def with_drop_path_rate(
 
 def build_model(
     num_classes: int = NUM_CLASSES,
-    drop_rate: float | None = None,
+    dropout: float | None = None,
     drop_path_rate: float | None = None,
     include_preprocessing: bool = False,
 ) -> EfficientNet:
@@ -518,7 +1100,7 @@ def build_model(
 
     Args:
         num_classes: classifier outputs.
-        drop_rate: dropout before the classifier; None keeps DROP_RATE.
+        dropout: dropout before the classifier; None keeps DROPOUT.
         drop_path_rate: stochastic-depth base rate (block i of N gets rate * i / N);
             None keeps the spec's per-block rates.
         include_preprocessing: normalize with MEAN/STD inside the model, so it takes
@@ -530,7 +1112,7 @@ def build_model(
     return EfficientNet(
         stages,
         num_classes=num_classes,
-        drop_rate=DROP_RATE if drop_rate is None else drop_rate,
+        dropout=DROPOUT if dropout is None else dropout,
         include_preprocessing=include_preprocessing,
     )
 

@@ -34,16 +34,11 @@ INPUT_CHANNELS = 3
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 NUM_CLASSES = 1000
-DROP_RATE = 0.3  # dropout before the classifier
+DROPOUT = 0.3  # before the classifier
 DROP_PATH_RATE = 0.2  # stochastic depth: block i of N gets rate * i / N
-ACTIVATION = "swish"  # stem and head
-PADDING = "same"  # "same": TensorFlow SAME; "symmetric": (k - 1) // 2 per side
+PADDING = "same"  # the spec's mode; each conv below carries its resolved padding
 BN_EPS = 0.001
-BN_MOMENTUM = 0.1  # torch convention: 1 - the spec's decay 0.9
-STEM_CHANNELS = 24
-STEM_KERNEL = 3
-STEM_STRIDE = 2
-HEAD_CHANNELS = 1280
+BN_MOMENTUM = 0.9  # running-average decay, as the spec states it
 PARAMS = 54139356  # trainable parameters with NUM_CLASSES classes
 MACS = 24582460384  # conv and linear multiply-accumulates at RESOLUTION
 
@@ -55,105 +50,582 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu6": nn.ReLU6,
     "gelu": nn.GELU,
     "hard_swish": nn.Hardswish,
+    "sigmoid": nn.Sigmoid,
 }
 
 
 @dataclass(frozen=True)
-class BlockConfig:
-    """One MBConv or Fused-MBConv block, fully resolved by the compiler."""
+class ConvBnActConfig:
+    """conv (no bias) -> batch norm -> activation, resolved by the compiler."""
 
-    kind: str  # "mbconv" or "fused_mbconv"
     in_channels: int
     out_channels: int
-    expansion: int
     kernel: int
     stride: int
-    se_channels: int  # squeeze width; 0 means no squeeze-and-excitation
+    groups: int  # 1 for a dense conv, the channel count for a depthwise one
+    depthwise: bool  # one filter per channel (groups == channels)
+    padding: int | str  # pixels per side, or "same": TensorFlow SAME per input size
+    activation: str | None  # a key of ACTIVATIONS; None is linear
+
+
+@dataclass(frozen=True)
+class SqueezeExciteConfig:
+    """Global average pool -> reduce (1x1 conv) -> activation -> expand -> gate."""
+
+    channels: int  # the gated channels
+    se_channels: int  # the squeeze width
     activation: str
-    drop_path_rate: float  # stochastic depth, training only
-
-    @property
-    def mid_channels(self) -> int:
-        return self.in_channels * self.expansion
-
-    @property
-    def residual(self) -> bool:
-        return self.stride == 1 and self.in_channels == self.out_channels
+    gate: str  # a key of ACTIVATIONS
 
 
-# One tuple per stage, one BlockConfig per block; block j of stage i is blocks.i.j.
+@dataclass(frozen=True)
+class BlockConfig:
+    """One MBConv or Fused-MBConv block: its parts run in the order expand ->
+    depthwise -> se -> project (None: absent), then the residual add."""
+
+    kind: str  # "mbconv" or "fused_mbconv"
+    expand: ConvBnActConfig | None
+    depthwise: ConvBnActConfig | None
+    se: SqueezeExciteConfig | None
+    project: ConvBnActConfig | None
+    residual: bool  # add the block's input to its output
+    drop_path_rate: float  # stochastic depth of the residual branch, training only
+
+
+# The compiler decided every number below: widths, strides, padding, residuals, rates.
+# One line per part, one BlockConfig per block, one tuple per stage (blocks.i.j is
+# block j of stage i).
+# ruff: noqa: E501
 # fmt: off
+STEM = ConvBnActConfig(3, 24, kernel=3, stride=2, groups=1, depthwise=False, padding="same", activation="swish")
+HEAD = ConvBnActConfig(512, 1280, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish")
 STAGES = (
-    (  # stage 0: 3 x fused_mbconv -> 24 channels at 240x240
-        BlockConfig(kind="fused_mbconv", in_channels=24, out_channels=24, expansion=1, kernel=3, stride=1, se_channels=0, activation="swish", drop_path_rate=0.0),  # blocks.0.0  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=24, out_channels=24, expansion=1, kernel=3, stride=1, se_channels=0, activation="swish", drop_path_rate=0.00350877193),  # blocks.0.1  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=24, out_channels=24, expansion=1, kernel=3, stride=1, se_channels=0, activation="swish", drop_path_rate=0.00701754386),  # blocks.0.2  # noqa: E501
+    (  # blocks.0: 3 x fused_mbconv -> 24 channels at 240x240
+        BlockConfig(  # blocks.0.0
+            kind="fused_mbconv",
+            expand=ConvBnActConfig(24, 24, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="swish"),
+            depthwise=None,
+            se=None,
+            project=None,
+            residual=True,
+            drop_path_rate=0.0,
+        ),
+        BlockConfig(  # blocks.0.1
+            kind="fused_mbconv",
+            expand=ConvBnActConfig(24, 24, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="swish"),
+            depthwise=None,
+            se=None,
+            project=None,
+            residual=True,
+            drop_path_rate=0.00350877193,
+        ),
+        BlockConfig(  # blocks.0.2
+            kind="fused_mbconv",
+            expand=ConvBnActConfig(24, 24, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="swish"),
+            depthwise=None,
+            se=None,
+            project=None,
+            residual=True,
+            drop_path_rate=0.00701754386,
+        ),
     ),
-    (  # stage 1: 5 x fused_mbconv -> 48 channels at 120x120
-        BlockConfig(kind="fused_mbconv", in_channels=24, out_channels=48, expansion=4, kernel=3, stride=2, se_channels=0, activation="swish", drop_path_rate=0.010526315789),  # blocks.1.0  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=48, out_channels=48, expansion=4, kernel=3, stride=1, se_channels=0, activation="swish", drop_path_rate=0.014035087719),  # blocks.1.1  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=48, out_channels=48, expansion=4, kernel=3, stride=1, se_channels=0, activation="swish", drop_path_rate=0.017543859649),  # blocks.1.2  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=48, out_channels=48, expansion=4, kernel=3, stride=1, se_channels=0, activation="swish", drop_path_rate=0.021052631579),  # blocks.1.3  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=48, out_channels=48, expansion=4, kernel=3, stride=1, se_channels=0, activation="swish", drop_path_rate=0.024561403509),  # blocks.1.4  # noqa: E501
+    (  # blocks.1: 5 x fused_mbconv -> 48 channels at 120x120
+        BlockConfig(  # blocks.1.0
+            kind="fused_mbconv",
+            expand=ConvBnActConfig(24, 96, kernel=3, stride=2, groups=1, depthwise=False, padding="same", activation="swish"),
+            depthwise=None,
+            se=None,
+            project=ConvBnActConfig(96, 48, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=False,
+            drop_path_rate=0.010526315789,
+        ),
+        BlockConfig(  # blocks.1.1
+            kind="fused_mbconv",
+            expand=ConvBnActConfig(48, 192, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="swish"),
+            depthwise=None,
+            se=None,
+            project=ConvBnActConfig(192, 48, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.014035087719,
+        ),
+        BlockConfig(  # blocks.1.2
+            kind="fused_mbconv",
+            expand=ConvBnActConfig(48, 192, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="swish"),
+            depthwise=None,
+            se=None,
+            project=ConvBnActConfig(192, 48, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.017543859649,
+        ),
+        BlockConfig(  # blocks.1.3
+            kind="fused_mbconv",
+            expand=ConvBnActConfig(48, 192, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="swish"),
+            depthwise=None,
+            se=None,
+            project=ConvBnActConfig(192, 48, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.021052631579,
+        ),
+        BlockConfig(  # blocks.1.4
+            kind="fused_mbconv",
+            expand=ConvBnActConfig(48, 192, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="swish"),
+            depthwise=None,
+            se=None,
+            project=ConvBnActConfig(192, 48, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.024561403509,
+        ),
     ),
-    (  # stage 2: 5 x fused_mbconv -> 80 channels at 60x60
-        BlockConfig(kind="fused_mbconv", in_channels=48, out_channels=80, expansion=4, kernel=3, stride=2, se_channels=0, activation="swish", drop_path_rate=0.028070175439),  # blocks.2.0  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=80, out_channels=80, expansion=4, kernel=3, stride=1, se_channels=0, activation="swish", drop_path_rate=0.031578947368),  # blocks.2.1  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=80, out_channels=80, expansion=4, kernel=3, stride=1, se_channels=0, activation="swish", drop_path_rate=0.035087719298),  # blocks.2.2  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=80, out_channels=80, expansion=4, kernel=3, stride=1, se_channels=0, activation="swish", drop_path_rate=0.038596491228),  # blocks.2.3  # noqa: E501
-        BlockConfig(kind="fused_mbconv", in_channels=80, out_channels=80, expansion=4, kernel=3, stride=1, se_channels=0, activation="swish", drop_path_rate=0.042105263158),  # blocks.2.4  # noqa: E501
+    (  # blocks.2: 5 x fused_mbconv -> 80 channels at 60x60
+        BlockConfig(  # blocks.2.0
+            kind="fused_mbconv",
+            expand=ConvBnActConfig(48, 192, kernel=3, stride=2, groups=1, depthwise=False, padding="same", activation="swish"),
+            depthwise=None,
+            se=None,
+            project=ConvBnActConfig(192, 80, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=False,
+            drop_path_rate=0.028070175439,
+        ),
+        BlockConfig(  # blocks.2.1
+            kind="fused_mbconv",
+            expand=ConvBnActConfig(80, 320, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="swish"),
+            depthwise=None,
+            se=None,
+            project=ConvBnActConfig(320, 80, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.031578947368,
+        ),
+        BlockConfig(  # blocks.2.2
+            kind="fused_mbconv",
+            expand=ConvBnActConfig(80, 320, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="swish"),
+            depthwise=None,
+            se=None,
+            project=ConvBnActConfig(320, 80, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.035087719298,
+        ),
+        BlockConfig(  # blocks.2.3
+            kind="fused_mbconv",
+            expand=ConvBnActConfig(80, 320, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="swish"),
+            depthwise=None,
+            se=None,
+            project=ConvBnActConfig(320, 80, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.038596491228,
+        ),
+        BlockConfig(  # blocks.2.4
+            kind="fused_mbconv",
+            expand=ConvBnActConfig(80, 320, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="swish"),
+            depthwise=None,
+            se=None,
+            project=ConvBnActConfig(320, 80, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.042105263158,
+        ),
     ),
-    (  # stage 3: 7 x mbconv -> 160 channels at 30x30
-        BlockConfig(kind="mbconv", in_channels=80, out_channels=160, expansion=4, kernel=3, stride=2, se_channels=20, activation="swish", drop_path_rate=0.045614035088),  # blocks.3.0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=160, out_channels=160, expansion=4, kernel=3, stride=1, se_channels=40, activation="swish", drop_path_rate=0.049122807018),  # blocks.3.1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=160, out_channels=160, expansion=4, kernel=3, stride=1, se_channels=40, activation="swish", drop_path_rate=0.052631578947),  # blocks.3.2  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=160, out_channels=160, expansion=4, kernel=3, stride=1, se_channels=40, activation="swish", drop_path_rate=0.056140350877),  # blocks.3.3  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=160, out_channels=160, expansion=4, kernel=3, stride=1, se_channels=40, activation="swish", drop_path_rate=0.059649122807),  # blocks.3.4  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=160, out_channels=160, expansion=4, kernel=3, stride=1, se_channels=40, activation="swish", drop_path_rate=0.063157894737),  # blocks.3.5  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=160, out_channels=160, expansion=4, kernel=3, stride=1, se_channels=40, activation="swish", drop_path_rate=0.066666666667),  # blocks.3.6  # noqa: E501
+    (  # blocks.3: 7 x mbconv -> 160 channels at 30x30
+        BlockConfig(  # blocks.3.0
+            kind="mbconv",
+            expand=ConvBnActConfig(80, 320, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(320, 320, kernel=3, stride=2, groups=320, depthwise=True, padding="same", activation="swish"),
+            se=SqueezeExciteConfig(320, 20, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(320, 160, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=False,
+            drop_path_rate=0.045614035088,
+        ),
+        BlockConfig(  # blocks.3.1
+            kind="mbconv",
+            expand=ConvBnActConfig(160, 640, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(640, 640, kernel=3, stride=1, groups=640, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(640, 40, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(640, 160, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.049122807018,
+        ),
+        BlockConfig(  # blocks.3.2
+            kind="mbconv",
+            expand=ConvBnActConfig(160, 640, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(640, 640, kernel=3, stride=1, groups=640, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(640, 40, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(640, 160, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.052631578947,
+        ),
+        BlockConfig(  # blocks.3.3
+            kind="mbconv",
+            expand=ConvBnActConfig(160, 640, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(640, 640, kernel=3, stride=1, groups=640, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(640, 40, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(640, 160, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.056140350877,
+        ),
+        BlockConfig(  # blocks.3.4
+            kind="mbconv",
+            expand=ConvBnActConfig(160, 640, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(640, 640, kernel=3, stride=1, groups=640, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(640, 40, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(640, 160, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.059649122807,
+        ),
+        BlockConfig(  # blocks.3.5
+            kind="mbconv",
+            expand=ConvBnActConfig(160, 640, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(640, 640, kernel=3, stride=1, groups=640, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(640, 40, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(640, 160, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.063157894737,
+        ),
+        BlockConfig(  # blocks.3.6
+            kind="mbconv",
+            expand=ConvBnActConfig(160, 640, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(640, 640, kernel=3, stride=1, groups=640, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(640, 40, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(640, 160, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.066666666667,
+        ),
     ),
-    (  # stage 4: 14 x mbconv -> 176 channels at 30x30
-        BlockConfig(kind="mbconv", in_channels=160, out_channels=176, expansion=6, kernel=3, stride=1, se_channels=40, activation="swish", drop_path_rate=0.070175438596),  # blocks.4.0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=176, out_channels=176, expansion=6, kernel=3, stride=1, se_channels=44, activation="swish", drop_path_rate=0.073684210526),  # blocks.4.1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=176, out_channels=176, expansion=6, kernel=3, stride=1, se_channels=44, activation="swish", drop_path_rate=0.077192982456),  # blocks.4.2  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=176, out_channels=176, expansion=6, kernel=3, stride=1, se_channels=44, activation="swish", drop_path_rate=0.080701754386),  # blocks.4.3  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=176, out_channels=176, expansion=6, kernel=3, stride=1, se_channels=44, activation="swish", drop_path_rate=0.084210526316),  # blocks.4.4  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=176, out_channels=176, expansion=6, kernel=3, stride=1, se_channels=44, activation="swish", drop_path_rate=0.087719298246),  # blocks.4.5  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=176, out_channels=176, expansion=6, kernel=3, stride=1, se_channels=44, activation="swish", drop_path_rate=0.091228070175),  # blocks.4.6  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=176, out_channels=176, expansion=6, kernel=3, stride=1, se_channels=44, activation="swish", drop_path_rate=0.094736842105),  # blocks.4.7  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=176, out_channels=176, expansion=6, kernel=3, stride=1, se_channels=44, activation="swish", drop_path_rate=0.098245614035),  # blocks.4.8  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=176, out_channels=176, expansion=6, kernel=3, stride=1, se_channels=44, activation="swish", drop_path_rate=0.101754385965),  # blocks.4.9  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=176, out_channels=176, expansion=6, kernel=3, stride=1, se_channels=44, activation="swish", drop_path_rate=0.105263157895),  # blocks.4.10  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=176, out_channels=176, expansion=6, kernel=3, stride=1, se_channels=44, activation="swish", drop_path_rate=0.108771929825),  # blocks.4.11  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=176, out_channels=176, expansion=6, kernel=3, stride=1, se_channels=44, activation="swish", drop_path_rate=0.112280701754),  # blocks.4.12  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=176, out_channels=176, expansion=6, kernel=3, stride=1, se_channels=44, activation="swish", drop_path_rate=0.115789473684),  # blocks.4.13  # noqa: E501
+    (  # blocks.4: 14 x mbconv -> 176 channels at 30x30
+        BlockConfig(  # blocks.4.0
+            kind="mbconv",
+            expand=ConvBnActConfig(160, 960, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(960, 960, kernel=3, stride=1, groups=960, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(960, 40, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(960, 176, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=False,
+            drop_path_rate=0.070175438596,
+        ),
+        BlockConfig(  # blocks.4.1
+            kind="mbconv",
+            expand=ConvBnActConfig(176, 1056, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1056, 1056, kernel=3, stride=1, groups=1056, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(1056, 44, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1056, 176, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.073684210526,
+        ),
+        BlockConfig(  # blocks.4.2
+            kind="mbconv",
+            expand=ConvBnActConfig(176, 1056, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1056, 1056, kernel=3, stride=1, groups=1056, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(1056, 44, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1056, 176, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.077192982456,
+        ),
+        BlockConfig(  # blocks.4.3
+            kind="mbconv",
+            expand=ConvBnActConfig(176, 1056, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1056, 1056, kernel=3, stride=1, groups=1056, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(1056, 44, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1056, 176, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.080701754386,
+        ),
+        BlockConfig(  # blocks.4.4
+            kind="mbconv",
+            expand=ConvBnActConfig(176, 1056, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1056, 1056, kernel=3, stride=1, groups=1056, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(1056, 44, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1056, 176, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.084210526316,
+        ),
+        BlockConfig(  # blocks.4.5
+            kind="mbconv",
+            expand=ConvBnActConfig(176, 1056, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1056, 1056, kernel=3, stride=1, groups=1056, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(1056, 44, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1056, 176, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.087719298246,
+        ),
+        BlockConfig(  # blocks.4.6
+            kind="mbconv",
+            expand=ConvBnActConfig(176, 1056, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1056, 1056, kernel=3, stride=1, groups=1056, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(1056, 44, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1056, 176, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.091228070175,
+        ),
+        BlockConfig(  # blocks.4.7
+            kind="mbconv",
+            expand=ConvBnActConfig(176, 1056, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1056, 1056, kernel=3, stride=1, groups=1056, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(1056, 44, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1056, 176, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.094736842105,
+        ),
+        BlockConfig(  # blocks.4.8
+            kind="mbconv",
+            expand=ConvBnActConfig(176, 1056, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1056, 1056, kernel=3, stride=1, groups=1056, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(1056, 44, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1056, 176, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.098245614035,
+        ),
+        BlockConfig(  # blocks.4.9
+            kind="mbconv",
+            expand=ConvBnActConfig(176, 1056, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1056, 1056, kernel=3, stride=1, groups=1056, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(1056, 44, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1056, 176, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.101754385965,
+        ),
+        BlockConfig(  # blocks.4.10
+            kind="mbconv",
+            expand=ConvBnActConfig(176, 1056, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1056, 1056, kernel=3, stride=1, groups=1056, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(1056, 44, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1056, 176, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.105263157895,
+        ),
+        BlockConfig(  # blocks.4.11
+            kind="mbconv",
+            expand=ConvBnActConfig(176, 1056, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1056, 1056, kernel=3, stride=1, groups=1056, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(1056, 44, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1056, 176, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.108771929825,
+        ),
+        BlockConfig(  # blocks.4.12
+            kind="mbconv",
+            expand=ConvBnActConfig(176, 1056, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1056, 1056, kernel=3, stride=1, groups=1056, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(1056, 44, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1056, 176, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.112280701754,
+        ),
+        BlockConfig(  # blocks.4.13
+            kind="mbconv",
+            expand=ConvBnActConfig(176, 1056, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1056, 1056, kernel=3, stride=1, groups=1056, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(1056, 44, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1056, 176, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.115789473684,
+        ),
     ),
-    (  # stage 5: 18 x mbconv -> 304 channels at 15x15
-        BlockConfig(kind="mbconv", in_channels=176, out_channels=304, expansion=6, kernel=3, stride=2, se_channels=44, activation="swish", drop_path_rate=0.119298245614),  # blocks.5.0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=304, out_channels=304, expansion=6, kernel=3, stride=1, se_channels=76, activation="swish", drop_path_rate=0.122807017544),  # blocks.5.1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=304, out_channels=304, expansion=6, kernel=3, stride=1, se_channels=76, activation="swish", drop_path_rate=0.126315789474),  # blocks.5.2  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=304, out_channels=304, expansion=6, kernel=3, stride=1, se_channels=76, activation="swish", drop_path_rate=0.129824561404),  # blocks.5.3  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=304, out_channels=304, expansion=6, kernel=3, stride=1, se_channels=76, activation="swish", drop_path_rate=0.133333333333),  # blocks.5.4  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=304, out_channels=304, expansion=6, kernel=3, stride=1, se_channels=76, activation="swish", drop_path_rate=0.136842105263),  # blocks.5.5  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=304, out_channels=304, expansion=6, kernel=3, stride=1, se_channels=76, activation="swish", drop_path_rate=0.140350877193),  # blocks.5.6  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=304, out_channels=304, expansion=6, kernel=3, stride=1, se_channels=76, activation="swish", drop_path_rate=0.143859649123),  # blocks.5.7  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=304, out_channels=304, expansion=6, kernel=3, stride=1, se_channels=76, activation="swish", drop_path_rate=0.147368421053),  # blocks.5.8  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=304, out_channels=304, expansion=6, kernel=3, stride=1, se_channels=76, activation="swish", drop_path_rate=0.150877192982),  # blocks.5.9  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=304, out_channels=304, expansion=6, kernel=3, stride=1, se_channels=76, activation="swish", drop_path_rate=0.154385964912),  # blocks.5.10  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=304, out_channels=304, expansion=6, kernel=3, stride=1, se_channels=76, activation="swish", drop_path_rate=0.157894736842),  # blocks.5.11  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=304, out_channels=304, expansion=6, kernel=3, stride=1, se_channels=76, activation="swish", drop_path_rate=0.161403508772),  # blocks.5.12  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=304, out_channels=304, expansion=6, kernel=3, stride=1, se_channels=76, activation="swish", drop_path_rate=0.164912280702),  # blocks.5.13  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=304, out_channels=304, expansion=6, kernel=3, stride=1, se_channels=76, activation="swish", drop_path_rate=0.168421052632),  # blocks.5.14  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=304, out_channels=304, expansion=6, kernel=3, stride=1, se_channels=76, activation="swish", drop_path_rate=0.171929824561),  # blocks.5.15  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=304, out_channels=304, expansion=6, kernel=3, stride=1, se_channels=76, activation="swish", drop_path_rate=0.175438596491),  # blocks.5.16  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=304, out_channels=304, expansion=6, kernel=3, stride=1, se_channels=76, activation="swish", drop_path_rate=0.178947368421),  # blocks.5.17  # noqa: E501
+    (  # blocks.5: 18 x mbconv -> 304 channels at 15x15
+        BlockConfig(  # blocks.5.0
+            kind="mbconv",
+            expand=ConvBnActConfig(176, 1056, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1056, 1056, kernel=3, stride=2, groups=1056, depthwise=True, padding="same", activation="swish"),
+            se=SqueezeExciteConfig(1056, 44, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1056, 304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=False,
+            drop_path_rate=0.119298245614,
+        ),
+        BlockConfig(  # blocks.5.1
+            kind="mbconv",
+            expand=ConvBnActConfig(304, 1824, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1824, 1824, kernel=3, stride=1, groups=1824, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(1824, 76, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1824, 304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.122807017544,
+        ),
+        BlockConfig(  # blocks.5.2
+            kind="mbconv",
+            expand=ConvBnActConfig(304, 1824, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1824, 1824, kernel=3, stride=1, groups=1824, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(1824, 76, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1824, 304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.126315789474,
+        ),
+        BlockConfig(  # blocks.5.3
+            kind="mbconv",
+            expand=ConvBnActConfig(304, 1824, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1824, 1824, kernel=3, stride=1, groups=1824, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(1824, 76, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1824, 304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.129824561404,
+        ),
+        BlockConfig(  # blocks.5.4
+            kind="mbconv",
+            expand=ConvBnActConfig(304, 1824, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1824, 1824, kernel=3, stride=1, groups=1824, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(1824, 76, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1824, 304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.133333333333,
+        ),
+        BlockConfig(  # blocks.5.5
+            kind="mbconv",
+            expand=ConvBnActConfig(304, 1824, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1824, 1824, kernel=3, stride=1, groups=1824, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(1824, 76, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1824, 304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.136842105263,
+        ),
+        BlockConfig(  # blocks.5.6
+            kind="mbconv",
+            expand=ConvBnActConfig(304, 1824, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1824, 1824, kernel=3, stride=1, groups=1824, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(1824, 76, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1824, 304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.140350877193,
+        ),
+        BlockConfig(  # blocks.5.7
+            kind="mbconv",
+            expand=ConvBnActConfig(304, 1824, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1824, 1824, kernel=3, stride=1, groups=1824, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(1824, 76, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1824, 304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.143859649123,
+        ),
+        BlockConfig(  # blocks.5.8
+            kind="mbconv",
+            expand=ConvBnActConfig(304, 1824, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1824, 1824, kernel=3, stride=1, groups=1824, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(1824, 76, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1824, 304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.147368421053,
+        ),
+        BlockConfig(  # blocks.5.9
+            kind="mbconv",
+            expand=ConvBnActConfig(304, 1824, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1824, 1824, kernel=3, stride=1, groups=1824, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(1824, 76, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1824, 304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.150877192982,
+        ),
+        BlockConfig(  # blocks.5.10
+            kind="mbconv",
+            expand=ConvBnActConfig(304, 1824, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1824, 1824, kernel=3, stride=1, groups=1824, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(1824, 76, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1824, 304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.154385964912,
+        ),
+        BlockConfig(  # blocks.5.11
+            kind="mbconv",
+            expand=ConvBnActConfig(304, 1824, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1824, 1824, kernel=3, stride=1, groups=1824, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(1824, 76, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1824, 304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.157894736842,
+        ),
+        BlockConfig(  # blocks.5.12
+            kind="mbconv",
+            expand=ConvBnActConfig(304, 1824, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1824, 1824, kernel=3, stride=1, groups=1824, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(1824, 76, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1824, 304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.161403508772,
+        ),
+        BlockConfig(  # blocks.5.13
+            kind="mbconv",
+            expand=ConvBnActConfig(304, 1824, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1824, 1824, kernel=3, stride=1, groups=1824, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(1824, 76, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1824, 304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.164912280702,
+        ),
+        BlockConfig(  # blocks.5.14
+            kind="mbconv",
+            expand=ConvBnActConfig(304, 1824, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1824, 1824, kernel=3, stride=1, groups=1824, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(1824, 76, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1824, 304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.168421052632,
+        ),
+        BlockConfig(  # blocks.5.15
+            kind="mbconv",
+            expand=ConvBnActConfig(304, 1824, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1824, 1824, kernel=3, stride=1, groups=1824, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(1824, 76, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1824, 304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.171929824561,
+        ),
+        BlockConfig(  # blocks.5.16
+            kind="mbconv",
+            expand=ConvBnActConfig(304, 1824, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1824, 1824, kernel=3, stride=1, groups=1824, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(1824, 76, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1824, 304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.175438596491,
+        ),
+        BlockConfig(  # blocks.5.17
+            kind="mbconv",
+            expand=ConvBnActConfig(304, 1824, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1824, 1824, kernel=3, stride=1, groups=1824, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(1824, 76, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1824, 304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.178947368421,
+        ),
     ),
-    (  # stage 6: 5 x mbconv -> 512 channels at 15x15
-        BlockConfig(kind="mbconv", in_channels=304, out_channels=512, expansion=6, kernel=3, stride=1, se_channels=76, activation="swish", drop_path_rate=0.182456140351),  # blocks.6.0  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=512, out_channels=512, expansion=6, kernel=3, stride=1, se_channels=128, activation="swish", drop_path_rate=0.185964912281),  # blocks.6.1  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=512, out_channels=512, expansion=6, kernel=3, stride=1, se_channels=128, activation="swish", drop_path_rate=0.189473684211),  # blocks.6.2  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=512, out_channels=512, expansion=6, kernel=3, stride=1, se_channels=128, activation="swish", drop_path_rate=0.19298245614),  # blocks.6.3  # noqa: E501
-        BlockConfig(kind="mbconv", in_channels=512, out_channels=512, expansion=6, kernel=3, stride=1, se_channels=128, activation="swish", drop_path_rate=0.19649122807),  # blocks.6.4  # noqa: E501
+    (  # blocks.6: 5 x mbconv -> 512 channels at 15x15
+        BlockConfig(  # blocks.6.0
+            kind="mbconv",
+            expand=ConvBnActConfig(304, 1824, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(1824, 1824, kernel=3, stride=1, groups=1824, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(1824, 76, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(1824, 512, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=False,
+            drop_path_rate=0.182456140351,
+        ),
+        BlockConfig(  # blocks.6.1
+            kind="mbconv",
+            expand=ConvBnActConfig(512, 3072, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(3072, 3072, kernel=3, stride=1, groups=3072, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(3072, 128, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(3072, 512, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.185964912281,
+        ),
+        BlockConfig(  # blocks.6.2
+            kind="mbconv",
+            expand=ConvBnActConfig(512, 3072, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(3072, 3072, kernel=3, stride=1, groups=3072, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(3072, 128, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(3072, 512, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.189473684211,
+        ),
+        BlockConfig(  # blocks.6.3
+            kind="mbconv",
+            expand=ConvBnActConfig(512, 3072, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(3072, 3072, kernel=3, stride=1, groups=3072, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(3072, 128, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(3072, 512, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.19298245614,
+        ),
+        BlockConfig(  # blocks.6.4
+            kind="mbconv",
+            expand=ConvBnActConfig(512, 3072, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
+            depthwise=ConvBnActConfig(3072, 3072, kernel=3, stride=1, groups=3072, depthwise=True, padding=1, activation="swish"),
+            se=SqueezeExciteConfig(3072, 128, activation="swish", gate="sigmoid"),
+            project=ConvBnActConfig(3072, 512, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
+            residual=True,
+            drop_path_rate=0.19649122807,
+        ),
     ),
 )
 # fmt: on
@@ -219,52 +691,44 @@ class Conv2dSame(nn.Conv2d):
 class ConvBnAct(nn.Module):
     """Conv (no bias) -> batch norm -> activation, as ``conv``, ``bn`` and ``act``."""
 
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel: int,
-        stride: int = 1,
-        activation: str | None = None,
-        groups: int = 1,
-        padding: str = PADDING,
-    ) -> None:
+    def __init__(self, config: ConvBnActConfig) -> None:
         super().__init__()
-        # TF SAME on a strided conv depends on the input size, so Conv2dSame works it
-        # out per call; everywhere else it is (k - 1) // 2 per side, fixed.
-        self.dynamic_padding = padding == "same" and stride > 1 and kernel > 1
-        self.kernel = kernel
-        self.stride = stride
-        conv = Conv2dSame if self.dynamic_padding else nn.Conv2d
+        # "same" is TensorFlow SAME on a strided conv: Conv2dSame works it out per call
+        dynamic = config.padding == "same"
+        conv = Conv2dSame if dynamic else nn.Conv2d
         self.conv = conv(
-            in_channels,
-            out_channels,
-            kernel,
-            stride,
-            padding=0 if self.dynamic_padding else (kernel - 1) // 2,
-            groups=groups,
+            config.in_channels,
+            config.out_channels,
+            config.kernel,
+            config.stride,
+            padding=0 if dynamic else config.padding,
+            groups=config.groups,
             bias=False,
         )
-        self.bn = nn.BatchNorm2d(out_channels, eps=BN_EPS, momentum=BN_MOMENTUM)
-        self.act = make_activation(activation)
+        # torch's momentum weighs the new batch: 1 - the running-average decay
+        self.bn = nn.BatchNorm2d(
+            config.out_channels, eps=BN_EPS, momentum=1.0 - BN_MOMENTUM
+        )
+        self.act = make_activation(config.activation)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(self.bn(self.conv(x)))
 
 
 class SqueezeExcite(nn.Module):
-    """Gate channels by a sigmoid of their global average: pool -> reduce -> expand."""
+    """Gate channels by a function of their global average: pool -> reduce -> expand."""
 
-    def __init__(self, channels: int, se_channels: int, activation: str) -> None:
+    def __init__(self, config: SqueezeExciteConfig) -> None:
         super().__init__()
-        self.reduce = nn.Conv2d(channels, se_channels, 1)
-        self.act = make_activation(activation)
-        self.expand = nn.Conv2d(se_channels, channels, 1)
+        self.reduce = nn.Conv2d(config.channels, config.se_channels, 1)
+        self.act = make_activation(config.activation)
+        self.expand = nn.Conv2d(config.se_channels, config.channels, 1)
+        self.gate = make_activation(config.gate)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate = x.mean((2, 3), keepdim=True)
-        gate = self.expand(self.act(self.reduce(gate)))
-        return x * torch.sigmoid(gate)
+        scale = x.mean((2, 3), keepdim=True)
+        scale = self.expand(self.act(self.reduce(scale)))
+        return x * self.gate(scale)
 
 
 class DropPath(nn.Module):
@@ -300,88 +764,35 @@ class Normalize(nn.Module):
         return (x - self.mean) / self.std
 
 
-class FusedMBConv(nn.Module):
-    """Fused-MBConv: k x k expansion conv -> (squeeze-excite) -> 1x1 projection.
-
-    With expansion 1 the k x k conv is the block's only conv and keeps its activation.
-    """
+class Block(nn.Module):
+    """MBConv (1x1 expand -> k x k depthwise) or Fused-MBConv (one k x k expand conv),
+    then squeeze-excite and the 1x1 linear projection; parts the config leaves None
+    are absent. The residual branch is dropped per sample while training."""
 
     def __init__(self, config: BlockConfig) -> None:
         super().__init__()
-        act = config.activation
-        fused_channels = config.mid_channels
-        if config.expansion == 1:
-            fused_channels = config.out_channels
-        self.expand = ConvBnAct(
-            config.in_channels, fused_channels, config.kernel, config.stride, act
-        )
-        self.se = None  # absent when se_channels is 0
-        if config.se_channels:
-            self.se = SqueezeExcite(fused_channels, config.se_channels, act)
-        self.project = None  # absent when expansion is 1
-        if config.expansion != 1:
-            self.project = ConvBnAct(fused_channels, config.out_channels, 1)
+        self.expand = None if config.expand is None else ConvBnAct(config.expand)
+        self.depthwise = None
+        if config.depthwise is not None:
+            self.depthwise = ConvBnAct(config.depthwise)
+        self.se = None if config.se is None else SqueezeExcite(config.se)
+        self.project = None if config.project is None else ConvBnAct(config.project)
         self.residual = config.residual
         self.drop_path = DropPath(config.drop_path_rate)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x
-        # Fused expansion: one k x k conv instead of 1x1 expansion + depthwise
-        x = self.expand(x)
-        # Squeeze-and-excitation
-        if self.se is not None:
-            x = self.se(x)
-        # Point-wise linear projection
-        if self.project is not None:
-            x = self.project(x)
-        # Residual connection, the branch dropped per sample while training
-        if self.residual:
-            x = self.drop_path(x) + shortcut
-        return x
-
-
-class MBConv(nn.Module):
-    """MBConv: 1x1 expansion -> k x k depthwise -> squeeze-excite -> 1x1 projection."""
-
-    def __init__(self, config: BlockConfig) -> None:
-        super().__init__()
-        mid = config.mid_channels
-        act = config.activation
-        self.expand = None  # absent when expansion is 1
-        if config.expansion != 1:
-            self.expand = ConvBnAct(config.in_channels, mid, 1, activation=act)
-        self.depthwise = ConvBnAct(
-            mid, mid, config.kernel, config.stride, activation=act, groups=mid
-        )
-        self.se = None  # absent when se_channels is 0
-        if config.se_channels:
-            self.se = SqueezeExcite(mid, config.se_channels, act)
-        self.project = ConvBnAct(mid, config.out_channels, 1)
-        self.residual = config.residual
-        self.drop_path = DropPath(config.drop_path_rate)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shortcut = x
-        # Point-wise expansion
         if self.expand is not None:
             x = self.expand(x)
-        # Depth-wise convolution; the block's stride sits here
-        x = self.depthwise(x)
-        # Squeeze-and-excitation
+        if self.depthwise is not None:
+            x = self.depthwise(x)
         if self.se is not None:
             x = self.se(x)
-        # Point-wise linear projection
-        x = self.project(x)
-        # Residual connection, the branch dropped per sample while training
+        if self.project is not None:
+            x = self.project(x)
         if self.residual:
             x = self.drop_path(x) + shortcut
         return x
-
-
-BLOCK_CLASSES: dict[str, type[nn.Module]] = {
-    "fused_mbconv": FusedMBConv,
-    "mbconv": MBConv,
-}
 
 
 class EfficientNet(nn.Module):
@@ -391,30 +802,24 @@ class EfficientNet(nn.Module):
         self,
         stages: tuple[tuple[BlockConfig, ...], ...] = STAGES,
         num_classes: int = NUM_CLASSES,
-        drop_rate: float = DROP_RATE,
+        dropout: float = DROPOUT,
         include_preprocessing: bool = False,
     ) -> None:
         super().__init__()
         self.num_classes = num_classes
-        self.num_features = HEAD_CHANNELS
+        self.num_features = HEAD.out_channels
         self.preprocess = Normalize(MEAN, STD) if include_preprocessing else None
-        self.stem = ConvBnAct(
-            INPUT_CHANNELS, STEM_CHANNELS, STEM_KERNEL, STEM_STRIDE, ACTIVATION
-        )
+        self.stem = ConvBnAct(STEM)
         self.blocks = nn.Sequential(
-            *(
-                nn.Sequential(*(BLOCK_CLASSES[c.kind](c) for c in stage))
-                for stage in stages
-            )
+            *(nn.Sequential(*(Block(config) for config in stage)) for stage in stages)
         )
-        last_channels = stages[-1][-1].out_channels
-        self.head = ConvBnAct(last_channels, HEAD_CHANNELS, 1, activation=ACTIVATION)
-        self.dropout = nn.Dropout(drop_rate)
-        self.classifier = nn.Linear(HEAD_CHANNELS, num_classes)
+        self.head = ConvBnAct(HEAD)
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(HEAD.out_channels, num_classes)
         init_weights(self)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Feature maps before pooling (HEAD_CHANNELS wide, FEATURE_INFO[-1] stride)."""
+        """Feature maps before pooling: HEAD.out_channels wide, FEATURE_INFO[-1] stride."""
         if self.preprocess is not None:
             x = self.preprocess(x)
         # Stem: strided k x k conv
@@ -471,7 +876,8 @@ def init_weights(model: nn.Module) -> None:
 def with_drop_path_rate(
     stages: tuple[tuple[BlockConfig, ...], ...], rate: float
 ) -> tuple[tuple[BlockConfig, ...], ...]:
-    """The same stages with stochastic depth rate * i / N on block i of N."""
+    """The same stages with stochastic depth rate * i / N on block i of N (the spec's
+    rule, applied to a rate chosen when the model is built)."""
     num_blocks = sum(len(stage) for stage in stages)
     rescaled = []
     first = 0  # global index of the stage's first block
@@ -488,7 +894,7 @@ def with_drop_path_rate(
 
 def build_model(
     num_classes: int = NUM_CLASSES,
-    drop_rate: float | None = None,
+    dropout: float | None = None,
     drop_path_rate: float | None = None,
     include_preprocessing: bool = False,
 ) -> EfficientNet:
@@ -496,7 +902,7 @@ def build_model(
 
     Args:
         num_classes: classifier outputs.
-        drop_rate: dropout before the classifier; None keeps DROP_RATE.
+        dropout: dropout before the classifier; None keeps DROPOUT.
         drop_path_rate: stochastic-depth base rate (block i of N gets rate * i / N);
             None keeps the spec's per-block rates.
         include_preprocessing: normalize with MEAN/STD inside the model, so it takes
@@ -508,7 +914,7 @@ def build_model(
     return EfficientNet(
         stages,
         num_classes=num_classes,
-        drop_rate=DROP_RATE if drop_rate is None else drop_rate,
+        dropout=DROPOUT if dropout is None else dropout,
         include_preprocessing=include_preprocessing,
     )
 

@@ -1,0 +1,229 @@
+"""Property-based tests: the compiler over the whole space of valid specs, not only the shipped ones.
+
+A hypothesis strategy draws random VALID specs over every field of the schema (both block kinds,
+expansion 1..6, kernels 1/3/5/7, stride 1/2, SE on/off per stage, every activation, both paddings,
+divisor and round_limit, compound and explicit scaling, ``extends``), small enough to build in well
+under a second (channels 8..64, resolution 32..96). For each spec:
+
+- the compiler never fails internally (a clean ``SpecError`` for a spatial collapse is allowed);
+- IR params == torch params == ``PARAMS`` == Keras trainable params;
+- IR MACs == the MACs forward hooks count on the torch model;
+- torch and Keras agree, through effspec's own weight conversion, at an odd and an even size.
+
+The default run is ``DEFAULT_EXAMPLES`` examples with a fixed seed and no example database, so it is
+the same run on every machine. ``EFFSPEC_PROPERTY_EXAMPLES=2000`` runs more (and
+``EFFSPEC_PROPERTY_SEED`` picks another seed). Every failure found becomes a named regression test in
+``tests/test_regressions.py``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import os
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+from torch_helpers import count_macs, randomize_batch_norm
+
+from effspec import ir
+from effspec.errors import SpecError
+from effspec.pipeline import build, emit
+
+hypothesis = pytest.importorskip("hypothesis")
+torch = pytest.importorskip("torch")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+keras = pytest.importorskip("keras")
+
+from hypothesis import HealthCheck, given, seed, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from effspec.weights.convert import set_keras_weights, torch_to_keras  # noqa: E402
+from effspec.weights.manifest import build_manifest  # noqa: E402
+
+DEFAULT_EXAMPLES = 12
+EXAMPLES = int(os.environ.get("EFFSPEC_PROPERTY_EXAMPLES", DEFAULT_EXAMPLES))
+SEED = int(os.environ.get("EFFSPEC_PROPERTY_SEED", "20261125"))
+
+#: torch float32 vs Keras float32 on the same weights: max |difference| / (1 + max |logit|). Random
+#: deep nets of this size agree to ~1e-6 of their scale; a wrong layer is off by O(1).
+LOGITS_TOLERANCE = 1e-3
+
+ACTIVATIONS = ["swish", "silu", "relu", "relu6", "gelu", "hard_swish"]
+_COUNTER = itertools.count()
+
+
+def _floats(low: float, high: float) -> st.SearchStrategy[float]:
+    """Round numbers (as people write them), never NaN or infinite."""
+    return st.integers(int(low * 100), int(high * 100)).map(lambda v: v / 100)
+
+
+@st.composite
+def stages(draw: st.DrawFn) -> dict[str, Any]:
+    stage: dict[str, Any] = {
+        "block": draw(st.sampled_from(["mbconv", "fused_mbconv"])),
+        "repeats": draw(st.integers(1, 2)),
+        "kernel": draw(st.sampled_from([1, 3, 5, 7])),
+        "stride": draw(st.sampled_from([1, 2])),
+        "expansion": draw(st.integers(1, 6)),
+        "channels": draw(st.integers(8, 64)),
+    }
+    if draw(st.booleans()):
+        stage["se_ratio"] = draw(st.sampled_from([0.0, 0.125, 0.25, 0.5]))
+    if draw(st.booleans()):
+        stage["activation"] = draw(st.sampled_from(ACTIVATIONS))
+    return stage
+
+
+@st.composite
+def scalings(draw: st.DrawFn) -> dict[str, Any] | None:
+    kind = draw(st.sampled_from(["none", "compound", "explicit"]))
+    if kind == "none":
+        return None
+    regularization = {}
+    if draw(st.booleans()):
+        regularization["dropout"] = draw(_floats(0, 0.5))
+    if draw(st.booleans()):
+        regularization["drop_path_rate"] = draw(_floats(0, 0.5))
+    if kind == "compound":
+        return {
+            "method": "compound",
+            "phi": draw(_floats(0, 1.5)),
+            "alpha": draw(_floats(1, 1.3)),
+            "beta": draw(_floats(1, 1.3)),
+            "gamma": draw(_floats(1, 1.2)),
+            "resolution_divisor": draw(st.sampled_from([1, 8])),
+            **regularization,
+        }
+    return {
+        "method": "explicit",
+        "width": draw(_floats(0.5, 1.6)),
+        "depth": draw(_floats(0.5, 1.6)),
+        "resolution": draw(st.integers(32, 96)),
+        **regularization,
+    }
+
+
+@st.composite
+def specs(draw: st.DrawFn) -> dict[str, Any]:
+    channels = draw(st.integers(1, 4))
+    spec: dict[str, Any] = {
+        "name": "prop",
+        "description": draw(st.text(max_size=20)),
+        "input": {
+            "resolution": draw(st.integers(32, 96)),
+            "channels": channels,
+            "mean": [draw(_floats(0, 1)) for _ in range(channels)],
+            "std": [draw(_floats(0.1, 1)) for _ in range(channels)],
+        },
+        "defaults": {
+            "activation": draw(st.sampled_from(ACTIVATIONS)),
+            "batch_norm": {"eps": draw(st.sampled_from([1e-5, 1e-3])), "momentum": draw(_floats(0.9, 0.99))},
+            "padding": draw(st.sampled_from(["same", "symmetric"])),
+            "se_ratio": draw(st.sampled_from([0.0, 0.125, 0.25])),
+            "drop_path_rate": draw(_floats(0, 0.3)),
+            "channel_divisor": draw(st.sampled_from([1, 4, 8])),
+            "round_limit": draw(st.sampled_from([0.0, 0.9])),
+        },
+        "stem": {
+            "channels": draw(st.integers(8, 32)),
+            "kernel": draw(st.sampled_from([1, 3, 5])),
+            "stride": draw(st.sampled_from([1, 2])),
+        },
+        "stages": draw(st.lists(stages(), min_size=1, max_size=4)),
+        "head": {
+            "channels": draw(st.integers(8, 64)),
+            "dropout": draw(_floats(0, 0.5)),
+            "num_classes": draw(st.integers(2, 10)),
+        },
+    }
+    scaling = draw(scalings())
+    if scaling is not None:
+        spec["scaling"] = scaling
+    return spec
+
+
+def write_spec(spec: dict[str, Any], directory: Path, use_extends: bool) -> Path:
+    """The spec as one file, or as a base plus a child that overrides its stages and head."""
+    path = directory / f"spec{next(_COUNTER)}.yaml"
+    if not use_extends:
+        path.write_text(yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
+        return path
+    base = {**spec, "name": "prop-base", "stages": [spec["stages"][0]], "head": {"channels": 8}}
+    base_path = path.with_name(f"base-{path.name}")
+    base_path.write_text(yaml.safe_dump(base, sort_keys=False), encoding="utf-8")
+    child = {"extends": base_path.name, "name": spec["name"], "stages": spec["stages"], "head": spec["head"]}
+    path.write_text(yaml.safe_dump(child, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def load_generated(model: ir.Model, backend: str, directory: Path) -> ModuleType:
+    """Emit ``model`` for ``backend`` into ``directory`` and import its model.py."""
+    files = emit(model, [backend])[f"{backend}/{model.python_name}"]
+    path = directory / f"{backend}_{next(_COUNTER)}.py"
+    path.write_text(files["model.py"], encoding="utf-8")
+    module_spec = importlib.util.spec_from_file_location(f"_property_{path.stem}", path)
+    assert module_spec is not None and module_spec.loader is not None
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[module_spec.name] = module  # dataclasses resolve annotations through sys.modules
+    module_spec.loader.exec_module(module)
+    return module
+
+
+def check_spec(path: Path, directory: Path) -> None:
+    """The four properties for one spec file (raises AssertionError on a violation)."""
+    try:
+        compiled = build(path)
+    except SpecError as exc:  # a clean, located user error (e.g. the map collapses before a stride)
+        assert exc.exit_code == 2 and str(exc).count("\n") == 0
+        return
+    model = compiled.model
+    torch_module = load_generated(model, "torch", directory)
+    keras_module = load_generated(model, "keras", directory)
+
+    torch.manual_seed(0)
+    net = torch_module.build_model()
+    randomize_batch_norm(net)
+    net.eval()
+    params = sum(p.numel() for p in net.parameters())
+    assert params == model.params == torch_module.PARAMS == compiled.report.total.params
+    x = torch.zeros(1, model.input.channels, model.resolution, model.resolution)
+    assert count_macs(net, x) == model.macs == torch_module.MACS
+
+    keras_net = keras_module.build_model()
+    trainable = sum(int(np.prod(v.shape)) for v in keras_net.trainable_weights)
+    assert trainable == model.params == keras_module.PARAMS
+
+    manifest = build_manifest(model)
+    state = {key: value.detach().numpy() for key, value in net.state_dict().items()}
+    set_keras_weights(manifest, keras_net, torch_to_keras(manifest, state))
+    rng = np.random.default_rng(0)
+    for size in (33, 40):  # one odd, one even: TF SAME pads differently
+        images = rng.standard_normal((2, model.input.channels, size, size)).astype(np.float32)
+        with torch.no_grad():
+            expected = net(torch.from_numpy(images)).numpy()
+        got = np.asarray(keras_net(images.transpose(0, 2, 3, 1), training=False))
+        error = np.abs(got - expected).max() / (1.0 + np.abs(expected).max())
+        assert error <= LOGITS_TOLERANCE, f"torch and Keras differ by {error:.2e} of scale at {size}x{size}"
+    keras.backend.clear_session()
+
+
+@seed(SEED)
+@settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    database=None,
+    derandomize=False,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(spec=specs(), use_extends=st.booleans())
+def test_random_valid_specs_compile_count_and_agree(
+    spec: dict[str, Any], use_extends: bool, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    directory = tmp_path_factory.mktemp("property")
+    check_spec(write_spec(spec, directory, use_extends), directory)

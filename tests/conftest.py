@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
+import types
 from pathlib import Path
 
 import pytest
 
 from effspec import ir
+
+# torchvision's compiled operators cannot load against this machine's CPU torch build, and its
+# torchvision._meta_registrations module fails at import because of that. An empty stand-in lets the
+# pure-Python parts (datasets, transforms, AutoAugment, RandAugment) import in tests; users'
+# machines have a torchvision that matches their torch. Set before anything imports torchvision.
+sys.modules.setdefault("torchvision._meta_registrations", types.ModuleType("torchvision._meta_registrations"))
 
 # Tests (and the processes they start) use a private build cache, never the user's ~/.cache.
 os.environ["EFFSPEC_CACHE_DIR"] = tempfile.mkdtemp(prefix="effspec-cache-")

@@ -30,6 +30,7 @@ import pytest
 from conftest import ROOT
 
 torch = pytest.importorskip("torch")
+from effspec.backends.torch.runtime.optim import LrSchedule, RMSpropTF, parameter_groups  # noqa: E402
 
 PYTHON = sys.executable
 TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
@@ -59,7 +60,7 @@ def trains(scripts: dict[str, Path]):
     yield modules
     for module in modules.values():
         sys.modules.pop(module.__name__, None)
-        sys.modules.pop(module.MODULE_NAME, None)
+        sys.modules.pop(module.net.__name__, None)
 
 
 def train(module: ModuleType, *args: str) -> int:
@@ -272,7 +273,7 @@ def test_rmsprop_matches_tensorflow(trains) -> None:
     expected = torch.tensor(json.loads(probe.stdout.strip().splitlines()[-1]))
 
     weight = torch.nn.Parameter(start.clone())
-    optimizer = trains["v1"].RMSpropTF([weight], lr=0.0)
+    optimizer = RMSpropTF([weight], lr=0.0)
     for rate, grad in zip(lrs, grads, strict=True):
         optimizer.param_groups[0]["lr"] = rate
         weight.grad = grad.clone()
@@ -283,7 +284,7 @@ def test_rmsprop_matches_tensorflow(trains) -> None:
 
 def test_learning_rate_schedule(trains) -> None:
     """Warmup to lr_per_256 x batch / 256, then x0.97 every 2.4 epochs (staircase) or cosine to 0."""
-    schedule = trains["v1"].LrSchedule(
+    schedule = LrSchedule(
         base_lr=0.256, kind="exponential", total_steps=35_000, warmup_steps=500, decay_rate=0.97, decay_steps=240
     )
     assert schedule.lr_at(0) == pytest.approx(0.256 / 500)
@@ -291,7 +292,7 @@ def test_learning_rate_schedule(trains) -> None:
     assert schedule.lr_at(500) == pytest.approx(0.256 * 0.97**2)  # decay counts from step 0, as TF
     assert schedule.lr_at(719) == pytest.approx(0.256 * 0.97**2)
     assert schedule.lr_at(720) == pytest.approx(0.256 * 0.97**3)
-    cosine = trains["v1"].LrSchedule(0.1, "cosine", 1100, 100, 0.97, 240)
+    cosine = LrSchedule(0.1, "cosine", 1100, 100, 0.97, 240)
     assert cosine.lr_at(100) == pytest.approx(0.1)
     assert cosine.lr_at(600) == pytest.approx(0.05)
     assert cosine.lr_at(1099) == pytest.approx(0.0, abs=1e-6)
@@ -299,7 +300,7 @@ def test_learning_rate_schedule(trains) -> None:
 
 def test_weight_decay_skips_batch_norm_and_biases(trains) -> None:
     model = trains["v1"].net.build_model()
-    decayed, plain = trains["v1"].parameter_groups(model, 1e-5)
+    decayed, plain = parameter_groups(model, 1e-5)
     assert decayed["weight_decay"] == 1e-5 and plain["weight_decay"] == 0.0
     names = {id(p): name for name, p in model.named_parameters()}
     assert all(p.ndim > 1 for p in decayed["params"])
@@ -308,28 +309,103 @@ def test_weight_decay_skips_batch_norm_and_biases(trains) -> None:
     assert len(decayed["params"]) + len(plain["params"]) == len(list(model.parameters()))
 
 
-def torchvision_imports() -> bool:
-    probe = subprocess.run([PYTHON, "-c", "import torchvision"], capture_output=True, env=environment())
-    return probe.returncode == 0
-
-
-@pytest.mark.skipif(not torchvision_imports(), reason="torchvision does not import with this torch build")
-def test_image_folder_training_runs(scripts, tmp_path: Path) -> None:
-    """A tiny ImageFolder of PNGs through both recipes' transforms (AutoAugment; RandAugment, progressive)."""
+def image_folder(root: Path, counts: dict[str, int], classes: tuple[str, ...] = ("cat", "dog", "fox")) -> Path:
+    """PNGs of assorted sizes: root/<split>/<class>/<index>.png."""
     from PIL import Image
 
     generator = torch.Generator().manual_seed(0)
-    for split, count in (("train", 8), ("val", 3)):
-        for label in ("cat", "dog", "fox"):
-            folder = tmp_path / "images" / split / label
+    for split, count in counts.items():
+        for label in classes:
+            folder = root / split / label
             folder.mkdir(parents=True)
             for index in range(count):
                 pixels = torch.randint(0, 256, (37 + index, 45, 3), dtype=torch.uint8, generator=generator)
                 Image.fromarray(pixels.numpy()).save(folder / f"{index}.png")
-    data = ["--data", str(tmp_path / "images"), "--no-tensorboard", "--workers", "2", "--batch-size", "8"]
-    run([PYTHON, str(scripts["v1"]), *data, "--epochs", "2", "--output", str(tmp_path / "v1")])
-    run([PYTHON, str(scripts["v2"]), *data, "--epochs", "4", "--output", str(tmp_path / "v2")])
+    return root
+
+
+def test_image_folder_training_runs(trains, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A tiny image folder through both recipes' torchvision transforms (V1: AutoAugment; V2:
+    RandAugment and progressive resolution), with an empty, a corrupt and a non-image file skipped."""
+    root = image_folder(tmp_path / "images", {"train": 8, "val": 3})
+    (root / "train" / "cat" / "empty.jpg").write_bytes(b"")
+    (root / "train" / "dog" / "corrupt.png").write_bytes(b"this is not a png at all")
+    (root / "val" / "fox" / "notes.txt").write_text("not an image")
+    data = ["--data", str(root), "--workers", "0", "--batch-size", "8"]
+    capsys.readouterr()
+    assert train(trains["v1"], *data, "--epochs", "2", "--output", str(tmp_path / "v1")) == 0
+    assert train(trains["v2"], *data, "--epochs", "4", "--output", str(tmp_path / "v2")) == 0
+    err = capsys.readouterr().err
+    assert "train: skipped 2 file(s) that are empty or not images" in err, err
+    assert "val: skipped 1 file(s)" in err, err
     v1_rows, v2_rows = rows(tmp_path / "v1" / "metrics.csv"), rows(tmp_path / "v2" / "metrics.csv")
     assert [row["input_shapes"] for row in v1_rows] == ["32x32", "32x32"]
     assert [row["input_shapes"] for row in v2_rows] == ["24x24", "32x32", "40x40", "48x48"]
     assert checkpoint(tmp_path / "v1")["num_classes"] == 3
+    assert set(torch.load(tmp_path / "v2" / "model.pt", weights_only=True)) == set(trains["v2"].net.build_model().state_dict())
+
+
+def test_bad_input_exits_2_with_one_line(trains, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Empty class folder, --output a file or under one, invalid numbers, forged and foreign checkpoints."""
+
+    def error(*args: str) -> str:
+        capsys.readouterr()
+        assert train(trains["v1"], *args) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("train.py: error: "), lines
+        return lines[0]
+
+    root = image_folder(tmp_path / "images", {"train": 2, "val": 1}, classes=("cat", "dog"))
+    (root / "train" / "owl").mkdir()
+    (root / "train" / "owl" / "broken.jpg").write_bytes(b"")
+    out = str(tmp_path / "out")
+    assert "train/owl: empty class folder" in error("--data", str(root), "--output", out)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert "is a file, not a directory" in error("--output", str(blocker))
+    assert "cannot create it" in error("--output", str(blocker / "below"))
+    for flag, value in (
+        ("--batch-size", "0"),
+        ("--max-steps", "-1"),
+        ("--num-classes", "0"),
+        ("--train-resolution", "0"),
+        ("--synthetic-val-size", "0"),
+        ("--epochs", "0"),
+        ("--ema-decay", "1.5"),
+    ):
+        assert error(flag, value, "--output", out).startswith(f"train.py: error: {flag} must be")
+    assert "invalid int value" in error("--batch-size", "many", "--output", out)
+
+    good = tmp_path / "good"
+    assert train(trains["v1"], *"--synthetic-train-size 16 --epochs 1 --max-steps 1".split(), "--output", str(good)) == 0
+    forged = tmp_path / "forged"
+    forged.mkdir()
+    (forged / "checkpoint.pt").write_bytes(b"PK\x03\x04 forged zip")
+    assert "cannot read" in error("--output", str(forged), "--resume")
+    torch.save({"format": 1, "spec_sha256": "x"}, forged / "checkpoint.pt")
+    assert "is damaged: its num_classes should be a int" in error("--output", str(forged), "--resume")
+    state = checkpoint(good)
+    state["model"] = {"stem.conv.weight": torch.zeros(1)}
+    torch.save(state, forged / "checkpoint.pt")
+    assert "does not fit this model" in error("--output", str(forged), "--resume")
+    torch.save([1, 2, 3], forged / "checkpoint.pt")
+    assert "is not a train.py checkpoint" in error("--output", str(forged), "--resume")
+
+
+def test_resume_leaves_no_temporary_files(trains, tmp_path: Path) -> None:
+    """A run killed while writing leaves .checkpoint.pt.<pid>.tmp; the resumed run removes it."""
+    args = [*"--synthetic-train-size 16 --batch-size 8 --epochs 2".split(), "--output", str(tmp_path)]
+    assert train(trains["v1"], *args, "--max-steps", "3") == 0
+    (tmp_path / ".checkpoint.pt.999999.tmp").write_bytes(b"half a checkpoint")
+    assert train(trains["v1"], *args, "--resume") == 0
+    assert sorted(path.name for path in tmp_path.glob(".*")) == []
+    assert checkpoint(tmp_path)["position"]["global_step"] == 4
+
+
+def test_grad_checkpointing_trains_the_same_weights(trains, tmp_path: Path) -> None:
+    """Per-stage recomputation (dropout and drop-path replayed with the same draws) changes memory,
+    not the result: bit-identical weights after 4 steps on the CPU."""
+    args = "--synthetic-train-size 16 --epochs 2 --mixup-alpha 0.2".split()
+    assert train(trains["v2"], *args, "--output", str(tmp_path / "plain")) == 0
+    assert train(trains["v2"], *args, "--grad-checkpointing", "--output", str(tmp_path / "recomputed")) == 0
+    assert_identical(checkpoint(tmp_path / "plain")["model"], checkpoint(tmp_path / "recomputed")["model"], "model")

@@ -1,24 +1,23 @@
-"""IR -> the ready-to-print values of the torch ``train.py`` template. Templates only print these.
+"""IR -> the values of the torch ``train.py`` template: the recipe as data, and the model's names.
 
-Every recipe default of the generated training script comes from the spec's ``training`` section
-(``effspec.ir.TrainingPlan``) and the head's dropout / the model's drop-path rate
-(``effspec.backends.common.recipe_context``); the template prints them as module constants that
-``--help`` shows as the flags' defaults.
+The recipe is ``effspec.backends.recipe.Recipe`` (built once from the IR's ``TrainingPlan``); the
+template prints it as ``RECIPE = Recipe(...)``, whose fields are the flags' defaults.
 """
 
 from __future__ import annotations
 
 from effspec import ir
+from effspec.render import py_literal
 
-from ..common import recipe_context
+from ..recipe import recipe_from_model, recipe_source
 
 
 def train_context(model: ir.Model) -> dict[str, object]:
-    """Values for ``train.py.j2``: the recipe, plus what names the spec and the sibling model.py."""
+    """Values for ``train.py.j2``: the recipe literal, plus what names the spec and model.py."""
     return {
-        **recipe_context(model),
+        "recipe_source": recipe_source(recipe_from_model(model), py_literal),
         "spec_name": model.name,
         "spec_path": model.spec_path,
         "spec_sha256": model.spec_sha256,
-        "module_name": f"{model.model_name}_model",  # sys.modules name of the sibling model.py
+        "module_name": f"{model.python_name}_model",  # sys.modules name of the sibling model.py
     }

@@ -1,5 +1,17 @@
-class TrainingError(Exception):
-    """A problem the user can fix (bad flag, missing data, wrong checkpoint): exit 2."""
+"""Where a process runs: device, torchrun rank, cross-process batch norm, mixed precision."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from ...recipe import TrainingError
 
 
 @dataclass
@@ -10,7 +22,7 @@ class Runtime:
     rank: int = 0
     local_rank: int = 0
     world_size: int = 1
-    xm: object = None  # torch_xla.core.xla_model when --device xla
+    xm: Any = None  # torch_xla.core.xla_model when --device xla
 
     @property
     def distributed(self) -> bool:
@@ -26,7 +38,7 @@ class Runtime:
             self.xm.mark_step()
 
 
-def import_torch_xla():
+def import_torch_xla() -> Any:
     try:
         import torch_xla.core.xla_model as xm
     except ImportError as exc:
@@ -68,28 +80,28 @@ class AllReduceSum(torch.autograd.Function):
     """Sum a tensor over every process; the gradient is summed the same way."""
 
     @staticmethod
-    def forward(ctx, tensor, group):
+    def forward(ctx: Any, tensor: torch.Tensor, group: Any) -> torch.Tensor:
         ctx.group = group
         total = tensor.clone()
         dist.all_reduce(total, group=group)
         return total
 
     @staticmethod
-    def backward(ctx, grad):
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         total = grad.clone()
         dist.all_reduce(total, group=ctx.group)
         return total, None
 
 
 class CrossProcessBatchNorm2d(nn.BatchNorm2d):
-    """Batch norm whose training statistics span the global batch, on any backend.
+    """Batch norm over the global batch where torch has none: CPU (gloo) and XLA.
 
-    torch's SyncBatchNorm runs on GPUs only; this one all-reduces per-channel sums
-    (a mean pass, then a centered variance pass) through AllReduceSum, so it works
-    with gloo on CPUs and on XLA. Parameters and buffers are the wrapped layer's.
+    On CUDA the runtime uses torch's nn.SyncBatchNorm. This one all-reduces per-channel sums (a
+    mean pass, then a centred variance pass) through AllReduceSum. Parameters and buffers are the
+    wrapped layer's.
     """
 
-    def __init__(self, source: nn.BatchNorm2d, group) -> None:
+    def __init__(self, source: nn.BatchNorm2d, group: Any) -> None:
         super().__init__(source.num_features, source.eps, source.momentum)
         self.weight = source.weight
         self.bias = source.bias
@@ -104,16 +116,15 @@ class CrossProcessBatchNorm2d(nn.BatchNorm2d):
         values = x.float()
         count = values.numel() // values.shape[1]
         counts = torch.tensor([float(count)], device=x.device)
-        total = AllReduceSum.apply(
-            torch.cat([values.sum((0, 2, 3)), counts]), self.group
-        )
+        total = AllReduceSum.apply(torch.cat([values.sum((0, 2, 3)), counts]), self.group)
         n = total[-1]
         mean = total[:-1] / n
         centered = values - mean[None, :, None, None]
         var = AllReduceSum.apply(centered.square().sum((0, 2, 3)), self.group) / n
         with torch.no_grad():
-            self.running_mean.lerp_(mean.detach(), self.momentum)
-            self.running_var.lerp_(var.detach() * n / (n - 1), self.momentum)
+            momentum = 0.1 if self.momentum is None else self.momentum
+            self.running_mean.lerp_(mean.detach(), momentum)
+            self.running_var.lerp_(var.detach() * n / (n - 1), momentum)
             self.num_batches_tracked.add_(1)
         scale = self.weight * torch.rsqrt(var + self.eps)
         out = centered * scale[None, :, None, None] + self.bias[None, :, None, None]
@@ -121,14 +132,14 @@ class CrossProcessBatchNorm2d(nn.BatchNorm2d):
 
 
 def convert_sync_bn(module: nn.Module, runtime: Runtime) -> nn.Module:
-    """Every BatchNorm2d normalizes over the global batch (torch's kernel on CUDA)."""
+    """Every BatchNorm2d normalizes over the global batch (torch's SyncBatchNorm on CUDA)."""
     if runtime.device.type == "cuda":
         return nn.SyncBatchNorm.convert_sync_batchnorm(module)
     group = dist.new_group()  # its own group: never interleaves with DDP's buckets
     return _swap_batch_norm(module, group)
 
 
-def _swap_batch_norm(module: nn.Module, group) -> nn.Module:
+def _swap_batch_norm(module: nn.Module, group: Any) -> nn.Module:
     for name, child in module.named_children():
         if isinstance(child, nn.BatchNorm2d):
             setattr(module, name, CrossProcessBatchNorm2d(child, group))
@@ -137,7 +148,7 @@ def _swap_batch_norm(module: nn.Module, group) -> nn.Module:
     return module
 
 
-def autocast(runtime: Runtime, amp: str):
+def autocast(runtime: Runtime, amp: str) -> contextlib.AbstractContextManager[Any]:
     """Mixed precision for the forward pass ("none": full float32)."""
     if amp == "none":
         return contextlib.nullcontext()

@@ -1,4 +1,63 @@
-def mixed_cross_entropy(logits, labels_a, labels_b, lam: float, smoothing: float):
+"""The training loop: build the model and its optimizer, step, evaluate, checkpoint, log."""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from ...recipe import (
+    Recipe,
+    Stage,
+    TrainingError,
+    build_network,
+    check_model,
+    check_numbers,
+    prepare_output,
+    stage_index,
+    training_stages,
+)
+from .args import parse_args
+from .checkpoint import (
+    CHECKPOINT_FORMAT,
+    EpochMeters,
+    Position,
+    gather_rng_states,
+    load_checkpoint,
+    remove_stale_temporaries,
+    save_checkpoint,
+    set_rng_state,
+    to_cpu,
+)
+from .data import Data, mixup
+from .distributed import (
+    Runtime,
+    all_reduce_sum,
+    autocast,
+    convert_sync_bn,
+    mean_over_processes,
+    resolve_amp,
+    setup_runtime,
+)
+from .logs import MetricsLog, Progress
+from .optim import LrSchedule, ModelEma, build_optimizer, build_schedule
+from .recompute import enable_grad_checkpointing
+
+
+def mixed_cross_entropy(
+    logits: torch.Tensor, labels_a: torch.Tensor, labels_b: torch.Tensor, lam: float, smoothing: float
+) -> torch.Tensor:
     loss = F.cross_entropy(logits, labels_a, label_smoothing=smoothing)
     if lam < 1.0:
         other = F.cross_entropy(logits, labels_b, label_smoothing=smoothing)
@@ -6,9 +65,18 @@ def mixed_cross_entropy(logits, labels_a, labels_b, lam: float, smoothing: float
     return loss
 
 
+def set_dropout(model: nn.Module, rate: float) -> float:
+    """Progressive learning raises the classifier's dropout stage by stage; returns the rate the
+    model now applies (0.0 when it has no dropout layer)."""
+    layers = [module for module in model.modules() if isinstance(module, nn.Dropout)]
+    for layer in layers:
+        layer.p = rate
+    return layers[0].p if layers else 0.0
+
+
 @dataclass
 class Trainer:
-    """One optimizer step: schedule, mixup, forward (autocast), backward, EMA."""
+    """One optimizer step: mixup, forward (autocast), backward, schedule, EMA."""
 
     args: argparse.Namespace
     runtime: Runtime
@@ -16,21 +84,18 @@ class Trainer:
     train_module: nn.Module  # what runs the step: DDP and/or torch.compile around it
     optimizer: torch.optim.Optimizer
     schedule: LrSchedule
+    scheduler: torch.optim.lr_scheduler.LambdaLR
     ema: ModelEma | None
     scaler: torch.amp.GradScaler | None
 
-    def step(self, images, labels, stage: ProgressiveStage, global_step: int):
-        lr = self.schedule.apply(self.optimizer, global_step)
-        images, labels_a, labels_b, lam = mixup(
-            images, labels, stage.mixup_alpha, self.args.seed, global_step
-        )
+    def step(self, images: torch.Tensor, labels: torch.Tensor, stage: Stage, global_step: int) -> tuple[Any, float]:
+        lr = float(self.optimizer.param_groups[0]["lr"])
+        images, labels_a, labels_b, lam = mixup(images, labels, stage.mixup_alpha, self.args.seed, global_step)
         if self.args.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         with autocast(self.runtime, self.args.amp):
             logits = self.train_module(images)
-        loss = mixed_cross_entropy(
-            logits.float(), labels_a, labels_b, lam, self.args.label_smoothing
-        )
+        loss = mixed_cross_entropy(logits.float(), labels_a, labels_b, lam, self.args.label_smoothing)
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is None:
             loss.backward()
@@ -39,14 +104,19 @@ class Trainer:
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
             self.scaler.update()
+        self.scheduler.step()
         if self.ema is not None:
             self.ema.update(self.model)
         self.runtime.mark_step()
         return loss, lr
 
+    def evaluated_model(self) -> nn.Module:
+        """What evaluation and model.pt use: the weight average when there is one."""
+        return self.ema.module if self.ema is not None else self.model
+
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: Data, runtime: Runtime, args) -> dict:
+def evaluate(model: nn.Module, data: Data, runtime: Runtime, args: argparse.Namespace) -> dict[str, float]:
     """Loss, top-1 and top-5 (percent) over the whole validation set."""
     model.eval()
     totals = torch.zeros(4, dtype=torch.float64, device=runtime.device)
@@ -66,11 +136,7 @@ def evaluate(model: nn.Module, data: Data, runtime: Runtime, args) -> dict:
         runtime.mark_step()
     loss, top1, top5, count = all_reduce_sum(totals, runtime).tolist()
     count = max(count, 1.0)
-    return {
-        "val_loss": loss / count,
-        "val_top1": 100.0 * top1 / count,
-        "val_top5": 100.0 * top5 / count,
-    }
+    return {"val_loss": loss / count, "val_top1": 100.0 * top1 / count, "val_top5": 100.0 * top5 / count}
 
 
 def resume_path(args: argparse.Namespace) -> Path | None:
@@ -82,11 +148,13 @@ def resume_path(args: argparse.Namespace) -> Path | None:
     return Path(args.resume)
 
 
-def checkpoint_state(trainer: Trainer, position: Position, meters: EpochMeters):
+def checkpoint_state(
+    trainer: Trainer, position: Position, meters: EpochMeters, recipe: Recipe, net: ModuleType
+) -> dict[str, Any]:
     args, runtime = trainer.args, trainer.runtime
     return {
         "format": CHECKPOINT_FORMAT,
-        "spec_name": SPEC_NAME,
+        "spec_name": recipe.spec_name,
         "spec_sha256": net.SPEC_SHA256,
         "num_classes": args.num_classes,
         "batch_size": args.batch_size,
@@ -95,126 +163,138 @@ def checkpoint_state(trainer: Trainer, position: Position, meters: EpochMeters):
         "meters": asdict(meters),
         "model": trainer.model.state_dict(),
         "optimizer": trainer.optimizer.state_dict(),
-        "scheduler": asdict(trainer.schedule),
+        "scheduler": {**asdict(trainer.schedule), "state": trainer.scheduler.state_dict()},
         "ema": None if trainer.ema is None else trainer.ema.state_dict(),
         "scaler": None if trainer.scaler is None else trainer.scaler.state_dict(),
         "rng": gather_rng_states(runtime),
     }
 
 
-def restore(trainer: Trainer, state: dict, path: Path) -> None:
-    """Model, optimizer, EMA and loss scaler from a checkpoint (RNG: at loop start)."""
+def restore(trainer: Trainer, state: dict[str, Any], path: Path) -> None:
+    """Model, optimizer, schedule, EMA and loss scaler from a checkpoint (RNG: at loop start)."""
     try:
         trainer.model.load_state_dict(state["model"])
         trainer.optimizer.load_state_dict(state["optimizer"])
-        if trainer.ema is not None and state["ema"] is not None:
+        if trainer.ema is not None and state.get("ema") is not None:
             trainer.ema.load_state_dict(state["ema"])
-    except (RuntimeError, ValueError, KeyError) as exc:
-        first_line = str(exc).strip().splitlines()[0]
-        raise TrainingError(
-            f"--resume: {path} does not fit this model: {first_line}"
-        ) from exc
-    if trainer.scaler is not None and state["scaler"] is not None:
-        trainer.scaler.load_state_dict(state["scaler"])
-    if state["scheduler"] != asdict(trainer.schedule) and trainer.runtime.is_main:
+        trainer.scheduler.load_state_dict(state["scheduler"]["state"])
+        if trainer.scaler is not None and state.get("scaler") is not None:
+            trainer.scaler.load_state_dict(state["scaler"])
+    except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as exc:
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise TrainingError(f"--resume: {path} does not fit this model: {first_line}") from exc
+    saved = {key: value for key, value in state["scheduler"].items() if key != "state"}
+    if saved != asdict(trainer.schedule) and trainer.runtime.is_main:
         print(
-            f"note: the learning-rate schedule differs from {path}'s "
-            f"({state['scheduler']}); continuing with this run's",
+            f"note: the learning-rate schedule differs from {path}'s ({saved}); continuing with this run's",
             file=sys.stderr,
         )
+        for group, factor in zip(trainer.optimizer.param_groups, trainer.scheduler.lr_lambdas, strict=False):
+            group["lr"] = trainer.schedule.base_lr * factor(trainer.scheduler.last_epoch)
 
 
-def seed_or_restore_rng(args, runtime: Runtime, states: list | None) -> None:
+def seed_or_restore_rng(args: argparse.Namespace, runtime: Runtime, states: list[Any] | None) -> None:
     """Dropout and drop-path draws: per process, continued exactly on --resume."""
     if states is not None and len(states) == runtime.world_size:
         set_rng_state(states[runtime.rank], runtime)
         return
     if states is not None and runtime.is_main:
         print(
-            f"note: the checkpoint has {len(states)} random states for "
-            f"{runtime.world_size} processes; reseeding (not bit-exact)",
+            f"note: the checkpoint has {len(states)} random states for {runtime.world_size} processes; "
+            "reseeding (not bit-exact)",
             file=sys.stderr,
         )
     torch.manual_seed(args.seed + runtime.rank)
     random.seed(args.seed + runtime.rank)
 
 
-def build(args: argparse.Namespace, runtime: Runtime, steps_per_epoch: int, stages):
+def build(
+    args: argparse.Namespace, runtime: Runtime, steps_per_epoch: int, stages: Sequence[Stage], net: ModuleType
+) -> Trainer:
     """Model, EMA, optimizer, schedule and loss scaler; DDP and compile around them."""
     torch.manual_seed(args.seed)  # the same initial weights on every process
-    model = net.build_model(
-        num_classes=args.num_classes,
-        drop_rate=max(stage.dropout for stage in stages),  # each stage sets its own
-        drop_path_rate=args.drop_path_rate,
-    )
+    dropout = max(stage.dropout for stage in stages)  # each stage then sets its own
+    model = build_network(net, args.num_classes, dropout, args.drop_path_rate)
     model.to(runtime.device)
     if args.channels_last:
         model.to(memory_format=torch.channels_last)
     ema = ModelEma(model, args.ema_decay) if args.ema_decay > 0 else None
     if args.sync_bn and runtime.distributed:
         model = convert_sync_bn(model, runtime)
+    if args.grad_checkpointing:
+        enable_grad_checkpointing(model)
     schedule = build_schedule(args, steps_per_epoch)
     optimizer = build_optimizer(model, args, schedule.base_lr)
+    scheduler = schedule.scheduler(optimizer)
     scaler = torch.amp.GradScaler(runtime.device.type) if args.amp == "fp16" else None
-    train_module = model
+    train_module: nn.Module = model
     if runtime.distributed:
         device_ids = [runtime.device.index] if runtime.device.type == "cuda" else None
         train_module = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
     if args.compile:
-        train_module = torch.compile(train_module)
-    return Trainer(args, runtime, model, train_module, optimizer, schedule, ema, scaler)
+        train_module = torch.compile(train_module)  # type: ignore[assignment]
+    return Trainer(args, runtime, model, train_module, optimizer, schedule, scheduler, ema, scaler)
 
 
-def describe(args, runtime: Runtime, data: Data, trainer: Trainer, stages) -> str:
+def describe(
+    args: argparse.Namespace, runtime: Runtime, data: Data, trainer: Trainer, stages: Sequence[Stage], recipe: Recipe
+) -> str:
     per_rank = args.batch_size // runtime.world_size
     sizes = ", ".join(str(stage.image_size) for stage in stages)
     return (
-        f"{SPEC_NAME}: {runtime.world_size} process(es) on {runtime.device.type}, "
-        f"global batch {args.batch_size} ({per_rank} per process), "
-        f"{data.steps_per_epoch} steps/epoch, {args.epochs} epochs, "
-        f"{args.optimizer} lr {trainer.schedule.base_lr:.4g}, amp {args.amp}, "
+        f"{recipe.spec_name}: {runtime.world_size} process(es) on {runtime.device.type}, "
+        f"global batch {args.batch_size} ({per_rank} per process), {data.steps_per_epoch} steps/epoch, "
+        f"{args.epochs} epochs, {args.optimizer} lr {trainer.schedule.base_lr:.4g}, amp {args.amp}, "
         f"image size {sizes}"
     )
 
 
-def train(args: argparse.Namespace, runtime: Runtime) -> None:
-    check_args(args, runtime)
+def check_args(args: argparse.Namespace, runtime: Runtime, recipe: Recipe) -> None:
+    check_numbers(args, recipe)
+    if args.batch_size % runtime.world_size:
+        raise TrainingError(f"--batch-size {args.batch_size} does not split over {runtime.world_size} processes")
+
+
+def train(args: argparse.Namespace, runtime: Runtime, recipe: Recipe, net: ModuleType) -> None:
+    check_args(args, runtime, recipe)
+    check_model(recipe, net)
     args.amp = resolve_amp(args.amp, runtime)
     if args.deterministic:
         torch.use_deterministic_algorithms(True)
     elif runtime.device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     checkpoint = resume_path(args)
-    if checkpoint is None and (args.output / "checkpoint.pt").exists():
+    latest = args.output / "checkpoint.pt"
+    if checkpoint is None and latest.exists():
         raise TrainingError(
-            f"{args.output} already holds a checkpoint: pass --resume to continue "
-            "it, or choose another --output"
+            f"{args.output} already holds a checkpoint: pass --resume to continue it, or choose another --output"
         )
-    stages = training_stages(args)
-    data = Data(args, runtime, stages)
+    if runtime.is_main:
+        prepare_output(args.output)
+    stages = training_stages(args, recipe)
+    data = Data(args, runtime, stages, net)
     args.num_classes = data.num_classes
     steps = data.steps_per_epoch
     if steps < 1:
-        raise TrainingError(
-            f"--batch-size {args.batch_size} exceeds the {data.train_count} "
-            "training images"
-        )
-    trainer = build(args, runtime, steps, stages)
+        raise TrainingError(f"--batch-size {args.batch_size} exceeds the {data.train_count} training images")
+    trainer = build(args, runtime, steps, stages, net)
     position, meters, rng_states = Position(), EpochMeters(), None
     if checkpoint is not None:
-        state = load_checkpoint(checkpoint, args)
+        expected = {"spec_sha256": net.SPEC_SHA256, "num_classes": args.num_classes, "batch_size": args.batch_size}
+        state = load_checkpoint(checkpoint, expected, recipe.spec_name)
         restore(trainer, state, checkpoint)
         position, meters = Position(**state["position"]), EpochMeters(**state["meters"])
         rng_states = state["rng"]
+        if runtime.is_main:
+            remove_stale_temporaries(latest)
     seed_or_restore_rng(args, runtime, rng_states)
     log = None
     if runtime.is_main:
-        args.output.mkdir(parents=True, exist_ok=True)
         resumed_at = None if checkpoint is None else position.global_step
         log = MetricsLog(args.output, resumed_at, args.tensorboard)
-        print(describe(args, runtime, data, trainer, stages), file=sys.stderr)
+        print(describe(args, runtime, data, trainer, stages, recipe), file=sys.stderr)
     progress = Progress(args.batch_size)
-    lr = trainer.schedule.lr_at(position.global_step)
+    lr = trainer.schedule.lr_at(max(position.global_step - 1, 0))
     stopped = False
     for epoch in range(position.epoch, args.epochs):
         stage_at = stage_index(epoch, args.epochs, len(stages))
@@ -225,8 +305,7 @@ def train(args: argparse.Namespace, runtime: Runtime) -> None:
             meters = EpochMeters()
         trainer.train_module.train()
         progress.reset()
-        batches = data.train_batches(epoch, stage_at, start)
-        for step, (images, labels) in enumerate(batches, start=start):
+        for step, (images, labels) in enumerate(data.train_batches(epoch, stage_at, start), start=start):
             images = images.to(runtime.device, non_blocking=True)
             labels = labels.to(runtime.device, non_blocking=True)
             loss, lr = trainer.step(images, labels, stage, position.global_step)
@@ -238,29 +317,20 @@ def train(args: argparse.Namespace, runtime: Runtime) -> None:
                 mean_loss = interval_loss / meters.interval_steps
                 meters.interval_loss_sum, meters.interval_steps = 0.0, 0
                 if log is not None:
-                    log.step(
-                        {
-                            "global_step": position.global_step,
-                            "epoch": epoch,
-                            "lr": lr,
-                            "loss": mean_loss,
-                            "image_size": stage.image_size,
-                        }
-                    )
+                    row = {"global_step": position.global_step, "epoch": epoch, "lr": lr, "loss": mean_loss}
+                    log.step({**row, "image_size": stage.image_size})
                     progress.show(epoch, args.epochs, step + 1, steps, mean_loss, lr)
             every = args.checkpoint_every
             if every and position.global_step % every == 0 and step + 1 < steps:
-                state = checkpoint_state(trainer, position, meters)
+                state = checkpoint_state(trainer, position, meters, recipe, net)
                 if runtime.is_main:
-                    save_checkpoint(args.output / "checkpoint.pt", state)
+                    save_checkpoint(latest, state)
             if args.max_steps is not None and position.global_step >= args.max_steps:
                 stopped = True
                 break
-        epoch_loss = mean_over_processes(meters.loss_sum, runtime)
-        train_loss = epoch_loss / max(meters.steps, 1)
+        train_loss = mean_over_processes(meters.loss_sum, runtime) / max(meters.steps, 1)
         images_per_s = progress.images_per_s()
-        evaluated = trainer.ema.module if trainer.ema is not None else trainer.model
-        metrics = evaluate(evaluated, data, runtime, args)
+        metrics = evaluate(trainer.evaluated_model(), data, runtime, args)
         row = {
             "epoch": epoch,
             "global_step": position.global_step,
@@ -276,19 +346,15 @@ def train(args: argparse.Namespace, runtime: Runtime) -> None:
             "seconds": round(time.perf_counter() - progress.start, 1),
         }
         if position.step == steps:
-            position, meters = (
-                Position(epoch + 1, 0, position.global_step),
-                EpochMeters(),
-            )
-        state = checkpoint_state(trainer, position, meters)
+            position, meters = Position(epoch + 1, 0, position.global_step), EpochMeters()
+        state = checkpoint_state(trainer, position, meters, recipe, net)
         if log is not None:
             log.epoch(row)
-            save_checkpoint(args.output / "checkpoint.pt", state)
+            save_checkpoint(latest, state)
             weights = "EMA weights" if trainer.ema is not None else "weights"
             print(
-                f"epoch {epoch + 1}/{args.epochs}: train loss {train_loss:.4f}; "
-                f"{weights}: val loss {metrics['val_loss']:.4f}, "
-                f"top-1 {metrics['val_top1']:.2f}%, top-5 {metrics['val_top5']:.2f}%",
+                f"epoch {epoch + 1}/{args.epochs}: train loss {train_loss:.4f}; {weights}: val loss "
+                f"{metrics['val_loss']:.4f}, top-1 {metrics['val_top1']:.2f}%, top-5 {metrics['val_top5']:.2f}%",
                 file=sys.stderr,
             )
         if stopped:
@@ -296,17 +362,23 @@ def train(args: argparse.Namespace, runtime: Runtime) -> None:
                 print(f"stopped after --max-steps {args.max_steps}", file=sys.stderr)
             break
     if log is not None:
+        export = to_cpu(trainer.evaluated_model().state_dict())
+        torch.save(export, args.output / "model.pt")
         log.close()
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def main(recipe: Recipe, net: ModuleType, argv: Sequence[str] | None = None) -> int:
+    """The whole run: parse flags, set up the process group, train; 2 on a user error."""
+    try:
+        args = parse_args(recipe, net, argv)
+    except SystemExit as exc:  # --help, or a usage error already printed in one line
+        return int(exc.code or 0)
     try:
         runtime = setup_runtime(args.device)
         try:
-            train(args, runtime)
+            train(args, runtime, recipe, net)
         finally:
-            if runtime.distributed:
+            if runtime.distributed and dist.is_initialized():
                 dist.destroy_process_group()
     except TrainingError as exc:
         print(f"train.py: error: {exc}", file=sys.stderr)

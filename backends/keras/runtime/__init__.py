@@ -1,0 +1,1 @@
+"""effspec's Keras trainer: what every generated ``generated/keras/<model>/train.py`` calls."""

@@ -1,0 +1,431 @@
+"""The training recipe, defined once: what a spec's ``training`` section means to both trainers.
+
+``Recipe`` is built from the IR (``recipe_from_model``) and printed as data into every generated
+``train.py`` (``recipe_source``); the torch and Keras runtimes read it back as the defaults of one
+flag table (``add_recipe_flags``). Nothing here imports torch or TensorFlow: the compile path
+uses it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import inspect
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from types import ModuleType
+from typing import Any, NoReturn
+
+#: The spec language's recipe choices, which every generated train.py accepts as flag choices.
+OPTIMIZERS = ("rmsprop", "sgd", "adamw")
+SCHEDULES = ("exponential", "cosine")
+AUGMENTATIONS = ("autoaugment", "randaugment", "none")
+
+# The TF reference's RMSProp constants (not spec fields; flags).
+MOMENTUM = 0.9  # rmsprop and sgd
+RMSPROP_DECAY = 0.9  # of the mean square
+RMSPROP_EPS = 0.001  # added inside the square root
+
+
+class TrainingError(Exception):
+    """A problem the user can fix (bad flag, missing data, wrong checkpoint): one line, exit 2."""
+
+
+@dataclass(frozen=True)
+class Stage:
+    """What one (progressive-learning) stage trains with (EfficientNetV2, section 4)."""
+
+    image_size: int
+    randaugment_magnitude: float
+    mixup_alpha: float
+    dropout: float
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A spec's training section plus the model facts the trainers need: every flag's default."""
+
+    spec_name: str
+    spec_sha256: str
+    num_classes: int
+    optimizer: str
+    lr_per_256: float  # learning rate for a global batch of 256, scaled linearly
+    batch_size: int  # global: summed over every process / replica
+    schedule: str
+    decay_rate: float  # exponential: lr x decay_rate every decay_epochs (staircase)
+    decay_epochs: float
+    warmup_epochs: float  # linear from 0 to the peak
+    epochs: int
+    weight_decay: float  # on conv and linear kernels, not on BN or biases
+    label_smoothing: float
+    ema_decay: float  # evaluation and exported weights use the average; 0 turns it off
+    augmentation: str
+    randaugment_magnitude: float  # 0..10, as the TF reference
+    mixup_alpha: float
+    train_resolution: int
+    eval_resolution: int
+    crop_fraction: float  # evaluation: the centre crop's share of the resized image
+    dropout: float  # before the classifier
+    drop_path_rate: float  # stochastic depth of the last block (block i of N: rate x i / N)
+    progressive: tuple[Stage, ...] = ()  # empty: one stage, from the flags
+
+    def __post_init__(self) -> None:
+        _choice(self.optimizer, OPTIMIZERS, "optimizer")
+        _choice(self.schedule, SCHEDULES, "schedule")
+        _choice(self.augmentation, AUGMENTATIONS, "augmentation")
+
+
+def _choice(value: str, known: tuple[str, ...], what: str) -> str:
+    if value not in known:
+        raise ValueError(f"the training scripts have no {what} {value!r}. Known: {', '.join(known)}")
+    return value
+
+
+def recipe_from_model(model: Any) -> Recipe:
+    """The recipe of an ``effspec.ir.Model``: numbers as the Python type their flag parses."""
+    plan = model.training
+    return Recipe(
+        spec_name=model.name,
+        spec_sha256=model.spec_sha256,
+        num_classes=int(model.head.num_classes),
+        optimizer=plan.optimizer,
+        lr_per_256=float(plan.lr_per_256),
+        batch_size=int(plan.batch_size),
+        schedule=plan.schedule,
+        decay_rate=float(plan.decay_rate),
+        decay_epochs=float(plan.decay_epochs),
+        warmup_epochs=float(plan.warmup_epochs),
+        epochs=int(plan.epochs),
+        weight_decay=float(plan.weight_decay),
+        label_smoothing=float(plan.label_smoothing),
+        ema_decay=float(plan.ema_decay),
+        augmentation=plan.augmentation,
+        randaugment_magnitude=float(plan.randaugment_magnitude),
+        mixup_alpha=float(plan.mixup_alpha),
+        train_resolution=int(plan.train_resolution),
+        eval_resolution=int(plan.eval_resolution),
+        crop_fraction=float(plan.crop_fraction),
+        dropout=float(model.head.dropout),
+        drop_path_rate=float(model.drop_path_rate),
+        progressive=tuple(
+            Stage(
+                image_size=int(stage.image_size),
+                randaugment_magnitude=float(stage.randaugment_magnitude),
+                mixup_alpha=float(stage.mixup_alpha),
+                dropout=float(stage.dropout),
+            )
+            for stage in plan.progressive
+        ),
+    )
+
+
+def recipe_source(recipe: Recipe, literal: Any) -> str:
+    """``RECIPE = Recipe(...)`` as ruff formats it; ``literal`` prints one value (render.py_literal)."""
+    lines = ["RECIPE = Recipe("]
+    for item in fields(recipe):
+        value = getattr(recipe, item.name)
+        if item.name != "progressive":
+            lines.append(f"    {item.name}={literal(value)},")
+        elif value:
+            lines.append("    progressive=(")
+            for stage in value:
+                args = ", ".join(f"{part.name}={literal(getattr(stage, part.name))}" for part in fields(stage))
+                line = f"        Stage({args}),"
+                if len(line) > 88:
+                    inner = "".join(f"            {arg},\n" for arg in args.split(", "))
+                    line = f"        Stage(\n{inner}        ),"
+                lines.append(line)
+            lines.append("    ),")
+    lines.append(")")
+    return "\n".join(lines)
+
+
+def load_module(path: Path, name: str) -> ModuleType:
+    """Import a generated model.py by path under ``name`` (whatever the working directory)."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None or not path.is_file():
+        raise SystemExit(f"train.py: error: cannot find the model file {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def module_from_source(source: str, name: str, filename: str) -> ModuleType:
+    """A generated model.py held in memory (``effspec train``), imported as module ``name``."""
+    module = ModuleType(name)
+    module.__file__ = filename
+    sys.modules[name] = module
+    exec(compile(source, filename, "exec"), module.__dict__)  # our own generated code
+    return module
+
+
+def check_model(recipe: Recipe, net: ModuleType) -> None:
+    if getattr(net, "SPEC_SHA256", None) != recipe.spec_sha256:
+        raise TrainingError(f"{net.__file__} was generated from another spec than this train.py")
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """Usage errors as one line (``train.py: error: ...``) and exit status 2, like TrainingError."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Keep the description's layout and show every flag's default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or "default:" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def describe_stages(stages: Sequence[Stage]) -> str:
+    if not stages:
+        return "none in this spec"
+    return "; ".join(
+        f"{stage.image_size}px, RandAugment {stage.randaugment_magnitude:g}, "
+        f"mixup {stage.mixup_alpha:g}, dropout {stage.dropout:g}"
+        for stage in stages
+    )
+
+
+def add_recipe_flags(parser: argparse.ArgumentParser, recipe: Recipe, *, keras: bool = False) -> None:
+    """The flags both trainers share, with the spec's recipe as defaults (help says where they differ)."""
+    data = parser.add_argument_group("data")
+    data.add_argument(
+        "--data",
+        default="synthetic",
+        help="'synthetic' (seeded in-memory images) or a directory with train/<class>/<image> and "
+        "val/<class>/<image> (JPEG, PNG, BMP, GIF or WebP"
+        + ("; local or gs://)" if keras else ")")
+        + "; files that are empty or not images are skipped and counted",
+    )
+    data.add_argument(
+        "--num-classes",
+        type=int,
+        default=None,
+        help=f"classifier outputs (default: the spec's {recipe.num_classes} for synthetic data, "
+        "the number of class folders for --data DIR)",
+    )
+    data.add_argument("--synthetic-train-size", type=int, default=1024, help="training images of --data synthetic")
+    data.add_argument("--synthetic-val-size", type=int, default=256, help="validation images of --data synthetic")
+
+    group = parser.add_argument_group("recipe (defaults: the spec's training section)")
+    group.add_argument("--epochs", type=int, default=recipe.epochs, help="training epochs")
+    group.add_argument(
+        "--batch-size", type=int, default=recipe.batch_size, help="GLOBAL batch size, split evenly over the processes"
+    )
+    group.add_argument(
+        "--optimizer",
+        choices=OPTIMIZERS,
+        default=recipe.optimizer,
+        help="rmsprop: TensorFlow's form (eps inside the square root, mean square starting at ones); "
+        "sgd: nesterov momentum; adamw",
+    )
+    group.add_argument(
+        *("--lr-per-256", "--lr"),
+        dest="lr_per_256",
+        type=float,
+        default=recipe.lr_per_256,
+        help="learning rate for a global batch of 256: lr = this x batch / 256",
+    )
+    group.add_argument("--momentum", type=float, default=MOMENTUM, help="momentum of rmsprop and sgd")
+    group.add_argument("--rmsprop-decay", type=float, default=RMSPROP_DECAY, help="rmsprop: decay of the mean square")
+    group.add_argument(
+        "--rmsprop-eps", type=float, default=RMSPROP_EPS, help="rmsprop: epsilon, added inside the square root"
+    )
+    group.add_argument(
+        "--weight-decay",
+        type=float,
+        default=recipe.weight_decay,
+        help="on conv and linear weights, not on BN parameters or biases (L2 for rmsprop and sgd, decoupled for adamw)",
+    )
+    group.add_argument(
+        "--schedule",
+        choices=SCHEDULES,
+        default=recipe.schedule,
+        help="after warmup: exponential (staircase) or cosine decay, per step",
+    )
+    group.add_argument(
+        "--decay-rate", type=float, default=recipe.decay_rate, help="exponential: lr x this every --decay-epochs"
+    )
+    group.add_argument(
+        "--decay-epochs", type=float, default=recipe.decay_epochs, help="exponential: epochs between decays"
+    )
+    group.add_argument(
+        "--warmup-epochs", type=float, default=recipe.warmup_epochs, help="linear warmup from 0 to the learning rate"
+    )
+    group.add_argument(
+        "--label-smoothing", type=float, default=recipe.label_smoothing, help="cross-entropy label smoothing"
+    )
+    group.add_argument(
+        "--ema-decay",
+        type=float,
+        default=recipe.ema_decay,
+        help="moving average of the weights and batch-norm statistics (decay min(this, (1 + n) / (10 + n)) "
+        "at update n), used for evaluation and the exported weights; 0 turns it off",
+    )
+
+    reg = parser.add_argument_group("regularization and image size")
+    reg.add_argument(
+        *("--dropout", "--drop-rate"),
+        dest="dropout",
+        type=float,
+        default=recipe.dropout,
+        help="dropout before the classifier",
+    )
+    reg.add_argument(
+        "--drop-path-rate",
+        type=float,
+        default=recipe.drop_path_rate,
+        help="stochastic depth of the last block (block i of N: rate x i / N)",
+    )
+    reg.add_argument(
+        "--augmentation",
+        choices=AUGMENTATIONS,
+        default=recipe.augmentation,
+        help=(
+            "after random-resized crop and flip (--data DIR): RandAugment (2 ops, Keras' layer) or none; "
+            "autoaugment also runs RandAugment, as Keras 3 has no AutoAugment layer"
+            if keras
+            else "after random-resized crop and flip (--data DIR): AutoAugment (ImageNet policy), "
+            "RandAugment (2 ops) or none"
+        ),
+    )
+    reg.add_argument(
+        "--randaugment-magnitude",
+        type=float,
+        default=recipe.randaugment_magnitude,
+        help="RandAugment magnitude on TensorFlow's 0..10 scale",
+    )
+    reg.add_argument(
+        "--mixup-alpha", type=float, default=recipe.mixup_alpha, help="mixup Beta(alpha, alpha); 0 turns it off"
+    )
+    reg.add_argument(
+        *("--train-resolution", "--image-size"),
+        dest="train_resolution",
+        type=int,
+        default=recipe.train_resolution,
+        help="training image size",
+    )
+    reg.add_argument(
+        *("--eval-resolution", "--eval-image-size"),
+        dest="eval_resolution",
+        type=int,
+        default=recipe.eval_resolution,
+        help="evaluation image size",
+    )
+    reg.add_argument(
+        "--crop-fraction",
+        type=float,
+        default=recipe.crop_fraction,
+        help="evaluation: the centre crop is this fraction of the (resized) image",
+    )
+    reg.add_argument(
+        "--progressive",
+        action=argparse.BooleanOptionalAction,
+        default=bool(recipe.progressive),
+        help="progressive learning: the epochs split into equal stages whose image size, RandAugment "
+        "magnitude, mixup alpha and dropout replace the four flags above; stages: "
+        f"{describe_stages(recipe.progressive)}",
+    )
+    reg.add_argument(
+        "--grad-checkpointing",
+        action="store_true",
+        help=(
+            "recompute activations in the backward pass (keras.RematScope over the model): less memory, more time"
+            if keras
+            else "recompute each stage's activations in the backward pass: less memory, more time"
+        ),
+    )
+
+
+#: Flags that must be at least 1 (or 0) when given: name -> minimum.
+MINIMUMS = {
+    "epochs": 1,
+    "batch_size": 1,
+    "num_classes": 1,
+    "synthetic_train_size": 1,
+    "synthetic_val_size": 1,
+    "train_resolution": 1,
+    "eval_resolution": 1,
+    "max_steps": 1,
+    "checkpoint_every": 0,
+    "log_every": 1,
+    "workers": 0,
+    "steps_per_epoch": 0,
+    "cpu_devices": 1,
+}
+#: Float flags that must lie in [low, high].
+RANGES = {
+    "lr_per_256": (0.0, float("inf")),
+    "weight_decay": (0.0, float("inf")),
+    "label_smoothing": (0.0, 1.0),
+    "ema_decay": (0.0, 1.0),
+    "dropout": (0.0, 1.0),
+    "drop_path_rate": (0.0, 1.0),
+    "mixup_alpha": (0.0, float("inf")),
+    "randaugment_magnitude": (0.0, 30.0),
+    "crop_fraction": (1e-6, 1.0),
+    "decay_epochs": (1e-9, float("inf")),
+    "warmup_epochs": (0.0, float("inf")),
+    "decay_rate": (0.0, float("inf")),
+}
+
+
+def check_numbers(args: argparse.Namespace, recipe: Recipe) -> None:
+    """Every numeric flag in its range, else one TrainingError naming the flag."""
+    for name, low in MINIMUMS.items():
+        value = getattr(args, name, None)
+        if value is not None and value < low:
+            raise TrainingError(f"--{name.replace('_', '-')} must be at least {low}, got {value}")
+    for name, (low, high) in RANGES.items():
+        value = getattr(args, name, None)
+        if value is not None and not low <= value <= high:  # also rejects nan
+            raise TrainingError(f"--{name.replace('_', '-')} must be in [{low:g}, {high:g}], got {value}")
+    if args.progressive and not recipe.progressive:
+        raise TrainingError(f"--progressive: spec {recipe.spec_name} defines no stages")
+
+
+def training_stages(args: argparse.Namespace, recipe: Recipe) -> tuple[Stage, ...]:
+    """The spec's stage table with --progressive, else one stage built from the flags."""
+    if args.progressive:
+        return recipe.progressive
+    single = Stage(
+        image_size=args.train_resolution,
+        randaugment_magnitude=args.randaugment_magnitude,
+        mixup_alpha=args.mixup_alpha,
+        dropout=args.dropout,
+    )
+    return (single,)
+
+
+def stage_index(epoch: int, epochs: int, stage_count: int) -> int:
+    """Epochs split into equal runs of stages; the last stage takes any remainder."""
+    return min(epoch * stage_count // epochs, stage_count - 1)
+
+
+def prepare_output(output: str | Path) -> None:
+    """Create --output (a local directory) or refuse it in one line: a file, or not writable."""
+    path = Path(output)
+    if path.exists() and not path.is_dir():
+        raise TrainingError(f"--output {output}: is a file, not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TrainingError(f"--output {output}: cannot create it ({exc.strerror or exc})") from exc
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise TrainingError(f"--output {output}: not writable")
+
+
+def build_network(net: ModuleType, num_classes: int, dropout: float, drop_path_rate: float) -> Any:
+    """``net.build_model`` with the classifier dropout under its name in that model.py
+    (``dropout``; files generated before it was renamed call it ``drop_rate``)."""
+    parameters = inspect.signature(net.build_model).parameters
+    name = "dropout" if "dropout" in parameters else "drop_rate"
+    return net.build_model(num_classes=num_classes, drop_path_rate=drop_path_rate, **{name: dropout})

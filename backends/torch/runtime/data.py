@@ -1,0 +1,234 @@
+"""Batches: seeded synthetic images, or an image folder through torchvision's transforms.
+
+Every random draw (order, crop, flip, AutoAugment/RandAugment, mixup) is seeded by (seed, epoch,
+position), so a resumed run sees the batches an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ...imagefiles import Listing, list_split
+from ...recipe import Stage, TrainingError
+from .distributed import Runtime
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+def epoch_order(sample_count: int, seed: int, epoch: int) -> torch.Tensor:
+    """The same shuffled order on every process: each then takes its slice."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(sample_count, generator=generator)
+
+
+def rank_batches(order: torch.Tensor, global_batch: int, runtime: Runtime, start_step: int) -> list[list[int]]:
+    """Process r takes images [r * b, (r + 1) * b) of each global batch (b per rank)."""
+    per_rank = global_batch // runtime.world_size
+    first = runtime.rank * per_rank
+    steps = len(order) // global_batch
+    return [order[step * global_batch + first :][:per_rank].tolist() for step in range(start_step, steps)]
+
+
+def mixup(
+    images: torch.Tensor, labels: torch.Tensor, alpha: float, seed: int, step: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+    """Blend each image with its mirror in the batch, lam ~ Beta(alpha, alpha)."""
+    if alpha <= 0:
+        return images, labels, labels, 1.0
+    lam = random.Random(seed * 1_000_003 + step).betavariate(alpha, alpha)
+    mixed = images * lam + images.flip(0) * (1.0 - lam)
+    return mixed, labels, labels.flip(0), lam
+
+
+class SyntheticImages:
+    """Seeded in-memory images that a model can learn: no download, fully repeatable.
+
+    Image i is its class's fixed random pattern plus its own noise, stored at 16x16 and resized
+    (bilinear, on the training device) to the size a batch asks for.
+    """
+
+    def __init__(self, count: int, num_classes: int, seed: int, device: torch.device, net: ModuleType) -> None:
+        generator = torch.Generator().manual_seed(seed)
+        patterns = torch.rand(num_classes, 3, 4, 4, generator=generator)
+        patterns = F.interpolate(patterns, size=(16, 16), mode="bilinear")
+        labels = torch.randint(num_classes, (count,), generator=generator)
+        noise = torch.rand(count, 3, 16, 16, generator=generator)
+        self.sources = (0.6 * patterns[labels] + 0.4 * noise).to(device)
+        self.labels = labels.to(device)
+        self.mean = torch.tensor(net.MEAN, device=device).view(1, -1, 1, 1)
+        self.std = torch.tensor(net.STD, device=device).view(1, -1, 1, 1)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def batch(self, indices: list[int], image_size: int) -> Batch:
+        index = torch.tensor(indices, dtype=torch.long, device=self.sources.device)
+        images = F.interpolate(self.sources[index], size=(image_size, image_size), mode="bilinear")
+        return (images - self.mean) / self.std, self.labels[index]
+
+
+def load_rgb(path: str) -> Any:
+    from PIL import Image
+
+    with open(path, "rb") as handle:
+        image = Image.open(handle)
+        return image.convert("RGB")
+
+
+class FolderSamples(torch.utils.data.Dataset):
+    """Image-folder samples whose random transform is seeded by (seed, epoch, index).
+
+    A key is (epoch, index, stage): the stage picks the transform (progressive learning changes
+    size and RandAugment magnitude). A file that passed the listing's header check but does not
+    decode (truncated) is replaced by the next sample, with a warning: never a traceback mid-epoch.
+    """
+
+    def __init__(self, samples: Sequence[tuple[str, int]], transforms: Sequence[Any], seed: int) -> None:
+        self.samples = samples
+        self.transforms = transforms
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, key: tuple[int, int, int]) -> tuple[torch.Tensor, int]:
+        epoch, index, stage = key
+        for offset in range(len(self.samples)):
+            path, label = self.samples[(index + offset) % len(self.samples)]
+            try:
+                image = load_rgb(path)
+            except (OSError, ValueError) as exc:
+                print(f"note: {path}: cannot decode ({exc}); using the next image", file=sys.stderr)
+                continue
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed((self.seed * 1_000_003 + epoch) * 1_000_033 + index)
+                return self.transforms[stage](image), label
+        raise TrainingError("no image of the folder decodes")
+
+
+def train_transform(stage: Stage, args: argparse.Namespace, net: ModuleType) -> Any:
+    """RandomResizedCrop (bicubic), flip, AutoAugment or RandAugment, normalize."""
+    from torchvision import transforms as T
+
+    bicubic = T.InterpolationMode.BICUBIC
+    steps = [T.RandomResizedCrop(stage.image_size, interpolation=bicubic, antialias=True), T.RandomHorizontalFlip()]
+    if args.augmentation == "autoaugment":
+        steps.append(T.AutoAugment(T.AutoAugmentPolicy.IMAGENET))
+    elif args.augmentation == "randaugment":
+        # TF magnitudes run 0..10; torchvision's bins 0..30 of the same range.
+        magnitude = min(30, max(0, round(stage.randaugment_magnitude * 3)))
+        steps.append(T.RandAugment(2, magnitude, num_magnitude_bins=31))
+    steps += [T.ToTensor(), T.Normalize(net.MEAN, net.STD)]
+    return T.Compose(steps)
+
+
+def eval_transform(args: argparse.Namespace, net: ModuleType) -> Any:
+    """Bicubic resize to resolution / crop_fraction, then a center crop."""
+    from torchvision import transforms as T
+
+    resize = int(args.eval_resolution / args.crop_fraction)
+    bicubic = T.InterpolationMode.BICUBIC
+    return T.Compose(
+        [
+            T.Resize(resize, interpolation=bicubic, antialias=True),
+            T.CenterCrop(args.eval_resolution),
+            T.ToTensor(),
+            T.Normalize(net.MEAN, net.STD),
+        ]
+    )
+
+
+def image_folders(root: Path, quiet: bool = False) -> tuple[Listing, Listing]:
+    """DIR/train and DIR/val, listed and checked (the same policy as the Keras trainer)."""
+    for split in ("train", "val"):
+        if not (root / split).is_dir():
+            raise TrainingError(
+                f"--data {root}: no {split}/ folder (expected the layout "
+                f"{root}/train/<class>/<image> and {root}/val/<class>/<image>)"
+            )
+    train = list_split(str(root / "train"))
+    val = list_split(str(root / "val"), train.classes)
+    for split, listing in (("train", train), ("val", val)):
+        note = listing.note(str(root / split))
+        if note and not quiet:
+            print(note, file=sys.stderr)
+    return train, val
+
+
+def import_transforms() -> None:
+    try:
+        import torchvision.transforms  # noqa: F401
+    except (ImportError, RuntimeError) as exc:
+        raise TrainingError(f"--data DIR needs torchvision, which does not import ({exc})") from exc
+
+
+class Data:
+    """Batches for one process: its slice of each global batch, at the stage's size."""
+
+    def __init__(self, args: argparse.Namespace, runtime: Runtime, stages: Sequence[Stage], net: ModuleType) -> None:
+        self.args = args
+        self.runtime = runtime
+        self.stages = stages
+        self.synthetic: SyntheticImages | None = None
+        if args.data == "synthetic":
+            self.num_classes = args.num_classes or net.NUM_CLASSES
+            total = args.synthetic_train_size + args.synthetic_val_size
+            self.synthetic = SyntheticImages(total, self.num_classes, args.seed, runtime.device, net)
+            self.train_count = args.synthetic_train_size
+            val_indices = list(range(self.train_count, total))
+        else:
+            train, val = image_folders(Path(args.data), quiet=not runtime.is_main)
+            import_transforms()
+            self.num_classes = args.num_classes or len(train.classes)
+            if self.num_classes < len(train.classes):
+                raise TrainingError(
+                    f"--num-classes {self.num_classes}: {args.data}/train has {len(train.classes)} class folders"
+                )
+            transforms = [train_transform(stage, args, net) for stage in stages]
+            self.train_set = FolderSamples(train.samples, transforms, args.seed)
+            self.val_set = FolderSamples(val.samples, [eval_transform(args, net)], args.seed)
+            self.train_count = len(train.samples)
+            val_indices = list(range(len(val.samples)))
+        self.val_indices = val_indices[runtime.rank :: runtime.world_size]
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.train_count // self.args.batch_size
+
+    def train_batches(self, epoch: int, stage: int, start_step: int) -> Iterable[Batch]:
+        order = epoch_order(self.train_count, self.args.seed, epoch)
+        batches = rank_batches(order, self.args.batch_size, self.runtime, start_step)
+        if self.synthetic is not None:
+            synthetic, size = self.synthetic, self.stages[stage].image_size
+            return (synthetic.batch(indices, size) for indices in batches)
+        keys = [[(epoch, index, stage) for index in batch] for batch in batches]
+        return self._loader(self.train_set, keys)
+
+    def val_batches(self) -> Iterable[Batch]:
+        per_rank = self.args.batch_size // self.runtime.world_size
+        chunks = [self.val_indices[start : start + per_rank] for start in range(0, len(self.val_indices), per_rank)]
+        if self.synthetic is not None:
+            synthetic, size = self.synthetic, self.args.eval_resolution
+            return (synthetic.batch(indices, size) for indices in chunks)
+        keys = [[(0, index, 0) for index in chunk] for chunk in chunks]
+        return self._loader(self.val_set, keys)
+
+    def _loader(self, dataset: FolderSamples, keys: list[list[tuple[int, int, int]]]) -> Iterator[Batch]:
+        workers = self.args.workers
+        loader = torch.utils.data.DataLoader(
+            dataset,
+            batch_sampler=keys,
+            num_workers=workers,
+            pin_memory=self.runtime.device.type == "cuda",
+            prefetch_factor=4 if workers > 0 else None,
+        )
+        return iter(loader)

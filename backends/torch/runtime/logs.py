@@ -1,0 +1,115 @@
+"""What a run reports: metrics.csv (per epoch), steps.csv (per log interval), TensorBoard, and a
+one-line progress bar on stderr."""
+
+from __future__ import annotations
+
+import csv
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+
+class MetricsLog:
+    EPOCH_FIELDS = (
+        "epoch",
+        "global_step",
+        "lr",
+        "train_loss",
+        "val_loss",
+        "val_top1",
+        "val_top5",
+        "image_size",
+        "input_shapes",
+        "randaugment_magnitude",
+        "mixup_alpha",
+        "dropout",
+        "images_per_s",
+        "seconds",
+    )
+    STEP_FIELDS = ("global_step", "epoch", "lr", "loss", "image_size")
+
+    def __init__(self, output: Path, resume_step: int | None, tensorboard: bool) -> None:
+        self.epochs = output / "metrics.csv"
+        self.steps = output / "steps.csv"
+        for path, fields in ((self.epochs, self.EPOCH_FIELDS), (self.steps, self.STEP_FIELDS)):
+            self._start(path, fields, resume_step)
+        self.writer: Any = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                print("note: tensorboard does not import; logging to CSV only", file=sys.stderr)
+            else:
+                self.writer = SummaryWriter(str(output / "tensorboard"))
+
+    @staticmethod
+    def _start(path: Path, fields: Sequence[str], resume_step: int | None) -> None:
+        """A fresh file, or on --resume the rows up to the checkpoint's step."""
+        rows: list[dict[str, str]] = []
+        if resume_step is not None and path.is_file():
+            with open(path, newline="") as handle:
+                rows = [row for row in csv.DictReader(handle) if int(row["global_step"]) <= resume_step]
+        with open(path, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=fields, lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(rows)
+
+    @staticmethod
+    def _append(path: Path, fields: Sequence[str], row: dict[str, Any]) -> None:
+        with open(path, "a", newline="") as handle:
+            csv.DictWriter(handle, fieldnames=fields, lineterminator="\n").writerow(row)
+
+    def step(self, row: dict[str, Any]) -> None:
+        self._append(self.steps, self.STEP_FIELDS, row)
+        if self.writer is not None:
+            self.writer.add_scalar("train/loss", row["loss"], row["global_step"])
+            self.writer.add_scalar("train/lr", row["lr"], row["global_step"])
+
+    def epoch(self, row: dict[str, Any]) -> None:
+        self._append(self.epochs, self.EPOCH_FIELDS, row)
+        if self.writer is not None:
+            for key in ("train_loss", "val_loss", "val_top1", "val_top5", "images_per_s"):
+                self.writer.add_scalar(f"epoch/{key}", row[key], row["global_step"])
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+class Progress:
+    """A one-line progress bar on stderr: step, loss, lr, images/s, time left.
+
+    The images/s it shows cover the steps since the previous line (the CSV's cover the whole
+    epoch, compilation and warmup included).
+    """
+
+    def __init__(self, images_per_step: int) -> None:
+        self.images_per_step = images_per_step
+        self.tty = sys.stderr.isatty()
+        self.reset()
+
+    def reset(self) -> None:
+        self.start = self.shown_at = time.perf_counter()
+        self.steps = self.shown_steps = 0
+
+    def images_per_s(self) -> float:
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        return self.steps * self.images_per_step / elapsed
+
+    def show(self, epoch: int, epochs: int, step: int, steps: int, loss: float, lr: float) -> None:
+        now = time.perf_counter()
+        images = (self.steps - self.shown_steps) * self.images_per_step
+        rate = images / max(now - self.shown_at, 1e-9)
+        self.shown_at, self.shown_steps = now, self.steps
+        left = (steps - step) * self.images_per_step / max(rate, 1e-9)
+        done = int(20 * step / steps)
+        bar = "#" * done + "." * (20 - done)
+        line = (
+            f"epoch {epoch + 1}/{epochs} [{bar}] {step}/{steps} loss {loss:.4f} "
+            f"lr {lr:.3e} {rate:.1f} img/s epoch ends in {left:.0f}s"
+        )
+        end = "" if self.tty and step < steps else "\n"
+        print(("\r" if self.tty else "") + line, end=end, file=sys.stderr, flush=True)

@@ -59,6 +59,10 @@ def _cmd_info(args: argparse.Namespace) -> int:
     compiled = build(args.spec)
     for line in compiled.warnings:
         print(line, file=sys.stderr)
+    if args.diagram:  # matplotlib loads only here
+        from effspec.diagram import draw_diagram
+
+        print(f"wrote {draw_diagram(compiled.report, Path(args.diagram))}", file=sys.stderr)
     if args.json:
         print(json.dumps(info_json(compiled.report), indent=2))
     else:
@@ -116,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="scaled stage table, parameters, MACs and activation memory")
     p.add_argument("spec", metavar="SPEC")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--diagram", metavar="FILE", help="also draw the architecture: .svg, .png or .pdf (matplotlib)")
     p.set_defaults(handler=_cmd_info)
 
     p = sub.add_parser("validate", help="load, validate, scale and lower specs without writing anything")

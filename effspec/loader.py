@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,8 +126,19 @@ def _replaced(path: FieldPath, override: dict[str, Any]) -> bool:
 
 
 def _describe(value: Any) -> str:
-    text = json.dumps(value, default=str) if not isinstance(value, str) else repr(value)
+    text = repr(value) if isinstance(value, str) else _yaml_text(value)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _yaml_text(value: Any) -> str:
+    """A value as YAML would spell it (``.inf``, not JSON's ``Infinity``), JSON-like otherwise."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return ".nan" if math.isnan(value) else (".inf" if value > 0 else "-.inf")
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_yaml_text(item) for item in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{json.dumps(str(k))}: {_yaml_text(v)}" for k, v in value.items()) + "}"
+    return json.dumps(value, default=str)
 
 
 _EXPECTED_TYPE = {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import secrets
@@ -9,12 +10,14 @@ import stat
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from effspec import cache, ir
 from effspec.analysis import Report, analyze
-from effspec.errors import OutputError, SpecError
+from effspec.errors import OutputError, SpecError, UsageError
 from effspec.paths import safe_resolve
 from effspec.registry import get_backend
+from effspec.yamlsource import describe_mode
 
 
 @dataclass(frozen=True)
@@ -27,11 +30,13 @@ class Compiled:
 def build(path: str | Path) -> Compiled:
     from effspec.loader import resolve  # pydantic-free: reads the spec and its bases once each
 
+    if not str(path):
+        raise UsageError("expected a spec file path, found an empty string")
     resolved = resolve(path)  # bounded reads, YAML (positions kept), `extends` merged
     name = resolved.data.get("name")
     key = cache.key_for(resolved.display, resolved.sources)  # the bytes just parsed, not a re-read
     cached = cache.lookup(key, Compiled, resolved.display, name)
-    if cached is not None and cached.model.name == name and cached.model.spec_path == resolved.display:
+    if cached is not None and _matches(cached, resolved.display, resolved.data):
         return cached
     # Imported here: pydantic dominates start-up, and a cache hit does not need it.
     from effspec.limits import check_limits
@@ -50,6 +55,32 @@ def build(path: str | Path) -> Compiled:
     compiled = Compiled(model, report, warnings)
     cache.store(key, compiled, resolved.display, loaded.spec.name)
     return compiled
+
+
+def _matches(compiled: Compiled, display: str, data: dict[str, Any]) -> bool:
+    """Does a cache entry describe this spec? Its name, path and every stage's block kind, kernel,
+    expansion, first stride and scaled block count must agree with the YAML just read (the fields a
+    stage must spell out), so an entry built from another spec is never served."""
+    model = compiled.model
+    if model.name != data.get("name") or model.spec_path != display or compiled.report.model != model:
+        return False
+    stages = data.get("stages")
+    if not isinstance(stages, list) or len(stages) != len(model.stages):
+        return False
+    for stage, raw in zip(model.stages, stages, strict=True):
+        if not isinstance(raw, dict) or not stage.blocks or stage.kind != raw.get("block"):
+            return False
+        repeats = raw.get("repeats")
+        if type(repeats) is not int or len(stage.blocks) != math.ceil(model.depth * repeats):
+            return False
+        if stage.blocks[0].stride != raw.get("stride"):
+            return False
+        if any(b.kernel != raw.get("kernel") or b.expansion != raw.get("expansion") for b in stage.blocks):
+            return False
+    head = data.get("head")
+    if isinstance(head, dict) and "num_classes" in head and head["num_classes"] != model.head.num_classes:
+        return False
+    return True
 
 
 def emit(model: ir.Model, backends: Sequence[str]) -> dict[str, dict[str, str]]:
@@ -141,7 +172,7 @@ def write_outputs(outputs: dict[str, dict[str, str]], out_dir: Path) -> list[Pat
     except OSError as exc:
         raise _output_error(out_dir, exc) from None
     if info is not None and not stat.S_ISDIR(info.st_mode):
-        raise OutputError(f"-o {out_dir}: expected a directory, found a file that is not one")
+        raise OutputError(f"-o {out_dir}: expected a directory, found {describe_mode(info.st_mode)}")
     written = []
     for rel, files in sorted(outputs.items()):
         target = out_dir / rel

@@ -36,6 +36,7 @@ class _Constructor(yaml.constructor.SafeConstructor):
 
 
 _SCALAR_TAGS = {f"tag:yaml.org,2002:{name}" for name in ("str", "int", "float", "bool", "null")} | {"!"}
+_COLLECTION_TAGS = {"tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"}
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 _IMPLICIT_TAGS = {"tag:yaml.org,2002:timestamp", "tag:yaml.org,2002:binary"}
 
@@ -47,7 +48,8 @@ def _location(file: str, node: yaml.Node) -> Location:
     return Location(file, node.start_mark.line + 1, node.start_mark.column + 1)
 
 
-def _kind(mode: int) -> str:
+def describe_mode(mode: int) -> str:
+    """'a directory', 'a FIFO', ... for a file that is not a regular file."""
     if stat.S_ISDIR(mode):
         return "a directory"
     if stat.S_ISFIFO(mode):
@@ -58,6 +60,8 @@ def _kind(mode: int) -> str:
         return "a block device"
     if stat.S_ISSOCK(mode):
         return "a socket"
+    if stat.S_ISREG(mode):
+        return "a regular file"
     return "not a regular file"
 
 
@@ -79,7 +83,7 @@ def read_source(path: Path, file: str) -> bytes:
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
-            raise SpecError(f"expected a regular file, found {_kind(info.st_mode)}", where)
+            raise SpecError(f"expected a regular file, found {describe_mode(info.st_mode)}", where)
         if info.st_size > MAX_SPEC_BYTES:
             raise SpecError(f"expected a spec of at most {MAX_SPEC_BYTES:,} bytes, found {info.st_size:,}", where)
         chunks, size = [], 0
@@ -118,6 +122,10 @@ class _Builder:
         if len(path) > MAX_DEPTH:
             raise SpecError(f"expected at most {MAX_DEPTH} levels of nesting", _location(file, node), format_path(path))
         self.positions[path] = _location(file, node)
+        if isinstance(node, yaml.CollectionNode) and node.tag not in _COLLECTION_TAGS:
+            raise SpecError(
+                f"custom YAML tags are not allowed, found {node.tag!r}", _location(file, node), format_path(path)
+            )
         if isinstance(node, yaml.MappingNode):
             result: dict[str, Any] = {}
             for key_node, value_node in node.value:

@@ -32,8 +32,8 @@ def test_info_table_shows_scaled_stages(capsys: pytest.CaptureFixture[str]) -> N
     out = capsys.readouterr().out
     assert "resolution 300" in out and "12,233,232 parameters" in out
     assert "384->1536" in out and "1536->1000" in out  # head: round_filters(1280 * 1.2) = 1536
-    rows = {line.split()[0] + line.split()[1]: line for line in out.splitlines() if line.startswith("stage")}
-    assert "232->384" in rows["stage7"]  # B3 last stage: 320 * 1.2 = 384
+    rows = {line.split()[0]: line for line in out.splitlines() if line.startswith("blocks.")}
+    assert "232->384" in rows["blocks.6"]  # B3 last stage: 320 * 1.2 = 384
 
 
 def test_validate_all_shipped_specs(capsys: pytest.CaptureFixture[str]) -> None:

@@ -75,3 +75,16 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--name", help="the new spec's name (default: from OUT's file name)")
     p.add_argument("-o", "--output", required=True, metavar="OUT.yaml", help="the spec to write")
     p.set_defaults(handler=_cmd_scale)
+
+    p = sub.add_parser(
+        "plot",
+        help="the family's parameters and MACs against phi (and accuracy), each spec a labelled point",
+    )
+    p.add_argument("specs", nargs="+", metavar="SPEC")
+    p.add_argument("-o", "--output", required=True, metavar="FILE", help=".png, .svg or .pdf")
+    p.add_argument(
+        "--accuracy",
+        metavar="CSV",
+        help="top-1 per spec: columns name (or spec) and top1 (or val_top1); adds accuracy against MACs",
+    )
+    p.set_defaults(handler=_cmd_plot)

@@ -1,0 +1,228 @@
+"""`effspec plot SPEC... -o FILE`: a family's parameters and MACs against phi, like the papers' figures.
+
+Each spec is a labelled point at its phi: a compound spec's own phi, an unscaled spec at 0, and an
+explicit spec (the official B1..B7) at the phi whose alpha/beta/gamma^phi best fit its depth, width
+and resolution multipliers (least squares on the logarithms). Specs with the same architecture form
+a family: its points are joined, and a dashed line shows the compound rule's rounded models for
+every phi, so hand-picked coefficients can be compared with the rule. With ``--accuracy CSV`` a third
+panel plots top-1 against MACs (the paper's Figure 5). Figures come from effspec's own analysis.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from effspec.diagram import FORMATS, import_matplotlib
+from effspec.errors import UsageError
+from effspec.scale import DEFAULT_COEFFICIENTS
+
+
+@dataclass(frozen=True)
+class Point:
+    name: str
+    path: Path
+    phi: float
+    params: int
+    macs: int
+    family: tuple[object, ...]
+    coefficients: tuple[float, float, float]
+    resolution_divisor: int
+    top1: float | None = None
+
+
+def fitted_phi(width: float, depth: float, resolution: int, base: int, coefficients: tuple[float, ...]) -> float:
+    """The phi whose (alpha^phi, beta^phi, gamma^phi) best fit (depth, width, resolution / base)."""
+    alpha, beta, gamma = coefficients
+    logs = (math.log(alpha), math.log(beta), math.log(gamma))
+    observed = (math.log(depth), math.log(width), math.log(resolution / base))
+    denominator = sum(v * v for v in logs)
+    return max(0.0, sum(a * b for a, b in zip(logs, observed, strict=True)) / denominator)
+
+
+def load_point(path: Path) -> Point:
+    from effspec.loader import load_spec
+    from effspec.pipeline import build
+    from effspec.schema import CompoundScaling
+
+    compiled = build(path)
+    spec = load_spec(path).spec
+    model = compiled.model
+    scaling = spec.scaling
+    if isinstance(scaling, CompoundScaling):
+        coefficients = (scaling.alpha, scaling.beta, scaling.gamma)
+        phi, divisor = scaling.phi, scaling.resolution_divisor
+    else:
+        coefficients, divisor = DEFAULT_COEFFICIENTS, 8
+        phi = fitted_phi(model.width, model.depth, model.resolution, spec.input.resolution, coefficients)
+    family = (
+        spec.input.resolution,
+        spec.stem.channels,
+        spec.head.channels,
+        spec.head.num_classes,
+        tuple((s.block, s.repeats, s.kernel, s.stride, s.expansion, s.channels) for s in spec.stages),
+    )
+    return Point(
+        spec.name,
+        path,
+        phi,
+        compiled.report.total.params,
+        compiled.report.total.macs,
+        family,
+        coefficients,
+        divisor,
+    )
+
+
+def read_accuracy(path: Path, points: list[Point]) -> list[Point]:
+    """Attach top-1 from a CSV with a name/spec column and a top1/val_top1/accuracy column."""
+    import dataclasses
+
+    if not path.is_file():
+        raise UsageError(f"--accuracy {path}: no such file")
+    with open(path, newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows:
+        raise UsageError(f"--accuracy {path}: no rows")
+    key_col = next((c for c in ("name", "spec") if c in rows[0]), None)
+    acc_col = next((c for c in ("top1", "val_top1", "accuracy") if c in rows[0]), None)
+    if key_col is None or acc_col is None:
+        raise UsageError(
+            f"--accuracy {path}: expected a 'name' (or 'spec') column and a 'top1' (or 'val_top1') column, "
+            f"found {', '.join(rows[0])}"
+        )
+    table: dict[str, float] = {}
+    for row in rows:
+        try:
+            value = float(row[acc_col])
+        except (TypeError, ValueError):
+            continue  # a failed trial or an empty cell
+        key = row[key_col] or ""
+        table[key] = value
+        table[Path(key).stem] = value
+    out = []
+    for point in points:
+        top1 = table.get(point.name, table.get(point.path.stem))
+        out.append(dataclasses.replace(point, top1=top1))
+    if all(p.top1 is None for p in out):
+        raise UsageError(f"--accuracy {path}: no row names any of the plotted specs")
+    return out
+
+
+def compound_curve(point: Point, phi_max: float) -> tuple[list[float], list[int], list[int]]:
+    """The compound rule's rounded models for phi in [0, phi_max] (the family of ``point``'s architecture)."""
+    from effspec.scale import Family, Settings
+
+    family = Family(point.path, Settings(*point.coefficients, point.resolution_divisor, False))
+    phis = [phi_max * i / 120 for i in range(121)]
+    models = [family.at(phi) for phi in phis]
+    return phis, [m.params for m in models], [m.macs for m in models]
+
+
+def _short(name: str, prefix: str) -> str:
+    return name[len(prefix) :] if prefix and name.startswith(prefix) and len(name) > len(prefix) else name
+
+
+def draw(points: list[Point], path: Path) -> Path:
+    import os
+
+    figure_class = import_matplotlib("effspec plot")
+    with_accuracy = any(p.top1 is not None for p in points)
+    panels = 3 if with_accuracy else 2
+    fig = figure_class(figsize=(5.2 * panels, 4.6))  # type: ignore[operator]
+    axes = fig.subplots(1, panels)
+    families: dict[tuple[object, ...], list[Point]] = {}
+    for point in points:
+        families.setdefault(point.family, []).append(point)
+    offsets = [((-6, 6), "right"), ((6, -11), "left"), ((6, 5), "left"), ((-6, -11), "right")]
+    colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
+    for index, members in enumerate(families.values()):
+        color = colors[index % len(colors)]
+        offset, align = offsets[index % len(offsets)]
+        members.sort(key=lambda p: p.phi)
+        prefix = os.path.commonprefix([p.name for p in members]) if len(members) > 1 else ""
+        prefix = prefix[: prefix.rfind("-") + 1] if "-" in prefix else ""
+        phi_max = max(1.0, max(p.phi for p in members) * 1.08)
+        alpha, beta, gamma = members[0].coefficients
+        curve_phi, curve_params, curve_macs = compound_curve(members[0], phi_max)
+        family_label = f"{members[0].name}" if len(members) == 1 else f"{members[0].name} .. {members[-1].name}"
+        rule = f"compound rule, alpha {alpha:g} beta {beta:g} gamma {gamma:g}" if index == 0 else None
+        for ax, values, curve in (
+            (axes[0], [p.params / 1e6 for p in members], [v / 1e6 for v in curve_params]),
+            (axes[1], [p.macs / 1e9 for p in members], [v / 1e9 for v in curve_macs]),
+        ):
+            ax.plot(curve_phi, curve, "--", color=color, linewidth=1, alpha=0.6, label=rule)
+            ax.plot([p.phi for p in members], values, "o-", color=color, markersize=6, label=family_label)
+            for p, v in zip(members, values, strict=True):
+                ax.annotate(
+                    _short(p.name, prefix),
+                    (p.phi, v),
+                    textcoords="offset points",
+                    xytext=offset,
+                    ha=align,
+                    fontsize=8,
+                    color=color,
+                )
+        if with_accuracy:
+            scored = [p for p in members if p.top1 is not None]
+            if scored:
+                axes[2].plot(
+                    [p.macs / 1e9 for p in scored], [p.top1 for p in scored], "o-", color=color, label=family_label
+                )
+                for p in scored:
+                    axes[2].annotate(
+                        _short(p.name, prefix),
+                        (p.macs / 1e9, p.top1),
+                        textcoords="offset points",
+                        xytext=(5, -10),
+                        fontsize=8,
+                        color=color,
+                    )
+    from matplotlib.ticker import FuncFormatter
+
+    plain = FuncFormatter(lambda value, _: f"{value:g}")
+    # minor ticks: label 2, 3 and 5 of each decade only
+    sparse = FuncFormatter(lambda v, _: f"{v:g}" if v > 0 and f"{v:.0e}"[0] in "235" else "")
+    for ax, title, heading in ((axes[0], "parameters (M)", "Parameters"), (axes[1], "MACs (G)", "MACs")):
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(plain)
+        ax.yaxis.set_minor_formatter(sparse)
+        ax.set_xlabel("phi  (explicit specs: least-squares fit of their multipliers)", fontsize=8)
+        ax.set_ylabel(title)
+        ax.set_title(f"{heading} vs phi (dashed: the compound rule's rounded models)", fontsize=10)
+        ax.grid(True, which="both", alpha=0.25)
+        ax.legend(fontsize=7, loc="upper left")
+    if with_accuracy:
+        axes[2].set_xscale("log")
+        axes[2].xaxis.set_major_formatter(plain)
+        axes[2].set_xlabel("MACs (G)")
+        axes[2].set_ylabel("top-1 (%)")
+        axes[2].set_title("Accuracy vs MACs", fontsize=11)
+        axes[2].grid(True, which="both", alpha=0.25)
+        axes[2].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def run(args: object) -> int:
+    out = Path(args.output)  # type: ignore[attr-defined]
+    if out.suffix.lower() not in FORMATS:
+        raise UsageError(f"-o {out}: expected a file name ending in {', '.join(FORMATS)}")
+    paths = [Path(p) for p in args.specs]  # type: ignore[attr-defined]
+    for p in paths:
+        if not p.is_file():
+            raise UsageError(f"spec not found: {p}")
+    import_matplotlib("effspec plot")  # fail before any work when it is missing
+    points = [load_point(p) for p in paths]
+    if args.accuracy:  # type: ignore[attr-defined]
+        points = read_accuracy(Path(args.accuracy), points)  # type: ignore[attr-defined]
+    draw(points, out)
+    for p in sorted(points, key=lambda p: (p.family != points[0].family, p.phi)):
+        top1 = f", top-1 {p.top1:.2f}%" if p.top1 is not None else ""
+        print(f"{p.name}: phi {p.phi:.2f}, {p.params:,} parameters, {p.macs:,} MACs{top1}")
+    print(f"wrote {out}")
+    return 0

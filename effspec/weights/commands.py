@@ -38,7 +38,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     for flag, value in (("--model", args.model), ("--in-channels", args.in_channels), ("--force", args.force or None)):
         if value is not None and not structural:
             raise UsageError(f"{flag} goes with --from timm or --from torchvision")
-    if args.verify is not None and not structural:
+    if (args.verify is not None or args.verify_size) and not structural:
         raise UsageError("--verify / --no-verify go with --from timm or --from torchvision")
     options = Options(
         application=args.application,
@@ -46,6 +46,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         force=args.force,
         verify=args.verify,
         in_channels=args.in_channels,
+        verify_sizes=(args.verify_size, args.verify_size + 1) if args.verify_size else None,
     )
     written, notes = convert_file(
         args.spec, args.source, args.target, Path(args.input), Path(args.output), options=options
@@ -125,6 +126,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="run source and converted models on seeded inputs (an even and an odd size); exit 1 above 1e-4 "
         "relative (default: on where the source framework imports)",
+    )
+    p.add_argument(
+        "--verify-size",
+        type=_positive,
+        metavar="N",
+        help="--verify at N x N and (N+1) x (N+1) (default: the spec's resolution, at most 128, and one more)",
     )
     p.add_argument(
         "--in-channels",

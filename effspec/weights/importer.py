@@ -10,10 +10,13 @@ model where the source framework imports, and only then is OUT written (atomical
 from __future__ import annotations
 
 import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter is not our output
+
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -195,7 +198,7 @@ def import_structural(
         if not options.force:
             raise ConversionError(
                 f"{input_path}: cannot tell which {source.NAME} model wrote this file, so not its padding, "
-                "batch-norm eps or preprocessing: pass --model NAME (e.g. tf_efficientnet_b0), or --force"
+                f"batch-norm eps or preprocessing: pass --model NAME (e.g. {source.EXAMPLE}), or --force"
             )
         notes.append(f"unknown {source.NAME} model: conventions not checked (--force), not verified")
     else:
@@ -251,7 +254,11 @@ def import_structural(
 def _verify(
     model: ir.Model, checkpoint, source_net, converted, keras_net, mapping, options: Options
 ) -> list[VerifyRow]:
-    """Source and converted models on seeded inputs at an even and an odd size."""
+    """Source and converted models on seeded inputs at an even and an odd size.
+
+    Logits alone prove little on random weights (a random deep net contracts errors: a wrong stem
+    can leave the logits 1e-4 apart), so every mapped conv and linear layer's *input* is compared too,
+    through the mapping's pairs (conv inputs are unpadded in every implementation)."""
     import torch
 
     _load_source(source_net, checkpoint)
@@ -262,30 +269,33 @@ def _verify(
         even = max(32, min(model.resolution, 128) // 2 * 2)
         sizes = (even, even + 1)
     compare_logits = not mapping.fresh and mapping.checkpoint_classes is not None
+    kinds = {layer.name: layer.kind for layer in model.layers}
+    pairs = [
+        (ours, theirs)
+        for ours, theirs in mapping.pairs
+        if kinds[ours] != "batch_norm" and not (options.in_channels and theirs == mapping.stem_module)
+    ]
     rows = []
     generator = np.random.default_rng(0)
     for size in sizes:
+        if options.in_channels and channels != 1:
+            break  # repeat-and-rescale is not exact: nothing to compare against
         images = generator.standard_normal((2, channels, size, size)).astype(np.float32)
-        source_input = np.repeat(images, 3, axis=1) if options.in_channels == 1 and channels == 1 else images
-        if options.in_channels and channels not in (1, 3):
-            continue  # repeat-and-rescale is not exact: nothing to compare against
-        source_logits, source_features = _run_with_features(source_net, torch.from_numpy(source_input))
-        ours_logits, ours_features = _run_with_features(converted, torch.from_numpy(images), converted.classifier)
+        source_input = np.repeat(images, 3, axis=1) if options.in_channels == 1 else images
+        source_logits, source_inputs = _run_hooked(source_net, torch.from_numpy(source_input), [t for _, t in pairs])
+        ours_logits, ours_inputs = _run_hooked(converted, torch.from_numpy(images), [o for o, _ in pairs])
+        layer_rows = [_row(ours, size, ours_inputs[ours], source_inputs[theirs]) for ours, theirs in pairs]
+        worst = max(layer_rows, key=lambda row: row.rel)
+        rows.append(
+            VerifyRow(f"torch: inputs of {len(layer_rows)} layers, worst {worst.what}", size, worst.max_abs, worst.rel)
+        )
         if compare_logits:
             rows.append(_row("torch logits", size, ours_logits, source_logits))
-        else:
-            rows.append(_row("torch features", size, ours_features, source_features))
         if keras_net is not None:
             keras_logits = np.asarray(keras_net(np.ascontiguousarray(images.transpose(0, 2, 3, 1)), training=False))
             reference = source_logits if compare_logits else ours_logits
-            rows.append(
-                _row(
-                    "keras logits" if compare_logits else "keras logits vs converted torch",
-                    size,
-                    keras_logits,
-                    reference,
-                )
-            )
+            what = "keras logits" if compare_logits else "keras logits vs converted torch"
+            rows.append(_row(what, size, keras_logits, reference))
     return rows
 
 
@@ -308,23 +318,25 @@ def _load_source(source_net, checkpoint) -> None:
     source_net.eval()
 
 
-def _run_with_features(net, x, classifier: Any = None) -> tuple[np.ndarray, np.ndarray]:
-    """Logits and the classifier's input (pooled features); a net without a linear layer returns features."""
+def _run_hooked(net, x, names: list[str]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Logits and the input of each named submodule."""
     import torch
 
-    if classifier is None:
-        linears = [module for module in net.modules() if isinstance(module, torch.nn.Linear)]
-        classifier = linears[-1] if linears else None
-    captured: list[torch.Tensor] = []
-    hook = classifier.register_forward_pre_hook(lambda _m, inputs: captured.append(inputs[0])) if classifier else None
+    captured: dict[str, np.ndarray] = {}
+    hooks = []
+    for name in names:
+
+        def record(_module, inputs, name: str = name) -> None:
+            captured.setdefault(name, inputs[0].detach().numpy().copy())
+
+        hooks.append(net.get_submodule(name).register_forward_pre_hook(record))
     try:
         with torch.no_grad():
             output = net(x)
     finally:
-        if hook is not None:
+        for hook in hooks:
             hook.remove()
-    features = captured[0] if captured else output
-    return output.numpy(), features.numpy()
+    return output.numpy(), captured
 
 
 def _row(what: str, size: int, value: np.ndarray, reference: np.ndarray) -> VerifyRow:

@@ -8,9 +8,10 @@ how to identify the model it came from and what conventions it was trained with.
 
 Order: a pickled state dict is in its writer's module order, so module i must fit layer i (the
 first misfit is exactly where the architectures part). safetensors files are sorted by name, which
-loses the order of sibling modules (``bn1`` sorts before ``conv_stem``); there each layer takes the
-first unused module, in natural name order (``blocks.2`` before ``blocks.10``), whose kind and every
-tensor shape fit, and no module may be left over.
+loses the order of sibling modules (``bn1`` sorts before ``conv_stem``); there each layer takes, of
+the unused modules whose kind and every tensor shape fit, the one nearest the previous layer's module
+in the module tree (then the shallowest, then natural name order: ``blocks.2`` before ``blocks.10``),
+and no module may be left over. ``--verify`` then proves the pairing layer by layer.
 
 The classifier is special in one way: a checkpoint with another class count (or none) leaves the
 spec's classifier to the caller (fresh initialization, with a note).
@@ -54,7 +55,9 @@ class Module:
         return "unknown"
 
     def describe(self) -> str:
-        shapes = ", ".join(f"{suffix} {_shape(array.shape)}" for suffix, array in self.tensors.items())
+        order = {suffix: index for index, suffix in enumerate(_BN_SUFFIXES)}
+        suffixes = sorted(self.tensors, key=lambda suffix: order.get(suffix, len(order)))
+        shapes = ", ".join(f"{suffix} {_shape(self.tensors[suffix].shape)}" for suffix in suffixes)
         return f"{self.name} ({self.kind}: {shapes})"
 
 
@@ -123,6 +126,19 @@ def _fits(module: Module, layer: ir.Layer, entries: list[Entry], adapt_stem: boo
     return True
 
 
+def _closeness(previous: str, module: Module) -> tuple:
+    """Sort key among modules that fit a layer: the one nearest the previous choice in the module tree
+    (longest shared prefix), then the shallowest, then natural name order. A stem's batch norm ``bn1``
+    thus follows ``conv_stem`` rather than ``blocks.0.0.bn1``; ``blocks.4.1`` follows ``blocks.4.0``."""
+    mine, theirs = previous.split("."), module.name.split(".")
+    shared = 0
+    for a, b in zip(mine, theirs, strict=False):
+        if a != b:
+            break
+        shared += 1
+    return (-shared, len(theirs), natural_key(module.name))
+
+
 def adapt_input_channels(weight: np.ndarray, channels: int) -> np.ndarray:
     """A stem kernel (O, I, k, k) for ``channels`` inputs, the way timm adapts pretrained stems: one
     channel sums the source channels; more repeat them and scale by I / channels to keep the output
@@ -157,6 +173,7 @@ def map_checkpoint(
     result = Mapping(state={}, pairs=[])
     first_conv = next((layer.name for layer in layers if layer.kind in ("conv", "depthwise_conv")), None)
     last = layers[-1]
+    previous = ""
 
     def misfit(layer: ir.Layer, found: Module | None) -> ConversionError:
         expected = _describe_expected(layer, by_layer[layer.name])
@@ -183,10 +200,12 @@ def map_checkpoint(
             if chosen is None or not _fits(chosen, layer, entries, adapt):
                 raise misfit(layer, chosen)
         else:
-            chosen = next((m for m in unused if _fits(m, layer, entries, adapt)), None)
-            if chosen is None:
-                raise misfit(layer, unused[0] if unused else None)
+            fitting = [m for m in unused if _fits(m, layer, entries, adapt)]
+            if not fitting:
+                raise misfit(layer, min(unused, key=lambda m: _closeness(previous, m)) if unused else None)
+            chosen = min(fitting, key=lambda m: _closeness(previous, m))
         unused.remove(chosen)
+        previous = chosen.name
         result.pairs.append((layer.name, chosen.name))
         for entry in entries:
             suffix = entry.name.rpartition(".")[2]

@@ -47,7 +47,8 @@ def _yaml_float(value: float) -> str:
 
 
 def model_paddings(model: ir.Model) -> set[str]:
-    return {layer.padding for layer in model.layers if layer.kind in ("conv", "depthwise_conv")}
+    """The spec's padding mode ("same" or "symmetric")."""
+    return {model.padding}
 
 
 def model_eps(model: ir.Model) -> float:

@@ -20,6 +20,7 @@ from effspec.weights.files import Checkpoint
 from effspec.weights.sources.base import Conventions
 
 NAME = "timm"
+EXAMPLE = "tf_efficientnet_b0"
 _FAMILIES = r"(efficientnet|efficientnetv2|mobilenetv\d|mnasnet|semnasnet|mixnet|tinynet|fbnetc|spnasnet|lcnet)"
 _PATTERN = re.compile(rf"^(tf_)?{_FAMILIES}[a-z0-9_]*(\.[a-z0-9_]+)?$")
 

@@ -16,6 +16,7 @@ from effspec.weights.files import Checkpoint
 from effspec.weights.sources.base import Conventions
 
 NAME = "torchvision"
+EXAMPLE = "efficientnet_v2_s"
 _EPS = (("efficientnet_v2_", 1e-3), ("efficientnet_b", 1e-5), ("mobilenet_v3_", 1e-3), ("mobilenet_v2", 1e-5))
 _MODELS = re.compile(r"^(efficientnet_b[0-7]|efficientnet_v2_[sml]|mobilenet_v2|mobilenet_v3_(large|small))$")
 

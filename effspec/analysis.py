@@ -33,8 +33,8 @@ class Cost:
 class StageReport:
     """One row of the scaled stage table (like the paper's Table 1)."""
 
-    name: str  # "stem", "stage 1".."stage N", "head", "classifier"
-    operator: str
+    name: str  # "stem", "blocks.0".."blocks.N-1" (the canonical stage names), "head", "classifier"
+    block: str  # the block kind of a stage ("mbconv", "fused_mbconv"), or what the stem / head run
     repeats: int
     kernel: int
     stride: int
@@ -78,7 +78,7 @@ def analyze(model: ir.Model) -> Report:
         layers = tuple(layer for block in stage.blocks for layer in block.layers)
         rows.append(
             StageReport(
-                f"stage {stage.index + 1}",
+                f"blocks.{stage.index}",
                 stage.kind,
                 len(stage.blocks),
                 first.kernel,

@@ -15,13 +15,13 @@ def info_table(report: Report) -> str:
     model = report.model
     header = (
         "stage",
-        "operator",
+        "block",
         "resolution",
         "channels",
-        "layers",
+        "repeats",
         "kernel",
         "stride",
-        "exp",
+        "expansion",
         "params",
         "MACs",
         "act. mem",
@@ -31,7 +31,7 @@ def info_table(report: Report) -> str:
         rows.append(
             (
                 row.name,
-                row.operator,
+                row.block,
                 f"{row.input_size[0]}x{row.input_size[1]}",
                 f"{row.in_channels}->{row.out_channels}",
                 str(row.repeats),
@@ -83,7 +83,7 @@ def info_json(report: Report) -> dict[str, Any]:
         "stages": [
             {
                 "name": row.name,
-                "operator": row.operator,
+                "operator": row.block,
                 "repeats": row.repeats,
                 "kernel": row.kernel,
                 "stride": row.stride,

@@ -25,14 +25,20 @@ from effspec.cli import main  # noqa: E402
 from effspec.equivalence import check as check_module  # noqa: E402
 from effspec.equivalence import torch_side  # noqa: E402
 from effspec.equivalence.check import Settings, run_check, seeded_batch  # noqa: E402
+from effspec.pipeline import build  # noqa: E402
 from effspec.weights.convert import ConversionError, keras_to_torch, torch_to_keras  # noqa: E402
 from effspec.weights.files import load_torch_file, save_torch_file  # noqa: E402
 from effspec.weights.generated import load_model_module  # noqa: E402
 from effspec.weights.manifest import KERAS_AXES, build_manifest, inverse_axes  # noqa: E402
-from effspec.pipeline import build  # noqa: E402
 
 B0 = "specs/efficientnet-b0.yaml"
 V2_B0 = "specs/efficientnetv2-b0.yaml"
+#: What the check guarantees is keras_error <= budget (asserted through ``result.ok``). The budget
+#: itself is 16x float32 torch's own error, which depends on the CPU's float32 kernels: B7's last
+#: stage at 64x64 measured 1.2e-3 of scale on one machine and 1.45e-3 on another. This bound only
+#: asserts that the budget stays far below what a wrong rule costs (a sizeable fraction of the scale:
+#: the corrupted-layout test below fails by orders of magnitude), with room for other CPUs.
+BUDGET_SANITY = 2e-2
 SLOW = {"efficientnet-b5", "efficientnet-b6", "efficientnet-b7", "efficientnetv2-m", "efficientnetv2-l"}
 
 
@@ -189,7 +195,7 @@ def test_eval_equivalence_at_64(spec: str) -> None:
     assert result.ok, [(row.name, row.keras_error, row.budget) for row in result.failures]
     for row in result.rows:
         assert 0 < row.torch_error and 0 < row.keras_error  # both really computed in float32
-        assert row.budget < 1e-3 * row.scale  # the budget is float32 rounding, not a loose tolerance
+        assert row.budget < BUDGET_SANITY * row.scale
 
 
 def test_check_b0_at_224_from_the_cli(capsys: pytest.CaptureFixture[str]) -> None:
@@ -199,7 +205,7 @@ def test_check_b0_at_224_from_the_cli(capsys: pytest.CaptureFixture[str]) -> Non
     rows = {row["name"]: row for row in report["rows"]}
     assert rows["stem"]["shape"] == "2x32x112x112" and rows["blocks.6"]["shape"] == "2x320x7x7"
     assert rows["logits"]["shape"] == "2x1000"
-    assert all(row["keras_error"] <= row["budget"] < 1e-3 * row["scale"] for row in report["rows"])
+    assert all(row["keras_error"] <= row["budget"] < BUDGET_SANITY * row["scale"] for row in report["rows"])
 
 
 def test_a_wrong_depthwise_layout_fails_the_check(

@@ -1,0 +1,41 @@
+"""Named regression tests: each spec here once miscompiled (found by users or by test_properties.py).
+
+Each is checked with the same four properties the property test uses (compile, IR == torch ==
+Keras parameter counts, IR MACs == torch hook MACs, torch == Keras logits through the converter).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from conftest import ROOT
+from test_properties import check_spec
+
+from effspec.pipeline import build
+
+#: Issue 10: a Fused-MBConv stage with expansion 1, SE and a width change. torch exited 70
+#: ("squeeze-excite gates 32 channels, the conv gives 16"), Keras wrote a wrong PARAMS and
+#: `effspec info` reported 5,192 parameters for a stage that has 4,920.
+FUSED_EXPANSION_1_WITH_SE = """\
+extends: {base}
+name: fused-se-test
+stages:
+  - {{block: fused_mbconv, repeats: 1, kernel: 3, stride: 1, expansion: 1, channels: 16, se_ratio: 0.25}}
+  - {{block: fused_mbconv, repeats: 2, kernel: 3, stride: 2, expansion: 4, channels: 32}}
+  - {{block: mbconv, repeats: 2, kernel: 3, stride: 2, expansion: 4, channels: 48}}
+"""
+
+
+def test_fused_expansion_1_with_se_and_a_width_change(tmp_path: Path) -> None:
+    for shipped in (ROOT / "specs").glob("*.yaml"):  # the base and the specs it extends
+        (tmp_path / shipped.name).write_bytes(shipped.read_bytes())
+    spec = tmp_path / "fused-se-test.yaml"
+    spec.write_text(FUSED_EXPANSION_1_WITH_SE.format(base="efficientnetv2-b0.yaml"))
+    model = build(spec).model
+    first = model.blocks[0]
+    # stem 32 -> one 3x3 conv to 16 channels, SE squeezing 32 * 0.25 = 8 and gating those 16.
+    assert (first.expand.conv.in_channels, first.expand.conv.out_channels) == (32, 16)
+    assert first.project is None and first.se.channels == 16 and first.se.se_channels == 8
+    stage = sum(layer.params for layer in first.layers)
+    assert stage == 32 * 16 * 9 + 2 * 16 + (16 * 8 + 8) + (8 * 16 + 16) == 4_920
+    check_spec(spec, tmp_path)

@@ -88,6 +88,7 @@ def _write_text_file(path: Path, text: str) -> None:
 
     from effspec.errors import OutputError
     from effspec.pipeline import _write_file
+    from effspec.yamlsource import describe_mode
 
     try:
         info = os.stat(path)
@@ -96,8 +97,7 @@ def _write_text_file(path: Path, text: str) -> None:
     except OSError as exc:
         raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
     if info is not None and not stat.S_ISREG(info.st_mode):
-        kind = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file"
-        raise OutputError(f"-o {path}: expected a regular file to write, found {kind}")
+        raise OutputError(f"-o {path}: expected a regular file to write, found {describe_mode(info.st_mode)}")
     try:
         _write_file(path, text)
     except OSError as exc:

@@ -8,7 +8,6 @@ spec's decay). A backend maps those names to its framework inside the generated 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 from effspec import ir
@@ -54,68 +53,18 @@ def _fit(word: str, width: int) -> list[str]:
     return list(word) if len(py_literal(word)) > width else [word]
 
 
-#: The spec language's recipe choices, which every generated train.py accepts as flag choices.
-OPTIMIZERS = ("rmsprop", "sgd", "adamw")
-SCHEDULES = ("exponential", "cosine")
-AUGMENTATIONS = ("autoaugment", "randaugment", "none")
-
-
-@dataclass(frozen=True)
-class ProgressiveRow:
-    """One progressive-learning stage, as a generated ``train.py`` prints it."""
-
-    image_size: int
-    randaugment_magnitude: float
-    mixup_alpha: float
-    dropout: float
-
-
-def _choice(value: str, known: tuple[str, ...], what: str) -> str:
-    if value not in known:
-        raise ValueError(f"the training scripts have no {what} {value!r}. Known: {', '.join(known)}")
-    return value
-
-
 def recipe_context(model: ir.Model) -> dict[str, object]:
-    """The spec's training recipe as every ``train.py`` prints it: the defaults of its flags.
+    """What every backend's ``train.py`` template prints: the spec's recipe as a ``Recipe(...)``
+    literal (``effspec.backends.recipe``, where the recipe is defined once), the spec, and the
+    module name its sibling ``model.py`` is imported under."""
+    from .recipe import recipe_from_model, recipe_source
 
-    Numbers are normalized to the Python type the flag parses (floats stay floats), so ``--help``
-    shows the same text as the generated constants; names are checked against the choices.
-    """
-    plan = model.training
     return {
-        "optimizers": OPTIMIZERS,
-        "schedules": SCHEDULES,
-        "augmentations": AUGMENTATIONS,
-        "optimizer": _choice(plan.optimizer, OPTIMIZERS, "optimizer"),
-        "lr_per_256": float(plan.lr_per_256),
-        "batch_size": int(plan.batch_size),
-        "schedule": _choice(plan.schedule, SCHEDULES, "schedule"),
-        "decay_rate": float(plan.decay_rate),
-        "decay_epochs": float(plan.decay_epochs),
-        "warmup_epochs": float(plan.warmup_epochs),
-        "epochs": int(plan.epochs),
-        "weight_decay": float(plan.weight_decay),
-        "label_smoothing": float(plan.label_smoothing),
-        "ema_decay": float(plan.ema_decay),
-        "augmentation": _choice(plan.augmentation, AUGMENTATIONS, "augmentation"),
-        "randaugment_magnitude": float(plan.randaugment_magnitude),
-        "mixup_alpha": float(plan.mixup_alpha),
-        "train_resolution": int(plan.train_resolution),
-        "eval_resolution": int(plan.eval_resolution),
-        "crop_fraction": float(plan.crop_fraction),
-        "progressive_stages": tuple(
-            ProgressiveRow(
-                image_size=int(stage.image_size),
-                randaugment_magnitude=float(stage.randaugment_magnitude),
-                mixup_alpha=float(stage.mixup_alpha),
-                dropout=float(stage.dropout),
-            )
-            for stage in plan.progressive
-        ),
-        "num_classes": model.head.num_classes,
-        "drop_rate": float(model.head.dropout),  # before the classifier
-        "drop_path_rate": float(model.drop_path_rate),  # stochastic-depth base rate
+        "recipe_source": recipe_source(recipe_from_model(model), py_literal),
+        "spec_name": model.name,
+        "spec_path": model.spec_path,
+        "spec_sha256": model.spec_sha256,
+        "module_name": f"{model.python_name}_model",  # sys.modules name of the sibling model.py
     }
 
 

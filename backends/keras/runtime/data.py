@@ -1,0 +1,236 @@
+"""tf.data pipelines: seeded synthetic images, or an image folder (local or gs://).
+
+An epoch's order and every random crop, flip and mixup draw are stateless functions of (seed,
+epoch, position), so a resumed run sees exactly the batches it would have seen (Keras'
+RandAugment layer draws from its own generator, which a resume does not replay).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from ...imagefiles import FileSystem, list_split
+from ...recipe import Stage, TrainingError
+
+
+def _gfile_head(path: str) -> bytes:
+    with tf.io.gfile.GFile(path, "rb") as handle:
+        return handle.read(12)
+
+
+GFILE = FileSystem(listdir=tf.io.gfile.listdir, isdir=tf.io.gfile.isdir, head=_gfile_head)
+
+
+@dataclass(frozen=True)
+class Split:
+    """Training or validation examples: in-memory uint8 images or image file paths."""
+
+    images: np.ndarray  # (N, H, W, 3) uint8 (synthetic), or (N,) file paths
+    labels: np.ndarray  # (N,) int32
+    decoded: bool  # True: `images` holds pixels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def synthetic_split(count: int, size: int, num_classes: int, seed: int) -> Split:
+    """Seeded uniform-noise images with random labels (only memorizable)."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, size=(count, size, size, 3), dtype=np.uint8)
+    labels = rng.integers(0, num_classes, size=count, dtype=np.int32)
+    return Split(images, labels, decoded=True)
+
+
+def folder_split(directory: str, classes: tuple[str, ...] | None = None) -> tuple[Split, tuple[str, ...]]:
+    """<directory>/<class>/<image>, listed and checked by the policy both trainers share."""
+    listing = list_split(directory, classes, GFILE)
+    note = listing.note(directory)
+    if note:
+        print(note, file=sys.stderr)
+    paths = np.array([path for path, _ in listing.samples])
+    labels = np.array([label for _, label in listing.samples], np.int32)
+    return Split(paths, labels, decoded=False), listing.classes
+
+
+def decode(path: tf.Tensor) -> tf.Tensor:
+    data = tf.io.read_file(path)
+    image = tf.io.decode_image(data, channels=3, expand_animations=False)
+    return tf.cast(image, tf.float32)
+
+
+def random_resized_crop(image: tf.Tensor, size: int, seed: tf.Tensor) -> tf.Tensor:
+    """A random crop (8..100% of the area, aspect 3/4..4/3) resized to size x size."""
+    begin, crop, _ = tf.image.stateless_sample_distorted_bounding_box(
+        tf.shape(image),
+        bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
+        seed=seed,
+        min_object_covered=0.1,
+        aspect_ratio_range=(3 / 4, 4 / 3),
+        area_range=(0.08, 1.0),
+        max_attempts=10,
+        use_image_if_no_bounding_boxes=True,
+    )
+    image = tf.ensure_shape(tf.slice(image, begin, crop), [None, None, 3])
+    return tf.image.resize(image, (size, size), method="bicubic")
+
+
+def center_crop(image: tf.Tensor, size: int, fraction: float) -> tf.Tensor:
+    """The central square, fraction * the shorter side, resized to size x size."""
+    shape = tf.shape(image)
+    height, width = shape[0], shape[1]
+    shorter = tf.cast(tf.minimum(height, width), tf.float32)
+    side = tf.maximum(tf.cast(fraction * shorter, tf.int32), 1)
+    top, left = (height - side) // 2, (width - side) // 2
+    image = image[top : top + side, left : left + side]
+    return tf.image.resize(image, (size, size), method="bicubic")
+
+
+def mixup(images: tf.Tensor, labels: tf.Tensor, alpha: float, seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """Blend each example with the batch reversed, weight ~ Beta(alpha, alpha)."""
+    first = tf.random.stateless_gamma([], seed=seed, alpha=alpha)
+    second = tf.random.stateless_gamma([], seed=seed + 1, alpha=alpha)
+    weight = first / (first + second)
+    images = weight * images + (1 - weight) * tf.reverse(images, [0])
+    labels = weight * labels + (1 - weight) * tf.reverse(labels, [0])
+    return images, labels
+
+
+class Data:
+    """The training split per (epoch, stage), and validation."""
+
+    def __init__(
+        self, args: argparse.Namespace, net: ModuleType, train: Split, val: Split | None, static: bool
+    ) -> None:
+        self.args = args
+        self.train_split = train
+        self.val_split = val
+        self.static = static  # TPU: every batch the same shape
+        self.mean = tf.constant(net.MEAN, tf.float32) * 255.0
+        self.std = tf.constant(net.STD, tf.float32) * 255.0
+        self.steps_per_epoch = args.steps_per_epoch or max(1, len(train) // args.batch_size)
+        self._val: tf.data.Dataset | None = None
+
+    def train(self, epoch: int, stage: Stage, skip: int, steps: int) -> tf.data.Dataset:
+        """Batches skip .. skip + steps of epoch `epoch`, at the stage's image size."""
+        args, split, batch = self.args, self.train_split, self.args.batch_size
+        count = len(split)
+        order = tf.random.experimental.stateless_shuffle(tf.range(count, dtype=tf.int64), seed=[args.seed, epoch])
+        images, labels = tf.constant(split.images), tf.constant(split.labels)
+        epoch_seed = args.seed * 65_537 + epoch
+        augment = None if split.decoded else self._augmenter(stage, epoch_seed)
+
+        def example(position: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+            index = order[position % count]
+            seed = tf.stack([tf.constant(epoch_seed, tf.int64), position])
+            if split.decoded:
+                image = tf.cast(images[index], tf.float32)
+                if image.shape[0] != stage.image_size:
+                    image = tf.image.resize(image, (stage.image_size, stage.image_size), method="bilinear")
+            else:
+                image = decode(images[index])
+                image = random_resized_crop(image, stage.image_size, seed)
+                image = tf.image.stateless_random_flip_left_right(image, seed)
+                if augment is not None:
+                    image = augment(image)
+            label = tf.one_hot(labels[index], args.num_classes)
+            return self.normalize(image), label, position
+
+        dataset = tf.data.Dataset.range(skip * batch, (skip + steps) * batch)
+        dataset = dataset.map(example, num_parallel_calls=tf.data.AUTOTUNE)
+        dataset = dataset.batch(batch, drop_remainder=True)
+        if stage.mixup_alpha > 0:
+            alpha = stage.mixup_alpha
+            dataset = dataset.map(
+                lambda x, y, p: mixup(x, y, alpha, tf.stack([p[0], epoch_seed + 1])),
+                num_parallel_calls=tf.data.AUTOTUNE,
+            )
+        else:
+            dataset = dataset.map(lambda x, y, p: (x, y))
+        return self._finish(dataset)
+
+    def val(self) -> tf.data.Dataset | None:
+        """The validation set at --eval-resolution, center-cropped; built once."""
+        if self.val_split is None:
+            return None
+        if self._val is None:
+            split, size = self.val_split, self.args.eval_resolution
+            images, labels = tf.constant(split.images), tf.constant(split.labels)
+
+            def example(index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+                if split.decoded:
+                    image = tf.cast(images[index], tf.float32)
+                else:
+                    image = center_crop(decode(images[index]), size, self.args.crop_fraction)
+                label = tf.one_hot(labels[index], self.args.num_classes)
+                return self.normalize(image), label
+
+            dataset = tf.data.Dataset.range(len(split))
+            dataset = dataset.map(example, num_parallel_calls=tf.data.AUTOTUNE)
+            dataset = dataset.batch(self.args.batch_size, drop_remainder=self.static)
+            self._val = self._finish(dataset)
+        return self._val
+
+    def normalize(self, image: tf.Tensor) -> tf.Tensor:
+        """0..255 pixels -> the model's input: (x / 255 - MEAN) / STD."""
+        return (tf.clip_by_value(image, 0.0, 255.0) - self.mean) / self.std
+
+    def _augmenter(self, stage: Stage, seed: int) -> Any:
+        if self.args.augmentation == "none" or stage.randaugment_magnitude <= 0:
+            return None
+        return keras.layers.RandAugment(
+            value_range=(0, 255),
+            num_ops=2,
+            factor=min(1.0, stage.randaugment_magnitude / 10.0),
+            seed=seed,
+            dtype="float32",
+        )
+
+    def _finish(self, dataset: tf.data.Dataset) -> tf.data.Dataset:
+        options = tf.data.Options()
+        # Several workers: each takes its share of every global batch.
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+        return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
+def open_data(args: argparse.Namespace, net: ModuleType, stages: tuple[Stage, ...], static: bool) -> Data:
+    """Check the data source and list it; every problem is a one-line TrainingError.
+
+    Also settles --num-classes: the spec's for synthetic data, else the class folders'.
+    """
+    if args.data == "synthetic":
+        args.num_classes = args.num_classes or net.NUM_CLASSES
+        size = max(stage.image_size for stage in stages)
+        train = synthetic_split(args.synthetic_train_size, size, args.num_classes, args.seed)
+        val = synthetic_split(args.synthetic_val_size, args.eval_resolution, args.num_classes, args.seed + 1)
+        return Data(args, net, train, val, static)
+    root = args.data.rstrip("/")
+    if not tf.io.gfile.isdir(root):
+        raise TrainingError(
+            f"--data {root}: no such directory (expected 'synthetic' or a directory with "
+            "train/<class>/<image> and val/<class>/<image>)"
+        )
+    train, classes = folder_split(f"{root}/train")
+    args.num_classes = args.num_classes or len(classes)
+    if len(classes) > args.num_classes:
+        raise TrainingError(
+            f"{root}/train has {len(classes)} classes but the model has {args.num_classes} outputs: "
+            f"pass --num-classes {len(classes)}"
+        )
+    val = None
+    if tf.io.gfile.isdir(f"{root}/val"):
+        val, _ = folder_split(f"{root}/val", classes)
+    else:
+        print(f"note: no {root}/val: training without validation", file=sys.stderr)
+    if not args.steps_per_epoch and len(train) < args.batch_size:
+        raise TrainingError(
+            f"{root}/train has {len(train)} images, fewer than one global batch (--batch-size {args.batch_size})"
+        )
+    return Data(args, net, train, val, static)

@@ -1,0 +1,151 @@
+"""The recipe's optimization in Keras: warmup + decay schedule, RMSProp in TF1's form, weight
+decay off batch norm and biases, and the weight average (EMA) defined as in the torch trainer."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from typing import Any
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+
+class WarmupThenDecay(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warmup to ``peak``, then exponential (staircase) or cosine decay: the torch
+    trainer's LrSchedule (tested against each other). The staircase counts from step 0, as TF's."""
+
+    def __init__(
+        self, peak: float, warmup_steps: int, decay_steps: int, decay_rate: float, total_steps: int, kind: str
+    ) -> None:
+        self.peak = peak
+        self.warmup_steps = warmup_steps
+        self.decay_steps = decay_steps  # exponential: one factor of decay_rate per
+        self.decay_rate = decay_rate
+        self.total_steps = total_steps  # cosine: reaches 0 here
+        self.kind = kind
+
+    def __call__(self, step: Any) -> Any:
+        step = ops.cast(step, "float32")
+        if self.kind == "exponential":
+            rate = self.peak * ops.power(self.decay_rate, ops.floor(step / self.decay_steps))
+        else:
+            span = max(1, self.total_steps - self.warmup_steps)
+            progress = ops.clip((step - self.warmup_steps) / span, 0.0, 1.0)
+            rate = 0.5 * self.peak * (1.0 + ops.cos(math.pi * progress))
+        if self.warmup_steps > 0:
+            warmup = self.peak * (step + 1) / self.warmup_steps
+            rate = ops.where(step < self.warmup_steps, warmup, rate)
+        return rate
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            "peak": self.peak,
+            "warmup_steps": self.warmup_steps,
+            "decay_steps": self.decay_steps,
+            "decay_rate": self.decay_rate,
+            "total_steps": self.total_steps,
+            "kind": self.kind,
+        }
+
+
+def averaged_statistics(model: keras.Model) -> list[Any]:
+    """Batch-norm moving means and variances: averaged with the weights, as in torch."""
+    return [
+        variable
+        for layer in model._flatten_layers()
+        if isinstance(layer, keras.layers.BatchNormalization)
+        for variable in (layer.moving_mean, layer.moving_variance)
+    ]
+
+
+class WeightAverage:
+    """Optimizer mixin: the exponential moving average of the trainable weights AND batch-norm
+    statistics, stored as optimizer variables (so checkpoints carry it).
+
+    Keras' own ``use_ema`` averages trainable weights only, at a fixed decay. Here update n (the
+    optimizer's step count after the step) uses decay 0 for n = 1 (a copy), then
+    min(decay, (1 + n) / (10 + n)): TF's ExponentialMovingAverage with num_updates, and
+    ``effspec.backends.torch.runtime.optim.ema_decay_at``. ``WeightAverageCallback`` updates it
+    after every step and swaps it in for evaluation; the exported weights are the average.
+    """
+
+    average_decay: float = 0.0
+    averaged: list[Any]
+    averages: list[Any]
+
+    def track_average(self, model: keras.Model, decay: float) -> None:
+        self.average_decay = decay
+        self.averaged = list(model.trainable_variables) + averaged_statistics(model)
+
+    def build(self, var_list: list[Any]) -> None:
+        super().build(var_list)  # type: ignore[misc]
+        self.averages = []
+        if self.average_decay > 0:
+            self.averages = self.add_optimizer_variables(self.averaged, "average")  # type: ignore[attr-defined]
+
+    def finalize_variable_values(self, var_list: list[Any]) -> None:
+        """fit() runs once per epoch here: it must not end by changing the model's weights."""
+
+    @tf.function
+    def update_average(self) -> None:
+        n = ops.cast(self.iterations, "float32")  # type: ignore[attr-defined]
+        decay = ops.where(n <= 1.0, 0.0, ops.minimum(self.average_decay, (1.0 + n) / (10.0 + n)))
+        for average, variable in zip(self.averages, self.averaged, strict=True):
+            average.assign(decay * average + (1.0 - decay) * ops.cast(variable, average.dtype))
+
+    @tf.function
+    def swap_average(self) -> None:
+        """Model weights <-> their average (twice: back as they were)."""
+        for average, variable in zip(self.averages, self.averaged, strict=True):
+            saved = tf.identity(variable.value)
+            variable.assign(average)
+            average.assign(saved)
+
+
+class RMSpropTF(WeightAverage, keras.optimizers.RMSprop):
+    """RMSProp as the reference's TF1 RMSPropOptimizer.
+
+    Keras 3 already puts epsilon inside the square root, lr * g / sqrt(ms + eps), as TF1 does. TF1
+    starts the mean square at 1, Keras at 0 (from 0 the first steps move every weight by about
+    lr / sqrt(1 - rho) whatever its gradient's size), so it starts at 1 here.
+    """
+
+    def build(self, var_list: list[Any]) -> None:
+        super().build(var_list)
+        for mean_square in self._velocities:
+            mean_square.assign(ops.ones_like(mean_square))
+
+
+class SGD(WeightAverage, keras.optimizers.SGD):
+    """Nesterov momentum SGD."""
+
+
+class AdamW(WeightAverage, keras.optimizers.AdamW):
+    """Adam with decoupled weight decay."""
+
+
+def decayed_variables(model: keras.Model) -> list[Any]:
+    """Weight decay applies to kernels only: not to biases, batch-norm scale/offset."""
+    return [v for v in model.trainable_variables if len(v.shape) >= 2]
+
+
+def make_optimizer(
+    args: argparse.Namespace, schedule: WarmupThenDecay, model: keras.Model
+) -> keras.optimizers.Optimizer:
+    optimizer: Any
+    if args.optimizer == "adamw":
+        optimizer = AdamW(schedule, weight_decay=args.weight_decay)
+        decayed = {id(v) for v in decayed_variables(model)}
+        optimizer.exclude_from_weight_decay(var_list=[v for v in model.trainable_variables if id(v) not in decayed])
+    else:
+        if args.weight_decay > 0:  # as the reference: loss += weight_decay * sum(w^2) / 2
+            for variable in decayed_variables(model):
+                variable.regularizer = keras.regularizers.L2(args.weight_decay / 2)
+        if args.optimizer == "sgd":
+            optimizer = SGD(schedule, momentum=args.momentum, nesterov=True)
+        else:
+            optimizer = RMSpropTF(schedule, rho=args.rmsprop_decay, momentum=args.momentum, epsilon=args.rmsprop_eps)
+    optimizer.track_average(model, args.ema_decay)
+    return optimizer

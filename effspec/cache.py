@@ -32,13 +32,13 @@ import sys
 import tempfile
 import types
 import typing
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union
 
 from effspec import __version__
 
-FORMAT = 2  # bump when the entry layout changes (the code stamp covers IR changes)
+FORMAT = 3  # bump when the entry layout changes (the code stamp covers IR changes)
 MAX_ENTRY_BYTES = 64 << 20
 T = TypeVar("T")
 
@@ -118,11 +118,16 @@ class _Mismatch(Exception):
     pass
 
 
-def encode(value: Any) -> Any:
+_SHARED = "$shared"  # stands for the entry's one shared object (the model, also held by the report)
+
+
+def encode(value: Any, shared: object = None) -> Any:
+    if shared is not None and value is shared:
+        return {_SHARED: True}
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: encode(getattr(value, f.name)) for f in dataclasses.fields(value) if f.init}
+        return {f.name: encode(getattr(value, f.name), shared) for f in dataclasses.fields(value) if f.init}
     if isinstance(value, tuple | list):
-        return [encode(item) for item in value]
+        return [encode(item, shared) for item in value]
     if value is None or isinstance(value, bool | int | str):
         return value
     if isinstance(value, float) and math.isfinite(value):
@@ -130,58 +135,105 @@ def encode(value: Any) -> Any:
     raise TypeError(f"cannot cache a {type(value).__name__}")
 
 
+class _Decoding:
+    shared: object = None  # the already decoded shared object while an entry's value is decoded
+
+
+def decode(tp: Any, data: Any, shared: object = None) -> Any:
+    """Rebuild a value of type ``tp`` from JSON data (checked against the annotations), or raise _Mismatch."""
+    previous, _Decoding.shared = _Decoding.shared, shared
+    try:
+        return _decoder(tp)(data)
+    finally:
+        _Decoding.shared = previous
+
+
 @functools.cache
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
-def decode(tp: Any, data: Any) -> Any:
-    """Rebuild a value of type ``tp`` from JSON data, or raise _Mismatch."""
+def _decoder(tp: Any) -> Callable[[Any], Any]:
+    """A decoding function per type, built once from its annotations."""
     origin = typing.get_origin(tp)
     if isinstance(tp, type) and dataclasses.is_dataclass(tp):
-        fields = [f for f in dataclasses.fields(tp) if f.init]
-        if not isinstance(data, dict) or set(data) != {f.name for f in fields}:
-            raise _Mismatch(tp.__name__)
-        hints = _hints(tp)
-        return tp(**{f.name: decode(hints[f.name], data[f.name]) for f in fields})
+        hints = typing.get_type_hints(tp)
+        fields = [(f.name, _decoder(hints[f.name])) for f in dataclasses.fields(tp) if f.init]
+        names = {name for name, _ in fields}
+
+        def dataclass_value(data: Any) -> Any:
+            if type(data) is not dict:
+                raise _Mismatch(tp.__name__)
+            if data.keys() != names:
+                if data == {_SHARED: True} and isinstance(_Decoding.shared, tp):
+                    return _Decoding.shared
+                raise _Mismatch(tp.__name__)
+            return tp(**{name: decode_field(data[name]) for name, decode_field in fields})
+
+        return dataclass_value
     if origin is Literal:
-        for option in typing.get_args(tp):
-            if type(option) is type(data) and option == data:
-                return option
-        raise _Mismatch(f"{data!r} not in {tp}")
+        options = typing.get_args(tp)
+
+        def literal_value(data: Any) -> Any:
+            for option in options:
+                if type(option) is type(data) and option == data:
+                    return option
+            raise _Mismatch(f"{data!r} not in {tp}")
+
+        return literal_value
     if origin is Union or origin is types.UnionType:
-        for option in typing.get_args(tp):
-            try:
-                return decode(option, data)
-            except _Mismatch:
-                continue
-        raise _Mismatch(str(tp))
+        alternatives = [_decoder(option) for option in typing.get_args(tp)]
+
+        def union_value(data: Any) -> Any:
+            for alternative in alternatives:
+                try:
+                    return alternative(data)
+                except _Mismatch:
+                    continue
+            raise _Mismatch(str(tp))
+
+        return union_value
     if origin is tuple:
         args = typing.get_args(tp)
-        if not isinstance(data, list):
-            raise _Mismatch("tuple")
         if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(decode(args[0], item) for item in data)
-        if len(args) != len(data):
-            raise _Mismatch("tuple length")
-        return tuple(decode(arg, item) for arg, item in zip(args, data, strict=True))
+            item = _decoder(args[0])
+
+            def tuple_value(data: Any) -> Any:
+                if type(data) is not list:
+                    raise _Mismatch("tuple")
+                return tuple(item(value) for value in data)
+
+            return tuple_value
+        items = [_decoder(arg) for arg in args]
+
+        def fixed_tuple_value(data: Any) -> Any:
+            if type(data) is not list or len(data) != len(items):
+                raise _Mismatch("tuple")
+            return tuple(decode_item(value) for decode_item, value in zip(items, data, strict=True))
+
+        return fixed_tuple_value
     if tp is type(None) or tp is None:
-        if data is not None:
-            raise _Mismatch("None")
-        return None
-    if tp is bool or tp is str:
-        if type(data) is not tp:
-            raise _Mismatch(tp.__name__)
-        return data
-    if tp is int:
-        if type(data) is not int:
-            raise _Mismatch("int")
-        return data
+        return _exact(type(None))
+    if tp in (bool, str, int):
+        return _exact(tp)
     if tp is float:
-        if type(data) not in (int, float) or not math.isfinite(data):
-            raise _Mismatch("float")
-        return float(data)
-    raise _Mismatch(f"unsupported type {tp!r}")
+
+        def float_value(data: Any) -> float:
+            if type(data) not in (int, float) or not math.isfinite(data):
+                raise _Mismatch("float")
+            return float(data)
+
+        return float_value
+
+    def unsupported(data: Any) -> Any:
+        raise _Mismatch(f"unsupported type {tp!r}")
+
+    return unsupported
+
+
+def _exact(kind: type) -> Callable[[Any], Any]:
+    def exact_value(data: Any) -> Any:
+        if type(data) is not kind:  # no bool for int, no int for str
+            raise _Mismatch(kind.__name__)
+        return data
+
+    return exact_value
 
 
 # ---- entries ------------------------------------------------------------------------------------
@@ -207,7 +259,7 @@ def _read_entry(path: Path) -> bytes | None:
         os.close(fd)
 
 
-def lookup(key: str, kind: type[T], display: str, name: object) -> T | None:
+def lookup(key: str, kind: type[T], display: str, name: object, shared_kind: type | None = None) -> T | None:
     """The cached value for ``key``, when an entry exists, decodes, and matches the spec; else None."""
     directory = usable_dir(create=False)
     if directory is None:
@@ -221,23 +273,30 @@ def lookup(key: str, kind: type[T], display: str, name: object) -> T | None:
             return None
         if entry.get("display") != display or entry.get("name") != name:
             return None
-        value = decode(kind, entry.get("value"))
+        shared = decode(shared_kind, entry.get("shared")) if shared_kind is not None else None
+        value = decode(kind, entry.get("value"), shared)
     except (ValueError, TypeError, RecursionError, _Mismatch):
         return None  # corrupt or foreign: rebuilt, then overwritten by store()
     return value
 
 
-def store(key: str, value: Any, display: str, name: str) -> None:
-    """Write an entry atomically (temp file + rename); any failure only costs speed."""
+def store(key: str, value: Any, display: str, name: str, shared: object = None) -> None:
+    """Write an entry atomically (temp file + rename); any failure only costs speed. ``shared``, an
+    object that ``value`` holds in several places, is stored once."""
     directory = usable_dir(create=True)
     if directory is None:
         return
     try:
-        encoded = encode(value)
-        if decode(type(value), encoded) != value:  # only what reads back exactly is worth keeping
+        encoded = encode(value, shared)
+        encoded_shared = encode(shared) if shared is not None else None
+        decoded_shared = decode(type(shared), encoded_shared) if shared is not None else None
+        if decode(type(value), encoded, decoded_shared) != value:  # keep only what reads back exactly
             return
+        entry = {"format": FORMAT, "key": key, "display": display, "name": name, "value": encoded}
+        if shared is not None:
+            entry["shared"] = encoded_shared
         text = json.dumps(
-            {"format": FORMAT, "key": key, "display": display, "name": name, "value": encoded},
+            entry,
             separators=(",", ":"),
             allow_nan=False,
         )

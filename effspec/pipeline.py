@@ -35,7 +35,7 @@ def build(path: str | Path) -> Compiled:
     resolved = resolve(path)  # bounded reads, YAML (positions kept), `extends` merged
     name = resolved.data.get("name")
     key = cache.key_for(resolved.display, resolved.sources)  # the bytes just parsed, not a re-read
-    cached = cache.lookup(key, Compiled, resolved.display, name)
+    cached = cache.lookup(key, Compiled, resolved.display, name, shared_kind=ir.Model)
     if cached is not None and _matches(cached, resolved.display, resolved.data):
         return cached
     # Imported here: pydantic dominates start-up, and a cache hit does not need it.
@@ -53,7 +53,7 @@ def build(path: str | Path) -> Compiled:
     report = analyze(model)  # params, MACs, activation memory per node
     warnings = tuple(f"{loaded.path}: warning: {text}" for text in scaling_warnings(loaded.spec))
     compiled = Compiled(model, report, warnings)
-    cache.store(key, compiled, resolved.display, loaded.spec.name)
+    cache.store(key, compiled, resolved.display, loaded.spec.name, shared=model)
     return compiled
 
 
@@ -62,7 +62,7 @@ def _matches(compiled: Compiled, display: str, data: dict[str, Any]) -> bool:
     expansion, first stride and scaled block count must agree with the YAML just read (the fields a
     stage must spell out), so an entry built from another spec is never served."""
     model = compiled.model
-    if model.name != data.get("name") or model.spec_path != display or compiled.report.model != model:
+    if model.name != data.get("name") or model.spec_path != display or compiled.report.model is not model:
         return False
     stages = data.get("stages")
     if not isinstance(stages, list) or len(stages) != len(model.stages):

@@ -115,13 +115,13 @@ def test_a_reader_that_goes_away_is_not_an_internal_error() -> None:
 
 def _cached(spec: Path):
     """The cache entry build() would serve for ``spec`` (None on a miss)."""
-    from effspec import cache
+    from effspec import cache, ir
     from effspec.loader import resolve
     from effspec.pipeline import Compiled
 
     resolved = resolve(spec)
     key = cache.key_for(resolved.display, resolved.sources)
-    return cache.lookup(key, Compiled, resolved.display, resolved.data.get("name"))
+    return cache.lookup(key, Compiled, resolved.display, resolved.data.get("name"), ir.Model)
 
 
 def test_build_cache_hits_only_for_identical_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

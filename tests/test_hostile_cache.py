@@ -100,8 +100,7 @@ def test_a_planted_entry_for_another_spec_is_refused(work: Path, capsys: pytest.
     entry = json.loads(entry_path("b7.yaml").read_text())
     key = key_of("good.yaml")
     entry.update(key=key, display="good.yaml", name="tiny")
-    for model in (entry["value"]["model"], entry["value"]["report"]["model"]):
-        model.update(name="tiny", spec_path="good.yaml")
+    entry["shared"].update(name="tiny", spec_path="good.yaml")  # the model, held by value.model and value.report
     entry_path("good.yaml").write_text(json.dumps(entry))
     compile_ok(capsys)
     written = (work / "out" / "torch" / "tiny" / "model.py").read_text()
@@ -128,13 +127,13 @@ def test_a_corrupt_entry_is_rebuilt(work: Path, capsys: pytest.CaptureFixture[st
     [
         lambda e: e.update(key="0" * 64),
         lambda e: e.update(display="other.yaml"),
-        lambda e: e["value"]["model"].update(resolution="224"),
-        lambda e: e["value"]["model"].update(width=float("inf")),
-        lambda e: e["value"]["model"].update(extra_field=1),
-        lambda e: e["value"]["model"].pop("stages"),
-        lambda e: e["value"]["model"]["stages"][0].update(kind="resnet"),
-        lambda e: e["value"]["model"]["stages"][0]["blocks"][0].update(kernel=5),
-        lambda e: e["value"]["model"]["head"].update(num_classes=True),
+        lambda e: e["shared"].update(resolution="224"),
+        lambda e: e["shared"].update(width=float("inf")),
+        lambda e: e["shared"].update(extra_field=1),
+        lambda e: e["shared"].pop("stages"),
+        lambda e: e["shared"]["stages"][0].update(kind="resnet"),
+        lambda e: e["shared"]["stages"][0]["blocks"][0].update(kernel=5),
+        lambda e: e["shared"]["head"].update(num_classes=True),
     ],
     ids=["key", "display", "str-for-int", "inf", "extra-field", "missing-field", "bad-literal", "kernel", "bool"],
 )
@@ -147,6 +146,17 @@ def test_a_tampered_entry_is_not_served(work: Path, capsys: pytest.CaptureFixtur
     path.write_text(json.dumps(entry))
     assert build("good.yaml") == first  # rebuilt: equal to the honest build
     assert json.loads(path.read_text()) == honest  # and the tampered entry overwritten
+
+
+def test_an_entry_must_share_one_model(work: Path) -> None:
+    """value.model spelled out instead of shared: the report would describe another model. Refused."""
+    first = build("good.yaml")
+    path = entry_path("good.yaml")
+    entry = json.loads(path.read_text())
+    entry["value"]["model"] = entry["shared"]
+    path.write_text(json.dumps(entry))
+    assert build("good.yaml") == first
+    assert json.loads(path.read_text())["value"]["model"] == {"$shared": True}
 
 
 def test_symlinked_fifo_and_huge_entries_are_ignored(work: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -292,7 +292,7 @@ def _verify(
         if compare_logits:
             rows.append(_row("torch logits", size, ours_logits, source_logits))
         if keras_net is not None:
-            keras_logits = np.asarray(keras_net(np.ascontiguousarray(images.transpose(0, 2, 3, 1)), training=False))
+            keras_logits = _keras_logits(keras_net, images)
             reference = source_logits if compare_logits else ours_logits
             what = "keras logits" if compare_logits else "keras logits vs converted torch"
             rows.append(_row(what, size, keras_logits, reference))
@@ -346,3 +346,9 @@ def _row(what: str, size: int, value: np.ndarray, reference: np.ndarray) -> Veri
     max_abs = float(np.max(np.abs(value - reference)))
     scale = float(np.max(np.abs(reference))) or 1.0
     return VerifyRow(what, size, max_abs, max_abs / scale)
+
+
+def _keras_logits(net, images: np.ndarray) -> np.ndarray:
+    import keras
+
+    return keras.ops.convert_to_numpy(net(np.ascontiguousarray(images.transpose(0, 2, 3, 1)), training=False))

@@ -57,7 +57,8 @@ _noted: set[str] = set()
 def _note(directory: Path, why: str) -> None:
     if str(directory) not in _noted:
         _noted.add(str(directory))
-        print(f"effspec: note: not using the build cache {directory}: {why}", file=sys.stderr)
+        text = "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in str(directory))
+        print(f"effspec: note: not using the build cache {text}: {why}", file=sys.stderr)
 
 
 def usable_dir(create: bool) -> Path | None:

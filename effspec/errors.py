@@ -17,10 +17,21 @@ class Location:
         return f"{self.file}:{self.line}:{self.column}"
 
 
+def printable(text: str) -> str:
+    """``text`` on one line: control and other non-printable characters (a newline in a file name)
+    are shown as escapes, so an error message is always exactly one line."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+
+
 class EffspecError(Exception):
     """Base class for errors a user can act on (exit code 2 unless stated otherwise)."""
 
     exit_code = 2
+
+    def __str__(self) -> str:
+        return printable(super().__str__())
 
 
 class SpecError(EffspecError):

@@ -302,3 +302,14 @@ def test_compile_is_quick_even_for_the_largest_spec(work: Path) -> None:
     start = time.monotonic()
     result = run_process(["info", str(spec)], work)
     assert result.returncode == 0 and time.monotonic() - start < TIMEOUT
+
+
+def test_a_newline_in_a_spec_file_name_stays_one_line(work: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (work / "a\nb.yaml").write_text("name: x\n")
+    line = expect_usage_error(work, capsys, ["validate", "a\nb.yaml"], "stages: required field is missing")
+    assert line.startswith("a\\nb.yaml:1:1: error: "), line
+
+
+def test_a_newline_in_the_output_path_stays_one_line(work: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    line = expect_usage_error(work, capsys, ["compile", "good.yaml", "-o", "/proc/x\ny"], "cannot write /proc/x\\ny/")
+    assert "\n" not in line

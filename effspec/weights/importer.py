@@ -31,6 +31,7 @@ from effspec.weights.convert import (
     torch_to_keras,
 )
 from effspec.weights.files import (
+    check_hdf5,
     check_keras_path,
     check_output,
     check_torch_path,
@@ -134,11 +135,13 @@ def convert_file(
     if source == "keras-applications":
         return output_path, _import_keras_application(model, manifest, target, input_path, output_path, options)
     if (source, target) == ("torch", "keras"):
-        state = load_torch_file(input_path)
+        layers = torch_to_keras(manifest, load_torch_file(input_path))  # every check before Keras loads
         net = keras_model(model)
-        set_keras_weights(manifest, net, torch_to_keras(manifest, state))
+        set_keras_weights(manifest, net, layers)
         save_keras_file(net, output_path)
     elif (source, target) == ("keras", "torch"):
+        check_keras_path(input_path)
+        check_hdf5(input_path)
         net = keras_model(model)
         save_torch_file(keras_to_torch(manifest, load_keras_file(net, input_path)), output_path)
     else:
@@ -149,7 +152,6 @@ def convert_file(
 def _import_keras_application(
     model: ir.Model, manifest: Manifest, target: str, input_path: Path, output_path: Path, options: Options
 ) -> tuple[str, ...]:
-    from effspec.weights.files import check_hdf5
     from effspec.weights.sources.keras_applications import import_application, preprocessing_note
 
     if input_path.suffix == ".h5":

@@ -15,6 +15,7 @@ Nothing heavy is imported at module level: torch or Keras load only for a latenc
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import os
@@ -72,6 +73,12 @@ class Family:
         self.settings = settings
         self._memo: dict[float, Candidate] = {}
         self._models: dict[tuple[int, int, int], object] = {}
+
+    def with_settings(self, settings: Settings) -> Family:
+        """The same loaded base with other coefficients (no second load)."""
+        other = copy.copy(self)
+        other.settings, other._memo = settings, {}
+        return other
 
     def _build(self, scaling: object) -> tuple[object, object]:
         from effspec.analysis import analyze

@@ -88,3 +88,44 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         help="top-1 per spec: columns name (or spec) and top1 (or val_top1); adds accuracy against MACs",
     )
     p.set_defaults(handler=_cmd_plot)
+
+    p = sub.add_parser(
+        "search",
+        help="grid search for alpha, beta, gamma at a FLOPs ratio, each candidate trained briefly (optuna)",
+        description="Enumerate (alpha, beta, gamma) on the grid near --flops-ratio, keep those whose rounded "
+        "phi = 1 model has that MACs ratio (within 10%), train --trials of them for --trial-steps steps with the "
+        "generated torch train.py, and write DIR/results.csv, DIR/search.png and DIR/best.yaml. Trials live in an "
+        "optuna storage (default: DIR/search.db): a killed search resumes, and several workers on one storage "
+        "split the trials.",
+    )
+    p.add_argument("spec", metavar="SPEC", help="the base spec (unscaled or compound)")
+    p.add_argument("--flops-ratio", type=float, default=2.0, help="MACs of phi = 1 over the base (default 2)")
+    p.add_argument(
+        "--ratio-tolerance",
+        type=float,
+        default=0.05,
+        help="keep grid points with alpha*beta^2*gamma^2 within this fraction of the ratio (default 0.05)",
+    )
+    p.add_argument(
+        "--grid",
+        default="alpha=1.0:2.0:0.05,beta=1.0:1.5:0.05,gamma=1.0:1.5:0.05",
+        help="START:STOP:STEP per coefficient (default: %(default)s)",
+    )
+    p.add_argument("--data", required=True, metavar="DIR|synthetic", help="ImageFolder root (train/, val/)")
+    p.add_argument("--trials", type=_positive_int, default=8, help="candidates to train in all (default 8)")
+    p.add_argument("--trial-steps", type=_positive_int, default=100, help="training steps per trial (default 100)")
+    p.add_argument("--resolution", type=_positive_int, help="proxy base resolution: trials train at R x gamma")
+    p.add_argument("--resolution-divisor", type=_positive_int, help="as in scale (default: the spec's, else 8)")
+    p.add_argument("--batch-size", type=_positive_int, default=16, help="global batch per step (default 16)")
+    p.add_argument("--backend", choices=("torch",), default="torch", help="the trainer (torch)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="train.py --device")
+    p.add_argument("--seed", type=int, default=0, help="the same seed for every trial")
+    p.add_argument(
+        "--train-arg",
+        action="append",
+        metavar="ARG",
+        help="one more train.py argument for every trial, e.g. --train-arg=--warmup-epochs=0 (repeatable)",
+    )
+    p.add_argument("--storage", metavar="URL", help="SQLAlchemy URL of a shared optuna storage")
+    p.add_argument("-o", "--output", required=True, metavar="DIR")
+    p.set_defaults(handler=_cmd_search)

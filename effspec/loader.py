@@ -5,7 +5,7 @@ every file of the extends chain once (no pydantic involved) and ``validate`` che
 
 ``extends`` names a path relative to the file that contains it; ``..`` is allowed (a shared base in
 a parent directory), absolute paths are not. Each file is read with the same bounds as the spec
-itself (a regular file, at most 1 MiB), the chain may be at most ``MAX_EXTENDS`` files long, and
+itself (a regular file, at most 256 KiB), the chain may be at most ``MAX_EXTENDS`` files long, and
 cycles are errors.
 """
 
@@ -159,13 +159,26 @@ _EXPECTED_TYPE = {
 }
 
 
+def _field_path(loc: tuple[Any, ...], positions: Positions) -> tuple[Any, ...]:
+    """pydantic's error location without the union members it names (``compound``,
+    ``constrained-int``, ``tuple[...]``): a part that is not a key the YAML defines is dropped when
+    it is a discriminator tag or not an identifier."""
+    path: tuple[Any, ...] = ()
+    for part in loc:
+        if isinstance(part, str) and (*path, part) not in positions:
+            if part in ("compound", "explicit") or not part.isidentifier():
+                continue
+        path = (*path, part)
+    return path
+
+
 def _pydantic_error(error: Any, positions: Positions) -> SpecError:
-    loc = tuple(part for part in error["loc"] if not (isinstance(part, str) and part in ("compound", "explicit")))
+    loc = _field_path(tuple(error["loc"]), positions)
     kind = error["type"]
     found = error.get("input")
     ctx = error.get("ctx") or {}
     if kind == "extra_forbidden":
-        message = f"unknown key {loc[-1]!r}"
+        message = f"unknown key {_describe(str(loc[-1]))}"
     elif kind == "missing":
         message = "required field is missing"
     elif kind == "union_tag_invalid" or kind == "union_tag_not_found":

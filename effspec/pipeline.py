@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import re
@@ -139,12 +140,13 @@ def _generated(path: str) -> bool:
         return handle.read(len(_HEADER)) == _HEADER
 
 
-def _write_file(target: Path, text: str) -> bool:
-    """Replace ``target`` atomically (a temp file beside it, then a rename); False when unchanged."""
+def _stage_file(target: Path, text: str) -> Path | None:
+    """Write ``text`` to a new temp file beside ``target``; None when ``target`` already holds it."""
     data = text.encode("utf-8")
     try:
-        if target.is_file() and not target.is_symlink() and target.read_bytes() == data:
-            return False  # same bytes: keep the file (and its mtime) as it is
+        info = os.lstat(target)
+        if stat.S_ISREG(info.st_mode) and info.st_size == len(data) and target.read_bytes() == data:
+            return None  # same bytes: keep the file (and its mtime) as it is
     except OSError:
         pass
     temp = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(6)}{_TEMP_SUFFIX}")
@@ -153,12 +155,28 @@ def _write_file(target: Path, text: str) -> bool:
     try:
         with os.fdopen(fd, "wb") as out:
             out.write(data)
+    except BaseException:
+        _unlink(temp)
+        raise
+    return temp
+
+
+def _unlink(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def _write_file(target: Path, text: str) -> bool:
+    """Replace ``target`` atomically (a temp file beside it, then a rename); False when unchanged."""
+    temp = _stage_file(target, text)
+    if temp is None:
+        return False
+    try:
         os.replace(temp, target)
     except BaseException:
-        try:
-            os.unlink(temp)
-        except OSError:
-            pass
+        _unlink(temp)
         raise
     return True
 
@@ -183,27 +201,46 @@ def write_outputs(outputs: dict[str, dict[str, str]], out_dir: Path) -> list[Pat
         raise _output_error(out_dir, exc) from None
     if info is not None and not stat.S_ISDIR(info.st_mode):
         raise OutputError(f"-o {out_dir}: expected a directory, found {describe_mode(info.st_mode)}")
+    # Phase 1: every file's new text in a temp file beside it. A failure here (a full disk, a
+    # directory in the way) removes the temp files and changes nothing the user had.
+    staged: list[tuple[Path, Path]] = []  # (temp file, target)
     written = []
-    for rel, files in sorted(outputs.items()):
-        target = out_dir / rel
-        try:
-            target.mkdir(parents=True, exist_ok=True)  # mode 0o777 less the umask
-        except OSError as exc:
-            raise _output_error(target, exc) from None
-        if not target.is_dir():
-            raise OutputError(f"cannot write {target}: not a directory")
-        _clean_stale(target, set(files))
-        _clean_stale(target.parent, set(files), target.name)
-        for name, text in sorted(files.items()):
-            if Path(name).is_absolute() or ".." in Path(name).parts:
-                raise RuntimeError(f"backend emitted a file outside its directory: {name!r}")
-            path = target / name
+    try:
+        for rel, files in sorted(outputs.items()):
+            target = out_dir / rel
             try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                _write_file(path, text)
+                target.mkdir(parents=True, exist_ok=True)  # mode 0o777 less the umask
+            except OSError as exc:
+                raise _output_error(target, exc) from None
+            if not target.is_dir():
+                raise OutputError(f"cannot write {target}: not a directory")
+            _clean_stale(target, set(files))
+            _clean_stale(target.parent, set(files), target.name)
+            for name, text in sorted(files.items()):
+                if Path(name).is_absolute() or ".." in Path(name).parts:
+                    raise RuntimeError(f"backend emitted a file outside its directory: {name!r}")
+                path = target / name
+                try:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    if os.path.isdir(path) and not os.path.islink(path):
+                        raise IsADirectoryError(errno.EISDIR, "a directory is in the way", str(path))
+                    temp = _stage_file(path, text)
+                except OSError as exc:
+                    raise _output_error(path, exc) from None
+                if temp is not None:
+                    staged.append((temp, path))
+            written.append(target)
+        # Phase 2: renames only, each atomic.
+        while staged:
+            temp, path = staged[0]
+            try:
+                os.replace(temp, path)
             except OSError as exc:
                 raise _output_error(path, exc) from None
-        written.append(target)
+            staged.pop(0)
+    finally:
+        for temp, _ in staged:
+            _unlink(temp)
     return written
 
 

@@ -4,7 +4,7 @@ PyYAML's composer gives nodes with marks; we build dicts/lists ourselves so that
 errors and every field path maps to a file:line:column.
 
 Spec files are untrusted input, so reading is bounded: only regular files of at most
-``MAX_SPEC_BYTES`` are read (a FIFO, a device such as ``/dev/zero``, a directory or a symlink loop is
+``MAX_SPEC_BYTES`` (256 KiB) are read (a FIFO, a device such as ``/dev/zero``, a directory or a symlink loop is
 an error at once, never a hang), aliases may not expand the document past ``MAX_VALUES`` values
 (the "billion laughs" attack), nesting stops at ``MAX_DEPTH``, and YAML merge keys (``<<``) are an
 error: ``extends`` is the one way to inherit.
@@ -26,7 +26,7 @@ from effspec.errors import Location, SpecError, format_path
 FieldPath = tuple[Any, ...]
 Positions = dict[FieldPath, Location]
 
-MAX_SPEC_BYTES = 1 << 20  # 1 MiB: the largest shipped spec is ~3 KB
+MAX_SPEC_BYTES = 256 << 10  # 256 KiB: the largest shipped spec is ~3 KB
 MAX_VALUES = 20_000  # values after alias expansion; the largest shipped spec has ~200
 MAX_DEPTH = 32  # nesting of mappings and lists; specs use 4
 
@@ -115,7 +115,7 @@ class _Builder:
         self.values += 1
         if self.values > MAX_VALUES:
             raise SpecError(
-                f"expected at most {MAX_VALUES:,} values, found more (aliases expanding too far?)",
+                f"expected at most {MAX_VALUES:,} values in a spec, found more (too large, or aliases expanding)",
                 _location(file, node),
                 format_path(path),
             )

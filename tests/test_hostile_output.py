@@ -313,3 +313,30 @@ def test_a_newline_in_a_spec_file_name_stays_one_line(work: Path, capsys: pytest
 def test_a_newline_in_the_output_path_stays_one_line(work: Path, capsys: pytest.CaptureFixture[str]) -> None:
     line = expect_usage_error(work, capsys, ["compile", "good.yaml", "-o", "/proc/x\ny"], "cannot write /proc/x\\ny/")
     assert "\n" not in line
+
+
+def test_a_full_disk_mid_compile_changes_nothing(
+    work: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every new file is written to a temp file first; the renames come only after all succeeded."""
+    import errno
+
+    from effspec import pipeline
+
+    assert run_main(["compile", "good.yaml", "-o", "out"], capsys)[0] == 0
+    for model in (work / "out").glob("*/tiny/model.py"):
+        model.write_text("# the user's previous build\n")
+    before = snapshot(work)
+    real = pipeline._stage_file
+    calls = []
+
+    def full_disk(target: Path, text: str) -> Path | None:
+        calls.append(target)
+        if len(calls) == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(target, text)
+
+    monkeypatch.setattr(pipeline, "_stage_file", full_disk)
+    code, out, err = run_main(["compile", "good.yaml", "-o", "out"], capsys)
+    assert code == 2 and one_line(err).endswith("No space left on device")
+    assert snapshot(work) == before  # no file replaced, no temp file left

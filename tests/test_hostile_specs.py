@@ -437,8 +437,8 @@ def test_nul_and_control_bytes(tmp_path: Path, capsys: pytest.CaptureFixture[str
 
 
 def test_oversized_spec(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    text = GOOD + ("# padding\n" * 120_000)
-    expect_error(tmp_path, capsys, {"s.yaml": text}, "s.yaml", "expected a spec of at most 1,048,576 bytes")
+    text = GOOD + ("# padding\n" * 30_000)
+    expect_error(tmp_path, capsys, {"s.yaml": text}, "s.yaml", "expected a spec of at most 262,144 bytes")
 
 
 def test_one_gigabyte_sparse_spec(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -482,7 +482,7 @@ def test_extends_one_gigabyte(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     with open(tmp_path / "big.yaml", "wb") as handle:
         handle.truncate(1 << 30)
     files = {"a.yaml": "extends: big.yaml\nname: a\n"}
-    expect_error(tmp_path, capsys, files, "a.yaml", "expected a spec of at most 1,048,576 bytes", "a.yaml:1:10")
+    expect_error(tmp_path, capsys, files, "a.yaml", "expected a spec of at most 262,144 bytes", "a.yaml:1:10")
 
 
 def test_extends_absolute_path_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -566,3 +566,16 @@ def test_info_json_never_prints_infinity(tmp_path: Path, capsys: pytest.CaptureF
         assert "Infinity" not in out and "NaN" not in out
         if code:
             assert code == 2 and "expected" in one_line(err)
+
+
+def test_an_unknown_key_that_is_not_an_identifier(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    text = "name: x\nhead: {num-classes: 10}\nstages:\n" + STAGE
+    expect_error(
+        tmp_path, capsys, {"s.yaml": text}, "s.yaml", "head.num-classes: unknown key 'num-classes'", "s.yaml:2:"
+    )
+
+
+def test_a_very_long_unknown_key_is_shortened(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    text = "name: x\n" + "k" * 1000 + ": 1\nstages:\n" + STAGE
+    line = expect_error(tmp_path, capsys, {"s.yaml": text}, "s.yaml", "unknown key 'kkkk", "s.yaml:2:")
+    assert len(line) < 1200 and line.endswith("...")

@@ -110,11 +110,11 @@ CASES = [
     ),
     (
         "unknown-activation",
-        {"s.yaml": "name: x\ndefaults: {activation: mish}\nstages:\n" + STAGE},
+        {"s.yaml": "name: x\ndefaults: {activation: swishy}\nstages:\n" + STAGE},
         "s.yaml",
         "s.yaml:2:24",
         "defaults.activation",
-        "found 'mish'",
+        "found 'swishy'",
     ),
     (
         "unknown-padding",

@@ -59,9 +59,11 @@ def build(path: str | Path) -> Compiled:
 
 
 def _matches(compiled: Compiled, display: str, data: dict[str, Any]) -> bool:
-    """Does a cache entry describe this spec? Its name, path and every stage's block kind, kernel,
-    expansion, first stride and scaled block count must agree with the YAML just read (the fields a
-    stage must spell out), so an entry built from another spec is never served."""
+    """Does a cache entry describe this spec? Its name and path, and every stage's block kind,
+    block count (between the written and the scaled count, whatever the rounding) and, unless the
+    stage overrides single blocks, largest kernel, expansion and first stride must agree with the
+    YAML just read: the fields a stage must spell out. An entry built from another spec is never
+    served."""
     model = compiled.model
     if model.name != data.get("name") or model.spec_path != display or compiled.report.model is not model:
         return False
@@ -71,12 +73,18 @@ def _matches(compiled: Compiled, display: str, data: dict[str, Any]) -> bool:
     for stage, raw in zip(model.stages, stages, strict=True):
         if not isinstance(raw, dict) or not stage.blocks or stage.kind != raw.get("block"):
             return False
-        repeats = raw.get("repeats")
-        if type(repeats) is not int or len(stage.blocks) != math.ceil(model.depth * repeats):
+        repeats, kernel, expansion = raw.get("repeats"), raw.get("kernel"), raw.get("expansion")
+        if type(repeats) is not int or not isinstance(expansion, int | float):
             return False
+        scaled = model.depth * repeats
+        if not min(repeats, math.floor(scaled)) <= len(stage.blocks) <= max(repeats, math.ceil(scaled)):
+            return False
+        if "blocks" in raw:  # per-block overrides: kernel, expansion and stride may vary
+            continue
         if stage.blocks[0].stride != raw.get("stride"):
             return False
-        if any(b.kernel != raw.get("kernel") or b.expansion != raw.get("expansion") for b in stage.blocks):
+        largest = max(kernel) if isinstance(kernel, list) and kernel else kernel
+        if any(b.kernel != largest or b.expansion != expansion for b in stage.blocks):
             return False
     head = data.get("head")
     if isinstance(head, dict) and "num_classes" in head and head["num_classes"] != model.head.num_classes:

@@ -39,8 +39,13 @@ def entry_path(spec: str) -> Path:
 
 
 def compile_ok(capsys: pytest.CaptureFixture[str], spec: str = "good.yaml") -> tuple[str, str]:
+    """Compile into out/: exit 0, and nothing changed outside out/ and the cache directory."""
+    work = Path.cwd()
+    before = snapshot(work, skip=("out", "cache"))
     code, out, err = run_main(["compile", spec, "--backend", "torch", "-o", "out"], capsys)
     assert code == 0, err
+    assert snapshot(work, skip=("out", "cache")) == before
+    assert (work / "out" / "torch" / "tiny" / "model.py").is_file()
     return out, err
 
 

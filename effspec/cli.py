@@ -210,6 +210,8 @@ class _GuardedStdout:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if sys.stderr is None:  # started with stderr closed (`2>&-`): messages go nowhere, never to stdout
+        sys.stderr = open(os.devnull, "w")
     parser = build_parser()
     args = parser.parse_args(argv)
     if not _stdout_usable():

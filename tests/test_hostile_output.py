@@ -340,3 +340,15 @@ def test_a_full_disk_mid_compile_changes_nothing(
     code, out, err = run_main(["compile", "good.yaml", "-o", "out"], capsys)
     assert code == 2 and one_line(err).endswith("No space left on device")
     assert snapshot(work) == before  # no file replaced, no temp file left
+
+
+def test_stderr_closed_keeps_errors_off_stdout(work: Path) -> None:
+    result = subprocess.run(
+        f"{sys.executable} -m effspec.cli validate nope.yaml 2>&-",
+        shell=True,
+        cwd=work,
+        stdout=subprocess.PIPE,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert (result.returncode, result.stdout) == (2, "")

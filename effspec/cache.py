@@ -39,7 +39,7 @@ from typing import Any, Literal, TypeVar, Union
 from effspec import __version__
 
 FORMAT = 3  # bump when the entry layout changes (the code stamp covers IR changes)
-MAX_ENTRY_BYTES = 64 << 20
+MAX_ENTRY_BYTES = 16 << 20  # the largest model the limits allow (1,000 blocks) takes ~2.3 MB
 T = TypeVar("T")
 
 

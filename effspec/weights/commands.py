@@ -76,8 +76,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
     report = export(args.spec, Path(args.output), options)
     for line in report.lines:
         print(line)
-    print(f"wrote {report.path}")
     report.raise_if_failed()
+    print(f"wrote {report.path}")
     return 0
 
 

@@ -1,0 +1,423 @@
+"""`effspec export`: deployable artifacts that check themselves in their own runtime.
+
+ONNX and TorchScript come from the generated torch model (NCHW input, like the torch model); TFLite
+and SavedModel from the generated Keras model (NHWC). ``--weights`` takes any file convert-weights
+reads (torch or Keras): it is converted through the manifest as needed; without it the model keeps
+its seeded initialization.
+
+At a fixed size, TensorFlow SAME padding is exported static: every per-call SAME conv of the torch
+model is swapped for an explicit zero pad (the export resolution's own amounts) and a plain conv, so
+the graph holds no shape arithmetic; Keras' ``padding="same"`` is static in TF graphs of a fixed
+shape. ``--dynamic-size`` keeps the per-call padding (ONNX, TorchScript, SavedModel).
+
+Each artifact is written to a temporary sibling, run in its runtime (onnxruntime, the LiteRT
+interpreter or TF's, torch.jit, TF) against the framework model on seeded inputs, and renamed over OUT
+only when it is within tolerance: a failed export leaves no OUT and never clobbers an existing one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+
+from effspec import ir  # noqa: E402
+from effspec.errors import CheckFailed, UsageError  # noqa: E402
+from effspec.pipeline import build  # noqa: E402
+from effspec.weights.convert import keras_to_torch, set_keras_weights, torch_to_keras  # noqa: E402
+from effspec.weights.files import (  # noqa: E402
+    KERAS_SUFFIX,
+    TORCH_SUFFIXES,
+    atomic_output,
+    check_hdf5,
+    check_output,
+    existing_file,
+    load_keras_file,
+    load_torch_file,
+)
+from effspec.weights.generated import load_model_module  # noqa: E402
+from effspec.weights.manifest import build_manifest  # noqa: E402
+
+SUFFIXES = {"onnx": ".onnx", "tflite": ".tflite", "torchscript": ".pt"}
+TOLERANCE = {"onnx": 1e-4, "torchscript": 1e-4, "saved_model": 1e-4, "tflite": 1e-3}
+CHECK_BATCH = 2  # images in the self-check when the batch is dynamic
+CALIBRATION_IMAGES = 32
+_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    format: str
+    weights: Path | None = None
+    resolution: int | None = None
+    batch: int | None = 1  # None: dynamic
+    dynamic_size: bool = False
+    quantize: str | None = None
+    calibration: str | None = None
+
+
+@dataclass
+class ExportReport:
+    path: Path
+    lines: list[str] = field(default_factory=list)
+    failure: str | None = None
+
+    def raise_if_failed(self) -> None:
+        if self.failure:
+            raise CheckFailed(self.failure)
+
+
+def export(spec: str | Path, output: Path, options: ExportOptions) -> ExportReport:
+    fmt = options.format
+    if options.dynamic_size and fmt == "tflite":
+        raise UsageError("--dynamic-size: TFLite needs a fixed height and width; drop it or pick another format")
+    if fmt in SUFFIXES and output.suffix != SUFFIXES[fmt]:
+        raise UsageError(f"{output}: a {fmt} file ends in {SUFFIXES[fmt]}")
+    check_output(output, directory=fmt == "saved_model")
+    if options.calibration and options.calibration != "synthetic" and not Path(options.calibration).is_dir():
+        raise UsageError(f"--calibration {options.calibration}: not a folder of images (or 'synthetic')")
+    model = build(spec).model
+    resolution = options.resolution or model.resolution
+    state, source = _weights(model, options.weights)
+    report = ExportReport(output)
+    batch = "dynamic" if options.batch is None else str(options.batch)
+    size = "dynamic" if options.dynamic_size else f"{resolution}x{resolution}"
+    report.lines.append(f"{model.name} as {fmt}: weights {source}; batch {batch}, size {size}")
+    images = _check_images(model, resolution, options)
+    try:
+        if fmt in ("onnx", "torchscript"):
+            _export_torch(model, state, output, images, options, report, resolution)
+        else:
+            _export_keras(model, state, output, images, options, report, resolution)
+    except _Abort:
+        report.lines.append(f"nothing written: {output} is {'unchanged' if output.exists() else 'not created'}")
+    return report
+
+
+# weights ------------------------------------------------------------------------------------------
+
+
+def _weights(model: ir.Model, path: Path | None) -> tuple[dict[str, np.ndarray], str]:
+    """A canonical (torch) state dict from any file convert-weights reads, or the seeded init."""
+    manifest = build_manifest(model)
+    if path is None:
+        import torch
+
+        torch.manual_seed(0)
+        net = load_model_module(model, "torch").build_model(dropout=0.0, drop_path_rate=0.0)
+        generator = torch.Generator().manual_seed(1)
+        with torch.no_grad():  # batch norms that do something, so the self-check exercises them
+            for module in net.modules():
+                if isinstance(module, torch.nn.BatchNorm2d):
+                    for tensor, low, high in (
+                        (module.weight, 0.5, 1.5),
+                        (module.bias, -0.2, 0.2),
+                        (module.running_mean, -0.2, 0.2),
+                        (module.running_var, 0.5, 2.0),
+                    ):
+                        tensor.copy_(torch.rand(tensor.shape, generator=generator) * (high - low) + low)
+        state = {k: v.detach().numpy().copy() for k, v in net.state_dict().items()}
+        return state, "seeded random weights and batch-norm statistics (no --weights)"
+    existing_file(path)
+    if path.name.endswith(KERAS_SUFFIX):
+        check_hdf5(path)
+        net = _keras_net(model, None)
+        state = keras_to_torch(manifest, load_keras_file(net, path))
+    elif path.suffix in TORCH_SUFFIXES:
+        state = load_torch_file(path)
+        torch_to_keras(manifest, state)  # names and shapes checked against the manifest
+    else:
+        raise UsageError(f"{path}: --weights takes torch ({', '.join(TORCH_SUFFIXES)}) or Keras ({KERAS_SUFFIX}) files")
+    return state, str(path)
+
+
+# inputs -------------------------------------------------------------------------------------------
+
+
+def _check_images(model: ir.Model, resolution: int, options: ExportOptions) -> np.ndarray:
+    """NCHW float32 images: the calibration set when quantizing, else seeded normalized noise."""
+    batch = options.batch or CHECK_BATCH
+    channels = model.input.channels
+    if options.quantize:
+        if options.calibration and options.calibration != "synthetic":
+            images = _folder_images(Path(options.calibration), model, resolution)
+        else:
+            generator = np.random.default_rng(0)
+            images = generator.standard_normal((CALIBRATION_IMAGES, channels, resolution, resolution))
+        if options.batch is not None:  # whole batches only: a fixed-batch model takes nothing else
+            images = images[: max(options.batch, len(images) // options.batch * options.batch)]
+            if len(images) < options.batch:
+                images = np.concatenate([images] * -(-options.batch // len(images)))[: options.batch]
+        return images.astype(np.float32)
+    generator = np.random.default_rng(0)
+    return generator.standard_normal((batch, channels, resolution, resolution)).astype(np.float32)
+
+
+def _folder_images(folder: Path, model: ir.Model, resolution: int) -> np.ndarray:
+    """Up to CALIBRATION_IMAGES images under ``folder``: resized, 0..1, normalized with the spec's mean/std."""
+    try:
+        from PIL import Image
+    except ImportError as exc:
+        raise UsageError("--calibration DIR needs Pillow (pip install pillow); or use --calibration synthetic") from exc
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in _IMAGE_SUFFIXES and p.is_file())
+    if not files:
+        raise UsageError(f"--calibration {folder}: no images ({', '.join(_IMAGE_SUFFIXES)})")
+    mode = "L" if model.input.channels == 1 else "RGB"
+    mean = np.array(model.mean, dtype=np.float32).reshape(-1, 1, 1)
+    std = np.array(model.std, dtype=np.float32).reshape(-1, 1, 1)
+    images = []
+    for path in files[:CALIBRATION_IMAGES]:
+        try:
+            with Image.open(path) as image:
+                pixels = np.asarray(image.convert(mode).resize((resolution, resolution)), dtype=np.float32) / 255.0
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"{path}: not a readable image ({exc})") from exc
+        pixels = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
+        images.append((pixels - mean) / std)
+    return np.stack(images)
+
+
+def _compare(report: ExportReport, fmt: str, artifact: np.ndarray, reference: np.ndarray) -> None:
+    artifact, reference = np.asarray(artifact, np.float64), np.asarray(reference, np.float64)
+    max_abs = float(np.max(np.abs(artifact - reference)))
+    rel = max_abs / (float(np.max(np.abs(reference))) or 1.0)
+    tolerance = TOLERANCE[fmt]
+    verdict = "ok" if rel <= tolerance else "FAILED"  # NaN fails too
+    report.lines.append(
+        f"self-check in its runtime, {len(reference)} images: max abs {max_abs:.2e}, rel {rel:.2e} "
+        f"(tolerance {tolerance:g}) {verdict}"
+    )
+    if not rel <= tolerance:
+        report.failure = f"{fmt} export differs from the framework model: rel {rel:.2e} > {tolerance:g}"
+
+
+# torch: ONNX, TorchScript -------------------------------------------------------------------------
+
+
+def _torch_net(model: ir.Model, state: dict[str, np.ndarray]):
+    import torch
+
+    net = load_model_module(model, "torch").build_model(dropout=0.0, drop_path_rate=0.0)
+    net.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state.items()})
+    return net.eval()
+
+
+def static_same_padding(net, resolution: int, channels: int):
+    """Swap every per-call TF SAME conv for a zero pad of this resolution's amounts and a plain conv."""
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    class StaticSameConv(nn.Conv2d):
+        """A conv whose TF SAME padding was worked out once, for the export resolution (``pads``)."""
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return F.conv2d(F.pad(x, self.pads), self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+    sizes: dict[str, tuple[int, int]] = {}
+    dynamic = {name: m for name, m in net.named_modules() if type(m).__name__ == "Conv2dSame"}
+    hooks = []
+    for name, module in dynamic.items():
+
+        def record(_module, inputs, name: str = name) -> None:
+            sizes[name] = tuple(inputs[0].shape[-2:])
+
+        hooks.append(module.register_forward_pre_hook(record))
+    with torch.no_grad():
+        net(torch.zeros(1, channels, resolution, resolution))
+    for hook in hooks:
+        hook.remove()
+    for name, conv in dynamic.items():
+        pads = []
+        for axis, size in ((1, sizes[name][1]), (0, sizes[name][0])):  # F.pad: (left, right, top, bottom)
+            kernel, stride = conv.kernel_size[axis], conv.stride[axis]
+            total = max((-(-size // stride) - 1) * stride + kernel - size, 0)
+            pads += [total // 2, total - total // 2]
+        static = StaticSameConv(
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            conv.stride,
+            0,
+            groups=conv.groups,
+            bias=conv.bias is not None,
+        )
+        static.pads = pads
+        static.weight = conv.weight
+        static.bias = conv.bias
+        parent_name, _, child = name.rpartition(".")
+        setattr(net.get_submodule(parent_name) if parent_name else net, child, static)
+    return net, len(dynamic)
+
+
+def _export_torch(model, state, output, images, options, report, resolution) -> None:
+    import torch
+
+    net = _torch_net(model, state)
+    per_call = sum(type(m).__name__ == "Conv2dSame" for m in net.modules())
+    if options.dynamic_size and options.format == "onnx" and per_call:
+        raise UsageError(
+            f"--dynamic-size: {model.name} pads TF SAME by the input size's parity in {per_call} strided convs, which "
+            "ONNX cannot express exactly (its integer division truncates); export at a fixed --resolution, or use "
+            "torchscript / saved_model for dynamic sizes"
+        )
+    with torch.no_grad():
+        reference = net(torch.from_numpy(images)).numpy()
+    if not options.dynamic_size:
+        net, swapped = static_same_padding(net, resolution, model.input.channels)
+        if swapped:
+            report.lines.append(f"TF SAME padding static at {resolution}x{resolution} in {swapped} strided convs")
+    example = torch.from_numpy(images)
+    with atomic_output(output) as temporary:
+        if options.format == "onnx":
+            _write_onnx(net, example, temporary, options)
+            artifact = _run_onnx(temporary, images)
+        else:
+            scripted = torch.jit.script(net) if options.dynamic_size else torch.jit.trace(net, example)
+            scripted = torch.jit.freeze(scripted.eval())
+            scripted.save(str(temporary))
+            loaded = torch.jit.load(str(temporary))
+            with torch.no_grad():
+                artifact = loaded(torch.from_numpy(images)).numpy()
+        _compare(report, options.format, artifact, reference)
+        if report.failure:
+            raise _Abort
+    report.lines.append(f"input {_layout('NCHW', options, model, resolution)} float32")
+
+
+class _Abort(Exception):
+    """Leave the temporary artifact unrenamed (atomic_output removes it); the report says why."""
+
+
+def _layout(order: str, options: ExportOptions, model: ir.Model, resolution: int) -> str:
+    batch = "N" if options.batch is None else str(options.batch)
+    size = "H" if options.dynamic_size else str(resolution)
+    width = "W" if options.dynamic_size else str(resolution)
+    dims = {"N": batch, "C": str(model.input.channels), "H": size, "W": width}
+    return f"{order} ({', '.join(dims[axis] for axis in order)})"
+
+
+def _write_onnx(net, example, path: Path, options: ExportOptions) -> None:
+    import torch
+
+    axes: dict[int, str] = {}
+    if options.batch is None:
+        axes[0] = "batch"
+    if options.dynamic_size:
+        axes.update({2: "height", 3: "width"})
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            net,
+            (example,),
+            str(path),
+            input_names=["images"],
+            output_names=["logits"],
+            dynamic_axes={"images": axes, "logits": {0: "batch"} if 0 in axes else {}} if axes else None,
+            dynamo=False,
+        )
+
+
+def _run_onnx(path: Path, images: np.ndarray) -> np.ndarray:
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise UsageError("the ONNX self-check needs onnxruntime (pip install onnxruntime)") from exc
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: images})[0]
+
+
+# Keras: TFLite, SavedModel ------------------------------------------------------------------------
+
+
+def _keras_net(model: ir.Model, shape: tuple[Any, ...] | None):
+    module = load_model_module(model, "keras")
+    kwargs = {"input_shape": shape} if shape is not None else {}
+    return module.build_model(dropout=0.0, drop_path_rate=0.0, **kwargs)
+
+
+def _export_keras(model, state, output, images, options, report, resolution) -> None:
+    import keras
+    import tensorflow as tf
+
+    manifest = build_manifest(model)
+    channels = model.input.channels
+    size = None if options.dynamic_size else resolution
+    net = _keras_net(model, (size, size, channels))
+    set_keras_weights(manifest, net, torch_to_keras(manifest, state))
+    nhwc = np.ascontiguousarray(images.transpose(0, 2, 3, 1))
+    reference = keras.ops.convert_to_numpy(net(nhwc, training=False))
+    inputs = keras.Input(batch_shape=(options.batch, size, size, channels), name="images")
+    wrapped = keras.Model(inputs, net(inputs, training=False), name=net.name)
+    directory = options.format == "saved_model"
+    with atomic_output(output, directory=directory) as temporary:
+        if directory:
+            signature = tf.TensorSpec((options.batch, size, size, channels), tf.float32, name="images")
+            with contextlib.redirect_stdout(io.StringIO()):
+                wrapped.export(str(temporary), format="tf_saved_model", input_signature=[signature], verbose=False)
+            loaded = tf.saved_model.load(str(temporary))
+            artifact = loaded.serve(tf.constant(nhwc)).numpy()
+            _compare(report, "saved_model", artifact, reference)
+        else:
+            converter = tf.lite.TFLiteConverter.from_keras_model(wrapped)
+            if options.quantize:
+                calibration = nhwc
+
+                def representative():
+                    for image in calibration:
+                        yield [image[None]]
+
+                converter.optimizations = [tf.lite.Optimize.DEFAULT]
+                converter.representative_dataset = representative
+                converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+            with contextlib.redirect_stdout(io.StringIO()):
+                flatbuffer = converter.convert()
+            temporary.write_bytes(flatbuffer)
+            artifact, runtime = _run_tflite(temporary, nhwc)
+            report.lines.append(f"runtime: {runtime}")
+            if options.quantize:
+                agreement = float(np.mean(artifact.argmax(-1) == reference.argmax(-1)))
+                calibration_name = options.calibration or "synthetic"
+                report.lines.append(
+                    f"int8: top-1 agreement with the fp32 model {agreement:.1%} on {len(nhwc)} calibration images "
+                    f"({calibration_name}); max abs logit difference {np.max(np.abs(artifact - reference)):.3g}"
+                )
+            else:
+                _compare(report, "tflite", artifact, reference)
+        if report.failure:
+            raise _Abort
+    report.lines.append(f"input {_layout('NHWC', options, model, resolution)} float32")
+
+
+def _run_tflite(path: Path, images: np.ndarray) -> tuple[np.ndarray, str]:
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+
+        runtime = "ai-edge-litert"
+    except ImportError:
+        import tensorflow as tf
+
+        Interpreter = tf.lite.Interpreter  # noqa: N806
+        runtime = "tf.lite.Interpreter (ai-edge-litert not installed)"
+    interpreter = Interpreter(model_path=str(path))
+    detail = interpreter.get_input_details()[0]
+    outputs = []
+    fixed = int(detail["shape"][0])
+    step = fixed if fixed > 0 and list(detail["shape_signature"])[0] != -1 else len(images)
+    for start in range(0, len(images), step):
+        chunk = images[start : start + step]
+        if tuple(detail["shape"]) != chunk.shape:
+            interpreter.resize_tensor_input(detail["index"], list(chunk.shape))
+        interpreter.allocate_tensors()
+        interpreter.set_tensor(detail["index"], chunk)
+        interpreter.invoke()
+        outputs.append(np.array(interpreter.get_tensor(interpreter.get_output_details()[0]["index"])))
+    return np.concatenate(outputs), runtime

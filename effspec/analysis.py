@@ -36,9 +36,9 @@ class StageReport:
     name: str  # "stem", "blocks.0".."blocks.N-1" (the canonical stage names), "head", "classifier"
     block: str  # the block kind of a stage ("mbconv", "fused_mbconv"), or what the stem / head run
     repeats: int
-    kernel: int
+    kernel: tuple[int, ...]  # several for a mixed depthwise conv
     stride: int
-    expansion: int
+    expansion: float
     in_channels: int
     out_channels: int
     input_size: tuple[int, int]
@@ -62,7 +62,7 @@ def analyze(model: ir.Model) -> Report:
             "stem",
             "conv-bn-act",
             1,
-            stem.conv.kernel,
+            (stem.conv.kernel,),
             stem.conv.stride,
             1,
             stem.conv.in_channels,
@@ -81,7 +81,7 @@ def analyze(model: ir.Model) -> Report:
                 f"blocks.{stage.index}",
                 stage.kind,
                 len(stage.blocks),
-                first.kernel,
+                first.kernels,
                 first.stride,
                 first.expansion,
                 first.in_channels,
@@ -94,37 +94,58 @@ def analyze(model: ir.Model) -> Report:
         )
     head = model.head
     last = model.stages[-1].output
-    conv = head.conv.conv
-    rows.append(
-        StageReport(
-            "head",
-            "conv-bn-act",
-            1,
-            1,
-            1,
-            1,
-            conv.in_channels,
-            conv.out_channels,
-            (last.height, last.width),
-            (last.height, last.width),
-            0,
-            Cost.of(head.conv.layers),
+    size = (last.height, last.width)
+    if head.conv is not None:
+        conv = head.conv.conv
+        rows.append(
+            StageReport(
+                "head",
+                "conv-bn-act",
+                1,
+                (1,),
+                1,
+                1,
+                conv.in_channels,
+                conv.out_channels,
+                size,
+                size,
+                0,
+                Cost.of(head.conv.layers),
+            )
         )
-    )
+    if head.pooled_conv is not None:
+        pooled = head.pooled_conv.conv
+        rows.append(
+            StageReport(
+                "pooled_conv",
+                "pool-conv-act",
+                1,
+                (1,),
+                1,
+                1,
+                pooled.in_channels,
+                pooled.out_channels,
+                size,
+                (1, 1),
+                0,
+                Cost.of((pooled,)),
+            )
+        )
+    classifier = head.classifier
     rows.append(
         StageReport(
             "classifier",
-            "pool-dropout-fc",
+            "pool-dropout-fc" if head.pooled_conv is None else "dropout-fc",
+            1,
+            (1,),
             1,
             1,
-            1,
-            1,
-            conv.out_channels,
+            classifier.in_channels,
             head.num_classes,
-            (last.height, last.width),
+            size if head.pooled_conv is None else (1, 1),
             (1, 1),
             0,
-            Cost.of((head.classifier,)),
+            Cost.of((classifier,)),
         )
     )
     total = Cost.of(model.layers)

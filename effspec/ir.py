@@ -87,16 +87,43 @@ class Layer:
 
 @dataclass(frozen=True)
 class ConvBnAct:
-    """conv -> batch norm -> optional activation; ``name`` prefixes ``.conv`` and ``.bn``."""
+    """conv -> batch norm -> optional activation; ``name`` prefixes ``.conv`` and ``.bn``.
+
+    Usually one conv (``{name}.conv``). A mixed depthwise conv (MixNet) has several, named
+    ``{name}.conv.0``, ``.conv.1``...: each takes its share of the channels with its own kernel, and
+    their outputs are concatenated before the one batch norm."""
 
     name: str
-    conv: Layer
+    convs: tuple[Layer, ...]
     bn: Layer
     activation: str | None
 
     @property
+    def conv(self) -> Layer:
+        """The conv of a plain (not mixed) conv-bn-act."""
+        if len(self.convs) != 1:
+            raise ValueError(f"{self.name} is a mixed conv of {len(self.convs)} kernels")
+        return self.convs[0]
+
+    @property
+    def mixed(self) -> bool:
+        return len(self.convs) > 1
+
+    @property
+    def in_channels(self) -> int:
+        return sum(conv.in_channels for conv in self.convs)
+
+    @property
+    def out_channels(self) -> int:
+        return self.bn.out_channels
+
+    @property
+    def stride(self) -> int:
+        return self.convs[0].stride
+
+    @property
     def layers(self) -> tuple[Layer, ...]:
-        return (self.conv, self.bn)
+        return (*self.convs, self.bn)
 
 
 @dataclass(frozen=True)
@@ -129,8 +156,8 @@ class Block:
     in_channels: int
     mid_channels: int  # the width inside the block (after expand, before project)
     out_channels: int
-    expansion: int
-    kernel: int
+    expansion: float
+    kernels: tuple[int, ...]  # the depthwise (or fused) kernel; several for a mixed depthwise conv
     stride: int
     residual: bool
     drop_path_rate: float
@@ -140,6 +167,11 @@ class Block:
     depthwise: ConvBnAct | None  # mbconv only
     se: SqueezeExcite | None
     project: ConvBnAct | None  # absent on a fused block with expansion 1
+
+    @property
+    def kernel(self) -> int:
+        """The largest kernel (what decides how small a map the block can take)."""
+        return max(self.kernels)
 
     @property
     def se_channels(self) -> int:
@@ -167,15 +199,28 @@ class Stage:
 
 
 @dataclass(frozen=True)
+class PooledConv:
+    """A 1x1 conv with bias (no batch norm) on the pooled features, then ``activation``."""
+
+    conv: Layer  # named "pooled_conv"
+    activation: str | None
+
+
+@dataclass(frozen=True)
 class Head:
-    conv: ConvBnAct  # named "head"
+    """[conv-bn-act "head"] -> global average pool -> [pooled conv] -> dropout -> classifier."""
+
+    conv: ConvBnAct | None  # named "head"; None: the last stage feeds the pool
+    pooled_conv: PooledConv | None
     classifier: Layer  # named "classifier"
     dropout: float
     num_classes: int
 
     @property
     def layers(self) -> tuple[Layer, ...]:
-        return (*self.conv.layers, self.classifier)
+        conv = self.conv.layers if self.conv is not None else ()
+        pooled = (self.pooled_conv.conv,) if self.pooled_conv is not None else ()
+        return (*conv, *pooled, self.classifier)
 
 
 @dataclass(frozen=True)
@@ -255,7 +300,13 @@ class Model:
 
     @property
     def num_features(self) -> int:
-        return self.head.conv.conv.out_channels
+        """The width the classifier reads."""
+        return self.head.classifier.in_channels
+
+    @property
+    def feature_channels(self) -> int:
+        """The width of the last feature map (before pooling)."""
+        return self.head.conv.out_channels if self.head.conv is not None else self.stages[-1].output.channels
 
     @property
     def params(self) -> int:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from effspec.errors import SpecError
 from effspec.loader import LoadedSpec
-from effspec.scaling import Multipliers, round_channels, round_repeats
+from effspec.scaling import Multipliers, round_channels, stage_repeats
 
 MAX_BLOCKS = 1000  # scaled blocks in the whole network (EfficientNetV2-L has 79)
 MAX_CHANNELS = 65_536  # any scaled width, expanded widths included (B7's widest is 3,840)
@@ -53,7 +53,7 @@ def check_limits(loaded: LoadedSpec, scaled: Multipliers) -> None:
     blocks = 0
     for index, stage in enumerate(spec.stages):
         where = ("stages", index)
-        repeats = round_repeats(stage.repeats, scaled.depth)
+        repeats = stage_repeats(stage, scaled.depth, defaults.repeat_rounding)
         blocks += repeats
         if blocks > MAX_BLOCKS:
             raise _fail(
@@ -69,7 +69,7 @@ def check_limits(loaded: LoadedSpec, scaled: Multipliers) -> None:
             block_in = in_channels if block == 0 else out_channels
             mid = block_in * stage.expansion
             check_width(mid, (*where, "expansion"), f"stages[{index}].expansion", "expanded channels")
-            kernel_area = stage.kernel**2
+            kernel_area = max(stage.kernel if isinstance(stage.kernel, tuple) else (stage.kernel,)) ** 2
             if stage.block == "mbconv":
                 params += block_in * mid + mid * kernel_area + mid * out_channels
             else:

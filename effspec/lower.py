@@ -1,11 +1,31 @@
-"""Lowering: a validated, scaled spec -> the fully resolved IR (``effspec.ir.Model``)."""
+"""Lowering: a validated, scaled spec -> the fully resolved IR (``effspec.ir.Model``).
+
+Every rule that decides a layer lives here, once: widths and their rounding, which convs a block
+has, squeeze-excite widths, residuals, padding, groups, drop-path rates. Backends, the analysis,
+``effspec info`` and the weight manifest only read the result. docs/spec.md states these rules.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from effspec import ir
 from effspec.loader import LoadedSpec
-from effspec.scaling import Multipliers, drop_path_rates, round_channels, round_repeats
-from effspec.schema import Spec, Training
+from effspec.scaling import Multipliers, drop_path_rates, round_channels, stage_repeats
+from effspec.schema import BlockOverride, Spec, Stage, Training
+
+
+def split_channels(channels: int, parts: int) -> tuple[int, ...]:
+    """Channels of a mixed conv's groups: equal parts, the remainder on the first (MixNet)."""
+    sizes = [channels // parts] * parts
+    sizes[0] += channels - sum(sizes)
+    return tuple(sizes)
+
+
+def _output_shape(channels: int, input_shape: ir.Shape, stride: int) -> ir.Shape:
+    return ir.Shape(
+        channels, ir.same_output_size(input_shape.height, stride), ir.same_output_size(input_shape.width, stride)
+    )
 
 
 def _conv_bn_act(
@@ -20,9 +40,9 @@ def _conv_bn_act(
     groups: int = 1,
 ) -> ir.ConvBnAct:
     """conv -> BN -> activation; ``groups == in_channels == out_channels`` makes it depthwise."""
-    out_size = ir.Shape(
-        out_channels, ir.same_output_size(input_shape.height, stride), ir.same_output_size(input_shape.width, stride)
-    )
+    if in_channels % groups or out_channels % groups:
+        raise ValueError(f"{name}: {groups} groups do not divide {in_channels} -> {out_channels} channels")
+    out_size = _output_shape(out_channels, input_shape, stride)
     depthwise = groups > 1 and groups == in_channels == out_channels
     conv = ir.Layer(
         f"{name}.conv",
@@ -36,17 +56,77 @@ def _conv_bn_act(
         padding=ir.resolve_padding(padding, kernel, stride),
     )
     bn = ir.Layer(f"{name}.bn", "batch_norm", out_channels, out_channels, out_size)
-    return ir.ConvBnAct(name, conv, bn, activation)
+    return ir.ConvBnAct(name, (conv,), bn, activation)
 
 
-def _squeeze_excite(name: str, channels: int, se_channels: int, activation: str) -> ir.SqueezeExcite:
-    """Squeeze-excite gating ``channels`` through a ``se_channels`` bottleneck (1x1 convs with bias)."""
+def _mixed_depthwise(
+    name: str,
+    channels: int,
+    kernels: tuple[int, ...],
+    stride: int,
+    padding: ir.Padding,
+    activation: str | None,
+    input_shape: ir.Shape,
+) -> ir.ConvBnAct:
+    """A depthwise conv whose channels are split across several kernel sizes, then one BN."""
+    out_size = _output_shape(channels, input_shape, stride)
+    convs = tuple(
+        ir.Layer(
+            f"{name}.conv.{index}",
+            "depthwise_conv",
+            part,
+            part,
+            _output_shape(part, input_shape, stride),
+            kernel=kernel,
+            stride=stride,
+            groups=part,
+            padding=ir.resolve_padding(padding, kernel, stride),
+        )
+        for index, (part, kernel) in enumerate(zip(split_channels(channels, len(kernels)), kernels, strict=True))
+    )
+    bn = ir.Layer(f"{name}.bn", "batch_norm", channels, channels, out_size)
+    return ir.ConvBnAct(name, convs, bn, activation)
+
+
+@dataclass(frozen=True)
+class BlockFields:
+    """A stage's fields with one block's overrides applied (``stages[i].blocks[j]``)."""
+
+    kernel: int | tuple[int, ...]
+    expansion: float
+    expansion_in: int | None
+    se_ratio: float | None
+    activation: str | None
+    expand_conv: bool | None
+    expand_groups: int
+    project_groups: int
+    residual: bool | None
+
+    @staticmethod
+    def of(stage: Stage, override: BlockOverride | None) -> BlockFields:
+        fields = {name: getattr(stage, name) for name in BlockFields.__dataclass_fields__}
+        if override is not None:
+            fields.update({name: value for name, value in override if value is not None})
+        return BlockFields(**fields)
+
+
+def _squeeze_excite(
+    spec: Spec, name: str, channels: int, in_channels: int, ratio: float, activation: str
+) -> ir.SqueezeExcite:
+    """SE gating ``channels`` through ``ratio`` x the block input (or x ``channels``: ``width_from``)."""
+    settings = spec.defaults.squeeze_excite
+    base = in_channels if settings.width_from == "input" else channels
+    if settings.divisor == 1:
+        se_channels = max(1, int(base * ratio))
+    else:
+        se_channels = round_channels(base * ratio, 1.0, settings.divisor, spec.defaults.round_limit)
+    act = settings.activation or activation
     return ir.SqueezeExcite(
         name,
         channels,
         se_channels,
-        activation,
-        "sigmoid",
+        act,
+        settings.gate,
         ir.Layer(f"{name}.reduce", "conv", channels, se_channels, ir.Shape(se_channels, 1, 1), bias=True),
         ir.Layer(f"{name}.expand", "conv", se_channels, channels, ir.Shape(channels, 1, 1), bias=True),
     )
@@ -54,6 +134,7 @@ def _squeeze_excite(name: str, channels: int, se_channels: int, activation: str)
 
 def _block(
     spec: Spec,
+    scaled: Multipliers,
     stage_index: int,
     index: int,
     global_index: int,
@@ -65,40 +146,67 @@ def _block(
     """Every rule of a block, in one place.
 
     - The stage's stride sits on its first block; a block adds its input back (``residual``) when
-      its stride is 1 and its input and output widths agree.
-    - MBConv: 1x1 expand (absent at expansion 1) -> k x k depthwise (the stride) -> SE -> 1x1 project.
+      its stride is 1 and its input and output widths agree, unless the spec says ``residual: false``.
+    - The expanded width is ``expansion`` x the block input (or x the scaled ``expansion_in``),
+      rounded to the channel divisor as every width is (an exact multiple stays as it is).
+    - MBConv: 1x1 expand (absent at expansion 1 unless ``expand_conv``) -> k x k depthwise (the
+      stride; several kernels split its channels) -> SE -> 1x1 project.
     - Fused-MBConv: k x k expand conv (the stride) -> SE -> 1x1 project; at expansion 1 the k x k conv
       goes straight to the output width, keeps its activation, and there is no project conv.
-    - SE squeezes to ``max(1, int(block input width * se_ratio))`` and gates the width of the conv
-      before it. Fused-MBConv has no SE unless its stage sets ``se_ratio``.
+    - SE width: ``se_ratio`` x the block input (or x the expanded width), see ``_squeeze_excite``.
+      Fused-MBConv has no SE unless its stage (or block) sets ``se_ratio``.
     """
     stage = spec.stages[stage_index]
+    fields = BlockFields.of(stage, stage.blocks[index] if index < len(stage.blocks) else None)
+    d = spec.defaults
     name = f"blocks.{stage_index}.{index}"
     stride = stage.stride if index == 0 else 1
-    activation = stage.activation or spec.defaults.activation
-    padding = spec.defaults.padding
-    se_ratio = stage.se_ratio if stage.se_ratio is not None else spec.defaults.se_ratio
-    if stage.block == "fused_mbconv" and stage.se_ratio is None:
+    activation = fields.activation or d.activation
+    padding = d.padding
+    se_ratio = fields.se_ratio if fields.se_ratio is not None else d.se_ratio
+    if stage.block == "fused_mbconv" and fields.se_ratio is None:
         se_ratio = 0.0  # Fused-MBConv has no SE unless the stage asks for it
-    se_channels = max(1, int(in_channels * se_ratio)) if se_ratio > 0 else 0
+    expand_from = in_channels
+    if fields.expansion_in is not None:
+        expand_from = round_channels(fields.expansion_in, scaled.width, d.channel_divisor, d.round_limit)
+    mid = round_channels(expand_from * fields.expansion, 1.0, d.channel_divisor, d.round_limit)
+    fused_direct = stage.block == "fused_mbconv" and fields.expansion == 1 and fields.expansion_in is None
+    kernels = fields.kernel if isinstance(fields.kernel, tuple) else (fields.kernel,)
     shape = input_shape
     expand = depthwise = project = None
     if stage.block == "mbconv":
-        mid = in_channels * stage.expansion
-        if stage.expansion != 1:
-            expand = _conv_bn_act(f"{name}.expand", in_channels, mid, 1, 1, padding, activation, shape)
-        depthwise = _conv_bn_act(
-            f"{name}.depthwise", mid, mid, stage.kernel, stride, padding, activation, shape, groups=mid
-        )
+        has_expand = fields.expand_conv if fields.expand_conv is not None else fields.expansion != 1
+        if not has_expand:
+            mid = in_channels  # no expand conv: the depthwise conv runs on the block input
+        else:
+            expand = _conv_bn_act(
+                f"{name}.expand", in_channels, mid, 1, 1, padding, activation, shape, fields.expand_groups
+            )
+        if len(kernels) > 1:
+            depthwise = _mixed_depthwise(f"{name}.depthwise", mid, kernels, stride, padding, activation, shape)
+        else:
+            depthwise = _conv_bn_act(
+                f"{name}.depthwise", mid, mid, kernels[0], stride, padding, activation, shape, groups=mid
+            )
         shape = depthwise.bn.output
     else:
-        mid = in_channels * stage.expansion if stage.expansion != 1 else out_channels
-        expand = _conv_bn_act(f"{name}.expand", in_channels, mid, stage.kernel, stride, padding, activation, shape)
+        if len(kernels) > 1:
+            raise ValueError(f"{name}: a fused_mbconv block has one kernel size, found {list(kernels)}")
+        if fused_direct:
+            mid = out_channels  # the k x k conv goes straight to the output width
+        expand = _conv_bn_act(
+            f"{name}.expand", in_channels, mid, kernels[0], stride, padding, activation, shape, fields.expand_groups
+        )
         shape = expand.bn.output
-    se = _squeeze_excite(f"{name}.se", mid, se_channels, activation) if se_channels else None
-    if stage.block == "mbconv" or stage.expansion != 1:
-        project = _conv_bn_act(f"{name}.project", mid, out_channels, 1, 1, padding, None, shape)
+    se = None
+    if se_ratio > 0:
+        se = _squeeze_excite(spec, f"{name}.se", mid, in_channels, se_ratio, activation)
+    if not fused_direct:
+        project = _conv_bn_act(
+            f"{name}.project", mid, out_channels, 1, 1, padding, None, shape, groups=fields.project_groups
+        )
         shape = project.bn.output
+    residual = stride == 1 and in_channels == out_channels and fields.residual is not False
     return ir.Block(
         name=name,
         stage=stage_index,
@@ -108,10 +216,10 @@ def _block(
         in_channels=in_channels,
         mid_channels=mid,
         out_channels=out_channels,
-        expansion=stage.expansion,
-        kernel=stage.kernel,
+        expansion=fields.expansion,
+        kernels=kernels,
         stride=stride,
-        residual=stride == 1 and in_channels == out_channels,
+        residual=residual,
         drop_path_rate=drop_path_rate,
         input=input_shape,
         output=shape,
@@ -166,6 +274,23 @@ def _training_plan(training: Training, scaled: Multipliers) -> ir.TrainingPlan:
     )
 
 
+def stem_channels(spec: Spec, scaled: Multipliers) -> int:
+    """The stem's width: scaled and rounded like every width, unless ``stem.scale_width`` is false."""
+    d = spec.defaults
+    if not spec.stem.scale_width:
+        return spec.stem.channels
+    return round_channels(spec.stem.channels, scaled.width, d.channel_divisor, d.round_limit)
+
+
+def head_channels(spec: Spec, scaled: Multipliers) -> int:
+    """The head conv's width (0: none): scaled unless fixed, and at least ``min_channels``."""
+    d, head = spec.defaults, spec.head
+    if head.channels == 0 or not head.scale_width:
+        return head.channels
+    channels = round_channels(head.channels, scaled.width, d.channel_divisor, d.round_limit)
+    return max(channels, head.min_channels or 0)
+
+
 def lower(loaded: LoadedSpec, scaled: Multipliers) -> ir.Model:
     """Resolve every channel count, repeat, stride, padding, drop-path rate and shape."""
     spec = loaded.spec
@@ -178,32 +303,53 @@ def lower(loaded: LoadedSpec, scaled: Multipliers) -> ir.Model:
     stem = _conv_bn_act(
         "stem",
         spec.input.channels,
-        channels(spec.stem.channels),
+        stem_channels(spec, scaled),
         spec.stem.kernel,
         spec.stem.stride,
         d.padding,
-        d.activation,
+        spec.stem.activation or d.activation,
         input_shape,
     )
-    repeats = [round_repeats(stage.repeats, scaled.depth) for stage in spec.stages]
+    repeats = [stage_repeats(stage, scaled.depth, d.repeat_rounding) for stage in spec.stages]
     rates = drop_path_rates(scaled.drop_path_rate, sum(repeats))
     stages: list[ir.Stage] = []
-    in_channels, shape, global_index = stem.conv.out_channels, stem.bn.output, 0
+    in_channels, shape, global_index = stem.out_channels, stem.bn.output, 0
     for stage_index, stage in enumerate(spec.stages):
         blocks = []
         out_channels = channels(stage.channels)
         for index in range(repeats[stage_index]):
             block = _block(
-                spec, stage_index, index, global_index, in_channels, out_channels, rates[global_index], shape
+                spec, scaled, stage_index, index, global_index, in_channels, out_channels, rates[global_index], shape
             )
             blocks.append(block)
             in_channels, shape, global_index = out_channels, block.output, global_index + 1
         stages.append(ir.Stage(stage_index, stage.block, tuple(blocks)))
-    head_conv = _conv_bn_act("head", in_channels, channels(spec.head.channels), 1, 1, d.padding, d.activation, shape)
+    head_conv = None
+    features = in_channels
+    if spec.head.channels:
+        head_conv = _conv_bn_act(
+            "head",
+            in_channels,
+            head_channels(spec, scaled),
+            1,
+            1,
+            d.padding,
+            spec.head.activation or d.activation,
+            shape,
+        )
+        features = head_conv.out_channels
+    pooled_conv = None
+    if spec.head.pooled_conv is not None:
+        width = spec.head.pooled_conv.channels
+        pooled_conv = ir.PooledConv(
+            ir.Layer("pooled_conv", "conv", features, width, ir.Shape(width, 1, 1), bias=True),
+            spec.head.pooled_conv.activation or d.activation,
+        )
+        features = width
     classifier = ir.Layer(
         "classifier",
         "linear",
-        head_conv.conv.out_channels,
+        features,
         spec.head.num_classes,
         ir.Shape(spec.head.num_classes, 1, 1),
         bias=True,
@@ -224,6 +370,6 @@ def lower(loaded: LoadedSpec, scaled: Multipliers) -> ir.Model:
         drop_path_rate=scaled.drop_path_rate,
         stem=stem,
         stages=tuple(stages),
-        head=ir.Head(head_conv, classifier, scaled.dropout, spec.head.num_classes),
+        head=ir.Head(head_conv, pooled_conv, classifier, scaled.dropout, spec.head.num_classes),
         training=_training_plan(spec.training, scaled),
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from effspec.schema import CompoundScaling, ExplicitScaling, Spec
+from effspec.schema import CompoundScaling, ExplicitScaling, Spec, Stage
 
 FLOPS_TARGET = 2.0
 FLOPS_TOLERANCE = 0.1
@@ -22,7 +22,7 @@ class Multipliers:
     drop_path_rate: float
 
 
-def round_channels(channels: int, width: float, divisor: int, round_limit: float) -> int:
+def round_channels(channels: float, width: float, divisor: int, round_limit: float) -> int:
     """Scale ``channels`` by ``width`` and round to a multiple of ``divisor``.
 
     Rounds to the nearest multiple (never below ``divisor``); when that loses more than
@@ -35,9 +35,17 @@ def round_channels(channels: int, width: float, divisor: int, round_limit: float
     return int(rounded)
 
 
-def round_repeats(repeats: int, depth: float) -> int:
-    """Scale a stage's block count by ``depth``, rounding up."""
-    return int(math.ceil(depth * repeats))
+def round_repeats(repeats: int, depth: float, rounding: str = "ceil") -> int:
+    """Scale a stage's block count by ``depth``: rounded up (``ceil``, EfficientNet) or to the
+    nearest integer (``round``, ties to even as Python rounds; TinyNet), never below 1."""
+    if rounding == "round":
+        return max(1, round(depth * repeats))
+    return max(1, int(math.ceil(depth * repeats)))
+
+
+def stage_repeats(stage: Stage, depth: float, rounding: str) -> int:
+    """A stage's scaled block count: ``round_repeats``, or as written when ``scale_depth`` is false."""
+    return round_repeats(stage.repeats, depth, rounding) if stage.scale_depth else stage.repeats
 
 
 def scaled_resolution(base: int, gamma: float, phi: float, divisor: int = 1) -> int:

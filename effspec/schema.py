@@ -13,7 +13,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator
 
-Activation = Literal["swish", "silu", "relu", "relu6", "gelu", "hard_swish"]
+Activation = Literal["swish", "silu", "relu", "relu6", "gelu", "hard_swish", "hard_sigmoid", "mish"]
+Gate = Literal["sigmoid", "hard_sigmoid"]
 Padding = Literal["same", "symmetric"]
 BlockKind = Literal["mbconv", "fused_mbconv"]
 
@@ -52,10 +53,19 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True, allow_inf_nan=False)
 
 
-def _odd_kernel(value: int) -> int:
-    if value % 2 == 0:
-        raise ValueError(f"expected an odd kernel size, found {value}")
+def _odd_kernel(value: int | tuple[int, ...]) -> int | tuple[int, ...]:
+    for kernel in value if isinstance(value, tuple) else (value,):
+        if kernel % 2 == 0:
+            raise ValueError(f"expected an odd kernel size, found {kernel}")
     return value
+
+
+#: One kernel size, or several for a mixed depthwise conv (MixNet): the channels are split into as
+#: many groups as kernels (docs/spec.md states the split).
+KernelSize = Annotated[int, Field(gt=0, le=MAX_KERNEL, strict=True)]
+Kernel = KernelSize | Annotated[tuple[KernelSize, ...], Field(min_length=2, max_length=8)]
+Expansion = Annotated[float, Field(gt=0, le=MAX_EXPANSION, strict=True)]
+Groups = Annotated[int, Field(gt=0, le=MAX_CHANNELS, strict=True)]
 
 
 class Input(_Section):
@@ -80,42 +90,122 @@ class BatchNorm(_Section):
     momentum: float = Field(0.99, gt=0, lt=1, strict=True, description="running-average decay, TF/Keras convention")
 
 
+class SqueezeExcite(_Section):
+    """How every squeeze-and-excitation is built (how wide it is: ``se_ratio``)."""
+
+    gate: Gate = Field("sigmoid", description="the function that turns the expanded squeeze into a 0..1 gate")
+    activation: Activation | None = Field(
+        None, description="between the reduce and expand convs; default: the block's activation"
+    )
+    width_from: Literal["input", "expanded"] = Field(
+        "input",
+        description="squeeze width = se_ratio x the block's input channels (EfficientNet) or x its expanded "
+        "channels (MobileNetV3)",
+    )
+    divisor: PositiveInt = Field(
+        1,
+        le=MAX_CHANNELS,
+        description="1: max(1, int(width)); otherwise round the width to a multiple of this, as channels are "
+        "rounded (nearest multiple, never below it, plus one more when that loses over 10%)",
+    )
+
+
 class Defaults(_Section):
     """Settings every block inherits unless its stage overrides them."""
 
-    activation: Activation = "swish"
+    activation: Activation = Field("swish", description="of every conv-bn-act and squeeze-excite")
     batch_norm: BatchNorm = BatchNorm()
-    padding: Padding = "same"
-    se_ratio: Fraction = 0.25
-    drop_path_rate: Fraction = 0.2
-    channel_divisor: PositiveInt = Field(8, le=MAX_CHANNELS)
+    padding: Padding = Field("same", description="same: TensorFlow SAME; symmetric: (kernel - 1) // 2 per side")
+    se_ratio: Fraction = Field(0.25, description="squeeze-excite width ratio of MBConv blocks (0 = no SE)")
+    squeeze_excite: SqueezeExcite = SqueezeExcite()
+    drop_path_rate: Fraction = Field(0.2, description="stochastic depth: block i of N gets rate * i / N")
+    channel_divisor: PositiveInt = Field(8, le=MAX_CHANNELS, description="every scaled width is a multiple of this")
     round_limit: float = Field(0.9, ge=0, lt=1, strict=True, description="the 10% rule: 0.9 for V1, 0 disables it (V2)")
+    repeat_rounding: Literal["ceil", "round"] = Field(
+        "ceil", description="scaled repeats: ceil(depth x repeats) (EfficientNet) or round() (ties to even; TinyNet)"
+    )
 
 
 class Stem(_Section):
-    channels: PositiveInt = Field(32, le=MAX_CHANNELS)
+    """The first conv-bn-act."""
+
+    channels: PositiveInt = Field(32, le=MAX_CHANNELS, description="output width (scaled by width unless fixed)")
     kernel: PositiveInt = Field(3, le=MAX_KERNEL)
     stride: Stride = 2
+    activation: Activation | None = Field(None, description="default: defaults.activation")
+    scale_width: bool = Field(True, description="false: the stem keeps `channels` at every width (Lite, TinyNet)")
+
+    _kernel = field_validator("kernel")(_odd_kernel)
+
+
+class BlockOverride(_Section):
+    """Fields that one block of a stage sets differently from its stage (None: the stage's value)."""
+
+    kernel: Kernel | None = None
+    expansion: Expansion | None = None
+    expansion_in: PositiveInt | None = Field(None, le=MAX_CHANNELS)
+    se_ratio: Fraction | None = None
+    activation: Activation | None = None
+    expand_conv: bool | None = None
+    expand_groups: Groups | None = None
+    project_groups: Groups | None = None
+    residual: bool | None = None
 
     _kernel = field_validator("kernel")(_odd_kernel)
 
 
 class Stage(_Section):
+    """``repeats`` blocks of one kind; the first has ``stride``, all output ``channels``."""
+
     block: BlockKind
-    repeats: PositiveInt = Field(le=MAX_REPEATS)
-    kernel: PositiveInt = Field(le=MAX_KERNEL)
+    repeats: PositiveInt = Field(le=MAX_REPEATS, description="block count before depth scaling")
+    kernel: Kernel = Field(description="odd kernel size; a list splits a depthwise conv across kernels (MixNet)")
     stride: Stride
-    expansion: PositiveInt = Field(le=MAX_EXPANSION)
-    channels: PositiveInt = Field(le=MAX_CHANNELS)
+    expansion: Expansion = Field(
+        description="expanded width = round(expansion x block input channels) to the channel divisor"
+    )
+    channels: PositiveInt = Field(le=MAX_CHANNELS, description="output width before width scaling")
     se_ratio: Fraction | None = Field(None, description="overrides defaults.se_ratio (0 = no SE)")
     activation: Activation | None = Field(None, description="overrides defaults.activation")
+    expansion_in: PositiveInt | None = Field(
+        None, le=MAX_CHANNELS, description="expand this width (scaled like channels) instead of the block input"
+    )
+    expand_conv: bool | None = Field(
+        None, description="MBConv: true keeps the 1x1 expand conv at expansion 1 (FBNet); default: only when != 1"
+    )
+    expand_groups: Groups = Field(1, description="groups of the expand conv (MixNet: 2)")
+    project_groups: Groups = Field(1, description="groups of the 1x1 project conv (MixNet: 2)")
+    residual: bool | None = Field(
+        None, description="false: never add the input back (noskip); default: when stride 1 and widths agree"
+    )
+    scale_depth: bool = Field(True, description="false: repeats stay as written at every depth (Lite's first/last)")
+    blocks: list[BlockOverride] = Field(
+        default_factory=list, max_length=MAX_REPEATS, description="entry j overrides fields of block j of the stage"
+    )
 
     _kernel = field_validator("kernel")(_odd_kernel)
 
 
+class PooledConv(_Section):
+    """A 1x1 conv with bias and no batch norm after global pooling (MobileNetV3's head)."""
+
+    channels: PositiveInt = Field(le=MAX_CHANNELS, description="not scaled by width")
+    activation: Activation | None = Field(None, description="default: defaults.activation")
+
+
 class Head(_Section):
-    channels: PositiveInt = Field(1280, le=MAX_CHANNELS, description="1x1 conv width before pooling (scaled by width)")
-    dropout: Fraction = 0.2
+    """Head conv-bn-act -> global average pool -> (pooled conv) -> dropout -> classifier."""
+
+    channels: int = Field(
+        1280, ge=0, le=MAX_CHANNELS, strict=True, description="1x1 conv width before pooling; 0 = no head conv"
+    )
+    scale_width: bool = Field(True, description="false: the head conv keeps `channels` at every width")
+    min_channels: PositiveInt | None = Field(
+        None, le=MAX_CHANNELS, description="the scaled head width is at least this (MobileNetV2, TinyNet)"
+    )
+    activation: Activation | None = Field(None, description="of the head conv; default: defaults.activation")
+    pooled_conv: PooledConv | None = None
+    dropout: Fraction = Field(0.2, description="before the classifier")
     num_classes: PositiveInt = Field(1000, le=MAX_CLASSES)
 
 
@@ -123,7 +213,7 @@ class CompoundScaling(_Section):
     """EfficientNet's compound rule: depth alpha^phi, width beta^phi, resolution gamma^phi."""
 
     method: Literal["compound"]
-    phi: float = Field(ge=0, le=MAX_PHI, strict=True)
+    phi: float = Field(ge=-MAX_PHI, le=MAX_PHI, strict=True, description="may be negative: a smaller model")
     alpha: float = Field(1.2, ge=1, le=MAX_COEFFICIENT, strict=True)
     beta: float = Field(1.1, ge=1, le=MAX_COEFFICIENT, strict=True)
     gamma: float = Field(1.15, ge=1, le=MAX_COEFFICIENT, strict=True)

@@ -17,3 +17,31 @@ REFERENCE = {
     "efficientnetv2-m": (54_139_356, 24_582_460_384),
     "efficientnetv2-l": (118_515_272, 56_079_699_008),
 }
+
+#: The wider MBConv family (REFERENCE.md): spec -> (timm model, native resolution, params, MACs).
+FAMILIES = {
+    "efficientnet-lite0": ("tf_efficientnet_lite0", 224, 4_652_008, 385_187_552),
+    "efficientnet-lite1": ("tf_efficientnet_lite1", 240, 5_416_680, 600_185_232),
+    "efficientnet-lite2": ("tf_efficientnet_lite2", 260, 6_092_072, 859_736_272),
+    "efficientnet-lite3": ("tf_efficientnet_lite3", 300, 8_197_096, 1_607_554_544),
+    "efficientnet-lite4": ("tf_efficientnet_lite4", 380, 13_006_568, 3_943_564_112),
+    "efficientnet-edgetpu-s": ("tf_efficientnet_es", 224, 5_438_392, 1_788_731_008),
+    "efficientnet-edgetpu-m": ("tf_efficientnet_em", 240, 6_899_496, 3_013_321_088),
+    "efficientnet-edgetpu-l": ("tf_efficientnet_el", 300, 10_589_712, 7_936_082_848),
+    "mnasnet-b1": ("mnasnet_100", 224, 4_383_312, 314_415_872),
+    "mnasnet-a1": ("semnasnet_100", 224, 3_887_038, 311_579_072),
+    "mobilenetv2-100": ("mobilenetv2_100", 224, 3_504_872, 300_774_272),
+    "mobilenetv2-140": ("mobilenetv2_140", 224, 6_108_776, 582_195_824),
+    "mobilenetv3-large-100": ("tf_mobilenetv3_large_100", 224, 5_483_032, 216_589_760),
+    "mobilenetv3-small-100": ("tf_mobilenetv3_small_100", 224, 2_542_856, 56_510_400),
+    "mixnet-s": ("tf_mixnet_s", 224, 4_134_606, 239_173_360),
+    "mixnet-m": ("tf_mixnet_m", 224, 5_014_382, 339_172_672),
+    "mixnet-l": ("tf_mixnet_l", 224, 7_329_252, 555_251_792),
+    "tinynet-a": ("tinynet_a", 192, 6_187_972, 336_867_712),
+    "tinynet-b": ("tinynet_b", 188, 3_730_562, 200_709_360),
+    "tinynet-c": ("tinynet_c", 184, 2_457_234, 99_536_432),
+    "tinynet-d": ("tinynet_d", 152, 2_338_446, 51_580_656),
+    "tinynet-e": ("tinynet_e", 106, 2_042_972, 24_356_848),
+    "fbnet-c": ("fbnetc_100", 224, 5_572_200, 384_960_160),
+    "spnasnet-100": ("spnasnet_100", 224, 4_421_616, 333_467_072),
+}

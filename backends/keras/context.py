@@ -20,6 +20,8 @@ ACTIVATIONS = {
     "relu6": "relu6",
     "gelu": "gelu",
     "hard_swish": "hard_silu",
+    "hard_sigmoid": "hard_sigmoid",
+    "mish": "mish",
     "sigmoid": "sigmoid",
 }
 
@@ -38,7 +40,8 @@ def block_output_layer(block: ir.Block) -> str:
 def _check_padding(model: ir.Model) -> None:
     """The generated conv_bn_act uses Keras' "same" at stride 1: the IR must pad (k - 1) // 2 there."""
     for layer in model.layers:
-        if layer.kind in ("conv", "depthwise_conv") and layer.stride == 1 and layer.padding != (layer.kernel - 1) // 2:
+        fixed = layer.kind in ("conv", "depthwise_conv") and layer.stride == 1
+        if fixed and layer.padding != (layer.kernel - 1) // 2:
             raise ValueError(f"{layer.name}: the keras backend cannot pad {layer.padding!r} at stride 1")
 
 
@@ -53,5 +56,9 @@ def model_context(model: ir.Model) -> dict[str, object]:
         **header_context(model),
         "activations": ACTIVATIONS,
         "stage_outputs": stage_outputs,
-        "features_output": ir.flat_name(f"{model.head.conv.name}.act"),
+        "features_output": (
+            ir.flat_name(f"{model.head.conv.name}.act")
+            if model.head.conv is not None
+            else stage_outputs[-1]
+        ),
     }

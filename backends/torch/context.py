@@ -21,6 +21,8 @@ ACTIVATIONS = {
     "relu6": "nn.ReLU6",
     "gelu": "nn.GELU",
     "hard_swish": "nn.Hardswish",
+    "hard_sigmoid": "nn.Hardsigmoid",
+    "mish": "nn.Mish",
     "sigmoid": "nn.Sigmoid",
 }
 
@@ -38,7 +40,8 @@ def check_activations(model: ir.Model, known: dict[str, str], backend: str) -> N
     """Every activation and gate the IR names has an entry in the backend's table."""
     names = {part.activation for block in model.blocks for part in block.parts if part.activation is not None}
     names |= {block.se.gate for block in model.blocks if block.se is not None}
-    names |= {part.activation for part in (model.stem, model.head.conv) if part.activation is not None}
+    names |= {part.activation for part in (model.stem, model.head.conv, model.head.pooled_conv) if part is not None}
+    names.discard(None)
     for name in sorted(names - set(known)):
         raise ValueError(f"the {backend} backend has no activation {name!r}. Known: {', '.join(sorted(known))}")
 

@@ -141,6 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
     from effspec.tools_commands import add_commands as add_tool_commands  # scale, search, plot
 
     add_tool_commands(sub)
+    from effspec.backends.commands import add_commands as add_train_commands  # train (torch / keras)
+
+    add_train_commands(sub)
     return parser
 
 

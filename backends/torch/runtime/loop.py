@@ -52,7 +52,7 @@ from .distributed import (
 )
 from .logs import MetricsLog, Progress
 from .optim import LrSchedule, ModelEma, build_optimizer, build_schedule
-from .recompute import enable_grad_checkpointing
+from .recompute import enable_grad_checkpointing, high_resolution_stages
 
 
 def mixed_cross_entropy(
@@ -222,7 +222,7 @@ def build(
     if args.sync_bn and runtime.distributed:
         model = convert_sync_bn(model, runtime)
     if args.grad_checkpointing:
-        enable_grad_checkpointing(model)
+        enable_grad_checkpointing(model, high_resolution_stages(getattr(net, "FEATURE_INFO", None)))
     schedule = build_schedule(args, steps_per_epoch)
     optimizer = build_optimizer(model, args, schedule.base_lr)
     scheduler = schedule.scheduler(optimizer)

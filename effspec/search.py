@@ -278,10 +278,12 @@ def open_study(storage_url: str, name: str, fingerprint: dict[str, Any], picks: 
         study = optuna.load_study(storage=storage, study_name=name)
         creator = False
     if creator:
+        study.set_user_attr("creator", worker_id())
         study.set_user_attr("settings", fingerprint)
     else:
-        for _ in range(600):  # the creator is enqueueing right now
-            if "settings" in study.user_attrs:
+        for _ in range(1200):  # the creator is enqueueing right now: wait for it (unless it died)
+            attrs = study.user_attrs
+            if attrs.get("enqueued") or worker_alive(attrs.get("creator", "")) is False:
                 break
             time.sleep(0.1)
         if study.user_attrs.get("settings", fingerprint) != fingerprint:

@@ -281,8 +281,9 @@ def _export_torch(model, state, output, images, options, report, resolution) -> 
             _write_onnx(net, example, temporary, options)
             artifact = _run_onnx(temporary, images)
         else:
-            scripted = torch.jit.script(net) if options.dynamic_size else torch.jit.trace(net, example)
-            scripted = torch.jit.freeze(scripted.eval())
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                scripted = torch.jit.script(net) if options.dynamic_size else torch.jit.trace(net, example)
             scripted.save(str(temporary))
             loaded = torch.jit.load(str(temporary))
             with torch.no_grad():

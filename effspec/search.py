@@ -532,24 +532,26 @@ def plot_search(rows: list[dict[str, Any]], best: dict[str, Any], path: Path, ba
         zorder=3,
     )
     fig.colorbar(scatter, ax=ax, label="validation loss")
-    for r in done:
+    for i, r in enumerate(sorted(done, key=lambda r: r["macs"])):  # alternate above/below: neighbours differ
         ax.annotate(
             f"{r['alpha']:g}/{r['beta']:g}/{r['gamma']:g}",
             (r["macs"] / 1e6, r["val_top1"]),
             textcoords="offset points",
-            xytext=(5, 4),
+            xytext=(4, 6 if i % 2 == 0 else -12),
             fontsize=7,
             color="#444444",
         )
-    ax.scatter([best["macs"] / 1e6], [best["val_top1"]], marker="*", s=320, c="#d62728", zorder=4, label="chosen")
-    ax.annotate(
-        f"best: alpha {best['alpha']:g}, beta {best['beta']:g}, gamma {best['gamma']:g}",
-        (best["macs"] / 1e6, best["val_top1"]),
-        textcoords="offset points",
-        xytext=(8, -14),
+    ax.scatter([best["macs"] / 1e6], [best["val_top1"]], marker="*", s=320, c="#d62728", zorder=4)
+    ax.text(
+        0.02,
+        0.97,
+        f"\u2605 chosen: alpha {best['alpha']:g}, beta {best['beta']:g}, gamma {best['gamma']:g}\n"
+        f"top-1 {best['val_top1']:.2f}%, loss {best['val_loss']:.4f}, {best['macs']:,} MACs",
+        transform=ax.transAxes,
+        va="top",
         fontsize=9,
         color="#d62728",
-        fontweight="bold",
+        bbox={"boxstyle": "round", "facecolor": "white", "edgecolor": "#d62728", "alpha": 0.9},
     )
     failed = sum(r["state"] == "fail" for r in rows)
     ax.set_xlabel("MACs of the candidate at phi = 1 (M); points labelled alpha/beta/gamma")
@@ -560,8 +562,7 @@ def plot_search(rows: list[dict[str, Any]], best: dict[str, Any], path: Path, ba
         fontsize=10,
     )
     ax.grid(True, alpha=0.3)
-    ax.legend(loc="best", fontsize=8)
-    ax.margins(x=0.15, y=0.15)
+    ax.margins(x=0.15, y=0.3)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")

@@ -55,6 +55,7 @@ def test_grid_and_candidates() -> None:
     assert [c.tag for c in pick(candidates, 3)] == [c.tag for c in pick(candidates, 3)]
 
 
+@pytest.mark.slow
 def test_search_three_trials_writes_csv_plot_and_best(tmp_path: Path) -> None:
     pytest.importorskip("optuna")
     pytest.importorskip("torch")
@@ -79,6 +80,7 @@ def test_search_three_trials_writes_csv_plot_and_best(tmp_path: Path) -> None:
     assert f"alpha: {float(top['alpha']):g}, beta: {float(top['beta']):g}, gamma: {float(top['gamma']):g}" in text
 
 
+@pytest.mark.slow
 def test_killed_search_resumes_only_the_missing_trials(tmp_path: Path) -> None:
     pytest.importorskip("optuna")
     pytest.importorskip("torch")
@@ -124,6 +126,7 @@ def test_killed_search_resumes_only_the_missing_trials(tmp_path: Path) -> None:
     assert sum(r["state"] == "complete" for r in rows) == 3 and sum(r["state"] == "fail" for r in rows) == 1
 
 
+@pytest.mark.slow
 def test_two_workers_split_the_trials_of_one_storage(tmp_path: Path) -> None:
     pytest.importorskip("optuna")
     pytest.importorskip("torch")
@@ -144,6 +147,7 @@ def test_two_workers_split_the_trials_of_one_storage(tmp_path: Path) -> None:
     assert sum(by_worker.values()) == 3 and min(by_worker.values()) >= 1, by_worker
 
 
+@pytest.mark.slow
 def test_failed_trials_are_recorded_and_not_retried(tmp_path: Path) -> None:
     pytest.importorskip("optuna")
     pytest.importorskip("torch")

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from effspec import ir
+from effspec.errors import SpecError
 from effspec.loader import LoadedSpec
 from effspec.scaling import Multipliers, drop_path_rates, round_channels, stage_repeats
 from effspec.schema import BlockOverride, Spec, Stage, Training
@@ -41,7 +42,10 @@ def _conv_bn_act(
 ) -> ir.ConvBnAct:
     """conv -> BN -> activation; ``groups == in_channels == out_channels`` makes it depthwise."""
     if in_channels % groups or out_channels % groups:
-        raise ValueError(f"{name}: {groups} groups do not divide {in_channels} -> {out_channels} channels")
+        raise ValueError(
+            f"expected groups that divide both widths, found {groups} groups for {in_channels} -> "
+            f"{out_channels} channels in {name}"
+        )
     out_size = _output_shape(out_channels, input_shape, stride)
     depthwise = groups > 1 and groups == in_channels == out_channels
     conv = ir.Layer(
@@ -69,6 +73,8 @@ def _mixed_depthwise(
     input_shape: ir.Shape,
 ) -> ir.ConvBnAct:
     """A depthwise conv whose channels are split across several kernel sizes, then one BN."""
+    if channels < len(kernels):
+        raise ValueError(f"{name}: {channels} channels cannot be split across {len(kernels)} kernels")
     out_size = _output_shape(channels, input_shape, stride)
     convs = tuple(
         ir.Layer(
@@ -191,7 +197,7 @@ def _block(
         shape = depthwise.bn.output
     else:
         if len(kernels) > 1:
-            raise ValueError(f"{name}: a fused_mbconv block has one kernel size, found {list(kernels)}")
+            raise ValueError(f"expected one kernel size for a fused_mbconv block, found {list(kernels)} in {name}")
         if fused_direct:
             mid = out_channels  # the k x k conv goes straight to the output width
         expand = _conv_bn_act(
@@ -318,9 +324,20 @@ def lower(loaded: LoadedSpec, scaled: Multipliers) -> ir.Model:
         blocks = []
         out_channels = channels(stage.channels)
         for index in range(repeats[stage_index]):
-            block = _block(
-                spec, scaled, stage_index, index, global_index, in_channels, out_channels, rates[global_index], shape
-            )
+            try:
+                block = _block(
+                    spec,
+                    scaled,
+                    stage_index,
+                    index,
+                    global_index,
+                    in_channels,
+                    out_channels,
+                    rates[global_index],
+                    shape,
+                )
+            except ValueError as exc:  # a rule the scaled widths break: name the stage in the user's file
+                raise SpecError(str(exc), loaded.locate(("stages", stage_index)), f"stages[{stage_index}]") from None
             blocks.append(block)
             in_channels, shape, global_index = out_channels, block.output, global_index + 1
         stages.append(ir.Stage(stage_index, stage.block, tuple(blocks)))

@@ -40,13 +40,13 @@ torch = pytest.importorskip("torch")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 keras = pytest.importorskip("keras")
 
-from hypothesis import HealthCheck, given, seed, settings  # noqa: E402
+from hypothesis import HealthCheck, event, given, seed, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from effspec.weights.convert import set_keras_weights, torch_to_keras  # noqa: E402
 from effspec.weights.manifest import build_manifest  # noqa: E402
 
-DEFAULT_EXAMPLES = 12
+DEFAULT_EXAMPLES = 10
 EXAMPLES = int(os.environ.get("EFFSPEC_PROPERTY_EXAMPLES", DEFAULT_EXAMPLES))
 SEED = int(os.environ.get("EFFSPEC_PROPERTY_SEED", "20261125"))
 
@@ -54,7 +54,7 @@ SEED = int(os.environ.get("EFFSPEC_PROPERTY_SEED", "20261125"))
 #: deep nets of this size agree to ~1e-6 of their scale; a wrong layer is off by O(1).
 LOGITS_TOLERANCE = 1e-3
 
-ACTIVATIONS = ["swish", "silu", "relu", "relu6", "gelu", "hard_swish"]
+ACTIVATIONS = ["swish", "silu", "relu", "relu6", "gelu", "hard_swish", "hard_sigmoid", "mish"]
 _COUNTER = itertools.count()
 
 
@@ -63,20 +63,59 @@ def _floats(low: float, high: float) -> st.SearchStrategy[float]:
     return st.integers(int(low * 100), int(high * 100)).map(lambda v: v / 100)
 
 
+def _kernels(draw: st.DrawFn, block: str) -> int | list[int]:
+    if block == "mbconv" and draw(st.integers(0, 3)) == 0:  # a mixed depthwise conv (MixNet)
+        return draw(st.lists(st.sampled_from([3, 5, 7, 9]), min_size=2, max_size=4))
+    return draw(st.sampled_from([1, 3, 5, 7]))
+
+
+def _expansion(draw: st.DrawFn) -> float:
+    """Mostly whole numbers, sometimes MobileNetV3's fractional kind."""
+    return draw(st.one_of(st.integers(1, 6), st.sampled_from([2.3, 2.5, 3.67, 4.5])))
+
+
+def _block_fields(draw: st.DrawFn, block: str) -> dict[str, Any]:
+    """The fields a stage and a per-block override share, each drawn or left out."""
+    fields: dict[str, Any] = {}
+    optional = {
+        "se_ratio": lambda: draw(st.sampled_from([0.0, 0.125, 0.25, 0.5])),
+        "activation": lambda: draw(st.sampled_from(ACTIVATIONS)),
+        "expansion_in": lambda: draw(st.integers(8, 48)),
+        "expand_conv": lambda: draw(st.booleans()),
+        "expand_groups": lambda: draw(st.sampled_from([1, 2])),
+        "project_groups": lambda: draw(st.sampled_from([1, 2])),
+        "residual": lambda: draw(st.booleans()),
+    }
+    for name, value in optional.items():
+        if draw(st.integers(0, 3)) == 0:
+            fields[name] = value()
+    return fields
+
+
 @st.composite
 def stages(draw: st.DrawFn) -> dict[str, Any]:
+    block = draw(st.sampled_from(["mbconv", "fused_mbconv"]))
     stage: dict[str, Any] = {
-        "block": draw(st.sampled_from(["mbconv", "fused_mbconv"])),
-        "repeats": draw(st.integers(1, 2)),
-        "kernel": draw(st.sampled_from([1, 3, 5, 7])),
+        "block": block,
+        "repeats": draw(st.integers(1, 3)),
+        "kernel": _kernels(draw, block),
         "stride": draw(st.sampled_from([1, 2])),
-        "expansion": draw(st.integers(1, 6)),
+        "expansion": _expansion(draw),
         "channels": draw(st.integers(8, 64)),
+        **_block_fields(draw, block),
     }
-    if draw(st.booleans()):
-        stage["se_ratio"] = draw(st.sampled_from([0.0, 0.125, 0.25, 0.5]))
-    if draw(st.booleans()):
-        stage["activation"] = draw(st.sampled_from(ACTIVATIONS))
+    if draw(st.integers(0, 4)) == 0:
+        stage["scale_depth"] = False
+    if draw(st.integers(0, 2)) == 0:  # per-block overrides
+        overrides = []
+        for _ in range(draw(st.integers(1, stage["repeats"]))):
+            override = _block_fields(draw, block)
+            if draw(st.booleans()):
+                override["kernel"] = _kernels(draw, block)
+            if draw(st.booleans()):
+                override["expansion"] = _expansion(draw)
+            overrides.append(override)
+        stage["blocks"] = overrides
     return stage
 
 
@@ -93,7 +132,7 @@ def scalings(draw: st.DrawFn) -> dict[str, Any] | None:
     if kind == "compound":
         return {
             "method": "compound",
-            "phi": draw(_floats(0, 1.5)),
+            "phi": draw(_floats(-1, 1.5)),
             "alpha": draw(_floats(1, 1.3)),
             "beta": draw(_floats(1, 1.3)),
             "gamma": draw(_floats(1, 1.2)),
@@ -129,19 +168,36 @@ def specs(draw: st.DrawFn) -> dict[str, Any]:
             "drop_path_rate": draw(_floats(0, 0.3)),
             "channel_divisor": draw(st.sampled_from([1, 4, 8])),
             "round_limit": draw(st.sampled_from([0.0, 0.9])),
+            "repeat_rounding": draw(st.sampled_from(["ceil", "round"])),
+            "squeeze_excite": {
+                "gate": draw(st.sampled_from(["sigmoid", "hard_sigmoid"])),
+                "activation": draw(st.sampled_from([None, *ACTIVATIONS])),
+                "width_from": draw(st.sampled_from(["input", "expanded"])),
+                "divisor": draw(st.sampled_from([1, 4, 8])),
+            },
         },
         "stem": {
             "channels": draw(st.integers(8, 32)),
             "kernel": draw(st.sampled_from([1, 3, 5])),
             "stride": draw(st.sampled_from([1, 2])),
+            "activation": draw(st.sampled_from([None, *ACTIVATIONS])),
+            "scale_width": draw(st.booleans()),
         },
         "stages": draw(st.lists(stages(), min_size=1, max_size=4)),
         "head": {
-            "channels": draw(st.integers(8, 64)),
+            "channels": draw(st.sampled_from([0, 8, 16, 24, 40, 64])),
+            "scale_width": draw(st.booleans()),
+            "min_channels": draw(st.sampled_from([None, 16, 48])),
+            "activation": draw(st.sampled_from([None, *ACTIVATIONS])),
             "dropout": draw(_floats(0, 0.5)),
             "num_classes": draw(st.integers(2, 10)),
         },
     }
+    if draw(st.booleans()):
+        spec["head"]["pooled_conv"] = {
+            "channels": draw(st.integers(8, 48)),
+            "activation": draw(st.sampled_from([None, *ACTIVATIONS])),
+        }
     scaling = draw(scalings())
     if scaling is not None:
         spec["scaling"] = scaling
@@ -175,13 +231,14 @@ def load_generated(model: ir.Model, backend: str, directory: Path) -> ModuleType
     return module
 
 
-def check_spec(path: Path, directory: Path) -> None:
-    """The four properties for one spec file (raises AssertionError on a violation)."""
+def check_spec(path: Path, directory: Path) -> str:
+    """The four properties for one spec file (raises AssertionError on a violation); returns what
+    happened, for hypothesis' statistics."""
     try:
         compiled = build(path)
     except SpecError as exc:  # a clean, located user error (e.g. the map collapses before a stride)
-        assert exc.exit_code == 2 and str(exc).count("\n") == 0
-        return
+        assert exc.exit_code == 2 and str(exc).count("\n") == 0 and ": error: " in str(exc)
+        return f"clean spec error: {exc.message.split(',')[0][:40]}"
     model = compiled.model
     torch_module = load_generated(model, "torch", directory)
     keras_module = load_generated(model, "keras", directory)
@@ -210,7 +267,8 @@ def check_spec(path: Path, directory: Path) -> None:
         got = np.asarray(keras_net(images.transpose(0, 2, 3, 1), training=False))
         error = np.abs(got - expected).max() / (1.0 + np.abs(expected).max())
         assert error <= LOGITS_TOLERANCE, f"torch and Keras differ by {error:.2e} of scale at {size}x{size}"
-    keras.backend.clear_session()
+    keras.backend.clear_session(free_memory=False)  # names restart; a gc pass per example costs ~1 s
+    return "compiled and checked"
 
 
 @seed(SEED)
@@ -226,4 +284,4 @@ def test_random_valid_specs_compile_count_and_agree(
     spec: dict[str, Any], use_extends: bool, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     directory = tmp_path_factory.mktemp("property")
-    check_spec(write_spec(spec, directory, use_extends), directory)
+    event(check_spec(write_spec(spec, directory, use_extends), directory))

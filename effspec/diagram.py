@@ -76,9 +76,9 @@ def _rows(report: Report) -> list[dict[str, object]]:
         se = f", SE {first.se_channels}" if first.se_channels else ""
         rows.append(
             {
-                "title": f"stage {stage.index + 1}  {KIND_NAMES.get(stage.kind, stage.kind)}{first.expansion} "
+                "title": f"stage {stage.index + 1}  {KIND_NAMES.get(stage.kind, stage.kind)}{first.expansion:g} "
                 f"x{len(stage.blocks)}",
-                "detail": f"k{first.kernel}x{first.kernel}, stride {first.stride}, expand {first.expansion}{se}"
+                "detail": f"k{first.kernel}x{first.kernel}, stride {first.stride}, expand {first.expansion:g}{se}"
                 f"  ->  {shape(out)}",
                 "channels": out.channels,
                 "resolution": out.height,

@@ -109,7 +109,6 @@ class BlockConfig:
 # fmt: off
 STEM = ConvBnActConfig(3, 40, kernel=3, stride=2, groups=1, depthwise=False, padding=1, activation="relu6")
 HEAD = ConvBnActConfig(384, 1552, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="relu6")
-
 STAGES = (
     (  # blocks.0: 2 x mbconv -> 24 channels at 148x148
         BlockConfig(  # blocks.0.0

@@ -110,7 +110,6 @@ class BlockConfig:
 # fmt: off
 STEM = ConvBnActConfig(3, 32, kernel=3, stride=2, groups=1, depthwise=False, padding="same", activation="swish")
 HEAD = ConvBnActConfig(352, 1408, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish")
-
 STAGES = (
     (  # blocks.0: 2 x mbconv -> 16 channels at 130x130
         BlockConfig(  # blocks.0.0

@@ -110,7 +110,6 @@ class BlockConfig:
 # fmt: off
 STEM = ConvBnActConfig(3, 48, kernel=3, stride=2, groups=1, depthwise=False, padding="same", activation="swish")
 HEAD = ConvBnActConfig(512, 2048, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish")
-
 STAGES = (
     (  # blocks.0: 3 x mbconv -> 24 channels at 228x228
         BlockConfig(  # blocks.0.0

@@ -110,7 +110,6 @@ class BlockConfig:
 # fmt: off
 STEM = ConvBnActConfig(3, 64, kernel=3, stride=2, groups=1, depthwise=False, padding="same", activation="swish")
 HEAD = ConvBnActConfig(640, 2560, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish")
-
 STAGES = (
     (  # blocks.0: 4 x mbconv -> 32 channels at 300x300
         BlockConfig(  # blocks.0.0

@@ -109,7 +109,6 @@ class BlockConfig:
 # fmt: off
 STEM = ConvBnActConfig(3, 24, kernel=3, stride=2, groups=1, depthwise=False, padding="same", activation="swish")
 HEAD = ConvBnActConfig(256, 1280, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish")
-
 STAGES = (
     (  # blocks.0: 2 x fused_mbconv -> 24 channels at 192x192
         BlockConfig(  # blocks.0.0

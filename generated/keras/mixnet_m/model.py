@@ -106,7 +106,6 @@ class BlockConfig:
 # fmt: off
 STEM = ConvBnActConfig(3, 24, kernel=3, stride=2, groups=1, depthwise=False, padding="same", activation="relu")
 HEAD = ConvBnActConfig(200, 1536, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="relu")
-
 STAGES = (
     (  # blocks.0: 1 x mbconv -> 24 channels at 112x112
         BlockConfig(  # blocks.0.0

@@ -107,7 +107,6 @@ class BlockConfig:
 # fmt: off
 STEM = ConvBnActConfig(3, 32, kernel=3, stride=2, groups=1, depthwise=False, padding=1, activation="relu6")
 HEAD = ConvBnActConfig(320, 1280, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="relu6")
-
 STAGES = (
     (  # blocks.0: 1 x mbconv -> 16 channels at 112x112
         BlockConfig(  # blocks.0.0

@@ -106,7 +106,6 @@ class BlockConfig:
 # fmt: off
 STEM = ConvBnActConfig(3, 40, kernel=3, stride=2, groups=1, depthwise=False, padding="same", activation="swish")
 HEAD = ConvBnActConfig(384, 1536, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish")
-
 STAGES = (
     (  # blocks.0: 2 x mbconv -> 24 channels at 150x150
         BlockConfig(  # blocks.0.0

@@ -106,7 +106,6 @@ class BlockConfig:
 # fmt: off
 STEM = ConvBnActConfig(3, 48, kernel=3, stride=2, groups=1, depthwise=False, padding="same", activation="swish")
 HEAD = ConvBnActConfig(448, 1792, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish")
-
 STAGES = (
     (  # blocks.0: 2 x mbconv -> 24 channels at 190x190
         BlockConfig(  # blocks.0.0

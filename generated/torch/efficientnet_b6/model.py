@@ -106,7 +106,6 @@ class BlockConfig:
 # fmt: off
 STEM = ConvBnActConfig(3, 56, kernel=3, stride=2, groups=1, depthwise=False, padding="same", activation="swish")
 HEAD = ConvBnActConfig(576, 2304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish")
-
 STAGES = (
     (  # blocks.0: 3 x mbconv -> 32 channels at 264x264
         BlockConfig(  # blocks.0.0

@@ -105,7 +105,6 @@ class BlockConfig:
 # fmt: off
 STEM = ConvBnActConfig(3, 32, kernel=3, stride=2, groups=1, depthwise=False, padding="same", activation="swish")
 HEAD = ConvBnActConfig(640, 1280, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish")
-
 STAGES = (
     (  # blocks.0: 4 x fused_mbconv -> 32 channels at 240x240
         BlockConfig(  # blocks.0.0

@@ -105,7 +105,6 @@ class BlockConfig:
 # fmt: off
 STEM = ConvBnActConfig(3, 24, kernel=3, stride=2, groups=1, depthwise=False, padding="same", activation="swish")
 HEAD = ConvBnActConfig(512, 1280, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish")
-
 STAGES = (
     (  # blocks.0: 3 x fused_mbconv -> 24 channels at 240x240
         BlockConfig(  # blocks.0.0

@@ -116,7 +116,6 @@ class PooledConvConfig:
 STEM = ConvBnActConfig(3, 16, kernel=3, stride=2, groups=1, depthwise=False, padding="same", activation="hard_swish")
 HEAD = ConvBnActConfig(160, 960, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="hard_swish")
 POOLED_CONV = PooledConvConfig(960, 1280, activation="hard_swish")
-
 STAGES = (
     (  # blocks.0: 1 x mbconv -> 16 channels at 112x112
         BlockConfig(  # blocks.0.0

@@ -116,7 +116,6 @@ class PooledConvConfig:
 STEM = ConvBnActConfig(3, 16, kernel=3, stride=2, groups=1, depthwise=False, padding="same", activation="hard_swish")
 HEAD = ConvBnActConfig(96, 576, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="hard_swish")
 POOLED_CONV = PooledConvConfig(576, 1024, activation="hard_swish")
-
 STAGES = (
     (  # blocks.0: 1 x mbconv -> 16 channels at 56x56
         BlockConfig(  # blocks.0.0

@@ -74,12 +74,13 @@ def _rows(report: Report) -> list[dict[str, object]]:
     for stage in model.stages:
         first, out = stage.blocks[0], stage.output
         se = f", SE {first.se_channels}" if first.se_channels else ""
+        kernels = tuple(getattr(first, "kernels", (first.kernel,)))
+        kernel = f"k{kernels[0]}x{kernels[0]}" if len(kernels) == 1 else "k" + "/".join(map(str, kernels)) + " mixed"
         rows.append(
             {
                 "title": f"stage {stage.index + 1}  {KIND_NAMES.get(stage.kind, stage.kind)}{first.expansion:g} "
                 f"x{len(stage.blocks)}",
-                "detail": f"k{first.kernel}x{first.kernel}, stride {first.stride}, expand {first.expansion:g}{se}"
-                f"  ->  {shape(out)}",
+                "detail": f"{kernel}, stride {first.stride}, expand {first.expansion:g}{se}  ->  {shape(out)}",
                 "channels": out.channels,
                 "resolution": out.height,
                 "kind": stage.kind,

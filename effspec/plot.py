@@ -11,6 +11,7 @@ panel plots top-1 against MACs (the paper's Figure 5). Figures come from effspec
 from __future__ import annotations
 
 import csv
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,8 @@ from pathlib import Path
 from effspec.diagram import FORMATS, import_matplotlib
 from effspec.errors import UsageError
 from effspec.scale import DEFAULT_COEFFICIENTS
+
+FAMILY_EXCLUDE = {"name", "description", "extends", "scaling", "training"}
 
 
 @dataclass(frozen=True)
@@ -39,7 +42,7 @@ def fitted_phi(width: float, depth: float, resolution: int, base: int, coefficie
     logs = (math.log(alpha), math.log(beta), math.log(gamma))
     observed = (math.log(depth), math.log(width), math.log(resolution / base))
     denominator = sum(v * v for v in logs)
-    return max(0.0, sum(a * b for a, b in zip(logs, observed, strict=True)) / denominator)
+    return sum(a * b for a, b in zip(logs, observed, strict=True)) / denominator  # < 0: scaled down (TinyNets)
 
 
 def load_point(path: Path) -> Point:
@@ -57,13 +60,8 @@ def load_point(path: Path) -> Point:
     else:
         coefficients, divisor = DEFAULT_COEFFICIENTS, 8
         phi = fitted_phi(model.width, model.depth, model.resolution, spec.input.resolution, coefficients)
-    family = (
-        spec.input.resolution,
-        spec.stem.channels,
-        spec.head.channels,
-        spec.head.num_classes,
-        tuple((s.block, s.repeats, s.kernel, s.stride, s.expansion, s.channels) for s in spec.stages),
-    )
+    # One family: everything but the scaling (and the names and the training recipe) is the same.
+    family = (json.dumps(spec.model_dump(mode="json", exclude=FAMILY_EXCLUDE), sort_keys=True),)
     return Point(
         spec.name,
         path,
@@ -131,13 +129,19 @@ def draw(points: list[Point], path: Path) -> Path:
     figure_class = import_matplotlib("effspec plot")
     with_accuracy = any(p.top1 is not None for p in points)
     panels = 3 if with_accuracy else 2
-    fig = figure_class(figsize=(5.2 * panels, 4.6))  # type: ignore[operator]
+    family_count = len({p.family for p in points})
+    legend_rows = math.ceil((family_count + 1) / 3)
+    fig = figure_class(figsize=(5.2 * panels, 4.4 + 0.22 * legend_rows), layout="constrained")  # type: ignore[operator]
     axes = fig.subplots(1, panels)
     families: dict[tuple[object, ...], list[Point]] = {}
     for point in points:
         families.setdefault(point.family, []).append(point)
     offsets = [((-6, 6), "right"), ((6, -11), "left"), ((6, 5), "left"), ((-6, -11), "right")]
     colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
+    if family_count > len(colors):
+        from matplotlib import colormaps
+
+        colors = [colormaps["tab20"](i % 20) for i in range(family_count)]
     for index, members in enumerate(families.values()):
         color = colors[index % len(colors)]
         offset, align = offsets[index % len(offsets)]
@@ -164,6 +168,8 @@ def draw(points: list[Point], path: Path) -> Path:
                     ha=align,
                     fontsize=8,
                     color=color,
+                    annotation_clip=True,
+                    clip_on=True,
                 )
         if with_accuracy:
             scored = [p for p in members if p.top1 is not None]
@@ -193,7 +199,6 @@ def draw(points: list[Point], path: Path) -> Path:
         ax.set_ylabel(title)
         ax.set_title(f"{heading} vs phi (dashed: the compound rule's rounded models)", fontsize=10)
         ax.grid(True, which="both", alpha=0.25)
-        ax.legend(fontsize=7, loc="upper left")
     if with_accuracy:
         axes[2].set_xscale("log")
         axes[2].xaxis.set_major_formatter(plain)
@@ -201,8 +206,8 @@ def draw(points: list[Point], path: Path) -> Path:
         axes[2].set_ylabel("top-1 (%)")
         axes[2].set_title("Accuracy vs MACs", fontsize=11)
         axes[2].grid(True, which="both", alpha=0.25)
-        axes[2].legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=3, fontsize=8, frameon=False)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     return path

@@ -193,6 +193,7 @@ def draw(points: list[Point], path: Path) -> Path:
     sparse = FuncFormatter(lambda v, _: f"{v:g}" if v > 0 and f"{v:.0e}"[0] in "235" else "")
     for ax, title, heading in ((axes[0], "parameters (M)", "Parameters"), (axes[1], "MACs (G)", "MACs")):
         ax.set_yscale("log")
+        ax.margins(x=0.08)  # room for the labels of the first and last points
         ax.yaxis.set_major_formatter(plain)
         ax.yaxis.set_minor_formatter(sparse)
         ax.set_xlabel("phi  (explicit specs: least-squares fit of their multipliers)", fontsize=8)

@@ -195,7 +195,7 @@ def test_a_failed_conversion_leaves_an_existing_out_untouched(tmp_path: Path, ca
     torch.save({"stem.conv.weight": torch.zeros(1)}, bad)  # loads, but does not fit the manifest
     out = tmp_path / "out.weights.h5"
     out.write_bytes(b"precious")
-    _assert_exit_2(capsys, "torch", "keras", bad, out, "do not match the efficientnet_b0 manifest")
+    _assert_exit_2(capsys, "torch", "keras", bad, out, "stem.conv.weight")
     _assert_exit_2(capsys, "keras", "torch", tmp_path / "missing.weights.h5", tmp_path / "bad.pt", "no such file")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.pt", "out.weights.h5"]
 

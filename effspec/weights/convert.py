@@ -64,6 +64,11 @@ def from_keras_array(entry: Entry, array: np.ndarray) -> np.ndarray:
 
 def torch_to_keras(manifest: Manifest, state: Mapping[str, np.ndarray]) -> dict[str, list[np.ndarray]]:
     """A torch state dict (numpy arrays) -> {Keras layer name: weights in ``get_weights()`` order}."""
+    if state and len(set(manifest.torch_names) & set(state)) < len(manifest) // 2:
+        raise ConversionError(
+            f"torch state_dict keys are not {manifest.model_name} names (first: {next(iter(state))}, expected "
+            f"{manifest.torch_names[0]}): a checkpoint of another library? try --from timm or --from torchvision"
+        )
     _check_names(manifest.torch_names, list(state), "torch state_dict keys", manifest.model_name)
     layers: dict[str, list[np.ndarray]] = {}
     for layer, entries in manifest.keras_layers.items():

@@ -81,6 +81,7 @@ def _peer_files(peers: dict, tmp_path_factory, source: str, name: str):
         _save(state, folder / "pytorch_model.bin")
         for nest in ("state_dict", "state_dict_ema", "model"):
             _save(state, folder / f"{nest}.pth", nest)
+        torch.save(state, folder / "legacy.pth", _use_new_zipfile_serialization=False)  # torch < 1.6 files
         peers[key] = (net, folder)
     return peers[key]
 
@@ -113,7 +114,7 @@ CASES = [
     # source, peer model, spec, file, target
     ("timm", "tf_efficientnet_b0", B0, "model.safetensors", "torch"),
     ("timm", "tf_efficientnet_b0", B0, "state_dict_ema.pth", "keras"),
-    ("timm", "efficientnet_b0", B0_SYMMETRIC, "pytorch_model.bin", "torch"),
+    ("timm", "efficientnet_b0", B0_SYMMETRIC, "legacy.pth", "torch"),
     ("timm", "tf_efficientnetv2_b0", V2_B0, "model.safetensors", "torch"),
     ("timm", "tf_efficientnetv2_b0", V2_B0, "state_dict.pth", "keras"),
     ("torchvision", "efficientnet_b0", B0_SYMMETRIC, "model.safetensors", "torch"),

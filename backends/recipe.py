@@ -338,9 +338,11 @@ def add_recipe_flags(parser: argparse.ArgumentParser, recipe: Recipe, *, keras: 
         "--grad-checkpointing",
         action="store_true",
         help=(
-            "recompute activations in the backward pass (keras.RematScope over the model): less memory, more time"
+            "recompute the activation functions in the backward pass (keras.RematScope(mode='activations'); "
+            "Keras' whole-layer remat does not run in TensorFlow's graph mode): somewhat less memory"
             if keras
-            else "recompute each stage's activations in the backward pass: less memory, more time"
+            else "recompute the activations of the high-resolution stages (output stride <= 8) in the backward "
+            "pass: about half the memory, about 1.3x the step time"
         ),
     )
 

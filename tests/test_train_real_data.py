@@ -23,13 +23,14 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC = ROOT / "tests" / "data" / "torch_v2_tiny.yaml"
-# Short enough for the suite (2 cores): 32 px, global batch 32, a higher peak rate than the spec's
-# 0.016 per 256 so that 5 epochs (225 steps) suffice; the same flags in both backends.
+# Short enough for the suite (2 cores): 24 px (the scans are 8x8), global batch 32, a higher peak
+# rate than the spec's 0.016 per 256 so that 4 epochs (176 steps) suffice; the same flags in both
+# backends. Measured here: torch 82.2%, Keras 76.9% after 4 epochs (the longer table: run as a script).
 FLAGS = [
-    *("--augmentation", "none", "--no-progressive", "--train-resolution", "32", "--eval-resolution", "32"),
+    *("--augmentation", "none", "--no-progressive", "--train-resolution", "24", "--eval-resolution", "24"),
     *("--batch-size", "32", "--lr-per-256", "0.128", "--warmup-epochs", "1", "--no-tensorboard", "--seed", "0"),
 ]
-EPOCHS = 5
+EPOCHS = 4
 CHANCE = 10.0
 FLOOR = 60.0  # validation top-1 (%) each backend must reach with its EMA weights
 MARGIN = 15.0  # points between the two backends' final EMA top-1
@@ -67,9 +68,11 @@ EFFSPEC_WITH_STUB = (
 )
 
 
-def start(backend: str, data: Path, output: Path, epochs: int, *extra: str) -> subprocess.Popen:
+def start(
+    backend: str, data: Path, output: Path, epochs: int, *extra: str, flags: list[str] = FLAGS
+) -> subprocess.Popen:
     command = [sys.executable, "-c", EFFSPEC_WITH_STUB, "train", str(SPEC), "--backend", backend]
-    command += ["--data", str(data), "--epochs", str(epochs), *FLAGS, "--output", str(output), *extra]
+    command += ["--data", str(data), "--epochs", str(epochs), *flags, "--output", str(output), *extra]
     command += ["--workers", "0"] if backend == "torch" else ["--verbose", "0", "--deterministic"]
     log = open(output.parent / f"{output.name}.log", "w")  # noqa: SIM115 (closed with the process)
     return subprocess.Popen(command, env=ENV, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
@@ -113,20 +116,32 @@ def test_both_backends_learn_real_digits_to_the_same_accuracy(digits: Path, tmp_
     assert gap <= MARGIN, f"EMA top-1 differs by {gap:.1f} points: {curves}"
 
 
+#: The issue's setting for the table: the spec's recipe as it is (48 px, batch 8, lr 0.016 per
+#: 256, EMA 0.999), augmentation and progressive learning off.
+RECIPE_DEFAULTS = ["--augmentation", "none", "--no-progressive", "--no-tensorboard", "--seed", "0"]
+
+
 def table(out: Path, epochs: int) -> None:
-    """backend x EMA on/off -> validation top-1 at the first, middle and last epoch."""
-    data = write_digits(out / "digits") if not (out / "digits").exists() else out / "digits"
-    runs = {}
-    for backend in ("torch", "keras"):
-        for ema in ("0.999", "0"):
+    """backend x EMA on/off -> validation top-1 at the first, middle and last epoch (each backend
+    pair runs side by side)."""
+    data = out / "digits"
+    if not data.exists():
+        write_digits(data)
+    outputs = {}
+    for ema in ("0.999", "0"):
+        started = {}
+        for backend in ("torch", "keras"):
             output = out / f"{backend}-ema{ema}"
-            runs[(backend, ema)] = (start(backend, data, output, epochs, "--ema-decay", ema), output)
-            finish(*runs[(backend, ema)])
-    print(f"| backend | EMA decay | top-1 epoch 1 | epoch {(epochs + 1) // 2} | epoch {epochs} |")
+            outputs[(backend, ema)] = output
+            started[backend] = start(backend, data, output, epochs, "--ema-decay", ema, flags=RECIPE_DEFAULTS)
+        for backend, process in started.items():
+            finish(process, outputs[(backend, ema)])
+    middle = (epochs + 1) // 2
+    print(f"| backend | --ema-decay | val top-1 epoch 1 | epoch {middle} | epoch {epochs} |")
     print("|---|---|---|---|---|")
-    for (backend, ema), (_, output) in runs.items():
+    for (backend, ema), output in outputs.items():
         curve = top1(backend, output)
-        print(f"| {backend} | {ema} | {curve[0]:.1f} | {curve[(epochs - 1) // 2]:.1f} | {curve[-1]:.1f} |")
+        print(f"| {backend} | {ema} | {curve[0]:.1f} | {curve[middle - 1]:.1f} | {curve[-1]:.1f} |")
 
 
 if __name__ == "__main__":

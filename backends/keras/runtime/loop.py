@@ -57,8 +57,11 @@ def export_final_weights(args: argparse.Namespace, net: ModuleType, model: keras
 
 
 def remat_scope(args: argparse.Namespace) -> Any:
-    """--grad-checkpointing: every layer built in the scope recomputes its activations."""
-    return keras.RematScope(mode="full") if args.grad_checkpointing else nullcontext()
+    """--grad-checkpointing: layers built in the scope recompute their activation function in the
+    backward pass. Keras' "full" mode (whole layers, the torch trainer's per-stage recomputation)
+    fails under TensorFlow's graph mode: its tf.custom_gradient rejects the layers' keyword
+    arguments (training=), so only activations are recomputed here."""
+    return keras.RematScope(mode="activations") if args.grad_checkpointing else nullcontext()
 
 
 def train(args: argparse.Namespace, recipe: Recipe, net: ModuleType) -> dict[str, Any]:

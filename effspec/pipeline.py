@@ -93,8 +93,8 @@ def _matches(compiled: Compiled, display: str, data: dict[str, Any]) -> bool:
 
 
 def emit(model: ir.Model, backends: Sequence[str]) -> dict[str, dict[str, str]]:
-    """{"<backend>/<model_name>": {file name: text}} for every requested backend."""
-    return {f"{name}/{model.model_name}": dict(get_backend(name).emit(model)) for name in backends}
+    """{"<backend>/<python_name>": {file name: text}} for every requested backend."""
+    return {f"{name}/{model.python_name}": dict(get_backend(name).emit(model)) for name in backends}
 
 
 _TEMP_SUFFIX = ".effspec-tmp"
@@ -256,17 +256,17 @@ def compile_specs(paths: Iterable[str | Path], backends: Sequence[str], out_dir:
     """Build and emit everything in memory first, so a bad spec leaves nothing written."""
     outputs: dict[str, dict[str, str]] = {}
     warnings: list[str] = []
-    sources: dict[str, tuple[str, str]] = {}  # model_name -> (spec path, its resolved path)
+    sources: dict[str, tuple[str, str]] = {}  # python_name -> (spec path, its resolved path)
     for path in paths:
         compiled = build(path)
         model = compiled.model
         resolved = str(safe_resolve(Path(path)))
-        if model.model_name in sources:
-            first, first_resolved = sources[model.model_name]
+        if model.python_name in sources:
+            first, first_resolved = sources[model.python_name]
             if first_resolved == resolved:
                 continue  # the same file named twice
             raise _duplicate_name(Path(path), model.name, first)
-        sources[model.model_name] = (model.spec_path, resolved)
+        sources[model.python_name] = (model.spec_path, resolved)
         warnings.extend(compiled.warnings)
         outputs.update(emit(model, backends))
     return write_outputs(outputs, out_dir), warnings

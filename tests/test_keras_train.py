@@ -224,6 +224,8 @@ def test_image_folder_trains_and_validates(progressive_run: Path) -> None:
     assert all(np.isfinite(float(row[key])) for row in rows for key in ("loss", "val_loss", "val_accuracy"))
     assert [int(row["step"]) for row in rows] == [2, 4, 6]
     assert (progressive_run / "model.weights.h5").is_file()
+    log = (progressive_run.parent / "progressive.log").read_text()
+    assert "Epoch 2/3" in log and "Epoch 3/3" in log and "Epoch 1/1" not in log  # the run's epoch of its total
 
 
 def test_progressive_stages_change_what_the_model_sees(progressive_run: Path) -> None:

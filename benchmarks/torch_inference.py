@@ -44,14 +44,17 @@ def load_generated(path: Path, name: str = "generated_torch_b0"):
     return module
 
 
-def compile_symmetric(out_dir: Path):
-    """B0 with symmetric padding (timm efficientnet_b0's function), compiled now; None without effspec."""
-    try:
-        from effspec.pipeline import compile_specs
-    except ImportError:
-        return None
-    compile_specs([SYMMETRIC_SPEC], ["torch"], out_dir)
-    return load_generated(out_dir / "torch" / "efficientnet_b0_symmetric" / "model.py", "generated_torch_b0_symmetric")
+def compile_symmetric(out_dir: Path, model_py: Path | None = None):
+    """B0 with symmetric padding (timm efficientnet_b0's function): ``model_py`` when given (compiled
+    elsewhere, for a machine without effspec's dependencies), else compiled now; None without effspec."""
+    if model_py is None:
+        try:
+            from effspec.pipeline import compile_specs
+        except ImportError:  # effspec or one of its dependencies (pydantic) is missing here
+            return None
+        compile_specs([SYMMETRIC_SPEC], ["torch"], out_dir)
+        model_py = out_dir / "torch" / "efficientnet_b0_symmetric" / "model.py"
+    return load_generated(model_py, "generated_torch_b0_symmetric")
 
 
 def import_timm():
@@ -75,6 +78,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--compile", action="store_true", help="also time torch.compile of the folded model")
     parser.add_argument("--cuda-graph", action="store_true", help="also time the folded model replayed as a CUDA graph")
     parser.add_argument("--model-py", type=Path, default=DEFAULT_MODEL, help="the generated model.py")
+    parser.add_argument(
+        "--symmetric-model-py",
+        type=Path,
+        default=None,
+        help="the symmetric twin's generated model.py (default: compile benchmarks/efficientnet-b0-symmetric.yaml)",
+    )
     return parser.parse_args()
 
 
@@ -158,7 +167,7 @@ def main() -> None:
     timm, why = import_timm()
     if timm is not None:
         with tempfile.TemporaryDirectory() as out_dir:
-            symmetric = compile_symmetric(Path(out_dir))
+            symmetric = compile_symmetric(Path(out_dir), args.symmetric_model_py)
         if symmetric is not None:
             torch.manual_seed(0)
             model = symmetric.build_model().eval().to(device)

@@ -226,8 +226,9 @@ def main(argv: list[str] | None = None) -> int:
         code = int(args.handler(args))
         sys.stdout.flush()  # a full disk (`> /dev/full`) shows up here, not silently at exit
         return code
-    except SpecError as exc:  # already "file:line:column: error: field: message"
-        print(exc, file=sys.stderr)
+    except SpecError as exc:  # already "file:line:column: error: field: message", one line per error
+        for line in exc.lines():
+            print(line, file=sys.stderr)
         return exc.exit_code
     except EffspecError as exc:
         print(f"effspec: error: {exc}", file=sys.stderr)

@@ -7,11 +7,15 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Location:
-    """A position in a spec file (1-based line and column)."""
+    """A position in a spec file (1-based line and column).
+
+    ``inherited_by`` is set when the value at this position reached the spec through ``extends``: it is
+    the displayed name of the spec being loaded, which inherited the value from ``file``."""
 
     file: str
     line: int
     column: int
+    inherited_by: str | None = None
 
     def __str__(self) -> str:
         return f"{self.file}:{self.line}:{self.column}"
@@ -44,9 +48,40 @@ class SpecError(EffspecError):
         super().__init__(self.one_line())
 
     def one_line(self) -> str:
-        where = f"{self.location}: " if self.location else ""
         field = f"{self.path}: " if self.path else ""
+        location = self.location
+        if location is not None and location.inherited_by:
+            # The user's file first (the one they compiled), then where the inherited value is written.
+            return f"{location.inherited_by}: error: {field}{self.message} (inherited from {location})"
+        where = f"{location}: " if location else ""
         return f"{where}error: {field}{self.message}"
+
+    def lines(self) -> list[str]:
+        """The message, one line per error."""
+        return [str(self)]
+
+
+class SpecErrors(SpecError):
+    """Several errors in one spec (validation reports them all, up to a cap). Behaves as the first one
+    (``message``, ``location``, ``path``) for code that handles a single SpecError."""
+
+    def __init__(self, errors: list[SpecError], total: int | None = None) -> None:
+        first = errors[0]
+        self.errors = list(errors)
+        self.total = max(total or 0, len(errors))
+        super().__init__(first.message, first.location, first.path)
+
+    def lines(self) -> list[str]:
+        lines = [printable(error.one_line()) for error in self.errors]
+        hidden = self.total - len(self.errors)
+        if hidden:
+            first = self.errors[0].location
+            file = (first.inherited_by or first.file) if first else "effspec"
+            lines.append(f"{file}: error: {hidden} more error{'s' if hidden != 1 else ''} not shown")
+        return lines
+
+    def __str__(self) -> str:
+        return "\n".join(self.lines())
 
 
 class UsageError(EffspecError):

@@ -4,29 +4,41 @@ Two steps, so that the build cache can key on exactly the bytes the build parses
 every file of the extends chain once (no pydantic involved) and ``validate`` checks the merged data.
 
 ``extends`` names a path relative to the file that contains it; ``..`` is allowed (a shared base in
-a parent directory), absolute paths are not. Each file is read with the same bounds as the spec
-itself (a regular file, at most 256 KiB), the chain may be at most ``MAX_EXTENDS`` files long, and
-cycles are errors.
+a parent directory), absolute paths are not. A bare name (``extends: efficientnet-b0``: no slash,
+no ``.yaml``) names a spec shipped with effspec, unless a file of that name exists beside the spec.
+Each file is read with the same bounds as the spec itself (a regular file, at most 256 KiB), the
+chain may be at most ``MAX_EXTENDS`` files long, and cycles are errors.
+
+Positions are kept per file: a merged value remembers the file, line and column it was written at,
+and which spec inherited it, so an error in an inherited value names both. Validation reports every
+error of a spec (up to ``MAX_ERRORS``), one line each.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import hashlib
 import json
 import math
 import os
+import re
+import types
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from effspec.errors import Location, SpecError, format_path
-from effspec.paths import display_path, safe_resolve
+from effspec.errors import Location, SpecError, SpecErrors, format_path
+from effspec.paths import display_path, safe_resolve, shipped_spec, shipped_spec_names
 from effspec.yamlsource import FieldPath, Positions, parse_yaml, read_source
 
 if TYPE_CHECKING:
     from effspec.schema import Spec
 
 MAX_EXTENDS = 16
+MAX_ERRORS = 20  # validation errors reported per file; more are counted on one last line
+
+_SHIPPED_NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")  # no slash: a name, not a path
 
 
 @dataclass(frozen=True)
@@ -88,19 +100,21 @@ def _resolve(path: Path, chain: tuple[Path, ...], sources: list[tuple[str, bytes
         return data, positions
     where = positions[("extends",)]
     if not isinstance(base_ref, str) or not base_ref:
-        raise SpecError(f"expected a relative path string, found {_describe(base_ref)}", where, "extends")
+        raise SpecError(
+            f"expected a relative path or a shipped spec name, found {_describe(base_ref)}", where, "extends"
+        )
     if "\0" in base_ref:
         raise SpecError("expected a relative path string, found a NUL character", where, "extends")
     if Path(base_ref).is_absolute():
         raise SpecError(f"expected a relative path (to this file's directory), found {base_ref!r}", where, "extends")
     base_path = path.parent / base_ref
+    if not os.path.lexists(base_path):
+        base_path = _shipped_base(base_ref, base_path, where)
     if safe_resolve(base_path) in (*(safe_resolve(p) for p in chain), safe_resolve(path)):
         cycle = " -> ".join(display_path(p) for p in (*chain, path, base_path))
         raise SpecError(f"extends cycle: {cycle}", where, "extends")
     if len(chain) + 1 >= MAX_EXTENDS:
         raise SpecError(f"expected an extends chain of at most {MAX_EXTENDS} files, found more", where, "extends")
-    if not os.path.lexists(base_path):
-        raise SpecError(f"base spec not found: expected a file at {display_path(base_path)}", where, "extends")
     try:
         base_data, base_positions = _resolve(base_path, (*chain, path), sources)
     except SpecError as exc:
@@ -108,9 +122,44 @@ def _resolve(path: Path, chain: tuple[Path, ...], sources: list[tuple[str, bytes
             raise
         # The base itself cannot be read (a FIFO, a device, too big...): say so at the extends line.
         raise SpecError(f"base spec {display_path(base_path)}: {exc.message}", where, "extends") from None
-    merged_positions = {p: loc for p, loc in base_positions.items() if not _replaced(p, data)}
+    # A value this file inherits keeps its base's file:line:column and learns which file inherited it,
+    # so that an error in it names both (the outermost file wins along a chain).
+    merged_positions = {
+        p: dataclasses.replace(loc, inherited_by=display) for p, loc in base_positions.items() if not _replaced(p, data)
+    }
     merged_positions.update(positions)
     return _merge(base_data, data), merged_positions
+
+
+def _shipped_base(base_ref: str, base_path: Path, where: Location) -> Path:
+    """``extends: efficientnet-b0``: the shipped spec of that name (no file of that name is beside the spec)."""
+    names = shipped_spec_names()
+    is_name = _SHIPPED_NAME.fullmatch(base_ref) and not base_ref.endswith((".yaml", ".yml"))
+    if not is_name:
+        hint = ""
+        stem = base_ref[: -len(".yaml")] if base_ref.endswith(".yaml") else ""
+        if stem in names:
+            hint = f" (to inherit the spec shipped with effspec, write 'extends: {stem}')"
+        raise SpecError(f"base spec not found: expected a file at {display_path(base_path)}{hint}", where, "extends")
+    shipped = shipped_spec(base_ref)
+    if shipped is None:
+        if not names:
+            raise SpecError(
+                f"base spec not found: expected a file at {display_path(base_path)} "
+                "(this installation of effspec ships no specs)",
+                where,
+                "extends",
+            )
+        nearest = difflib.get_close_matches(base_ref, names, n=3, cutoff=0.5)
+        listed = [*nearest, *(name for name in names if name not in nearest)]
+        guess = f"did you mean {nearest[0]}? " if nearest else ""
+        raise SpecError(
+            f"expected a relative path or the name of a shipped spec, found {base_ref!r} "
+            f"(no file {display_path(base_path)}); {guess}shipped specs: {', '.join(listed)}",
+            where,
+            "extends",
+        )
+    return shipped
 
 
 def _replaced(path: FieldPath, override: dict[str, Any]) -> bool:
@@ -178,7 +227,7 @@ def _pydantic_error(error: Any, positions: Positions) -> SpecError:
     found = error.get("input")
     ctx = error.get("ctx") or {}
     if kind == "extra_forbidden":
-        message = f"unknown key {_describe(str(loc[-1]))}"
+        message = _unknown_key(str(loc[-1]), tuple(error["loc"])[:-1])
     elif kind == "missing":
         message = "required field is missing"
     elif kind == "union_tag_invalid" or kind == "union_tag_not_found":
@@ -208,8 +257,141 @@ def _pydantic_error(error: Any, positions: Positions) -> SpecError:
     return SpecError(message, locate(positions, loc), format_path(loc))
 
 
+def _section_model(loc: tuple[Any, ...]) -> Any:
+    """The pydantic model of the section at pydantic's (raw) error location ``loc``, or None."""
+    import typing
+
+    from pydantic import BaseModel
+
+    from effspec.schema import Spec
+
+    def unwrap(tp: Any, tag: Any = None) -> Any:
+        while True:
+            origin = typing.get_origin(tp)
+            if origin is typing.Annotated:
+                tp = typing.get_args(tp)[0]
+            elif origin is typing.Union or isinstance(tp, types.UnionType):
+                members = [m for m in typing.get_args(tp) if m is not type(None)]
+                if len(members) > 1 and tag is not None:  # a discriminated union: pydantic names the member
+                    members = [m for m in members if _method_of(m) == tag] or members
+                tp = members[0]
+            else:
+                return tp
+
+    current: Any = Spec
+    for part in loc:
+        current = unwrap(current, part)
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            if part in current.model_fields:
+                current = current.model_fields[part].annotation
+            elif _method_of(current) != part:  # the union tag itself ('compound') names this model
+                return None
+        elif isinstance(part, int) and typing.get_origin(current) in (list, tuple):
+            current = typing.get_args(current)[0]
+        else:
+            return None
+    current = unwrap(current)
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def _method_of(model: Any) -> Any:
+    import typing
+
+    fields = getattr(model, "model_fields", {})
+    if "method" not in fields:
+        return None
+    args = typing.get_args(fields["method"].annotation)
+    return args[0] if args else None
+
+
+def _unknown_key(key: str, section_loc: tuple[Any, ...]) -> str:
+    """ "unknown key 'se_ration'; did you mean se_ratio? (keys here: ...)" for a key the schema lacks."""
+    message = f"unknown key {_describe(key)}"
+    model = _section_model(section_loc)
+    if model is None:
+        return message
+    keys = list(model.model_fields)
+    nearest = difflib.get_close_matches(key, keys, n=1, cutoff=0.6)
+    if nearest:
+        message += f"; did you mean {nearest[0]}?"
+    else:
+        from effspec.schema import CompoundScaling, ExplicitScaling
+
+        for other in (CompoundScaling, ExplicitScaling):
+            if model in (CompoundScaling, ExplicitScaling) and other is not model and key in other.model_fields:
+                message += f"; {key} is a key of method: {_method_of(other)}"
+    return f"{message} (valid keys here: {', '.join(keys)})"
+
+
+def _union_member(loc: tuple[Any, ...], positions: Positions) -> tuple[tuple[Any, ...], Any] | None:
+    """(the location of the union value, the member pydantic tried) when ``loc`` runs through one
+    member of a plain union (``kernel``: an integer or a list), else None."""
+    path: tuple[Any, ...] = ()
+    for index, part in enumerate(loc):
+        if isinstance(part, str) and (*path, part) not in positions and part not in ("compound", "explicit"):
+            if not part.isidentifier():  # 'constrained-int', 'tuple[constrained-int, ...]'
+                return loc[:index], part
+        path = (*path, part)
+    return None
+
+
+def _select_union_errors(errors: list[Any], positions: Positions) -> list[Any]:
+    """pydantic reports a value that fits no member of a union once per member; keep the member the
+    value's type fits (``kernel: [3, 0]`` is a list: report its item, not "expected an integer")."""
+    members: dict[tuple[Any, ...], list[Any]] = {}
+    for error in errors:
+        found = _union_member(tuple(error["loc"]), positions)
+        if found is not None:
+            members.setdefault(found[0], [])
+            if found[1] not in members[found[0]]:
+                members[found[0]].append(found[1])
+    chosen: dict[tuple[Any, ...], Any] = {}
+    for where, tried in members.items():
+        chosen[where] = tried[0]
+        for member in tried:
+            mismatched = [
+                e
+                for e in errors
+                if tuple(e["loc"]) == (*where, member) and e["type"] in _EXPECTED_TYPE and e["type"].endswith("_type")
+            ]
+            if not mismatched:
+                chosen[where] = member
+                break
+    kept = []
+    for error in errors:
+        found = _union_member(tuple(error["loc"]), positions)
+        if found is None or chosen[found[0]] == found[1]:
+            kept.append(error)
+    return kept
+
+
+def _spec_errors(errors: list[Any], positions: Positions) -> list[SpecError]:
+    """Every validation error, once per field, most specific first, in file order."""
+    mapped = [_pydantic_error(error, positions) for error in _select_union_errors(errors, positions)]
+    unique: dict[str, SpecError] = {}
+    for error in mapped:
+        unique.setdefault(error.path, error)
+    paths = list(unique)
+    # A value with an error inside it (kernel[1]) needs no second line about the whole (kernel).
+    specific = [
+        error
+        for path, error in unique.items()
+        if not any(other != path and (other.startswith(path + ".") or other.startswith(path + "[")) for other in paths)
+        or not path
+    ]
+
+    def order(error: SpecError) -> tuple[int, int, int]:
+        loc = error.location
+        if loc is None:
+            return (2, 0, 0)
+        return (1 if loc.inherited_by else 0, loc.line, loc.column)
+
+    return sorted(specific, key=order)
+
+
 def validate(resolved: Resolved) -> LoadedSpec:
-    """Validate a resolved spec with pydantic. Raises SpecError with file:line:column."""
+    """Validate a resolved spec with pydantic. Raises SpecError with file:line:column (SpecErrors,
+    one line per error, when there are several)."""
     import pydantic  # here, not at import: resolve() and a build-cache hit never need it
 
     from effspec.schema import Spec
@@ -217,7 +399,10 @@ def validate(resolved: Resolved) -> LoadedSpec:
     try:
         spec = Spec.model_validate(resolved.data)
     except pydantic.ValidationError as exc:
-        raise _pydantic_error(exc.errors()[0], resolved.positions) from None
+        errors = _spec_errors(exc.errors(), resolved.positions)
+        if len(errors) == 1:
+            raise errors[0] from None
+        raise SpecErrors(errors[:MAX_ERRORS], len(errors)) from None
     canonical = json.dumps(spec.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
     digest = hashlib.sha256(canonical.encode("utf-8")).hexdigest()
     return LoadedSpec(spec, resolved.display, digest, resolved.positions)

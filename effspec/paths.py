@@ -22,3 +22,33 @@ def display_path(path: Path) -> str:
         except (ValueError, OSError):
             return path.as_posix()
     return Path(os.path.normpath(path)).as_posix()
+
+
+# `extends: efficientnet-b0` names a spec shipped with effspec: a wheel carries them as package data
+# (effspec/specs/), a source checkout or an editable install has them in specs/ beside the package.
+_SPECS_MARKER = "effspec.schema.json"  # so that another project's specs/ directory is never taken for ours
+
+
+def shipped_specs_dir() -> Path | None:
+    """The directory of the specs shipped with effspec, or None when this installation has none."""
+    package = Path(__file__).resolve().parent
+    for candidate in (package / "specs", package.parent / "specs"):
+        if (candidate / _SPECS_MARKER).is_file():
+            return candidate
+    return None
+
+
+def shipped_spec_names() -> list[str]:
+    """The names ``extends`` accepts without a path (``efficientnet-b0``), sorted."""
+    directory = shipped_specs_dir()
+    if directory is None:
+        return []
+    return sorted(path.stem for path in directory.glob("*.yaml") if path.is_file())
+
+
+def shipped_spec(name: str) -> Path | None:
+    """The file of the shipped spec ``name``, or None. Only listed names match (no path is built from input)."""
+    directory = shipped_specs_dir()
+    if directory is None or name not in shipped_spec_names():
+        return None
+    return directory / f"{name}.yaml"

@@ -497,7 +497,7 @@ def test_extends_nul_character(tmp_path: Path, capsys: pytest.CaptureFixture[str
 
 def test_extends_not_a_string(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     files = {"a.yaml": "extends: [good.yaml]\nname: a\n"}
-    expect_error(tmp_path, capsys, files, "a.yaml", 'expected a relative path string, found ["good.yaml"]')
+    expect_error(tmp_path, capsys, files, "a.yaml", 'expected a relative path or a shipped spec name, found ["good.yaml"]')
 
 
 def test_extends_chain_too_long(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -578,4 +578,5 @@ def test_an_unknown_key_that_is_not_an_identifier(tmp_path: Path, capsys: pytest
 def test_a_very_long_unknown_key_is_shortened(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     text = "name: x\n" + "k" * 1000 + ": 1\nstages:\n" + STAGE
     line = expect_error(tmp_path, capsys, {"s.yaml": text}, "s.yaml", "unknown key 'kkkk", "s.yaml:2:")
-    assert len(line) < 1200 and line.endswith("...")
+    # The message shows the key shortened (the field path names it whole), then the valid keys.
+    assert len(line) < 1400 and " unknown key '" + "k" * 56 + "... (valid keys here: name, " in line, line

@@ -497,7 +497,9 @@ def test_extends_nul_character(tmp_path: Path, capsys: pytest.CaptureFixture[str
 
 def test_extends_not_a_string(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     files = {"a.yaml": "extends: [good.yaml]\nname: a\n"}
-    expect_error(tmp_path, capsys, files, "a.yaml", 'expected a relative path or a shipped spec name, found ["good.yaml"]')
+    expect_error(
+        tmp_path, capsys, files, "a.yaml", 'expected a relative path or a shipped spec name, found ["good.yaml"]'
+    )
 
 
 def test_extends_chain_too_long(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

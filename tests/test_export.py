@@ -72,7 +72,7 @@ def test_onnx_has_static_same_padding_and_matches_onnxruntime(capsys, tmp_path: 
 
 
 def test_torchscript_static_and_dynamic_size(capsys, tmp_path: Path) -> None:
-    code, printed = _export(capsys, B0, "torchscript", tmp_path / "b0.pt", "--resolution", "64")
+    code, printed = _export(capsys, TINY, "torchscript", tmp_path / "tiny.pt", "--resolution", "64")
     assert code == 0, printed
     assert _parity(printed) < 1e-4
     code, printed = _export(capsys, TINY, "torchscript", tmp_path / "any.pt", "--dynamic-size", "--batch", "dynamic")

@@ -32,7 +32,7 @@ B0_SYMMETRIC = "tests/data/efficientnet-b0-symmetric.yaml"
 V2_B0 = "specs/efficientnetv2-b0.yaml"
 V2_S_SYMMETRIC = "tests/data/torchvision-efficientnetv2-s.yaml"
 SIZE = 65  # odd: TF SAME pads stride-2 convs asymmetrically here
-VERIFY = ["--verify-size", "64"]
+VERIFY = ["--verify-size", "48"]
 
 
 def _randomize(net):
@@ -116,7 +116,6 @@ CASES = [
     ("timm", "tf_efficientnet_b0", B0, "state_dict_ema.pth", "keras"),
     ("timm", "efficientnet_b0", B0_SYMMETRIC, "legacy.pth", "torch"),
     ("timm", "tf_efficientnetv2_b0", V2_B0, "model.safetensors", "torch"),
-    ("timm", "tf_efficientnetv2_b0", V2_B0, "state_dict.pth", "keras"),
     ("torchvision", "efficientnet_b0", B0_SYMMETRIC, "model.safetensors", "torch"),
     ("torchvision", "efficientnet_b0", B0_SYMMETRIC, "model.pth", "torch"),
     ("torchvision", "efficientnet_v2_s", V2_S_SYMMETRIC, "pytorch_model.bin", "torch"),

@@ -217,6 +217,7 @@ def test_another_class_count_keeps_a_fresh_classifier(peers, tmp_path_factory, t
     assert "classifier has 1000 classes, the spec 10: classifier keeps its fresh initialization" in printed
     state = torch.load(out, weights_only=True)
     assert state["classifier.weight"].shape == (10, 1280)
+    assert state["stem.bn.num_batches_tracked"].shape == ()  # as torch keeps it (effspec check reads it back)
     assert torch.equal(state["head.conv.weight"], net.state_dict()["conv_head.weight"])
 
 

@@ -132,8 +132,8 @@ def _as_array(name: str, tensor: Any, path: Path) -> np.ndarray:
     if tensor.is_complex():
         raise ConversionError(f"{path}: {name} is a complex tensor ({tensor.dtype}); expected real floating point")
     if not tensor.is_floating_point():
-        if name.endswith(_COUNTER_SUFFIX) and tensor.dim() == 0:
-            return np.asarray(tensor.item(), dtype=np.int64)
+        if name.endswith(_COUNTER_SUFFIX) and tensor.numel() == 1:  # 0-d (some writers keep it 1-d)
+            return np.asarray(tensor.reshape(()).item(), dtype=np.int64)
         raise ConversionError(f"{path}: {name} is an integer tensor ({tensor.dtype}); expected floating point")
     if tensor.dtype in (torch.float16, torch.bfloat16):
         tensor = tensor.float()

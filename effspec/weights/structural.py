@@ -222,7 +222,10 @@ def map_checkpoint(
                 result.stem_module = chosen.name
             elif layer.name == first_conv:
                 result.stem_module = chosen.name
-            result.state[entry.name] = np.ascontiguousarray(array, dtype=np.int64 if entry.kind == "bn_count" else None)
+            if entry.kind == "bn_count":  # 0-d, as torch keeps it (ascontiguousarray would make it 1-d)
+                result.state[entry.name] = np.array(array, dtype=np.int64).reshape(())
+            else:
+                result.state[entry.name] = np.ascontiguousarray(array)
     if unused:
         extra = unused[0]
         raise ConversionError(

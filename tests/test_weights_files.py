@@ -220,3 +220,16 @@ def test_atomic_output_replaces_on_success_and_keeps_out_on_failure(tmp_path: Pa
         temporary.write_bytes(b"new")
     assert out.read_bytes() == b"new"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.pt"]
+
+
+def test_a_legacy_torch_file_claiming_8_gib_is_refused(tmp_path: Path, out: Path, capsys) -> None:
+    """Pre-zip torch files declare each storage's size in the pickle: a forged size must fail fast."""
+    path = tmp_path / "legacy.pth"
+    torch.save({"stem.conv.weight": torch.zeros(1 << 20)}, path, _use_new_zipfile_serialization=False)
+    data = bytearray(path.read_bytes())
+    position = data.find(b"J" + struct.pack("<i", 1 << 20))  # the storage's element count
+    data[position + 1 : position + 5] = struct.pack("<i", (1 << 31) - 1)
+    path.write_bytes(bytes(data[:200_000]))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    _assert_exit_2(capsys, "torch", "keras", path, out, "cannot read torch weights")
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak < 256 * 1024  # KiB

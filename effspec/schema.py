@@ -72,7 +72,7 @@ class Input(_Section):
     """The nominal input image (before scaling) and its normalization constants."""
 
     resolution: PositiveInt = Field(224, le=MAX_RESOLUTION, description="base input resolution in pixels (square)")
-    channels: PositiveInt = Field(3, le=MAX_INPUT_CHANNELS)
+    channels: PositiveInt = Field(3, le=MAX_INPUT_CHANNELS, description="input image channels (3 = RGB, 1 = grayscale)")
     mean: tuple[Number, ...] = Field((0.485, 0.456, 0.406), description="per-channel mean of 0..1 pixels")
     std: tuple[PositiveFloat, ...] = Field((0.229, 0.224, 0.225), description="per-channel std of 0..1 pixels")
 
@@ -86,7 +86,9 @@ class Input(_Section):
 
 
 class BatchNorm(_Section):
-    eps: PositiveFloat = 1e-3
+    eps: PositiveFloat = Field(
+        1e-3, description="added to the variance: 1e-3 for the TF family, 1e-5 for torchvision/timm"
+    )
     momentum: float = Field(0.99, gt=0, lt=1, strict=True, description="running-average decay, TF/Keras convention")
 
 
@@ -114,10 +116,12 @@ class Defaults(_Section):
     """Settings every block inherits unless its stage overrides them."""
 
     activation: Activation = Field("swish", description="of every conv-bn-act and squeeze-excite")
-    batch_norm: BatchNorm = BatchNorm()
+    batch_norm: BatchNorm = Field(BatchNorm(), description="every batch norm's eps and running-average decay")
     padding: Padding = Field("same", description="same: TensorFlow SAME; symmetric: (kernel - 1) // 2 per side")
     se_ratio: Fraction = Field(0.25, description="squeeze-excite width ratio of MBConv blocks (0 = no SE)")
-    squeeze_excite: SqueezeExcite = SqueezeExcite()
+    squeeze_excite: SqueezeExcite = Field(
+        SqueezeExcite(), description="how every squeeze-excite is built (gate, width)"
+    )
     drop_path_rate: Fraction = Field(0.2, description="stochastic depth: block i of N gets rate * i / N")
     channel_divisor: PositiveInt = Field(8, le=MAX_CHANNELS, description="every scaled width is a multiple of this")
     round_limit: float = Field(0.9, ge=0, lt=1, strict=True, description="the 10% rule: 0.9 for V1, 0 disables it (V2)")
@@ -130,8 +134,8 @@ class Stem(_Section):
     """The first conv-bn-act."""
 
     channels: PositiveInt = Field(32, le=MAX_CHANNELS, description="output width (scaled by width unless fixed)")
-    kernel: PositiveInt = Field(3, le=MAX_KERNEL)
-    stride: Stride = 2
+    kernel: PositiveInt = Field(3, le=MAX_KERNEL, description="odd kernel size of the stem conv")
+    stride: Stride = Field(2, description="stride of the stem conv: 1 or 2")
     activation: Activation | None = Field(None, description="default: defaults.activation")
     scale_width: bool = Field(True, description="false: the stem keeps `channels` at every width (Lite, TinyNet)")
 
@@ -141,15 +145,19 @@ class Stem(_Section):
 class BlockOverride(_Section):
     """Fields that one block of a stage sets differently from its stage (None: the stage's value)."""
 
-    kernel: Kernel | None = None
-    expansion: Expansion | None = None
-    expansion_in: PositiveInt | None = Field(None, le=MAX_CHANNELS)
-    se_ratio: Fraction | None = None
-    activation: Activation | None = None
-    expand_conv: bool | None = None
-    expand_groups: Groups | None = None
-    project_groups: Groups | None = None
-    residual: bool | None = None
+    kernel: Kernel | None = Field(None, description="this block's kernel size (or sizes); default: the stage's")
+    expansion: Expansion | None = Field(None, description="this block's expansion ratio; default: the stage's")
+    expansion_in: PositiveInt | None = Field(
+        None, le=MAX_CHANNELS, description="this block's expanded base width (scaled); default: the stage's"
+    )
+    se_ratio: Fraction | None = Field(
+        None, description="this block's squeeze-excite ratio (0 = no SE); default: the stage's"
+    )
+    activation: Activation | None = Field(None, description="this block's activation; default: the stage's")
+    expand_conv: bool | None = Field(None, description="keep the 1x1 expand conv at expansion 1; default: the stage's")
+    expand_groups: Groups | None = Field(None, description="groups of this block's expand conv; default: the stage's")
+    project_groups: Groups | None = Field(None, description="groups of this block's project conv; default: the stage's")
+    residual: bool | None = Field(None, description="false: no skip connection in this block; default: the stage's")
 
     _kernel = field_validator("kernel")(_odd_kernel)
 
@@ -157,10 +165,12 @@ class BlockOverride(_Section):
 class Stage(_Section):
     """``repeats`` blocks of one kind; the first has ``stride``, all output ``channels``."""
 
-    block: BlockKind
+    block: BlockKind = Field(
+        description="mbconv (1x1 expand, depthwise, project) or fused_mbconv (k x k expand, project)"
+    )
     repeats: PositiveInt = Field(le=MAX_REPEATS, description="block count before depth scaling")
     kernel: Kernel = Field(description="odd kernel size; a list splits a depthwise conv across kernels (MixNet)")
-    stride: Stride
+    stride: Stride = Field(description="stride of the stage's first block: 1 or 2 (the others use 1)")
     expansion: Expansion = Field(
         description="expanded width = round(expansion x block input channels) to the channel divisor"
     )
@@ -204,37 +214,39 @@ class Head(_Section):
         None, le=MAX_CHANNELS, description="the scaled head width is at least this (MobileNetV2, TinyNet)"
     )
     activation: Activation | None = Field(None, description="of the head conv; default: defaults.activation")
-    pooled_conv: PooledConv | None = None
+    pooled_conv: PooledConv | None = Field(None, description="a 1x1 conv after pooling (MobileNetV3); default: none")
     dropout: Fraction = Field(0.2, description="before the classifier")
-    num_classes: PositiveInt = Field(1000, le=MAX_CLASSES)
+    num_classes: PositiveInt = Field(1000, le=MAX_CLASSES, description="outputs of the linear classifier")
 
 
 class CompoundScaling(_Section):
     """EfficientNet's compound rule: depth alpha^phi, width beta^phi, resolution gamma^phi."""
 
-    method: Literal["compound"]
+    method: Literal["compound"] = Field(description="compound: multipliers from phi, alpha, beta, gamma")
     phi: float = Field(ge=-MAX_PHI, le=MAX_PHI, strict=True, description="may be negative: a smaller model")
-    alpha: float = Field(1.2, ge=1, le=MAX_COEFFICIENT, strict=True)
-    beta: float = Field(1.1, ge=1, le=MAX_COEFFICIENT, strict=True)
-    gamma: float = Field(1.15, ge=1, le=MAX_COEFFICIENT, strict=True)
+    alpha: float = Field(1.2, ge=1, le=MAX_COEFFICIENT, strict=True, description="depth multiplier = alpha^phi")
+    beta: float = Field(1.1, ge=1, le=MAX_COEFFICIENT, strict=True, description="width multiplier = beta^phi")
+    gamma: float = Field(
+        1.15, ge=1, le=MAX_COEFFICIENT, strict=True, description="resolution = input.resolution x gamma^phi"
+    )
     resolution_divisor: PositiveInt = Field(
         1, le=MAX_RESOLUTION, description="round the scaled resolution to a multiple of this"
     )
-    dropout: Fraction | None = None
-    drop_path_rate: Fraction | None = None
+    dropout: Fraction | None = Field(None, description="replaces head.dropout for this member")
+    drop_path_rate: Fraction | None = Field(None, description="replaces defaults.drop_path_rate for this member")
 
 
 class ExplicitScaling(_Section):
     """Hand-picked multipliers, as the official B1..B7 and V2-B1..B3 use."""
 
-    method: Literal["explicit"]
-    width: PositiveFloat = Field(1.0, le=MAX_MULTIPLIER)
-    depth: PositiveFloat = Field(1.0, le=MAX_MULTIPLIER)
+    method: Literal["explicit"] = Field(description="explicit: width, depth and resolution as written")
+    width: PositiveFloat = Field(1.0, le=MAX_MULTIPLIER, description="width multiplier of every scaled channel count")
+    depth: PositiveFloat = Field(1.0, le=MAX_MULTIPLIER, description="depth multiplier of every stage's repeats")
     resolution: PositiveInt | None = Field(
         None, le=MAX_RESOLUTION, description="absolute input resolution; default input.resolution"
     )
-    dropout: Fraction | None = None
-    drop_path_rate: Fraction | None = None
+    dropout: Fraction | None = Field(None, description="replaces head.dropout for this member")
+    drop_path_rate: Fraction | None = Field(None, description="replaces defaults.drop_path_rate for this member")
 
 
 Scaling = Annotated[CompoundScaling | ExplicitScaling, Field(discriminator="method")]
@@ -243,54 +255,75 @@ Scaling = Annotated[CompoundScaling | ExplicitScaling, Field(discriminator="meth
 class Range(_Section):
     """A value that moves linearly from ``start`` to ``end`` across progressive-learning stages."""
 
-    start: float = Field(ge=0, strict=True)
-    end: float = Field(ge=0, strict=True)
+    start: float = Field(ge=0, strict=True, description="value in the first progressive stage")
+    end: float = Field(ge=0, strict=True, description="value in the last progressive stage")
 
 
 class Progressive(_Section):
     """EfficientNetV2 progressive learning: image size and regularization grow stage by stage."""
 
-    stages: PositiveInt = Field(4, le=MAX_PROGRESSIVE_STAGES)
-    image_size: Range
-    randaugment_magnitude: Range
-    mixup_alpha: Range
-    dropout: Range
+    stages: PositiveInt = Field(
+        4, le=MAX_PROGRESSIVE_STAGES, description="number of progressive stages the epochs are split into"
+    )
+    image_size: Range = Field(description="training image size in pixels, first to last stage")
+    randaugment_magnitude: Range = Field(description="RandAugment magnitude, first to last stage")
+    mixup_alpha: Range = Field(description="mixup alpha (0 = no mixup), first to last stage")
+    dropout: Range = Field(description="head dropout rate, first to last stage")
 
 
 class Training(_Section):
     """Recipe defaults the training entrypoints read (the TF reference recipe by default)."""
 
-    optimizer: Literal["rmsprop", "sgd", "adamw"] = "rmsprop"
+    optimizer: Literal["rmsprop", "sgd", "adamw"] = Field(
+        "rmsprop", description="rmsprop (TensorFlow's RMSProp, the EfficientNet recipe), sgd or adamw"
+    )
     lr_per_256: PositiveFloat = Field(0.016, description="learning rate for a global batch of 256, scaled linearly")
     batch_size: PositiveInt = Field(256, le=1 << 24, description="global batch size")
-    schedule: Literal["exponential", "cosine"] = "exponential"
-    decay_rate: PositiveFloat = 0.97
-    decay_epochs: PositiveFloat = 2.4
-    warmup_epochs: float = Field(5, ge=0, strict=True)
-    epochs: PositiveInt = Field(350, le=100_000)
-    weight_decay: float = Field(1e-5, ge=0, strict=True)
-    label_smoothing: Fraction = 0.1
-    ema_decay: float = Field(0.9999, ge=0, lt=1, strict=True)
-    augmentation: Literal["autoaugment", "randaugment", "none"] = "autoaugment"
-    randaugment_magnitude: float = Field(10, ge=0, strict=True)
-    mixup_alpha: float = Field(0, ge=0, strict=True)
+    schedule: Literal["exponential", "cosine"] = Field(
+        "exponential",
+        description="learning-rate decay after warmup: exponential (x decay_rate every decay_epochs) or cosine",
+    )
+    decay_rate: PositiveFloat = Field(
+        0.97, description="exponential schedule: the rate is multiplied by this every decay_epochs"
+    )
+    decay_epochs: PositiveFloat = Field(2.4, description="exponential schedule: epochs between two decays")
+    warmup_epochs: float = Field(5, ge=0, strict=True, description="linear learning-rate warmup from 0 (0 = none)")
+    epochs: PositiveInt = Field(350, le=100_000, description="training epochs")
+    weight_decay: float = Field(1e-5, ge=0, strict=True, description="L2 weight decay (0 = none)")
+    label_smoothing: Fraction = Field(0.1, description="label smoothing of the cross-entropy loss (0 = none)")
+    ema_decay: float = Field(
+        0.9999, ge=0, lt=1, strict=True, description="decay of the exponential moving average of weights (0 = off)"
+    )
+    augmentation: Literal["autoaugment", "randaugment", "none"] = Field(
+        "autoaugment", description="training-image augmentation policy"
+    )
+    randaugment_magnitude: float = Field(10, ge=0, strict=True, description="RandAugment magnitude")
+    mixup_alpha: float = Field(0, ge=0, strict=True, description="mixup Beta(alpha, alpha) parameter (0 = no mixup)")
     train_resolution: PositiveInt | None = Field(None, le=MAX_RESOLUTION, description="default: the scaled resolution")
     crop_fraction: float = Field(
         0.875, gt=0, le=1, strict=True, description="eval center crop: resize to res/crop, crop res"
     )
-    progressive: Progressive | None = None
+    progressive: Progressive | None = Field(
+        None, description="EfficientNetV2 progressive learning; default: none (one stage)"
+    )
 
 
 class Spec(_Section):
     """A model family member: architecture, scaling and training recipe."""
 
     name: str = Field(pattern=r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$", max_length=64, description="lowercase-with-dashes")
-    description: str = Field("", max_length=2000)
-    extends: str | None = Field(None, description="relative path of a spec this one inherits from")
-    input: Input = Input()
-    defaults: Defaults = Defaults()
-    stem: Stem = Stem()
-    stages: list[Stage] = Field(min_length=1)
-    head: Head = Head()
-    scaling: Scaling | None = None
-    training: Training = Training()
+    description: str = Field("", max_length=2000, description="free text, emitted only as an escaped string")
+    extends: str | None = Field(
+        None,
+        description="a spec this one inherits from: a path relative to this file, or the name of a spec "
+        "shipped with effspec (efficientnet-b0); mappings merge deeply, lists replace",
+    )
+    input: Input = Field(Input(), description="the nominal input image and its normalization")
+    defaults: Defaults = Field(Defaults(), description="settings every block inherits")
+    stem: Stem = Field(Stem(), description="the first conv-bn-act")
+    stages: list[Stage] = Field(min_length=1, description="the stages in order; each is repeats blocks of one kind")
+    head: Head = Field(Head(), description="head conv, pooling, dropout and classifier")
+    scaling: Scaling | None = Field(
+        None, description="compound or explicit multipliers; default: none (width, depth 1)"
+    )
+    training: Training = Field(Training(), description="the recipe the generated train.py defaults to")

@@ -131,6 +131,16 @@ def _resolve(path: Path, chain: tuple[Path, ...], sources: list[tuple[str, bytes
     return _merge(base_data, data), merged_positions
 
 
+def _nearest(word: str, choices: list[str], n: int, cutoff: float = 0.6) -> list[str]:
+    """The ``n`` choices most like ``word`` (difflib's ratio, at least ``cutoff``); ties in order."""
+    scored = []
+    for index, choice in enumerate(choices):
+        ratio = difflib.SequenceMatcher(None, word, choice).ratio()
+        if ratio >= cutoff:
+            scored.append((-ratio, index, choice))
+    return [choice for _, _, choice in sorted(scored)[:n]]
+
+
 def _shipped_base(base_ref: str, base_path: Path, where: Location) -> Path:
     """``extends: efficientnet-b0``: the shipped spec of that name (no file of that name is beside the spec)."""
     names = shipped_spec_names()
@@ -150,7 +160,7 @@ def _shipped_base(base_ref: str, base_path: Path, where: Location) -> Path:
                 where,
                 "extends",
             )
-        nearest = difflib.get_close_matches(base_ref, names, n=3, cutoff=0.5)
+        nearest = _nearest(base_ref, names, 3, cutoff=0.5)
         listed = [*nearest, *(name for name in names if name not in nearest)]
         guess = f"did you mean {nearest[0]}? " if nearest else ""
         raise SpecError(
@@ -311,7 +321,7 @@ def _unknown_key(key: str, section_loc: tuple[Any, ...]) -> str:
     if model is None:
         return message
     keys = list(model.model_fields)
-    nearest = difflib.get_close_matches(key, keys, n=1, cutoff=0.6)
+    nearest = _nearest(key, keys, 1)
     if nearest:
         message += f"; did you mean {nearest[0]}?"
     else:

@@ -249,3 +249,12 @@ def test_verify_catches_a_wrong_pairing_and_writes_nothing(
     assert "converted model differs from the source" in capsys.readouterr().err
     assert out.read_bytes() == b"the user's file"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.pt"]
+
+
+def test_adapting_the_stem_to_more_channels_repeats_and_rescales() -> None:
+    weight = np.arange(2 * 3 * 3 * 3, dtype=np.float32).reshape(2, 3, 3, 3)
+    four = structural.adapt_input_channels(weight, 4)
+    assert four.shape == (2, 4, 3, 3)
+    np.testing.assert_allclose(four[:, :3], weight * 0.75)
+    np.testing.assert_allclose(four[:, 3], weight[:, 0] * 0.75)
+    np.testing.assert_allclose(structural.adapt_input_channels(weight, 1)[:, 0], weight.sum(axis=1))

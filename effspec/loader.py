@@ -349,54 +349,47 @@ def _select_union_errors(errors: list[Any], positions: Positions) -> list[Any]:
     """pydantic reports a value that fits no member of a union once per member; keep the member the
     value's type fits (``kernel: [3, 0]`` is a list: report its item, not "expected an integer")."""
     members: dict[tuple[Any, ...], list[Any]] = {}
+    mismatched: set[tuple[Any, ...]] = set()  # (*union location, member): the value is not of its type
+    found_by_error = []
     for error in errors:
-        found = _union_member(tuple(error["loc"]), positions)
+        loc = tuple(error["loc"])
+        found = _union_member(loc, positions)
+        found_by_error.append(found)
         if found is not None:
-            members.setdefault(found[0], [])
-            if found[1] not in members[found[0]]:
-                members[found[0]].append(found[1])
-    chosen: dict[tuple[Any, ...], Any] = {}
-    for where, tried in members.items():
-        chosen[where] = tried[0]
-        for member in tried:
-            mismatched = [
-                e
-                for e in errors
-                if tuple(e["loc"]) == (*where, member) and e["type"] in _EXPECTED_TYPE and e["type"].endswith("_type")
-            ]
-            if not mismatched:
-                chosen[where] = member
-                break
-    kept = []
-    for error in errors:
-        found = _union_member(tuple(error["loc"]), positions)
-        if found is None or chosen[found[0]] == found[1]:
-            kept.append(error)
-    return kept
-
-
-def _spec_errors(errors: list[Any], positions: Positions) -> list[SpecError]:
-    """Every validation error, once per field, most specific first, in file order."""
-    mapped = [_pydantic_error(error, positions) for error in _select_union_errors(errors, positions)]
-    unique: dict[str, SpecError] = {}
-    for error in mapped:
-        unique.setdefault(error.path, error)
-    paths = list(unique)
-    # A value with an error inside it (kernel[1]) needs no second line about the whole (kernel).
-    specific = [
+            tried = members.setdefault(found[0], [])
+            if found[1] not in tried:
+                tried.append(found[1])
+            if len(loc) == len(found[0]) + 1 and error["type"].endswith("_type") and error["type"] in _EXPECTED_TYPE:
+                mismatched.add(loc)
+    chosen = {
+        where: next((m for m in tried if (*where, m) not in mismatched), tried[0]) for where, tried in members.items()
+    }
+    return [
         error
-        for path, error in unique.items()
-        if not any(other != path and (other.startswith(path + ".") or other.startswith(path + "[")) for other in paths)
-        or not path
+        for error, found in zip(errors, found_by_error, strict=True)
+        if found is None or chosen[found[0]] == found[1]
     ]
 
-    def order(error: SpecError) -> tuple[int, int, int]:
-        loc = error.location
+
+def _spec_errors(errors: list[Any], positions: Positions) -> tuple[list[SpecError], int]:
+    """The first ``MAX_ERRORS`` validation errors in file order, once per field, most specific first,
+    and how many there are in all. Messages are built only for those shown (a hostile spec may hold
+    thousands of unknown keys)."""
+    by_path: dict[tuple[Any, ...], Any] = {}
+    for error in _select_union_errors(errors, positions):
+        by_path.setdefault(_field_path(tuple(error["loc"]), positions), error)
+    # A value with an error inside it (kernel[1]) needs no second line about the whole (kernel).
+    ancestors = {path[:end] for path in by_path for end in range(len(path))}
+    kept = [(path, error) for path, error in by_path.items() if not path or path not in ancestors]
+
+    def order(item: tuple[tuple[Any, ...], Any]) -> tuple[int, int, int]:
+        loc = locate(positions, item[0])
         if loc is None:
             return (2, 0, 0)
         return (1 if loc.inherited_by else 0, loc.line, loc.column)
 
-    return sorted(specific, key=order)
+    kept.sort(key=order)
+    return [_pydantic_error(error, positions) for _, error in kept[:MAX_ERRORS]], len(kept)
 
 
 def validate(resolved: Resolved) -> LoadedSpec:
@@ -409,10 +402,10 @@ def validate(resolved: Resolved) -> LoadedSpec:
     try:
         spec = Spec.model_validate(resolved.data)
     except pydantic.ValidationError as exc:
-        errors = _spec_errors(exc.errors(), resolved.positions)
-        if len(errors) == 1:
+        errors, total = _spec_errors(exc.errors(), resolved.positions)
+        if total == 1:
             raise errors[0] from None
-        raise SpecErrors(errors[:MAX_ERRORS], len(errors)) from None
+        raise SpecErrors(errors, total) from None
     canonical = json.dumps(spec.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
     digest = hashlib.sha256(canonical.encode("utf-8")).hexdigest()
     return LoadedSpec(spec, resolved.display, digest, resolved.positions)

@@ -283,3 +283,16 @@ def test_every_schema_field_has_a_description() -> None:
         name for s in sections for name, prop in s.get("properties", {}).items() if not prop.get("description")
     ]
     assert not undescribed, undescribed
+
+
+def test_thousands_of_unknown_keys_stay_fast(tmp_path, monkeypatch, capsys) -> None:
+    """Messages (nearest key, valid keys) are built only for the errors shown: 9,000 unknown keys took
+    over 20 s when every one was matched and compared with every other."""
+    import time
+
+    text = "name: x\nstages:\n" + STAGE + "defaults:\n" + "".join(f"  se_rat{i}: 1\n" for i in range(9000))
+    start = time.perf_counter()
+    code, _, lines = run(tmp_path, monkeypatch, capsys, {"s.yaml": text}, "validate", "s.yaml")
+    assert time.perf_counter() - start < 8
+    assert code == 2 and len(lines) == MAX_ERRORS + 1
+    assert lines[-1] == f"s.yaml: error: {9000 - MAX_ERRORS} more errors not shown"

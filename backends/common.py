@@ -89,7 +89,9 @@ def header_context(model: ir.Model) -> dict[str, object]:
         "bn_eps": model.batch_norm.eps,
         "bn_momentum": model.batch_norm.momentum,
         "stage_table": stage_table(model),
-        "uses_mixed_conv": any(part.mixed for block in model.blocks for part in block.parts if isinstance(part, ir.ConvBnAct)),
+        "uses_mixed_conv": any(
+            part.mixed for block in model.blocks for part in block.parts if isinstance(part, ir.ConvBnAct)
+        ),
         "model": model,
         "params": model.params,
         "macs": model.macs,

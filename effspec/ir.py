@@ -287,10 +287,6 @@ class Model:
         return self.name.replace("-", "_")
 
     @property
-    def model_name(self) -> str:  # transitional alias of python_name, removed once no caller is left
-        return self.python_name
-
-    @property
     def blocks(self) -> tuple[Block, ...]:
         return tuple(block for stage in self.stages for block in stage.blocks)
 

@@ -42,16 +42,16 @@ _MODULES: dict[str, ModuleType] = {}
 
 
 def load(generated: Path, spec_name: str) -> ModuleType:
-    """Import generated/keras/<model_name>/model.py under a unique module name."""
-    model_name = spec_name.replace("-", "_")
-    if model_name not in _MODULES:
-        path = generated / model_name / "model.py"
-        module_spec = importlib.util.spec_from_file_location(f"keras_generated_{model_name}", path)
+    """Import generated/keras/<python_name>/model.py under a unique module name."""
+    python_name = spec_name.replace("-", "_")
+    if python_name not in _MODULES:
+        path = generated / python_name / "model.py"
+        module_spec = importlib.util.spec_from_file_location(f"keras_generated_{python_name}", path)
         assert module_spec is not None and module_spec.loader is not None
         module = importlib.util.module_from_spec(module_spec)
         module_spec.loader.exec_module(module)
-        _MODULES[model_name] = module
-    return _MODULES[model_name]
+        _MODULES[python_name] = module
+    return _MODULES[python_name]
 
 
 def ir_model(spec_name: str) -> ir.Model:
@@ -61,7 +61,8 @@ def ir_model(spec_name: str) -> ir.Model:
 def expected_weight_shapes(layer: ir.Layer) -> list[tuple[int, ...]]:
     k = layer.kernel
     if layer.kind == "conv":
-        return [(k, k, layer.in_channels, layer.out_channels)] + ([(layer.out_channels,)] if layer.bias else [])
+        kernel = (k, k, layer.in_channels // layer.groups, layer.out_channels)
+        return [kernel] + ([(layer.out_channels,)] if layer.bias else [])
     if layer.kind == "depthwise_conv":
         return [(k, k, layer.in_channels, 1)]
     if layer.kind == "batch_norm":
@@ -108,7 +109,7 @@ def test_trainable_params_and_layer_names_match_the_ir(generated: Path, spec_nam
             if layer_ir.kernel > 1:  # a 1x1 conv pads nothing either way
                 assert layer.padding == ("valid" if fixed_strided else "same"), layer_ir.name
             if fixed_strided and layer_ir.padding:
-                pad = model.get_layer(ir.flat_name(layer_ir.name)[: -len("_conv")] + "_pad")
+                pad = model.get_layer(ir.flat_name(layer_ir.name) + "_pad")
                 assert pad.padding == ((layer_ir.padding,) * 2,) * 2, layer_ir.name
             if layer_ir.kind == "conv":
                 assert layer.groups == layer_ir.groups, layer_ir.name

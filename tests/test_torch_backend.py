@@ -83,11 +83,11 @@ _MODULES: dict[str, ModuleType] = {}
 
 
 def load(generated: Path, spec_name: str) -> ModuleType:
-    """Import <generated>/<model_name>/model.py under a unique module name."""
-    model_name = spec_name.replace("-", "_")
-    if model_name not in _MODULES:
-        _MODULES[model_name] = _load(generated / model_name / "model.py", f"torch_generated_{model_name}")
-    return _MODULES[model_name]
+    """Import <generated>/<python_name>/model.py under a unique module name."""
+    python_name = spec_name.replace("-", "_")
+    if python_name not in _MODULES:
+        _MODULES[python_name] = _load(generated / python_name / "model.py", f"torch_generated_{python_name}")
+    return _MODULES[python_name]
 
 
 @pytest.fixture(scope="module")

@@ -342,7 +342,9 @@ def test_image_folder_training_runs(trains, tmp_path: Path, capsys: pytest.Captu
     assert [row["input_shapes"] for row in v1_rows] == ["32x32", "32x32"]
     assert [row["input_shapes"] for row in v2_rows] == ["24x24", "32x32", "40x40", "48x48"]
     assert checkpoint(tmp_path / "v1")["num_classes"] == 3
-    assert set(torch.load(tmp_path / "v2" / "model.pt", weights_only=True)) == set(trains["v2"].net.build_model().state_dict())
+    assert set(torch.load(tmp_path / "v2" / "model.pt", weights_only=True)) == set(
+        trains["v2"].net.build_model().state_dict()
+    )
 
 
 def test_bad_input_exits_2_with_one_line(trains, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -377,7 +379,9 @@ def test_bad_input_exits_2_with_one_line(trains, tmp_path: Path, capsys: pytest.
     assert "invalid int value" in error("--batch-size", "many", "--output", out)
 
     good = tmp_path / "good"
-    assert train(trains["v1"], *"--synthetic-train-size 16 --epochs 1 --max-steps 1".split(), "--output", str(good)) == 0
+    assert (
+        train(trains["v1"], *"--synthetic-train-size 16 --epochs 1 --max-steps 1".split(), "--output", str(good)) == 0
+    )
     forged = tmp_path / "forged"
     forged.mkdir()
     (forged / "checkpoint.pt").write_bytes(b"PK\x03\x04 forged zip")

@@ -57,8 +57,6 @@ def model_context(model: ir.Model) -> dict[str, object]:
         "activations": ACTIVATIONS,
         "stage_outputs": stage_outputs,
         "features_output": (
-            ir.flat_name(f"{model.head.conv.name}.act")
-            if model.head.conv is not None
-            else stage_outputs[-1]
+            ir.flat_name(f"{model.head.conv.name}.act") if model.head.conv is not None else stage_outputs[-1]
         ),
     }

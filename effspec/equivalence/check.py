@@ -181,7 +181,7 @@ def run_check(spec: str | Path, settings: Settings) -> CheckResult:
         notes = (f"weights from {settings.weights} (not seeded)", *notes)
     return CheckResult(
         spec=str(spec),
-        model_name=model.name,
+        spec_name=model.name,
         mode="train-step" if settings.train_step else "eval",
         resolution=resolution,
         batch=settings.batch,

@@ -33,7 +33,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
     if not result.ok:
         worst = max(result.failures, key=lambda row: row.keras_error / row.budget if row.budget else float("inf"))
         raise CheckFailed(
-            f"{result.model_name}: {len(result.failures)} of {len(result.rows)} outputs over budget "
+            f"{result.spec_name}: {len(result.failures)} of {len(result.rows)} outputs over budget "
             f"(worst {worst.name}: error {worst.keras_error:.2e} > budget {worst.budget:.2e})"
         )
     return 0

@@ -10,7 +10,7 @@ from effspec.equivalence.budget import BUDGET_MULTIPLE, FLOOR_ULPS, Row
 @dataclass(frozen=True)
 class CheckResult:
     spec: str
-    model_name: str
+    spec_name: str  # SPEC_NAME of the checked model
     mode: str  # "eval" or "train-step"
     resolution: int
     batch: int
@@ -68,14 +68,14 @@ def table(result: CheckResult) -> str:
         lines.append("  ".join(cells).rstrip())
     lines.extend(["", *result.notes])
     verdict = "all within budget" if result.ok else f"{len(result.failures)} of {len(result.rows)} over budget"
-    lines.append(f"{result.model_name}: {verdict}")
+    lines.append(f"{result.spec_name}: {verdict}")
     return "\n".join(lines)
 
 
 def as_json(result: CheckResult) -> dict:
     return {
         "spec": result.spec,
-        "model": result.model_name,
+        "spec_name": result.spec_name,
         "mode": result.mode,
         "resolution": result.resolution,
         "batch": result.batch,

@@ -34,7 +34,7 @@ def _names(names: Sequence[str]) -> str:
     return shown + (f" (and {len(names) - _LISTED} more)" if len(names) > _LISTED else "")
 
 
-def _check_names(expected: Sequence[str], found: Sequence[str], what: str, model_name: str) -> None:
+def _check_names(expected: Sequence[str], found: Sequence[str], what: str, python_name: str) -> None:
     found_set, expected_set = set(found), set(expected)
     missing = [name for name in expected if name not in found_set]
     unexpected = [name for name in found if name not in expected_set]
@@ -44,7 +44,7 @@ def _check_names(expected: Sequence[str], found: Sequence[str], what: str, model
             parts.append(f"missing {len(missing)}: {_names(missing)}")
         if unexpected:
             parts.append(f"unexpected {len(unexpected)}: {_names(unexpected)}")
-        raise ConversionError(f"{what} do not match the {model_name} manifest: {'; '.join(parts)}")
+        raise ConversionError(f"{what} do not match the {python_name} manifest: {'; '.join(parts)}")
 
 
 def _check_shape(name: str, expected: tuple[int, ...], array: np.ndarray, where: str) -> None:
@@ -66,10 +66,10 @@ def torch_to_keras(manifest: Manifest, state: Mapping[str, np.ndarray]) -> dict[
     """A torch state dict (numpy arrays) -> {Keras layer name: weights in ``get_weights()`` order}."""
     if state and len(set(manifest.torch_names) & set(state)) < len(manifest) // 2:
         raise ConversionError(
-            f"torch state_dict keys are not {manifest.model_name} names (first: {next(iter(state))}, expected "
+            f"torch state_dict keys are not {manifest.python_name} names (first: {next(iter(state))}, expected "
             f"{manifest.torch_names[0]}): a checkpoint of another library? try --from timm or --from torchvision"
         )
-    _check_names(manifest.torch_names, list(state), "torch state_dict keys", manifest.model_name)
+    _check_names(manifest.torch_names, list(state), "torch state_dict keys", manifest.python_name)
     layers: dict[str, list[np.ndarray]] = {}
     for layer, entries in manifest.keras_layers.items():
         arrays = []
@@ -83,7 +83,7 @@ def torch_to_keras(manifest: Manifest, state: Mapping[str, np.ndarray]) -> dict[
 def keras_to_torch(manifest: Manifest, layers: Mapping[str, Sequence[np.ndarray]]) -> dict[str, np.ndarray]:
     """{Keras layer name: weights} -> a torch state dict (numpy arrays) in manifest order."""
     expected = manifest.keras_layers
-    _check_names(list(expected), list(layers), "Keras layers with weights", manifest.model_name)
+    _check_names(list(expected), list(layers), "Keras layers with weights", manifest.python_name)
     converted: dict[str, np.ndarray] = {}
     for layer, entries in expected.items():
         weights = layers[layer]

@@ -37,11 +37,11 @@ def load_model_module(model: ir.Model, backend: str) -> ModuleType:
     if key in _LOADED:
         return _LOADED[key]
     outputs = emit(model, [backend])
-    if "model.py" not in outputs[f"{backend}/{model.model_name}"]:
+    if "model.py" not in outputs[f"{backend}/{model.python_name}"]:
         raise UsageError(f"backend {backend!r} does not emit a model.py")
     directory = _root() / f"{len(_LOADED)}"
     (target,) = write_outputs(outputs, directory)
-    module_name = f"_effspec_generated_{backend}_{model.model_name}_{model.spec_sha256[:12]}"
+    module_name = f"_effspec_generated_{backend}_{model.python_name}_{model.spec_sha256[:12]}"
     spec = importlib.util.spec_from_file_location(module_name, target / "model.py")
     if spec is None or spec.loader is None:
         raise UsageError(f"cannot import {target / 'model.py'}")

@@ -89,7 +89,7 @@ class Entry:
 
 @dataclass(frozen=True)
 class Manifest:
-    model_name: str
+    python_name: str  # the model's Python name (ir.Model.python_name)
     entries: tuple[Entry, ...]
 
     def __iter__(self) -> Iterator[Entry]:
@@ -112,10 +112,6 @@ class Manifest:
         return {name: tuple(sorted(group, key=lambda e: e.keras.index)) for name, group in layers.items()}
 
 
-def keras_layer_name(layer_name: str) -> str:
-    return layer_name.replace(".", "_")
-
-
 def layer_entries(layer: ir.Layer, section: str) -> tuple[Entry, ...]:
     """The tensors of one IR layer, in torch registration order (parameters, then buffers)."""
 
@@ -124,7 +120,7 @@ def layer_entries(layer: ir.Layer, section: str) -> tuple[Entry, ...]:
         if variable is not None:
             axes = KERAS_AXES.get(kind)
             keras_shape = tuple(shape[axis] for axis in axes) if axes else shape
-            keras = KerasSlot(keras_layer_name(layer.name), variable, index, keras_shape, axes)
+            keras = KerasSlot(ir.flat_name(layer.name), variable, index, keras_shape, axes)
         return Entry(f"{layer.name}.{suffix}", layer.name, section, kind, shape, keras)
 
     channels = layer.out_channels
@@ -175,4 +171,4 @@ def sections(model: ir.Model) -> tuple[tuple[str, tuple[ir.Layer, ...]], ...]:
 def build_manifest(model: ir.Model) -> Manifest:
     """Every tensor of ``model`` in forward order (the order of ``model.layers``)."""
     entries = tuple(entry for layer in model.layers for entry in layer_entries(layer, section_of(layer.name)))
-    return Manifest(model.model_name, entries)
+    return Manifest(model.python_name, entries)

@@ -370,7 +370,8 @@ def test_a_long_free_text_description_stays_a_formatted_string(tmp_path: Path) -
 
 
 def test_every_spec_activation_maps_to_the_same_function_as_torch() -> None:
-    """The torch definitions (nn.SiLU, ReLU, ReLU6, exact GELU, Hardswish) in NumPy."""
+    """The torch definitions (nn.SiLU, ReLU, ReLU6, exact GELU, Hardswish, Hardsigmoid, Mish,
+    Sigmoid) in NumPy."""
     from math import erf
 
     x = np.linspace(-7, 7, 281).astype("float64")
@@ -381,6 +382,8 @@ def test_every_spec_activation_maps_to_the_same_function_as_torch() -> None:
         "relu6": np.clip(x, 0, 6),
         "gelu": 0.5 * x * (1 + np.vectorize(erf)(x / math.sqrt(2))),
         "hard_swish": x * np.clip(x + 3, 0, 6) / 6,
+        "hard_sigmoid": np.clip(x + 3, 0, 6) / 6,
+        "mish": x * np.tanh(np.log1p(np.exp(x))),
         "sigmoid": 1 / (1 + np.exp(-x)),
     }
     assert set(torch_definitions) == set(ACTIVATIONS)

@@ -29,6 +29,12 @@ def stage_table(model: ir.Model) -> str:
     return environment(TEMPLATE_DIR).get_template("stages.py.j2").render(model=model)
 
 
+def parenthesized(name: str, literal: str) -> bool:
+    """Whether ruff format wraps ``NAME = literal`` in parentheses: when the line is too long and the
+    literal alone fits an indented line (a literal that fits nowhere stays on the assignment line)."""
+    return len(f"{name} = {literal}") > 88 and len(f"    {literal}") <= 88
+
+
 def description_lines(text: str, width: int = DESCRIPTION_WIDTH) -> tuple[str, ...]:
     """Free text as pieces whose literals fit a line; joined they give ``text`` back exactly.
 
@@ -77,6 +83,7 @@ def header_context(model: ir.Model) -> dict[str, object]:
         "spec_sha256": model.spec_sha256,
         "description_lines": description,
         "description_inline": len(description) == 1 and len(f"DESCRIPTION = {py_literal(description[0])}") <= 88,
+        "spec_path_wrapped": parenthesized("SPEC_PATH", py_literal(model.spec_path)),
         "python_name": model.python_name,
         "resolution": model.resolution,
         "input_channels": model.input.channels,

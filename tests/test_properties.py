@@ -21,6 +21,7 @@ from __future__ import annotations
 import importlib.util
 import itertools
 import os
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -56,6 +57,7 @@ LOGITS_TOLERANCE = 1e-3
 
 ACTIVATIONS = ["swish", "silu", "relu", "relu6", "gelu", "hard_swish", "hard_sigmoid", "mish"]
 _COUNTER = itertools.count()
+RUFF = str(Path(sys.executable).with_name("ruff"))
 
 
 def _floats(low: float, high: float) -> st.SearchStrategy[float]:
@@ -152,7 +154,7 @@ def scalings(draw: st.DrawFn) -> dict[str, Any] | None:
 def specs(draw: st.DrawFn) -> dict[str, Any]:
     channels = draw(st.integers(1, 4))
     spec: dict[str, Any] = {
-        "name": "prop",
+        "name": draw(st.from_regex(r"[a-z][a-z0-9]{0,30}(-[a-z0-9]{1,10}){0,3}", fullmatch=True)),
         "description": draw(st.text(max_size=20)),
         "input": {
             "resolution": draw(st.integers(32, 96)),
@@ -219,10 +221,16 @@ def write_spec(spec: dict[str, Any], directory: Path, use_extends: bool) -> Path
 
 
 def load_generated(model: ir.Model, backend: str, directory: Path) -> ModuleType:
-    """Emit ``model`` for ``backend`` into ``directory`` and import its model.py."""
+    """Emit ``model`` for ``backend`` into ``directory``, check that every file is formatted and
+    lint-clean as it comes out, and import its model.py."""
     files = emit(model, [backend])[f"{backend}/{model.python_name}"]
     path = directory / f"{backend}_{next(_COUNTER)}.py"
     path.write_text(files["model.py"], encoding="utf-8")
+    train = path.with_name(f"{path.stem}_train.py")
+    train.write_text(files["train.py"], encoding="utf-8")
+    for command in (["format", "--isolated", "--check"], ["check", "--isolated", "--select", "E,F,W,I,B,UP"]):
+        result = subprocess.run([RUFF, *command, str(path), str(train)], capture_output=True, text=True)
+        assert result.returncode == 0, result.stdout + result.stderr
     module_spec = importlib.util.spec_from_file_location(f"_property_{path.stem}", path)
     assert module_spec is not None and module_spec.loader is not None
     module = importlib.util.module_from_spec(module_spec)

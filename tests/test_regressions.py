@@ -6,12 +6,13 @@ Keras parameter counts, IR MACs == torch hook MACs, torch == Keras logits throug
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 from conftest import ROOT
-from test_properties import check_spec
+from test_properties import RUFF, check_spec
 
-from effspec.pipeline import build
+from effspec.pipeline import build, emit
 
 #: Issue 10: a Fused-MBConv stage with expansion 1, SE and a width change. torch exited 70
 #: ("squeeze-excite gates 32 channels, the conv gives 16"), Keras wrote a wrong PARAMS and
@@ -39,3 +40,28 @@ def test_fused_expansion_1_with_se_and_a_width_change(tmp_path: Path) -> None:
     stage = sum(layer.params for layer in first.layers)
     assert stage == 32 * 16 * 9 + 2 * 16 + (16 * 8 + 8) + (8 * 16 + 16) == 4_920
     check_spec(spec, tmp_path)
+
+
+#: Found by test_properties.py once it drew long names and ran ruff on every emitted file: a spec
+#: path longer than ~70 characters made SPEC_PATH unformatted and the train.py header too long for
+#: lint, and a name near the 64-character limit did the same to the Keras model's closing call.
+LONG_NAME = "a" * 30 + "-" + "b" * 33
+
+
+def test_long_names_and_paths_emit_formatted_lint_clean_files(tmp_path: Path) -> None:
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    spec = deep / "long.yaml"
+    spec.write_text(f"extends: efficientnetv2-b0\nname: {LONG_NAME}\n", encoding="utf-8")
+    assert len(LONG_NAME) == 64
+    outputs = emit(build(spec).model, ["torch", "keras"])
+    for directory, files in outputs.items():
+        for name, text in files.items():
+            path = tmp_path / "out" / directory / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+    paths = sorted(str(path) for path in (tmp_path / "out").rglob("*.py"))
+    assert len(paths) == 4
+    for command in (["format", "--isolated", "--check"], ["check", "--isolated", "--select", "E,F,W,I,B,UP"]):
+        result = subprocess.run([RUFF, *command, *paths], capture_output=True, text=True)
+        assert result.returncode == 0, result.stdout + result.stderr

@@ -535,7 +535,11 @@ def build_model(
         bias_initializer="zeros",
         name="classifier",
     )(x)
-    return keras.Model(inputs, outputs, name="custom_phi2_relu")
+    return keras.Model(
+        inputs,
+        outputs,
+        name="custom_phi2_relu",
+    )
 
 
 def build_feature_extractor(model: keras.Model) -> keras.Model:

@@ -509,7 +509,11 @@ def build_model(
         bias_initializer="zeros",
         name="classifier",
     )(x)
-    return keras.Model(inputs, outputs, name="efficientnet_b2")
+    return keras.Model(
+        inputs,
+        outputs,
+        name="efficientnet_b2",
+    )
 
 
 def build_feature_extractor(model: keras.Model) -> keras.Model:

@@ -590,7 +590,11 @@ def build_model(
         bias_initializer="zeros",
         name="classifier",
     )(x)
-    return keras.Model(inputs, outputs, name="efficientnet_b4")
+    return keras.Model(
+        inputs,
+        outputs,
+        name="efficientnet_b4",
+    )
 
 
 def build_feature_extractor(model: keras.Model) -> keras.Model:

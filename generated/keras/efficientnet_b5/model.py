@@ -653,7 +653,11 @@ def build_model(
         bias_initializer="zeros",
         name="classifier",
     )(x)
-    return keras.Model(inputs, outputs, name="efficientnet_b5")
+    return keras.Model(
+        inputs,
+        outputs,
+        name="efficientnet_b5",
+    )
 
 
 def build_feature_extractor(model: keras.Model) -> keras.Model:

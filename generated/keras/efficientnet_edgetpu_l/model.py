@@ -542,7 +542,11 @@ def build_model(
         bias_initializer="zeros",
         name="classifier",
     )(x)
-    return keras.Model(inputs, outputs, name="efficientnet_edgetpu_l")
+    return keras.Model(
+        inputs,
+        outputs,
+        name="efficientnet_edgetpu_l",
+    )
 
 
 def build_feature_extractor(model: keras.Model) -> keras.Model:

@@ -515,7 +515,11 @@ def build_model(
         bias_initializer="zeros",
         name="classifier",
     )(x)
-    return keras.Model(inputs, outputs, name="efficientnet_edgetpu_m")
+    return keras.Model(
+        inputs,
+        outputs,
+        name="efficientnet_edgetpu_m",
+    )
 
 
 def build_feature_extractor(model: keras.Model) -> keras.Model:

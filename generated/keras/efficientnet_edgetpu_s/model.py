@@ -458,7 +458,11 @@ def build_model(
         bias_initializer="zeros",
         name="classifier",
     )(x)
-    return keras.Model(inputs, outputs, name="efficientnet_edgetpu_s")
+    return keras.Model(
+        inputs,
+        outputs,
+        name="efficientnet_edgetpu_s",
+    )
 
 
 def build_feature_extractor(model: keras.Model) -> keras.Model:

@@ -446,7 +446,11 @@ def build_model(
         bias_initializer="zeros",
         name="classifier",
     )(x)
-    return keras.Model(inputs, outputs, name="efficientnet_lite0")
+    return keras.Model(
+        inputs,
+        outputs,
+        name="efficientnet_lite0",
+    )
 
 
 def build_feature_extractor(model: keras.Model) -> keras.Model:

@@ -491,7 +491,11 @@ def build_model(
         bias_initializer="zeros",
         name="classifier",
     )(x)
-    return keras.Model(inputs, outputs, name="efficientnet_lite2")
+    return keras.Model(
+        inputs,
+        outputs,
+        name="efficientnet_lite2",
+    )
 
 
 def build_feature_extractor(model: keras.Model) -> keras.Model:

@@ -518,7 +518,11 @@ def build_model(
         bias_initializer="zeros",
         name="classifier",
     )(x)
-    return keras.Model(inputs, outputs, name="efficientnet_lite3")
+    return keras.Model(
+        inputs,
+        outputs,
+        name="efficientnet_lite3",
+    )
 
 
 def build_feature_extractor(model: keras.Model) -> keras.Model:

@@ -572,7 +572,11 @@ def build_model(
         bias_initializer="zeros",
         name="classifier",
     )(x)
-    return keras.Model(inputs, outputs, name="efficientnet_lite4")
+    return keras.Model(
+        inputs,
+        outputs,
+        name="efficientnet_lite4",
+    )
 
 
 def build_feature_extractor(model: keras.Model) -> keras.Model:

@@ -548,7 +548,11 @@ def build_model(
         bias_initializer="zeros",
         name="classifier",
     )(x)
-    return keras.Model(inputs, outputs, name="efficientnetv2_b2")
+    return keras.Model(
+        inputs,
+        outputs,
+        name="efficientnetv2_b2",
+    )
 
 
 def build_feature_extractor(model: keras.Model) -> keras.Model:

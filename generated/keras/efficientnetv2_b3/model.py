@@ -584,7 +584,11 @@ def build_model(
         bias_initializer="zeros",
         name="classifier",
     )(x)
-    return keras.Model(inputs, outputs, name="efficientnetv2_b3")
+    return keras.Model(
+        inputs,
+        outputs,
+        name="efficientnetv2_b3",
+    )
 
 
 def build_feature_extractor(model: keras.Model) -> keras.Model:

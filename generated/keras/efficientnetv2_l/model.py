@@ -1012,7 +1012,11 @@ def build_model(
         bias_initializer="zeros",
         name="classifier",
     )(x)
-    return keras.Model(inputs, outputs, name="efficientnetv2_l")
+    return keras.Model(
+        inputs,
+        outputs,
+        name="efficientnetv2_l",
+    )
 
 
 def build_feature_extractor(model: keras.Model) -> keras.Model:

@@ -814,7 +814,11 @@ def build_model(
         bias_initializer="zeros",
         name="classifier",
     )(x)
-    return keras.Model(inputs, outputs, name="efficientnetv2_m")
+    return keras.Model(
+        inputs,
+        outputs,
+        name="efficientnetv2_m",
+    )
 
 
 def build_feature_extractor(model: keras.Model) -> keras.Model:

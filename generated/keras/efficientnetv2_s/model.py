@@ -659,7 +659,11 @@ def build_model(
         bias_initializer="zeros",
         name="classifier",
     )(x)
-    return keras.Model(inputs, outputs, name="efficientnetv2_s")
+    return keras.Model(
+        inputs,
+        outputs,
+        name="efficientnetv2_s",
+    )
 
 
 def build_feature_extractor(model: keras.Model) -> keras.Model:

@@ -502,7 +502,11 @@ def build_model(
         bias_initializer="zeros",
         name="classifier",
     )(x)
-    return keras.Model(inputs, outputs, name="mixnet_m")
+    return keras.Model(
+        inputs,
+        outputs,
+        name="mixnet_m",
+    )
 
 
 def build_feature_extractor(model: keras.Model) -> keras.Model:

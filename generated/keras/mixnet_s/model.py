@@ -475,7 +475,11 @@ def build_model(
         bias_initializer="zeros",
         name="classifier",
     )(x)
-    return keras.Model(inputs, outputs, name="mixnet_s")
+    return keras.Model(
+        inputs,
+        outputs,
+        name="mixnet_s",
+    )
 
 
 def build_feature_extractor(model: keras.Model) -> keras.Model:

@@ -452,7 +452,11 @@ def build_model(
         bias_initializer="zeros",
         name="classifier",
     )(x)
-    return keras.Model(inputs, outputs, name="mobilenetv2_140")
+    return keras.Model(
+        inputs,
+        outputs,
+        name="mobilenetv2_140",
+    )
 
 
 def build_feature_extractor(model: keras.Model) -> keras.Model:

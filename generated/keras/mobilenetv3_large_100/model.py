@@ -452,7 +452,11 @@ def build_model(
         bias_initializer="zeros",
         name="classifier",
     )(x)
-    return keras.Model(inputs, outputs, name="mobilenetv3_large_100")
+    return keras.Model(
+        inputs,
+        outputs,
+        name="mobilenetv3_large_100",
+    )
 
 
 def build_feature_extractor(model: keras.Model) -> keras.Model:

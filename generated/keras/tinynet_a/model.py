@@ -470,7 +470,11 @@ def build_model(
         bias_initializer="zeros",
         name="classifier",
     )(x)
-    return keras.Model(inputs, outputs, name="tinynet_a")
+    return keras.Model(
+        inputs,
+        outputs,
+        name="tinynet_a",
+    )
 
 
 def build_feature_extractor(model: keras.Model) -> keras.Model:

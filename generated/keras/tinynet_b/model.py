@@ -443,7 +443,11 @@ def build_model(
         bias_initializer="zeros",
         name="classifier",
     )(x)
-    return keras.Model(inputs, outputs, name="tinynet_b")
+    return keras.Model(
+        inputs,
+        outputs,
+        name="tinynet_b",
+    )
 
 
 def build_feature_extractor(model: keras.Model) -> keras.Model:

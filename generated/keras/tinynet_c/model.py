@@ -434,7 +434,11 @@ def build_model(
         bias_initializer="zeros",
         name="classifier",
     )(x)
-    return keras.Model(inputs, outputs, name="tinynet_c")
+    return keras.Model(
+        inputs,
+        outputs,
+        name="tinynet_c",
+    )
 
 
 def build_feature_extractor(model: keras.Model) -> keras.Model:

@@ -398,7 +398,11 @@ def build_model(
         bias_initializer="zeros",
         name="classifier",
     )(x)
-    return keras.Model(inputs, outputs, name="tinynet_d")
+    return keras.Model(
+        inputs,
+        outputs,
+        name="tinynet_d",
+    )
 
 
 def build_feature_extractor(model: keras.Model) -> keras.Model:

@@ -389,7 +389,11 @@ def build_model(
         bias_initializer="zeros",
         name="classifier",
     )(x)
-    return keras.Model(inputs, outputs, name="tinynet_e")
+    return keras.Model(
+        inputs,
+        outputs,
+        name="tinynet_e",
+    )
 
 
 def build_feature_extractor(model: keras.Model) -> keras.Model:

@@ -18,6 +18,15 @@ from effspec import ir
 # machines have a torchvision that matches their torch. Set before anything imports torchvision.
 sys.modules.setdefault("torchvision._meta_registrations", types.ModuleType("torchvision._meta_registrations"))
 
+# The suite runs on two pytest-xdist workers (pyproject addopts) on a 2-core machine: one OpenMP /
+# oneDNN thread per worker (and per process it starts) keeps torch's and TensorFlow's kernels from
+# oversubscribing the cores, where OpenMP's spin-waits once made a 13 s test take 163 s. Numerics
+# do not depend on it: every comparison in the suite has a stated tolerance or compares two runs
+# made the same way.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
+
 # Tests (and the processes they start) use a private build cache, never the user's ~/.cache.
 os.environ["EFFSPEC_CACHE_DIR"] = tempfile.mkdtemp(prefix="effspec-cache-")
 

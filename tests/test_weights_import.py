@@ -116,6 +116,9 @@ CASES = [
     ("timm", "tf_efficientnet_b0", B0, "state_dict_ema.pth", "keras"),
     ("timm", "efficientnet_b0", B0_SYMMETRIC, "legacy.pth", "torch"),
     ("timm", "tf_efficientnetv2_b0", V2_B0, "model.safetensors", "torch"),
+    # MixNet keeps each grouped 1x1 conv as one conv per group: they concatenate into ours
+    ("timm", "tf_mixnet_s", "specs/mixnet-s.yaml", "model.safetensors", "torch"),
+    ("timm", "tf_mixnet_s", "specs/mixnet-s.yaml", "pytorch_model.bin", "torch"),
     ("torchvision", "efficientnet_b0", B0_SYMMETRIC, "model.safetensors", "torch"),
     ("torchvision", "efficientnet_b0", B0_SYMMETRIC, "model.pth", "torch"),
     ("torchvision", "efficientnet_v2_s", V2_S_SYMMETRIC, "pytorch_model.bin", "torch"),

@@ -126,6 +126,23 @@ def _fits(module: Module, layer: ir.Layer, entries: list[Entry], adapt_stem: boo
     return True
 
 
+def _merged_groups(layer: ir.Layer, entries: list[Entry], candidates: list[Module]) -> Module | None:
+    """A grouped conv kept as one conv per group (timm's MixedConv2d for MixNet's split 1x1 convs:
+    ``conv_pw.0``, ``conv_pw.1``): the first ``layer.groups`` candidates, siblings named ``.0``,
+    ``.1``, ..., concatenated along the output channels, when that fits ``layer``; else None."""
+    groups = layer.groups
+    if layer.kind != "conv" or groups < 2 or len(candidates) < groups:
+        return None
+    parts = candidates[:groups]
+    parent = parts[0].name.rpartition(".")[0]
+    if any(part.name != f"{parent}.{index}" or set(part.tensors) != {"weight"} for index, part in enumerate(parts)):
+        return None
+    if len({part.tensors["weight"].shape for part in parts}) != 1:  # a mixed kernel conv, not equal groups
+        return None
+    merged = Module(parent, {"weight": np.concatenate([part.tensors["weight"] for part in parts])}, parts[0].position)
+    return merged if _fits(merged, layer, entries, adapt_stem=False) else None
+
+
 def _closeness(previous: str, module: Module) -> tuple:
     """Sort key among modules that fit a layer: the one nearest the previous choice in the module tree
     (longest shared prefix), then the shallowest, then natural name order. A stem's batch norm ``bn1``
@@ -197,14 +214,24 @@ def map_checkpoint(
                 continue
         elif checkpoint.module_order:
             chosen = unused[0] if unused else None
+            if chosen is not None and not _fits(chosen, layer, entries, adapt):
+                chosen = _merged_groups(layer, entries, unused) or chosen
             if chosen is None or not _fits(chosen, layer, entries, adapt):
                 raise misfit(layer, chosen)
         else:
             fitting = [m for m in unused if _fits(m, layer, entries, adapt)]
+            if layer.groups > 1:  # a grouped conv may be kept as one conv per group: those compete too
+                starts = [i for i, module in enumerate(unused) if module.name.endswith(".0")]
+                runs = (_merged_groups(layer, entries, unused[i:]) for i in starts)
+                fitting += [merged for merged in runs if merged is not None]
             if not fitting:
                 raise misfit(layer, min(unused, key=lambda m: _closeness(previous, m)) if unused else None)
             chosen = min(fitting, key=lambda m: _closeness(previous, m))
-        unused.remove(chosen)
+        if chosen in unused:
+            unused.remove(chosen)
+        else:  # a grouped conv merged from one module per group
+            merged_names = {f"{chosen.name}.{index}" for index in range(layer.groups)}
+            unused[:] = [module for module in unused if module.name not in merged_names]
         previous = chosen.name
         result.pairs.append((layer.name, chosen.name))
         for entry in entries:

@@ -8,6 +8,7 @@ spec's decay). A backend maps those names to its framework inside the generated 
 from __future__ import annotations
 
 import re
+import unicodedata
 from pathlib import Path
 
 from effspec import ir
@@ -29,24 +30,30 @@ def stage_table(model: ir.Model) -> str:
     return environment(TEMPLATE_DIR).get_template("stages.py.j2").render(model=model)
 
 
+def width(text: str) -> int:
+    """Columns ``text`` takes as ruff format measures a line: East Asian wide and fullwidth characters
+    take two, combining marks none (a literal's other non-printable characters are escapes by now)."""
+    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 0 if unicodedata.combining(ch) else 1 for ch in text)
+
+
 def parenthesized(name: str, literal: str) -> bool:
     """Whether ruff format wraps ``NAME = literal`` in parentheses: when the line is too long and the
     literal alone fits an indented line (a literal that fits nowhere stays on the assignment line)."""
-    return len(f"{name} = {literal}") > 88 and len(f"    {literal}") <= 88
+    return width(f"{name} = {literal}") > 88 and width(f"    {literal}") <= 88
 
 
-def description_lines(text: str, width: int = DESCRIPTION_WIDTH) -> tuple[str, ...]:
+def description_lines(text: str, limit: int = DESCRIPTION_WIDTH) -> tuple[str, ...]:
     """Free text as pieces whose literals fit a line; joined they give ``text`` back exactly.
 
     One piece when its literal fits an indented line: ruff would join shorter pieces anyway.
     """
-    if len(py_literal(text)) <= DESCRIPTION_UNSPLIT:
+    if width(py_literal(text)) <= DESCRIPTION_UNSPLIT:
         return (text,)
-    tokens = [piece for word in re.split(r"(\s+)", text) for piece in _fit(word, width)]
+    tokens = [piece for word in re.split(r"(\s+)", text) for piece in _fit(word, limit)]
     pieces: list[str] = []
     current = ""
     for token in tokens:
-        if current and len(py_literal(current + token)) > width:
+        if current and width(py_literal(current + token)) > limit:
             pieces.append(current)
             current = ""
         current += token
@@ -54,9 +61,9 @@ def description_lines(text: str, width: int = DESCRIPTION_WIDTH) -> tuple[str, .
     return tuple(pieces)
 
 
-def _fit(word: str, width: int) -> list[str]:
+def _fit(word: str, limit: int) -> list[str]:
     """A token whose literal is too long for a line, as single characters; otherwise itself."""
-    return list(word) if len(py_literal(word)) > width else [word]
+    return list(word) if width(py_literal(word)) > limit else [word]
 
 
 def recipe_context(model: ir.Model) -> dict[str, object]:
@@ -82,7 +89,7 @@ def header_context(model: ir.Model) -> dict[str, object]:
         "spec_path": model.spec_path,
         "spec_sha256": model.spec_sha256,
         "description_lines": description,
-        "description_inline": len(description) == 1 and len(f"DESCRIPTION = {py_literal(description[0])}") <= 88,
+        "description_inline": len(description) == 1 and width(f"DESCRIPTION = {py_literal(description[0])}") <= 88,
         "spec_path_wrapped": parenthesized("SPEC_PATH", py_literal(model.spec_path)),
         "python_name": model.python_name,
         "resolution": model.resolution,

@@ -6,9 +6,11 @@ Keras parameter counts, IR MACs == torch hook MACs, torch == Keras logits throug
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
+import pytest
 from conftest import ROOT
 from test_properties import RUFF, check_spec
 
@@ -65,3 +67,20 @@ def test_long_names_and_paths_emit_formatted_lint_clean_files(tmp_path: Path) ->
     for command in (["format", "--isolated", "--check"], ["check", "--isolated", "--select", "E,F,W,I,B,UP"]):
         result = subprocess.run([RUFF, *command, *paths], capture_output=True, text=True)
         assert result.returncode == 0, result.stdout + result.stderr
+
+
+#: Found by test_properties.py (2,000-example run): a description with an East Asian wide character
+#: ("⺀", two columns) fitted 88 columns by len() but not by ruff's display width, so DESCRIPTION
+#: came out unformatted. Widths are now measured as ruff measures them.
+WIDE_DESCRIPTION = "00000000000\x1f\x1f\n⺀\U00010cf3\U00018cd6\U00018d09\U00018d09\U00018d09"
+
+
+@pytest.mark.parametrize("description", [WIDE_DESCRIPTION, "⺀" * 43, "e\u0301" * 40 + "x" * 30])
+def test_descriptions_with_wide_or_combining_characters_stay_formatted(tmp_path: Path, description: str) -> None:
+    spec = tmp_path / "wide.yaml"
+    spec.write_text(f"extends: efficientnet-b0\nname: wide\ndescription: {json.dumps(description, ensure_ascii=False)}\n")
+    files = emit(build(spec).model, ["torch"])["torch/wide"]
+    path = tmp_path / "model.py"
+    path.write_text(files["model.py"], encoding="utf-8")
+    result = subprocess.run([RUFF, "format", "--isolated", "--check", str(path)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -81,6 +81,16 @@ def recipe_context(model: ir.Model) -> dict[str, object]:
     }
 
 
+def check_activations(model: ir.Model, known: dict[str, str], backend: str) -> None:
+    """Every activation and gate the IR names has an entry in the backend's table."""
+    names = {part.activation for block in model.blocks for part in block.parts if part.activation is not None}
+    names |= {block.se.gate for block in model.blocks if block.se is not None}
+    names |= {part.activation for part in (model.stem, model.head.conv, model.head.pooled_conv) if part is not None}
+    names.discard(None)
+    for name in sorted(names - set(known)):
+        raise ValueError(f"the {backend} backend has no activation {name!r}. Known: {', '.join(sorted(known))}")
+
+
 def header_context(model: ir.Model) -> dict[str, object]:
     """The module constants every backend prints: the spec, its input, regularization, the table."""
     description = description_lines(model.description)

@@ -300,11 +300,6 @@ class Model:
         return self.head.classifier.in_channels
 
     @property
-    def feature_channels(self) -> int:
-        """The width of the last feature map (before pooling)."""
-        return self.head.conv.out_channels if self.head.conv is not None else self.stages[-1].output.channels
-
-    @property
     def params(self) -> int:
         return sum(layer.params for layer in self.layers)
 

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from effspec import ir
 
-from ..common import header_context
-from ..torch.context import check_activations
+from ..common import check_activations, header_context
 
 #: Spec activation name -> Keras 3 activation identifier (gelu is exact in both torch and Keras).
 ACTIVATIONS = {

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from effspec import ir
 
-from ..common import header_context
+from ..common import check_activations, header_context
 
 #: Spec activation name -> the torch module the generated ``ACTIVATIONS`` table maps it to.
 ACTIVATIONS = {
@@ -34,16 +34,6 @@ class FeatureRow:
     module: str
     channels: int
     reduction: int
-
-
-def check_activations(model: ir.Model, known: dict[str, str], backend: str) -> None:
-    """Every activation and gate the IR names has an entry in the backend's table."""
-    names = {part.activation for block in model.blocks for part in block.parts if part.activation is not None}
-    names |= {block.se.gate for block in model.blocks if block.se is not None}
-    names |= {part.activation for part in (model.stem, model.head.conv, model.head.pooled_conv) if part is not None}
-    names.discard(None)
-    for name in sorted(names - set(known)):
-        raise ValueError(f"the {backend} backend has no activation {name!r}. Known: {', '.join(sorted(known))}")
 
 
 def _feature_rows(model: ir.Model) -> tuple[FeatureRow, ...]:

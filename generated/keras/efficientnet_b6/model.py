@@ -591,11 +591,11 @@ def conv(
     )(x)
 
 
-def conv_bn_act(
+def convolve(
     x: keras.KerasTensor, config: ConvBnActConfig, name: str
 ) -> keras.KerasTensor:
-    """Conv (or depthwise conv) -> batch norm -> activation: {name}_conv, _bn, _act."""
-    x = conv(
+    """The conv of conv_bn_act, as its config describes it: {name}_conv."""
+    return conv(
         x,
         config.out_channels,
         config.kernel,
@@ -605,6 +605,13 @@ def conv_bn_act(
         config.padding,
         f"{name}_conv",
     )
+
+
+def conv_bn_act(
+    x: keras.KerasTensor, config: ConvBnActConfig, name: str
+) -> keras.KerasTensor:
+    """Conv (or depthwise conv) -> batch norm -> activation: {name}_conv, _bn, _act."""
+    x = convolve(x, config, name)
     x = layers.BatchNormalization(
         momentum=BN_MOMENTUM, epsilon=BN_EPS, name=f"{name}_bn"
     )(x)

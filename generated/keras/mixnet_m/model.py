@@ -373,10 +373,10 @@ class ChannelSplit(layers.Layer):
         return {**super().get_config(), "sizes": self.sizes}
 
 
-def conv_bn_act(
+def convolve(
     x: keras.KerasTensor, config: ConvBnActConfig, name: str
 ) -> keras.KerasTensor:
-    """Conv (or depthwise conv) -> batch norm -> activation: {name}_conv, _bn, _act."""
+    """The conv of conv_bn_act, as its config describes it: {name}_conv."""
     if isinstance(config.kernel, tuple):
         # A depthwise conv split across kernels: {name}_conv_0, _conv_1, ... then concat
         parts = ChannelSplit(config.groups, name=f"{name}_split")(x)
@@ -388,18 +388,24 @@ def conv_bn_act(
                 part, size, kernel, config.stride, size, True, padding, part_name
             )
             outputs.append(part)
-        x = layers.Concatenate(name=f"{name}_concat")(outputs)
-    else:
-        x = conv(
-            x,
-            config.out_channels,
-            config.kernel,
-            config.stride,
-            config.groups,
-            config.depthwise,
-            config.padding,
-            f"{name}_conv",
-        )
+        return layers.Concatenate(name=f"{name}_concat")(outputs)
+    return conv(
+        x,
+        config.out_channels,
+        config.kernel,
+        config.stride,
+        config.groups,
+        config.depthwise,
+        config.padding,
+        f"{name}_conv",
+    )
+
+
+def conv_bn_act(
+    x: keras.KerasTensor, config: ConvBnActConfig, name: str
+) -> keras.KerasTensor:
+    """Conv (or depthwise conv) -> batch norm -> activation: {name}_conv, _bn, _act."""
+    x = convolve(x, config, name)
     x = layers.BatchNormalization(
         momentum=BN_MOMENTUM, epsilon=BN_EPS, name=f"{name}_bn"
     )(x)

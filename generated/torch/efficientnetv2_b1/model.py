@@ -439,19 +439,24 @@ def make_conv(
     )
 
 
+def build_conv(config: ConvBnActConfig) -> nn.Module:
+    """The conv of a ConvBnAct, as its config describes it."""
+    return make_conv(
+        config.in_channels,
+        config.out_channels,
+        config.kernel,
+        config.stride,
+        config.groups,
+        config.padding,
+    )
+
+
 class ConvBnAct(nn.Module):
     """Conv (no bias) -> batch norm -> activation, as ``conv``, ``bn`` and ``act``."""
 
     def __init__(self, config: ConvBnActConfig) -> None:
         super().__init__()
-        self.conv = make_conv(
-            config.in_channels,
-            config.out_channels,
-            config.kernel,
-            config.stride,
-            config.groups,
-            config.padding,
-        )
+        self.conv = build_conv(config)
         # torch's momentum weighs the new batch: 1 - the running-average decay
         self.bn = nn.BatchNorm2d(
             config.out_channels, eps=BN_EPS, momentum=1.0 - BN_MOMENTUM

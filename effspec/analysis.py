@@ -1,7 +1,7 @@
 """Analysis: parameters, MACs and activation memory per node, per stage and in total.
 
 MACs count Conv2d and Linear multiply-accumulates only (output elements x kernel area x in/groups),
-as REFERENCE.md does. Activation memory is the float32 bytes of every conv, BN and linear output for
+as docs/reference.md does. Activation memory is the float32 bytes of every conv, BN and linear output for
 one image at the nominal resolution: what a training step keeps for backward, before activations.
 """
 

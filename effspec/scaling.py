@@ -1,4 +1,4 @@
-"""Compound scaling as pure functions (EfficientNet section 3.3; constants in REFERENCE.md)."""
+"""Compound scaling as pure functions (EfficientNet section 3.3; constants in docs/reference.md)."""
 
 from __future__ import annotations
 

@@ -1,47 +1,37 @@
-"""REFERENCE.md figures: trainable parameters and conv+linear MACs at each model's native resolution."""
+"""The reference figures, read from docs/reference.md (their one owner): trainable parameters and
+conv+linear MACs at each model's native resolution."""
 
-REFERENCE = {
-    "efficientnet-b0": (5_288_548, 385_814_752),
-    "efficientnet-b1": (7_794_184, 686_802_832),
-    "efficientnet-b2": (9_109_994, 993_561_872),
-    "efficientnet-b3": (12_233_232, 1_827_141_392),
-    "efficientnet-b4": (19_341_616, 4_393_771_024),
-    "efficientnet-b5": (30_389_784, 10_266_384_752),
-    "efficientnet-b6": (43_040_704, 19_067_593_536),
-    "efficientnet-b7": (66_347_960, 37_745_884_192),
-    "efficientnetv2-b0": (7_139_704, 718_086_176),
-    "efficientnetv2-b1": (8_141_052, 1_196_819_360),
-    "efficientnetv2-b2": (10_096_086, 1_697_542_832),
-    "efficientnetv2-b3": (14_358_406, 3_011_458_816),
-    "efficientnetv2-s": (21_458_488, 8_365_617_152),
-    "efficientnetv2-m": (54_139_356, 24_582_460_384),
-    "efficientnetv2-l": (118_515_272, 56_079_699_008),
-}
+from __future__ import annotations
 
-#: The wider MBConv family (REFERENCE.md): spec -> (timm model, native resolution, params, MACs).
+from pathlib import Path
+
+_DOC = Path(__file__).resolve().parent.parent / "docs" / "reference.md"
+
+
+def _table(heading: str) -> list[list[str]]:
+    """The rows of the first markdown table after the line starting with ``heading``."""
+    lines = _DOC.read_text(encoding="utf-8").splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(heading))
+    rows: list[list[str]] = []
+    for line in lines[start + 1 :]:
+        if line.startswith("|"):
+            rows.append([cell.strip() for cell in line.strip("|").split("|")])
+        elif rows:
+            break
+    return rows[2:]  # drop the header and the |---| line
+
+
+def _int(text: str) -> int:
+    return int(text.replace(",", ""))
+
+
+#: spec -> (parameters, MACs): EfficientNet B0..B7 and V2 (keras.applications and timm `tf_` models).
+REFERENCE = {row[0]: (_int(row[2]), _int(row[3])) for row in _table("Trainable parameters (the same")}
+
+#: The wider MBConv family: spec -> (timm model, native resolution, params, MACs).
 FAMILIES = {
-    "efficientnet-lite0": ("tf_efficientnet_lite0", 224, 4_652_008, 385_187_552),
-    "efficientnet-lite1": ("tf_efficientnet_lite1", 240, 5_416_680, 600_185_232),
-    "efficientnet-lite2": ("tf_efficientnet_lite2", 260, 6_092_072, 859_736_272),
-    "efficientnet-lite3": ("tf_efficientnet_lite3", 300, 8_197_096, 1_607_554_544),
-    "efficientnet-lite4": ("tf_efficientnet_lite4", 380, 13_006_568, 3_943_564_112),
-    "efficientnet-edgetpu-s": ("tf_efficientnet_es", 224, 5_438_392, 1_788_731_008),
-    "efficientnet-edgetpu-m": ("tf_efficientnet_em", 240, 6_899_496, 3_013_321_088),
-    "efficientnet-edgetpu-l": ("tf_efficientnet_el", 300, 10_589_712, 7_936_082_848),
-    "mnasnet-b1": ("mnasnet_100", 224, 4_383_312, 314_415_872),
-    "mnasnet-a1": ("semnasnet_100", 224, 3_887_038, 311_579_072),
-    "mobilenetv2-100": ("mobilenetv2_100", 224, 3_504_872, 300_774_272),
-    "mobilenetv2-140": ("mobilenetv2_140", 224, 6_108_776, 582_195_824),
-    "mobilenetv3-large-100": ("tf_mobilenetv3_large_100", 224, 5_483_032, 216_589_760),
-    "mobilenetv3-small-100": ("tf_mobilenetv3_small_100", 224, 2_542_856, 56_510_400),
-    "mixnet-s": ("tf_mixnet_s", 224, 4_134_606, 239_173_360),
-    "mixnet-m": ("tf_mixnet_m", 224, 5_014_382, 339_172_672),
-    "mixnet-l": ("tf_mixnet_l", 224, 7_329_252, 555_251_792),
-    "tinynet-a": ("tinynet_a", 192, 6_187_972, 336_867_712),
-    "tinynet-b": ("tinynet_b", 188, 3_730_562, 200_709_360),
-    "tinynet-c": ("tinynet_c", 184, 2_457_234, 99_536_432),
-    "tinynet-d": ("tinynet_d", 152, 2_338_446, 51_580_656),
-    "tinynet-e": ("tinynet_e", 106, 2_042_972, 24_356_848),
-    "fbnet-c": ("fbnetc_100", 224, 5_572_200, 384_960_160),
-    "spnasnet-100": ("spnasnet_100", 224, 4_421_616, 333_467_072),
+    row[0]: (row[1], int(row[2]), _int(row[3]), _int(row[4])) for row in _table("The wider MBConv family, against timm")
 }
+
+if (len(REFERENCE), len(FAMILIES)) != (15, 24):  # a table lost or cut short in the doc
+    raise RuntimeError(f"docs/reference.md: expected 15 + 24 reference rows, read {len(REFERENCE)} + {len(FAMILIES)}")

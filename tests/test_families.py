@@ -1,6 +1,6 @@
 """The wider MBConv family, each one short YAML file: exact counts, timm as the oracle, Keras checked.
 
-For every family spec: parameters and MACs equal REFERENCE.md (timm 1.0.31); the generated torch
+For every family spec: parameters and MACs equal docs/reference.md (timm 1.0.31); the generated torch
 model loaded with the weights of timm's model (random, with randomized batch-norm statistics) gives
 timm's logits at an odd and an even input size; and ``effspec check`` (torch vs Keras against a
 float64 budget) passes.

@@ -1,4 +1,4 @@
-"""The keras backend: generated Keras 3 models against the IR, REFERENCE.md and keras.applications.
+"""The keras backend: generated Keras 3 models against the IR, docs/reference.md and keras.applications.
 
 The models under test are the checked-in generated/keras/ (tests/test_golden.py proves them current,
 lints them and checks determinism across processes). Models are built once per module; parameter counts use small symbolic inputs (counts do not depend

@@ -1,4 +1,4 @@
-"""The torch backend: generated PyTorch models against the IR, REFERENCE.md and TensorFlow's SAME.
+"""The torch backend: generated PyTorch models against the IR, docs/reference.md and TensorFlow's SAME.
 
 The models under test are the checked-in generated/torch/ (tests/test_golden.py proves them current;
 it also lints them and checks determinism for both backends). Parameter counts, state_dict names

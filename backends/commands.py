@@ -10,8 +10,7 @@ from __future__ import annotations
 import argparse
 
 from effspec.errors import UsageError
-
-BACKENDS = ("torch", "keras")
+from effspec.registry import BUILTIN_BACKENDS as BACKENDS
 
 
 def split_backend(flags: list[str], backend: str | None) -> tuple[str | None, list[str]]:

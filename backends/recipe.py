@@ -9,15 +9,15 @@ uses it.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import inspect
 import os
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from types import ModuleType
 from typing import Any, NoReturn
+
+from effspec.modules import import_file, import_source
 
 #: The spec language's recipe choices, which every generated train.py accepts as flag choices.
 OPTIMIZERS = ("rmsprop", "sgd", "adamw")
@@ -145,22 +145,14 @@ def recipe_source(recipe: Recipe, literal: Any) -> str:
 
 def load_module(path: Path, name: str) -> ModuleType:
     """Import a generated model.py by path under ``name`` (whatever the working directory)."""
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None or not path.is_file():
+    if not path.is_file():
         raise SystemExit(f"train.py: error: cannot find the model file {path}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+    return import_file(path, name)
 
 
 def module_from_source(source: str, name: str, filename: str) -> ModuleType:
     """A generated model.py held in memory (``effspec train``), imported as module ``name``."""
-    module = ModuleType(name)
-    module.__file__ = filename
-    sys.modules[name] = module
-    exec(compile(source, filename, "exec"), module.__dict__)  # our own generated code
-    return module
+    return import_source(source, name, filename)
 
 
 def check_model(recipe: Recipe, net: ModuleType) -> None:

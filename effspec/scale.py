@@ -303,11 +303,11 @@ def explicit_refine(family: Family, best: Candidate, metric: str, target: float 
 
 def measure_latency(model: object, backend: str, device: str, batch: int, repeats: int = 20) -> float:
     """Median milliseconds of one forward pass of the generated ``backend`` model (after warm-up)."""
-    import importlib.util
     import sys
     import tempfile
     import time
 
+    from effspec.modules import import_file
     from effspec.pipeline import emit
 
     files = emit(model, [backend])  # type: ignore[arg-type]
@@ -315,12 +315,7 @@ def measure_latency(model: object, backend: str, device: str, batch: int, repeat
     with tempfile.TemporaryDirectory(prefix="effspec-latency-") as tmp:
         path = Path(tmp) / "model.py"
         path.write_text(texts["model.py"], encoding="utf-8")
-        name = f"_effspec_latency_{abs(hash(rel))}_{len(sys.modules)}"
-        module_spec = importlib.util.spec_from_file_location(name, path)
-        assert module_spec is not None and module_spec.loader is not None
-        module = importlib.util.module_from_spec(module_spec)
-        sys.modules[name] = module  # dataclasses in the generated file look their module up
-        module_spec.loader.exec_module(module)
+        module = import_file(path, f"_effspec_latency_{abs(hash(rel))}_{len(sys.modules)}")
         res = model.resolution  # type: ignore[attr-defined]
         channels = model.input.channels  # type: ignore[attr-defined]
         times = []
@@ -352,7 +347,7 @@ def measure_latency(model: object, backend: str, device: str, batch: int, repeat
                     net.predict_on_batch(x)
                     if i >= 5:
                         times.append(time.perf_counter() - t0)
-        sys.modules.pop(name, None)
+        sys.modules.pop(module.__name__, None)
     times.sort()
     return 1000 * times[len(times) // 2]
 

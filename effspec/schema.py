@@ -13,10 +13,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator
 
+from effspec.ir import BlockKind, Padding
+
 Activation = Literal["swish", "silu", "relu", "relu6", "gelu", "hard_swish", "hard_sigmoid", "mish"]
 Gate = Literal["sigmoid", "hard_sigmoid"]
-Padding = Literal["same", "symmetric"]
-BlockKind = Literal["mbconv", "fused_mbconv"]
 
 # Strict: ``true``, ``1.0`` and ``"1"`` are not integers, ``"1.5"`` and ``true`` are not numbers.
 # Non-finite floats (.inf, .nan) are rejected for every field (``allow_inf_nan`` below).

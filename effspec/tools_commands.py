@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 
+from effspec.registry import BUILTIN_BACKENDS
+
 
 def _positive_int(text: str) -> int:
     try:
@@ -56,7 +58,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     target.add_argument("--target-macs", metavar="N", help="multiply-accumulates, e.g. 1e9")
     target.add_argument("--target-params", metavar="N", help="parameters, e.g. 20e6")
     target.add_argument("--target-latency", metavar="MS", help="milliseconds per forward pass (measured)")
-    p.add_argument("--backend", choices=("torch", "keras"), help="latency: the generated model to time")
+    p.add_argument("--backend", choices=BUILTIN_BACKENDS, help="latency: the generated model to time")
     p.add_argument("--device", choices=("cpu", "cuda"), help="latency: where to time it (default cpu)")
     p.add_argument("--batch", type=_positive_int, help="latency: images per forward pass (default 1)")
     p.add_argument("--alpha", type=_coefficient, help="depth coefficient (default: the spec's, else 1.2)")

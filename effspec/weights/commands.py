@@ -9,8 +9,8 @@ import argparse
 from pathlib import Path
 
 from effspec.errors import UsageError
+from effspec.registry import BUILTIN_BACKENDS as FRAMEWORKS
 
-FRAMEWORKS = ("torch", "keras")
 IMPORT_SOURCES = ("keras-applications", "timm", "torchvision")
 EXPORT_FORMATS = ("onnx", "tflite", "torchscript", "saved_model")
 

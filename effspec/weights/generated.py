@@ -8,15 +8,14 @@ The files live in a private temporary directory for the life of the process (tra
 from __future__ import annotations
 
 import atexit
-import importlib.util
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 from types import ModuleType
 
 from effspec import ir
 from effspec.errors import UsageError
+from effspec.modules import import_file
 from effspec.pipeline import emit, write_outputs
 
 _ROOT: Path | None = None
@@ -42,15 +41,9 @@ def load_model_module(model: ir.Model, backend: str) -> ModuleType:
     directory = _root() / f"{len(_LOADED)}"
     (target,) = write_outputs(outputs, directory)
     module_name = f"_effspec_generated_{backend}_{model.python_name}_{model.spec_sha256[:12]}"
-    spec = importlib.util.spec_from_file_location(module_name, target / "model.py")
-    if spec is None or spec.loader is None:
-        raise UsageError(f"cannot import {target / 'model.py'}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module  # dataclasses in the module look themselves up here
     try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        del sys.modules[module_name]
-        raise
+        module = import_file(target / "model.py", module_name)
+    except ImportError as exc:
+        raise UsageError(str(exc)) from None
     _LOADED[key] = module
     return module

@@ -39,12 +39,16 @@ def same_output_size(size: int, stride: int) -> int:
 ConvPadding = int | Literal["same"]
 
 
-def resolve_padding(mode: Padding, kernel: int, stride: int) -> ConvPadding:
-    """The one padding rule. ``symmetric``: (k - 1) // 2 per side. ``same`` (TF SAME): the same
-    fixed padding at stride 1 (odd kernels), and input-size dependent on a strided k > 1 conv."""
+def resolve_padding(mode: Padding, kernel: int, stride: int, dilation: int = 1) -> ConvPadding:
+    """The one padding rule. ``symmetric``: dilation x (k - 1) // 2 per side. ``same`` (TF SAME): the
+    same fixed padding at stride 1 (odd kernels, any dilation: the dilated kernel spans
+    dilation x (k - 1) + 1 pixels, so SAME is symmetric there), and input-size dependent on a strided
+    k > 1 conv (never dilated: a conv dilates only once the strides before it were turned to 1)."""
     if mode == "same" and stride > 1 and kernel > 1:
+        if dilation != 1:
+            raise ValueError(f"a strided conv cannot dilate (stride {stride}, dilation {dilation})")
         return "same"
-    return (kernel - 1) // 2
+    return dilation * (kernel - 1) // 2
 
 
 def flat_name(name: str) -> str:
@@ -66,6 +70,7 @@ class Layer:
     groups: int = 1  # in_channels for a depthwise conv
     bias: bool = False
     padding: ConvPadding = 0
+    dilation: int = 1  # > 1 only in a backbone below its nominal output stride (``OutputStride``)
 
     @property
     def params(self) -> int:
@@ -120,6 +125,10 @@ class ConvBnAct:
     @property
     def stride(self) -> int:
         return self.convs[0].stride
+
+    @property
+    def dilation(self) -> int:
+        return self.convs[0].dilation
 
     @property
     def layers(self) -> tuple[Layer, ...]:
@@ -223,6 +232,50 @@ class Head:
         return (*conv, *pooled, self.classifier)
 
 
+#: The output strides a backbone can be built at (timm's ``output_stride``; 32 is every shipped
+#: spec's own total stride).
+OUTPUT_STRIDES = (32, 16, 8)
+
+
+@dataclass(frozen=True)
+class FeatureLevel:
+    """One map of the backbone (``build_model(features_only=True)``): the last body output at one
+    nominal reduction, as timm's ``features_only`` models pick them. The body is the stem, the
+    stages and, when the head has a pooled conv (MobileNetV3), the head conv: there the conv after
+    pooling is the head and the conv before it the last layer of the body, as in timm."""
+
+    index: int  # position in ``Model.features`` (timm's ``out_indices`` index)
+    name: str  # "P1".."P5" for reductions 2..32: keras-hub's pyramid names, P{log2 reduction}
+    module: str  # the canonical module whose output it is: "stem", "blocks.2" (a stage) or "head"
+    stages: int  # how many stages ran to make it (0: the stem's output)
+    channels: int
+    reduction: int  # input size / map size (ceil) at the model's own strides
+    output: Shape  # at the nominal resolution
+
+
+@dataclass(frozen=True)
+class DilatedConv:
+    """A block's k x k conv below the nominal output stride: at stride 1, dilated, repadded."""
+
+    stage: int
+    block: int  # within its stage: the conv is ``blocks.{stage}.{block}.{part}``
+    part: Literal["expand", "depthwise"]
+    conv: ConvBnAct  # the conv-bn-act as it runs there (same weights, same names)
+    residual: bool  # the block's residual add there (stride 1 and equal widths, unless noskip)
+
+
+@dataclass(frozen=True)
+class OutputStride:
+    """The model at one output stride (timm's rule): a stride-2 conv that would take the total
+    stride past ``output_stride`` runs at stride 1 with the dilation so far, and every later k x k
+    conv dilates by the strides given up. ``convs`` lists the convs that differ from the nominal
+    model (nothing else does); ``reductions`` are the feature levels' reductions there."""
+
+    output_stride: int
+    reductions: tuple[int, ...]  # one per ``Model.features`` entry
+    convs: tuple[DilatedConv, ...]
+
+
 @dataclass(frozen=True)
 class BatchNormSettings:
     eps: float
@@ -280,6 +333,15 @@ class Model:
     stages: tuple[Stage, ...]
     head: Head
     training: TrainingPlan
+    features: tuple[FeatureLevel, ...]  # the backbone's levels, shallowest first
+    output_strides: tuple[OutputStride, ...]  # one per ``OUTPUT_STRIDES`` entry, in that order
+
+    def at_output_stride(self, output_stride: int) -> OutputStride:
+        for plan in self.output_strides:
+            if plan.output_stride == output_stride:
+                return plan
+        known = ", ".join(str(plan.output_stride) for plan in self.output_strides)
+        raise ValueError(f"expected an output stride of {known}, found {output_stride}")
 
     @property
     def python_name(self) -> str:

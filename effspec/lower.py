@@ -7,7 +7,7 @@ has, squeeze-excite widths, residuals, padding, groups, drop-path rates. Backend
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
 from effspec import ir
 from effspec.errors import SpecError
@@ -39,6 +39,7 @@ def _conv_bn_act(
     activation: str | None,
     input_shape: ir.Shape,
     groups: int = 1,
+    dilation: int = 1,
 ) -> ir.ConvBnAct:
     """conv -> BN -> activation; ``groups == in_channels == out_channels`` makes it depthwise."""
     if in_channels % groups or out_channels % groups:
@@ -57,7 +58,8 @@ def _conv_bn_act(
         kernel=kernel,
         stride=stride,
         groups=groups,
-        padding=ir.resolve_padding(padding, kernel, stride),
+        padding=ir.resolve_padding(padding, kernel, stride, dilation),
+        dilation=dilation,
     )
     bn = ir.Layer(f"{name}.bn", "batch_norm", out_channels, out_channels, out_size)
     return ir.ConvBnAct(name, (conv,), bn, activation)
@@ -71,6 +73,7 @@ def _mixed_depthwise(
     padding: ir.Padding,
     activation: str | None,
     input_shape: ir.Shape,
+    dilation: int = 1,
 ) -> ir.ConvBnAct:
     """A depthwise conv whose channels are split across several kernel sizes, then one BN."""
     if channels < len(kernels):
@@ -86,7 +89,8 @@ def _mixed_depthwise(
             kernel=kernel,
             stride=stride,
             groups=part,
-            padding=ir.resolve_padding(padding, kernel, stride),
+            padding=ir.resolve_padding(padding, kernel, stride, dilation),
+            dilation=dilation,
         )
         for index, (part, kernel) in enumerate(zip(split_channels(channels, len(kernels)), kernels, strict=True))
     )
@@ -148,11 +152,15 @@ def _block(
     out_channels: int,
     drop_path_rate: float,
     input_shape: ir.Shape,
+    stride: int,
+    dilation: int,
 ) -> ir.Block:
     """Every rule of a block, in one place.
 
-    - The stage's stride sits on its first block; a block adds its input back (``residual``) when
-      its stride is 1 and its input and output widths agree, unless the spec says ``residual: false``.
+    - ``stride`` and ``dilation`` are the block's k x k conv's (``_body`` decides them: the stage's
+      stride on its first block, or 1 and a dilation below the nominal output stride); a block adds
+      its input back (``residual``) when its stride is 1 and its input and output widths agree,
+      unless the spec says ``residual: false``.
     - The expanded width is ``expansion`` x the block input (or x the scaled ``expansion_in``),
       rounded to the channel divisor as every width is (an exact multiple stays as it is).
     - MBConv: 1x1 expand (absent at expansion 1 unless ``expand_conv``) -> k x k depthwise (the
@@ -166,7 +174,6 @@ def _block(
     fields = BlockFields.of(stage, stage.blocks[index] if index < len(stage.blocks) else None)
     d = spec.defaults
     name = f"blocks.{stage_index}.{index}"
-    stride = stage.stride if index == 0 else 1
     activation = fields.activation or d.activation
     padding = d.padding
     se_ratio = fields.se_ratio if fields.se_ratio is not None else d.se_ratio
@@ -189,10 +196,12 @@ def _block(
                 f"{name}.expand", in_channels, mid, 1, 1, padding, activation, shape, fields.expand_groups
             )
         if len(kernels) > 1:
-            depthwise = _mixed_depthwise(f"{name}.depthwise", mid, kernels, stride, padding, activation, shape)
+            depthwise = _mixed_depthwise(
+                f"{name}.depthwise", mid, kernels, stride, padding, activation, shape, dilation
+            )
         else:
             depthwise = _conv_bn_act(
-                f"{name}.depthwise", mid, mid, kernels[0], stride, padding, activation, shape, groups=mid
+                f"{name}.depthwise", mid, mid, kernels[0], stride, padding, activation, shape, mid, dilation
             )
         shape = depthwise.bn.output
     else:
@@ -201,7 +210,16 @@ def _block(
         if fused_direct:
             mid = out_channels  # the k x k conv goes straight to the output width
         expand = _conv_bn_act(
-            f"{name}.expand", in_channels, mid, kernels[0], stride, padding, activation, shape, fields.expand_groups
+            f"{name}.expand",
+            in_channels,
+            mid,
+            kernels[0],
+            stride,
+            padding,
+            activation,
+            shape,
+            fields.expand_groups,
+            dilation,
         )
         shape = expand.bn.output
     se = None
@@ -258,26 +276,12 @@ def _training_plan(training: Training, scaled: Multipliers) -> ir.TrainingPlan:
                 strict=True,
             )
         )
-    return ir.TrainingPlan(
-        optimizer=training.optimizer,
-        lr_per_256=training.lr_per_256,
-        batch_size=training.batch_size,
-        schedule=training.schedule,
-        decay_rate=training.decay_rate,
-        decay_epochs=training.decay_epochs,
-        warmup_epochs=training.warmup_epochs,
-        epochs=training.epochs,
-        weight_decay=training.weight_decay,
-        label_smoothing=training.label_smoothing,
-        ema_decay=training.ema_decay,
-        augmentation=training.augmentation,
-        randaugment_magnitude=training.randaugment_magnitude,
-        mixup_alpha=training.mixup_alpha,
-        train_resolution=train_resolution,
-        eval_resolution=scaled.resolution,
-        crop_fraction=training.crop_fraction,
-        progressive=stages,
-    )
+    # Every other field is the spec's value, under the same name (tests/test_train_runtime.py pins that).
+    values = {"train_resolution": train_resolution, "eval_resolution": scaled.resolution, "progressive": stages}
+    for item in fields(ir.TrainingPlan):
+        if item.name not in values:
+            values[item.name] = getattr(training, item.name)
+    return ir.TrainingPlan(**values)
 
 
 def stem_channels(spec: Spec, scaled: Multipliers) -> int:
@@ -297,33 +301,42 @@ def head_channels(spec: Spec, scaled: Multipliers) -> int:
     return max(channels, head.min_channels or 0)
 
 
-def lower(loaded: LoadedSpec, scaled: Multipliers) -> ir.Model:
-    """Resolve every channel count, repeat, stride, padding, drop-path rate and shape."""
+@dataclass(frozen=True)
+class _BodyOutput:
+    """The stem's, a stage's or a body head conv's output: where a feature level can be."""
+
+    module: str
+    stages: int
+    channels: int
+    reduction: int
+    output: ir.Shape
+
+
+def _body(
+    loaded: LoadedSpec, scaled: Multipliers, stem: ir.ConvBnAct, output_stride: int | None
+) -> tuple[tuple[ir.Stage, ...], list[_BodyOutput]]:
+    """The stages after ``stem``, and the stem's and every stage's output.
+
+    The stride of a stage sits on its first block. ``output_stride`` (None: the model's own) caps the
+    total stride as timm does: a strided block that would take it past ``output_stride`` runs at
+    stride 1 with the dilation so far, and the blocks after it dilate by the stride given up."""
     spec = loaded.spec
     d = spec.defaults
-
-    def channels(c: int) -> int:
-        return round_channels(c, scaled.width, d.channel_divisor, d.round_limit)
-
-    input_shape = ir.Shape(spec.input.channels, scaled.resolution, scaled.resolution)
-    stem = _conv_bn_act(
-        "stem",
-        spec.input.channels,
-        stem_channels(spec, scaled),
-        spec.stem.kernel,
-        spec.stem.stride,
-        d.padding,
-        spec.stem.activation or d.activation,
-        input_shape,
-    )
     repeats = [stage_repeats(stage, scaled.depth, d.repeat_rounding) for stage in spec.stages]
     rates = drop_path_rates(scaled.drop_path_rate, sum(repeats))
+    reduction, dilation = stem.stride, 1
+    body = [_BodyOutput("stem", 0, stem.out_channels, reduction, stem.bn.output)]
     stages: list[ir.Stage] = []
     in_channels, shape, global_index = stem.out_channels, stem.bn.output, 0
     for stage_index, stage in enumerate(spec.stages):
         blocks = []
-        out_channels = channels(stage.channels)
+        out_channels = round_channels(stage.channels, scaled.width, d.channel_divisor, d.round_limit)
         for index in range(repeats[stage_index]):
+            stride = stage.stride if index == 0 else 1
+            next_dilation = dilation
+            if stride > 1 and output_stride is not None and reduction * stride > output_stride:
+                stride, next_dilation = 1, dilation * stride
+            reduction *= stride
             try:
                 block = _block(
                     spec,
@@ -335,12 +348,81 @@ def lower(loaded: LoadedSpec, scaled: Multipliers) -> ir.Model:
                     out_channels,
                     rates[global_index],
                     shape,
+                    stride,
+                    dilation,
                 )
             except ValueError as exc:  # a rule the scaled widths break: name the stage in the user's file
                 raise SpecError(str(exc), loaded.locate(("stages", stage_index)), f"stages[{stage_index}]") from None
             blocks.append(block)
-            in_channels, shape, global_index = out_channels, block.output, global_index + 1
+            in_channels, shape, global_index, dilation = out_channels, block.output, global_index + 1, next_dilation
         stages.append(ir.Stage(stage_index, stage.block, tuple(blocks)))
+        body.append(_BodyOutput(f"blocks.{stage_index}", stage_index + 1, out_channels, reduction, shape))
+    return tuple(stages), body
+
+
+def _feature_levels(body: list[_BodyOutput]) -> tuple[ir.FeatureLevel, ...]:
+    """The last body output at each reduction, named P{log2 reduction} (timm's and keras-hub's levels)."""
+    picked = [out for i, out in enumerate(body) if i + 1 == len(body) or body[i + 1].reduction != out.reduction]
+    return tuple(
+        ir.FeatureLevel(
+            index, f"P{out.reduction.bit_length() - 1}", out.module, out.stages, out.channels, out.reduction, out.output
+        )
+        for index, out in enumerate(picked)
+    )
+
+
+def _wiring(a: ir.ConvBnAct | ir.SqueezeExcite | None, b: ir.ConvBnAct | ir.SqueezeExcite | None) -> bool:
+    """Whether two parts differ in anything but their output sizes."""
+    if a is None or b is None:
+        return a is not b
+    return [replace(layer, output=None) for layer in a.layers] != [replace(layer, output=None) for layer in b.layers]
+
+
+def _output_stride(
+    loaded: LoadedSpec,
+    scaled: Multipliers,
+    stem: ir.ConvBnAct,
+    nominal: tuple[ir.Stage, ...],
+    nominal_body: list[_BodyOutput],
+    output_stride: int,
+) -> ir.OutputStride:
+    """The model at ``output_stride``: the convs that differ from the nominal ones, and the levels'
+    reductions there. Only a block's k x k conv can differ (its stride, dilation and padding)."""
+    stages, body = _body(loaded, scaled, stem, output_stride)
+    reduction = {out.module: out.reduction for out in body}
+    reduction["head"] = body[-1].reduction
+    convs = []
+    for before_stage, stage in zip(nominal, stages, strict=True):
+        for before, block in zip(before_stage.blocks, stage.blocks, strict=True):
+            changed = [part for part in ("expand", "depthwise") if _wiring(getattr(before, part), getattr(block, part))]
+            if _wiring(before.project, block.project) or _wiring(before.se, block.se) or len(changed) > 1:
+                raise AssertionError(f"{block.name}: only the k x k conv may change with the output stride")
+            if changed:
+                part = changed[0]
+                convs.append(ir.DilatedConv(block.stage, block.index, part, getattr(block, part), block.residual))
+            elif before.residual != block.residual:
+                raise AssertionError(f"{block.name}: the residual changed but not the conv")
+    levels = _feature_levels(nominal_body)
+    return ir.OutputStride(output_stride, tuple(reduction[level.module] for level in levels), tuple(convs))
+
+
+def lower(loaded: LoadedSpec, scaled: Multipliers) -> ir.Model:
+    """Resolve every channel count, repeat, stride, padding, drop-path rate and shape."""
+    spec = loaded.spec
+    d = spec.defaults
+    input_shape = ir.Shape(spec.input.channels, scaled.resolution, scaled.resolution)
+    stem = _conv_bn_act(
+        "stem",
+        spec.input.channels,
+        stem_channels(spec, scaled),
+        spec.stem.kernel,
+        spec.stem.stride,
+        d.padding,
+        spec.stem.activation or d.activation,
+        input_shape,
+    )
+    stages, body = _body(loaded, scaled, stem, None)
+    in_channels, shape = stages[-1].blocks[-1].out_channels, stages[-1].output
     head_conv = None
     features = in_channels
     if spec.head.channels:
@@ -355,6 +437,8 @@ def lower(loaded: LoadedSpec, scaled: Multipliers) -> ir.Model:
             shape,
         )
         features = head_conv.out_channels
+        if spec.head.pooled_conv is not None:  # MobileNetV3: the conv before pooling ends the body
+            body.append(_BodyOutput("head", len(stages), head_conv.out_channels, body[-1].reduction, shape))
     pooled_conv = None
     if spec.head.pooled_conv is not None:
         width = spec.head.pooled_conv.channels
@@ -389,4 +473,8 @@ def lower(loaded: LoadedSpec, scaled: Multipliers) -> ir.Model:
         stages=tuple(stages),
         head=ir.Head(head_conv, pooled_conv, classifier, scaled.dropout, spec.head.num_classes),
         training=_training_plan(spec.training, scaled),
+        features=_feature_levels(body),
+        output_strides=tuple(
+            _output_stride(loaded, scaled, stem, stages, body, output_stride) for output_stride in ir.OUTPUT_STRIDES
+        ),
     )

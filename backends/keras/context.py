@@ -37,10 +37,12 @@ def block_output_layer(block: ir.Block) -> str:
 
 
 def _check_padding(model: ir.Model) -> None:
-    """The generated conv_bn_act uses Keras' "same" at stride 1: the IR must pad (k - 1) // 2 there."""
-    for layer in model.layers:
+    """The generated conv_bn_act uses Keras' "same" at stride 1: the IR must pad dilation x (k - 1) // 2
+    there, at every output stride."""
+    dilated = (layer for plan in model.output_strides for change in plan.convs for layer in change.conv.convs)
+    for layer in (*model.layers, *dilated):
         fixed = layer.kind in ("conv", "depthwise_conv") and layer.stride == 1
-        if fixed and layer.padding != (layer.kernel - 1) // 2:
+        if fixed and layer.padding != layer.dilation * (layer.kernel - 1) // 2:
             raise ValueError(f"{layer.name}: the keras backend cannot pad {layer.padding!r} at stride 1")
 
 

@@ -7,9 +7,19 @@ Layer names are the spec's canonical layer names with "." replaced by "_" (for e
 ``blocks_3_1_depthwise_conv``), so weights map by name to the other backends. The model
 returns logits; it expects inputs normalized with MEAN/STD unless built with
 ``include_preprocessing=True``, which takes raw 0..1 pixels.
+
+As a backbone (timm's features_only): the maps of FEATURE_LEVELS that ``out_indices``
+selects, as outputs named P1..P5 (keras-hub's pyramid names, by nominal reduction
+2..32). At ``output_stride`` 16 or 8 the strides past it become dilations, so the
+deeper maps keep that resolution. Layer names are the classification model's, so its
+weights load (``load_weights``; the layers the backbone lacks are not used).
+
+    backbone = build_model(features_only=True, out_indices=(1, 2, 3, 4), output_stride=8)
+    p2, p3, p4, p5 = backbone(images)  # backbone.feature_info: name, module, channels
+    # and reduction (input size / map size, rounded up) of each output
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import keras
 from keras import layers
@@ -76,6 +86,7 @@ class ConvBnActConfig:
     # Pixels on every side, or "same": TensorFlow SAME, which depends on the input size
     padding: int | str | tuple[int | str, ...]
     activation: str | None  # a key of ACTIVATIONS; None is linear
+    dilation: int = 1  # > 1 only below the nominal output stride (OUTPUT_STRIDES)
 
 
 @dataclass(frozen=True)
@@ -100,6 +111,40 @@ class BlockConfig:
     project: ConvBnActConfig | None
     residual: bool  # add the block's input to its output
     drop_path_rate: float  # stochastic depth of the residual branch, training only
+
+
+@dataclass(frozen=True)
+class FeatureLevel:
+    """One map of the backbone (build_model(features_only=True)): the output of
+    ``module`` after ``stages`` stages, the last one at its nominal reduction."""
+
+    name: str  # P1..P5 for nominal reductions 2..32 (keras-hub's pyramid names)
+    module: str  # the canonical name of the module that outputs it
+    stages: int  # stages run to make it (0: the stem's output)
+    channels: int
+    reduction: int  # input size / map size (rounded up)
+
+
+@dataclass(frozen=True)
+class DilatedConv:
+    """A block's k x k conv below the nominal output stride: blocks.{stage}.{block}.{part}
+    runs at ``stride`` with ``dilation`` and ``padding``; ``residual`` is the block's add."""
+
+    stage: int
+    block: int
+    part: str  # "expand" or "depthwise"
+    stride: int
+    dilation: int
+    padding: int | tuple[int, ...]
+    residual: bool
+
+
+@dataclass(frozen=True)
+class OutputStride:
+    """The model at one output stride: each level's reduction, and the convs that change."""
+
+    reductions: tuple[int, ...]  # one per FEATURE_LEVELS entry
+    convs: tuple[DilatedConv, ...]
 
 
 @dataclass(frozen=True)
@@ -268,7 +313,86 @@ STAGES = (
         ),
     ),
 )
+# The backbone's levels: the last body output at each nominal reduction, as timm's
+# features_only models pick them (out_indices index this tuple).
+FEATURE_LEVELS = (
+    FeatureLevel("P1", "blocks.0", stages=1, channels=16, reduction=2),
+    FeatureLevel("P2", "blocks.1", stages=2, channels=24, reduction=4),
+    FeatureLevel("P3", "blocks.2", stages=3, channels=40, reduction=8),
+    FeatureLevel("P4", "blocks.4", stages=5, channels=112, reduction=16),
+    FeatureLevel("P5", "head", stages=6, channels=960, reduction=32),
+)
+OUT_INDICES = (0, 1, 2, 3, 4)
+# Output stride -> the levels' reductions and the convs that run at stride 1 and dilate
+# there (timm's rule: a stride that would pass the output stride becomes a dilation of
+# every later k x k conv). Every other conv is as in STAGES.
+OUTPUT_STRIDES = {
+    32: OutputStride(
+        reductions=(2, 4, 8, 16, 32),
+        convs=(),
+    ),
+    16: OutputStride(
+        reductions=(2, 4, 8, 16, 16),
+        convs=(
+            DilatedConv(5, 0, "depthwise", stride=1, dilation=1, padding=2, residual=False),
+            DilatedConv(5, 1, "depthwise", stride=1, dilation=2, padding=4, residual=True),
+            DilatedConv(5, 2, "depthwise", stride=1, dilation=2, padding=4, residual=True),
+        ),
+    ),
+    8: OutputStride(
+        reductions=(2, 4, 8, 8, 8),
+        convs=(
+            DilatedConv(3, 0, "depthwise", stride=1, dilation=1, padding=1, residual=False),
+            DilatedConv(3, 1, "depthwise", stride=1, dilation=2, padding=2, residual=True),
+            DilatedConv(3, 2, "depthwise", stride=1, dilation=2, padding=2, residual=True),
+            DilatedConv(3, 3, "depthwise", stride=1, dilation=2, padding=2, residual=True),
+            DilatedConv(4, 0, "depthwise", stride=1, dilation=2, padding=2, residual=False),
+            DilatedConv(4, 1, "depthwise", stride=1, dilation=2, padding=2, residual=True),
+            DilatedConv(5, 0, "depthwise", stride=1, dilation=2, padding=4, residual=False),
+            DilatedConv(5, 1, "depthwise", stride=1, dilation=4, padding=8, residual=True),
+            DilatedConv(5, 2, "depthwise", stride=1, dilation=4, padding=8, residual=True),
+        ),
+    ),
+}
 # fmt: on
+
+
+def feature_info(
+    out_indices: tuple[int, ...] = OUT_INDICES, output_stride: int = 32
+) -> tuple[FeatureLevel, ...]:
+    """The levels ``out_indices`` selects (increasing indices into FEATURE_LEVELS), with
+    their reductions at ``output_stride`` (a key of OUTPUT_STRIDES)."""
+    if output_stride not in OUTPUT_STRIDES:
+        known = ", ".join(str(stride) for stride in OUTPUT_STRIDES)
+        raise ValueError(
+            f"expected an output_stride of {known}, found {output_stride!r}"
+        )
+    indices = tuple(out_indices)
+    valid = all(isinstance(i, int) and 0 <= i < len(FEATURE_LEVELS) for i in indices)
+    if not indices or not valid or list(indices) != sorted(set(indices)):
+        raise ValueError(
+            f"expected out_indices increasing in 0..{len(FEATURE_LEVELS) - 1}, "
+            f"found {out_indices!r}"
+        )
+    reductions = OUTPUT_STRIDES[output_stride].reductions
+    return tuple(replace(FEATURE_LEVELS[i], reduction=reductions[i]) for i in indices)
+
+
+def stages_at(output_stride: int) -> tuple[tuple[BlockConfig, ...], ...]:
+    """STAGES at ``output_stride``: the convs OUTPUT_STRIDES lists there replaced."""
+    feature_info(output_stride=output_stride)  # a known output stride
+    stages = [list(stage) for stage in STAGES]
+    for change in OUTPUT_STRIDES[output_stride].convs:
+        config = stages[change.stage][change.block]
+        conv = replace(
+            getattr(config, change.part),
+            stride=change.stride,
+            dilation=change.dilation,
+            padding=change.padding,
+        )
+        config = replace(config, residual=change.residual, **{change.part: conv})
+        stages[change.stage][change.block] = config
+    return tuple(tuple(stage) for stage in stages)
 
 
 def conv_kernel_initializer() -> keras.initializers.Initializer:
@@ -297,11 +421,12 @@ def conv(
     depthwise: bool,
     padding: int | str,
     name: str,
+    dilation: int = 1,
 ) -> keras.KerasTensor:
     """One conv without bias, named ``name``."""
-    # Keras' "same" is TensorFlow SAME; at stride 1 it pads (k - 1) // 2 per side, which
-    # is what the compiler gives every stride-1 conv. A fixed padding on a strided conv
-    # is an explicit zero padding.
+    # Keras' "same" is TensorFlow SAME; at stride 1 it pads dilation x (k - 1) // 2 per
+    # side, which is what the compiler gives every stride-1 conv. A fixed padding on a
+    # strided conv is an explicit zero padding.
     mode = "same"
     if padding != "same" and stride != 1:
         mode = "valid"
@@ -312,6 +437,7 @@ def conv(
             kernel,
             stride,
             padding=mode,
+            dilation_rate=dilation,
             use_bias=False,
             depthwise_initializer=conv_kernel_initializer(),
             name=name,
@@ -321,6 +447,7 @@ def conv(
         kernel,
         stride,
         padding=mode,
+        dilation_rate=dilation,
         groups=groups,
         use_bias=False,
         kernel_initializer=conv_kernel_initializer(),
@@ -341,6 +468,7 @@ def convolve(
         config.depthwise,
         config.padding,
         f"{name}_conv",
+        config.dilation,
     )
 
 
@@ -410,8 +538,12 @@ def build_model(
     drop_path_rate: float | None = None,
     include_preprocessing: bool = False,
     input_shape: tuple[int | None, int | None, int] | None = None,
+    features_only: bool = False,
+    out_indices: tuple[int, ...] = OUT_INDICES,
+    output_stride: int = 32,
 ) -> keras.Model:
-    """The network as a keras.Model returning logits.
+    """The network as a keras.Model returning logits (or, with ``features_only``, the
+    backbone returning the maps of ``out_indices``, named by level).
 
     Args:
         num_classes: classifier outputs.
@@ -421,7 +553,13 @@ def build_model(
         include_preprocessing: normalize with MEAN/STD inside the model, so it takes
             raw 0..1 pixels.
         input_shape: (height, width, channels); None accepts any spatial size.
+        features_only: build the backbone instead (``model.feature_info`` lists its
+            outputs).
+        out_indices: the levels of FEATURE_LEVELS it returns, increasing.
+        output_stride: 32, 16 or 8: the largest reduction (OUTPUT_STRIDES).
     """
+    levels = feature_info(out_indices, output_stride)
+    stages = stages_at(output_stride)
     dropout = DROPOUT if dropout is None else dropout
     if input_shape is None:
         input_shape = (None, None, INPUT_CHANNELS)
@@ -432,15 +570,25 @@ def build_model(
             mean=MEAN, variance=[s * s for s in STD], name="preprocessing"
         )(x)
     x = conv_bn_act(x, STEM, name="stem")
-    num_blocks = sum(len(stage) for stage in STAGES)
+    depth = levels[-1].stages if features_only else len(stages)
+    # the stage counts after which a level's map is taken (the head's after the head)
+    taps = {level.stages: level.name for level in levels if level.module != "head"}
+    maps = []
+    if features_only and 0 in taps:
+        maps.append(layers.Identity(name=taps[0])(x))
+    num_blocks = sum(len(stage) for stage in stages)
     block_index = 0
-    for stage_index, stage in enumerate(STAGES):
+    for stage_index, stage in enumerate(stages[:depth]):
         for index, config in enumerate(stage):
             rate = config.drop_path_rate
             if drop_path_rate is not None:
                 rate = drop_path_rate * block_index / num_blocks
             x = block(x, config, rate, name=f"blocks_{stage_index}_{index}")
             block_index += 1
+        if features_only and stage_index + 1 in taps:
+            maps.append(layers.Identity(name=taps[stage_index + 1])(x))
+    if features_only:
+        return features_model(inputs, x, maps, levels)
     x = conv_bn_act(x, HEAD, name="head")
     x = layers.GlobalAveragePooling2D(keepdims=True, name="head_pool")(x)
     x = layers.Conv2D(
@@ -464,6 +612,22 @@ def build_model(
         outputs,
         name="mobilenetv3_large_100",
     )
+
+
+def features_model(
+    inputs: keras.KerasTensor,
+    x: keras.KerasTensor,
+    maps: list[keras.KerasTensor],
+    levels: tuple[FeatureLevel, ...],
+) -> keras.Model:
+    """The backbone: ``maps`` (and the head conv's output on ``x`` where the head is a
+    level) as outputs named by level, with ``feature_info``."""
+    if levels[-1].module == "head":
+        x = conv_bn_act(x, HEAD, name="head")
+        maps.append(layers.Identity(name=levels[-1].name)(x))
+    model = keras.Model(inputs, maps, name="mobilenetv3_large_100_features")
+    model.feature_info = levels
+    return model
 
 
 def build_feature_extractor(model: keras.Model) -> keras.Model:

@@ -13,6 +13,15 @@ logits; it expects inputs normalized with MEAN/STD unless built with
     logits = model(images)  # (N, 3, H, W), any H and W
     maps = model.forward_stages(images)  # stem output, then one per stage
     fast = fuse_for_inference(model)  # eval copy, batch norm folded, channels_last
+
+As a backbone (timm's features_only): the maps of FEATURE_LEVELS (P1..P5 at nominal
+reductions 2..32) that ``out_indices`` selects. At ``output_stride`` 16 or 8 the strides
+past it become dilations, so the deeper maps keep that resolution. A classification
+checkpoint loads into it (``load_state_dict``; later layers are not used).
+
+    backbone = build_model(features_only=True, out_indices=(1, 2, 3, 4), output_stride=8)
+    maps = backbone(images)  # [P2, P3, P4, P5]; backbone.feature_info: their
+    # name, module, channels and reduction (input size / map size, rounded up)
 """
 
 import copy
@@ -72,6 +81,7 @@ class ConvBnActConfig:
     # Pixels on every side, or "same": TensorFlow SAME, which depends on the input size
     padding: int | str | tuple[int | str, ...]
     activation: str | None  # a key of ACTIVATIONS; None is linear
+    dilation: int = 1  # > 1 only below the nominal output stride (OUTPUT_STRIDES)
 
 
 @dataclass(frozen=True)
@@ -96,6 +106,40 @@ class BlockConfig:
     project: ConvBnActConfig | None
     residual: bool  # add the block's input to its output
     drop_path_rate: float  # stochastic depth of the residual branch, training only
+
+
+@dataclass(frozen=True)
+class FeatureLevel:
+    """One map of the backbone (build_model(features_only=True)): the output of
+    ``module`` after ``stages`` stages, the last one at its nominal reduction."""
+
+    name: str  # P1..P5 for nominal reductions 2..32 (keras-hub's pyramid names)
+    module: str  # the canonical name of the module that outputs it
+    stages: int  # stages run to make it (0: the stem's output)
+    channels: int
+    reduction: int  # input size / map size (rounded up)
+
+
+@dataclass(frozen=True)
+class DilatedConv:
+    """A block's k x k conv below the nominal output stride: blocks.{stage}.{block}.{part}
+    runs at ``stride`` with ``dilation`` and ``padding``; ``residual`` is the block's add."""
+
+    stage: int
+    block: int
+    part: str  # "expand" or "depthwise"
+    stride: int
+    dilation: int
+    padding: int | tuple[int, ...]
+    residual: bool
+
+
+@dataclass(frozen=True)
+class OutputStride:
+    """The model at one output stride: each level's reduction, and the convs that change."""
+
+    reductions: tuple[int, ...]  # one per FEATURE_LEVELS entry
+    convs: tuple[DilatedConv, ...]
 
 
 # The compiler decided every number below: widths, strides, padding, residuals, rates.
@@ -832,7 +876,167 @@ STAGES = (
         ),
     ),
 )
+# The backbone's levels: the last body output at each nominal reduction, as timm's
+# features_only models pick them (out_indices index this tuple).
+FEATURE_LEVELS = (
+    FeatureLevel("P1", "blocks.0", stages=1, channels=32, reduction=2),
+    FeatureLevel("P2", "blocks.1", stages=2, channels=64, reduction=4),
+    FeatureLevel("P3", "blocks.2", stages=3, channels=96, reduction=8),
+    FeatureLevel("P4", "blocks.4", stages=5, channels=224, reduction=16),
+    FeatureLevel("P5", "blocks.6", stages=7, channels=640, reduction=32),
+)
+OUT_INDICES = (0, 1, 2, 3, 4)
+# Output stride -> the levels' reductions and the convs that run at stride 1 and dilate
+# there (timm's rule: a stride that would pass the output stride becomes a dilation of
+# every later k x k conv). Every other conv is as in STAGES.
+OUTPUT_STRIDES = {
+    32: OutputStride(
+        reductions=(2, 4, 8, 16, 32),
+        convs=(),
+    ),
+    16: OutputStride(
+        reductions=(2, 4, 8, 16, 16),
+        convs=(
+            DilatedConv(5, 0, "depthwise", stride=1, dilation=1, padding=1, residual=False),
+            DilatedConv(5, 1, "depthwise", stride=1, dilation=2, padding=2, residual=True),
+            DilatedConv(5, 2, "depthwise", stride=1, dilation=2, padding=2, residual=True),
+            DilatedConv(5, 3, "depthwise", stride=1, dilation=2, padding=2, residual=True),
+            DilatedConv(5, 4, "depthwise", stride=1, dilation=2, padding=2, residual=True),
+            DilatedConv(5, 5, "depthwise", stride=1, dilation=2, padding=2, residual=True),
+            DilatedConv(5, 6, "depthwise", stride=1, dilation=2, padding=2, residual=True),
+            DilatedConv(5, 7, "depthwise", stride=1, dilation=2, padding=2, residual=True),
+            DilatedConv(5, 8, "depthwise", stride=1, dilation=2, padding=2, residual=True),
+            DilatedConv(5, 9, "depthwise", stride=1, dilation=2, padding=2, residual=True),
+            DilatedConv(5, 10, "depthwise", stride=1, dilation=2, padding=2, residual=True),
+            DilatedConv(5, 11, "depthwise", stride=1, dilation=2, padding=2, residual=True),
+            DilatedConv(5, 12, "depthwise", stride=1, dilation=2, padding=2, residual=True),
+            DilatedConv(5, 13, "depthwise", stride=1, dilation=2, padding=2, residual=True),
+            DilatedConv(5, 14, "depthwise", stride=1, dilation=2, padding=2, residual=True),
+            DilatedConv(5, 15, "depthwise", stride=1, dilation=2, padding=2, residual=True),
+            DilatedConv(5, 16, "depthwise", stride=1, dilation=2, padding=2, residual=True),
+            DilatedConv(5, 17, "depthwise", stride=1, dilation=2, padding=2, residual=True),
+            DilatedConv(5, 18, "depthwise", stride=1, dilation=2, padding=2, residual=True),
+            DilatedConv(5, 19, "depthwise", stride=1, dilation=2, padding=2, residual=True),
+            DilatedConv(5, 20, "depthwise", stride=1, dilation=2, padding=2, residual=True),
+            DilatedConv(5, 21, "depthwise", stride=1, dilation=2, padding=2, residual=True),
+            DilatedConv(5, 22, "depthwise", stride=1, dilation=2, padding=2, residual=True),
+            DilatedConv(5, 23, "depthwise", stride=1, dilation=2, padding=2, residual=True),
+            DilatedConv(5, 24, "depthwise", stride=1, dilation=2, padding=2, residual=True),
+            DilatedConv(6, 0, "depthwise", stride=1, dilation=2, padding=2, residual=False),
+            DilatedConv(6, 1, "depthwise", stride=1, dilation=2, padding=2, residual=True),
+            DilatedConv(6, 2, "depthwise", stride=1, dilation=2, padding=2, residual=True),
+            DilatedConv(6, 3, "depthwise", stride=1, dilation=2, padding=2, residual=True),
+            DilatedConv(6, 4, "depthwise", stride=1, dilation=2, padding=2, residual=True),
+            DilatedConv(6, 5, "depthwise", stride=1, dilation=2, padding=2, residual=True),
+            DilatedConv(6, 6, "depthwise", stride=1, dilation=2, padding=2, residual=True),
+        ),
+    ),
+    8: OutputStride(
+        reductions=(2, 4, 8, 8, 8),
+        convs=(
+            DilatedConv(3, 0, "depthwise", stride=1, dilation=1, padding=1, residual=False),
+            DilatedConv(3, 1, "depthwise", stride=1, dilation=2, padding=2, residual=True),
+            DilatedConv(3, 2, "depthwise", stride=1, dilation=2, padding=2, residual=True),
+            DilatedConv(3, 3, "depthwise", stride=1, dilation=2, padding=2, residual=True),
+            DilatedConv(3, 4, "depthwise", stride=1, dilation=2, padding=2, residual=True),
+            DilatedConv(3, 5, "depthwise", stride=1, dilation=2, padding=2, residual=True),
+            DilatedConv(3, 6, "depthwise", stride=1, dilation=2, padding=2, residual=True),
+            DilatedConv(3, 7, "depthwise", stride=1, dilation=2, padding=2, residual=True),
+            DilatedConv(3, 8, "depthwise", stride=1, dilation=2, padding=2, residual=True),
+            DilatedConv(3, 9, "depthwise", stride=1, dilation=2, padding=2, residual=True),
+            DilatedConv(4, 0, "depthwise", stride=1, dilation=2, padding=2, residual=False),
+            DilatedConv(4, 1, "depthwise", stride=1, dilation=2, padding=2, residual=True),
+            DilatedConv(4, 2, "depthwise", stride=1, dilation=2, padding=2, residual=True),
+            DilatedConv(4, 3, "depthwise", stride=1, dilation=2, padding=2, residual=True),
+            DilatedConv(4, 4, "depthwise", stride=1, dilation=2, padding=2, residual=True),
+            DilatedConv(4, 5, "depthwise", stride=1, dilation=2, padding=2, residual=True),
+            DilatedConv(4, 6, "depthwise", stride=1, dilation=2, padding=2, residual=True),
+            DilatedConv(4, 7, "depthwise", stride=1, dilation=2, padding=2, residual=True),
+            DilatedConv(4, 8, "depthwise", stride=1, dilation=2, padding=2, residual=True),
+            DilatedConv(4, 9, "depthwise", stride=1, dilation=2, padding=2, residual=True),
+            DilatedConv(4, 10, "depthwise", stride=1, dilation=2, padding=2, residual=True),
+            DilatedConv(4, 11, "depthwise", stride=1, dilation=2, padding=2, residual=True),
+            DilatedConv(4, 12, "depthwise", stride=1, dilation=2, padding=2, residual=True),
+            DilatedConv(4, 13, "depthwise", stride=1, dilation=2, padding=2, residual=True),
+            DilatedConv(4, 14, "depthwise", stride=1, dilation=2, padding=2, residual=True),
+            DilatedConv(4, 15, "depthwise", stride=1, dilation=2, padding=2, residual=True),
+            DilatedConv(4, 16, "depthwise", stride=1, dilation=2, padding=2, residual=True),
+            DilatedConv(4, 17, "depthwise", stride=1, dilation=2, padding=2, residual=True),
+            DilatedConv(4, 18, "depthwise", stride=1, dilation=2, padding=2, residual=True),
+            DilatedConv(5, 0, "depthwise", stride=1, dilation=2, padding=2, residual=False),
+            DilatedConv(5, 1, "depthwise", stride=1, dilation=4, padding=4, residual=True),
+            DilatedConv(5, 2, "depthwise", stride=1, dilation=4, padding=4, residual=True),
+            DilatedConv(5, 3, "depthwise", stride=1, dilation=4, padding=4, residual=True),
+            DilatedConv(5, 4, "depthwise", stride=1, dilation=4, padding=4, residual=True),
+            DilatedConv(5, 5, "depthwise", stride=1, dilation=4, padding=4, residual=True),
+            DilatedConv(5, 6, "depthwise", stride=1, dilation=4, padding=4, residual=True),
+            DilatedConv(5, 7, "depthwise", stride=1, dilation=4, padding=4, residual=True),
+            DilatedConv(5, 8, "depthwise", stride=1, dilation=4, padding=4, residual=True),
+            DilatedConv(5, 9, "depthwise", stride=1, dilation=4, padding=4, residual=True),
+            DilatedConv(5, 10, "depthwise", stride=1, dilation=4, padding=4, residual=True),
+            DilatedConv(5, 11, "depthwise", stride=1, dilation=4, padding=4, residual=True),
+            DilatedConv(5, 12, "depthwise", stride=1, dilation=4, padding=4, residual=True),
+            DilatedConv(5, 13, "depthwise", stride=1, dilation=4, padding=4, residual=True),
+            DilatedConv(5, 14, "depthwise", stride=1, dilation=4, padding=4, residual=True),
+            DilatedConv(5, 15, "depthwise", stride=1, dilation=4, padding=4, residual=True),
+            DilatedConv(5, 16, "depthwise", stride=1, dilation=4, padding=4, residual=True),
+            DilatedConv(5, 17, "depthwise", stride=1, dilation=4, padding=4, residual=True),
+            DilatedConv(5, 18, "depthwise", stride=1, dilation=4, padding=4, residual=True),
+            DilatedConv(5, 19, "depthwise", stride=1, dilation=4, padding=4, residual=True),
+            DilatedConv(5, 20, "depthwise", stride=1, dilation=4, padding=4, residual=True),
+            DilatedConv(5, 21, "depthwise", stride=1, dilation=4, padding=4, residual=True),
+            DilatedConv(5, 22, "depthwise", stride=1, dilation=4, padding=4, residual=True),
+            DilatedConv(5, 23, "depthwise", stride=1, dilation=4, padding=4, residual=True),
+            DilatedConv(5, 24, "depthwise", stride=1, dilation=4, padding=4, residual=True),
+            DilatedConv(6, 0, "depthwise", stride=1, dilation=4, padding=4, residual=False),
+            DilatedConv(6, 1, "depthwise", stride=1, dilation=4, padding=4, residual=True),
+            DilatedConv(6, 2, "depthwise", stride=1, dilation=4, padding=4, residual=True),
+            DilatedConv(6, 3, "depthwise", stride=1, dilation=4, padding=4, residual=True),
+            DilatedConv(6, 4, "depthwise", stride=1, dilation=4, padding=4, residual=True),
+            DilatedConv(6, 5, "depthwise", stride=1, dilation=4, padding=4, residual=True),
+            DilatedConv(6, 6, "depthwise", stride=1, dilation=4, padding=4, residual=True),
+        ),
+    ),
+}
 # fmt: on
+
+
+def feature_info(
+    out_indices: tuple[int, ...] = OUT_INDICES, output_stride: int = 32
+) -> tuple[FeatureLevel, ...]:
+    """The levels ``out_indices`` selects (increasing indices into FEATURE_LEVELS), with
+    their reductions at ``output_stride`` (a key of OUTPUT_STRIDES)."""
+    if output_stride not in OUTPUT_STRIDES:
+        known = ", ".join(str(stride) for stride in OUTPUT_STRIDES)
+        raise ValueError(
+            f"expected an output_stride of {known}, found {output_stride!r}"
+        )
+    indices = tuple(out_indices)
+    valid = all(isinstance(i, int) and 0 <= i < len(FEATURE_LEVELS) for i in indices)
+    if not indices or not valid or list(indices) != sorted(set(indices)):
+        raise ValueError(
+            f"expected out_indices increasing in 0..{len(FEATURE_LEVELS) - 1}, "
+            f"found {out_indices!r}"
+        )
+    reductions = OUTPUT_STRIDES[output_stride].reductions
+    return tuple(replace(FEATURE_LEVELS[i], reduction=reductions[i]) for i in indices)
+
+
+def stages_at(output_stride: int) -> tuple[tuple[BlockConfig, ...], ...]:
+    """STAGES at ``output_stride``: the convs OUTPUT_STRIDES lists there replaced."""
+    feature_info(output_stride=output_stride)  # a known output stride
+    stages = [list(stage) for stage in STAGES]
+    for change in OUTPUT_STRIDES[output_stride].convs:
+        config = stages[change.stage][change.block]
+        conv = replace(
+            getattr(config, change.part),
+            stride=change.stride,
+            dilation=change.dilation,
+            padding=change.padding,
+        )
+        config = replace(config, residual=change.residual, **{change.part: conv})
+        stages[change.stage][change.block] = config
+    return tuple(tuple(stage) for stage in stages)
 
 
 @dataclass(frozen=True)
@@ -900,15 +1104,23 @@ def make_conv(
     groups: int,
     padding: int | str,
     bias: bool = False,
+    dilation: int = 1,
 ) -> nn.Conv2d:
     """An ``nn.Conv2d``, or a ``Conv2dSame`` where padding is "same" (TensorFlow SAME on a
-    strided conv, worked out per call)."""
+    strided conv, worked out per call; a dilated conv has stride 1 and a fixed padding)."""
     if padding == "same":
         return Conv2dSame(
             in_channels, out_channels, kernel, stride, groups=groups, bias=bias
         )
     return nn.Conv2d(
-        in_channels, out_channels, kernel, stride, padding, groups=groups, bias=bias
+        in_channels,
+        out_channels,
+        kernel,
+        stride,
+        padding,
+        dilation,
+        groups=groups,
+        bias=bias,
     )
 
 
@@ -921,6 +1133,7 @@ def build_conv(config: ConvBnActConfig) -> nn.Module:
         config.stride,
         config.groups,
         config.padding,
+        dilation=config.dilation,
     )
 
 
@@ -1078,6 +1291,73 @@ class EfficientNet(nn.Module):
         return outputs
 
 
+class EfficientNetFeatures(nn.Module):
+    """The backbone: the stem and the stages (and the head conv, where it is a level)
+    up to the deepest level asked for; forward returns the maps ``feature_info`` lists,
+    shallowest first. Module names are the classification model's."""
+
+    def __init__(
+        self,
+        stages: tuple[tuple[BlockConfig, ...], ...],
+        feature_info: tuple[FeatureLevel, ...],
+        include_preprocessing: bool = False,
+    ) -> None:
+        super().__init__()
+        self.feature_info = feature_info
+        self.preprocess = Normalize(MEAN, STD) if include_preprocessing else None
+        self.stem = ConvBnAct(STEM)
+        depth = feature_info[-1].stages
+        self.blocks = nn.Sequential(
+            *(
+                nn.Sequential(*(Block(config) for config in stage))
+                for stage in stages[:depth]
+            )
+        )
+        self.head = None
+        if feature_info[-1].module == "head":
+            self.head = ConvBnAct(HEAD)
+        # stage counts after which a map is taken (the head's is taken after the head)
+        self.taps = [level.stages for level in feature_info if level.module != "head"]
+        init_weights(self)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        if self.preprocess is not None:
+            x = self.preprocess(x)
+        x = self.stem(x)
+        outputs = []
+        if 0 in self.taps:
+            outputs.append(x)
+        for index, stage in enumerate(self.blocks):
+            x = stage(x)
+            if index + 1 in self.taps:
+                outputs.append(x)
+        if self.head is not None:
+            outputs.append(self.head(x))
+        return outputs
+
+    def load_state_dict(
+        self,
+        state_dict: dict[str, torch.Tensor],
+        strict: bool = True,
+        assign: bool = False,
+    ):
+        """Also takes the classification model's state dict: the tensors of the modules
+        the backbone leaves out (later stages, head, pooled conv, classifier) are unused."""
+        own = self.state_dict()
+        kept = {}
+        for key, value in state_dict.items():
+            if key in own or not key.startswith(self.left_out()):
+                kept[key] = value
+        return super().load_state_dict(kept, strict=strict, assign=assign)
+
+    def left_out(self) -> tuple[str, ...]:
+        """Name prefixes of the classification model's modules this backbone lacks."""
+        names = [f"blocks.{i}." for i in range(len(self.blocks), len(STAGES))]
+        if self.head is None:
+            names.append("head.")
+        return (*names, "pooled_conv.", "classifier.")
+
+
 @torch.no_grad()
 def init_weights(model: nn.Module) -> None:
     """The TF reference: conv N(0, sqrt(2 / fan_out)) with fan_out over one group,
@@ -1122,8 +1402,12 @@ def build_model(
     dropout: float | None = None,
     drop_path_rate: float | None = None,
     include_preprocessing: bool = False,
-) -> EfficientNet:
-    """The network, initialized as the TF reference, returning logits.
+    features_only: bool = False,
+    out_indices: tuple[int, ...] = OUT_INDICES,
+    output_stride: int = 32,
+) -> EfficientNet | EfficientNetFeatures:
+    """The network, initialized as the TF reference, returning logits (or, with
+    ``features_only``, the backbone returning the maps of ``out_indices``).
 
     Args:
         num_classes: classifier outputs.
@@ -1132,10 +1416,16 @@ def build_model(
             None keeps the spec's per-block rates.
         include_preprocessing: normalize with MEAN/STD inside the model, so it takes
             raw 0..1 pixels.
+        features_only: build the backbone (EfficientNetFeatures) instead.
+        out_indices: the levels of FEATURE_LEVELS it returns, increasing.
+        output_stride: 32, 16 or 8: the largest reduction (OUTPUT_STRIDES).
     """
-    stages = STAGES
+    levels = feature_info(out_indices, output_stride)
+    stages = stages_at(output_stride)
     if drop_path_rate is not None:
-        stages = with_drop_path_rate(STAGES, drop_path_rate)
+        stages = with_drop_path_rate(stages, drop_path_rate)
+    if features_only:
+        return EfficientNetFeatures(stages, levels, include_preprocessing)
     return EfficientNet(
         stages,
         num_classes=num_classes,

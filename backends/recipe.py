@@ -17,6 +17,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, NoReturn
 
+from effspec.ir import ProgressiveStage, TrainingPlan
 from effspec.modules import import_file, import_source
 
 #: The spec language's recipe choices, which every generated train.py accepts as flag choices.
@@ -34,45 +35,22 @@ class TrainingError(Exception):
     """A problem the user can fix (bad flag, missing data, wrong checkpoint): one line, exit 2."""
 
 
-@dataclass(frozen=True)
-class Stage:
-    """What one (progressive-learning) stage trains with (EfficientNetV2, section 4)."""
-
-    image_size: int
-    randaugment_magnitude: float
-    mixup_alpha: float
-    dropout: float
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """A spec's training section plus the model facts the trainers need: every flag's default."""
+@dataclass(frozen=True, kw_only=True)
+class Recipe(TrainingPlan):
+    """A spec's resolved training section (``effspec.ir.TrainingPlan``, where every field is defined
+    and commented) plus the model facts the trainers need: every flag's default."""
 
     spec_name: str
     spec_sha256: str
     num_classes: int
-    optimizer: str
-    lr_per_256: float  # learning rate for a global batch of 256, scaled linearly
-    batch_size: int  # global: summed over every process / replica
-    schedule: str
-    decay_rate: float  # exponential: lr x decay_rate every decay_epochs (staircase)
-    decay_epochs: float
-    warmup_epochs: float  # linear from 0 to the peak
-    epochs: int
-    weight_decay: float  # on conv and linear kernels, not on BN or biases
-    label_smoothing: float
-    ema_decay: float  # evaluation and exported weights use the average; 0 turns it off
-    augmentation: str
-    randaugment_magnitude: float  # 0..10, as the TF reference
-    mixup_alpha: float
-    train_resolution: int
-    eval_resolution: int
-    crop_fraction: float  # evaluation: the centre crop's share of the resized image
     dropout: float  # before the classifier
     drop_path_rate: float  # stochastic depth of the last block (block i of N: rate x i / N)
-    progressive: tuple[Stage, ...] = ()  # empty: one stage, from the flags
 
     def __post_init__(self) -> None:
+        # Numbers as the Python type their flag parses (a spec may write warmup_epochs: 5).
+        for item in fields(self):
+            if item.type == "float":
+                object.__setattr__(self, item.name, float(getattr(self, item.name)))
         _choice(self.optimizer, OPTIMIZERS, "optimizer")
         _choice(self.schedule, SCHEDULES, "schedule")
         _choice(self.augmentation, AUGMENTATIONS, "augmentation")
@@ -85,47 +63,27 @@ def _choice(value: str, known: tuple[str, ...], what: str) -> str:
 
 
 def recipe_from_model(model: Any) -> Recipe:
-    """The recipe of an ``effspec.ir.Model``: numbers as the Python type their flag parses."""
+    """The recipe of an ``effspec.ir.Model``: its training plan and the model facts."""
     plan = model.training
     return Recipe(
+        **{item.name: getattr(plan, item.name) for item in fields(plan)},
         spec_name=model.name,
         spec_sha256=model.spec_sha256,
-        num_classes=int(model.head.num_classes),
-        optimizer=plan.optimizer,
-        lr_per_256=float(plan.lr_per_256),
-        batch_size=int(plan.batch_size),
-        schedule=plan.schedule,
-        decay_rate=float(plan.decay_rate),
-        decay_epochs=float(plan.decay_epochs),
-        warmup_epochs=float(plan.warmup_epochs),
-        epochs=int(plan.epochs),
-        weight_decay=float(plan.weight_decay),
-        label_smoothing=float(plan.label_smoothing),
-        ema_decay=float(plan.ema_decay),
-        augmentation=plan.augmentation,
-        randaugment_magnitude=float(plan.randaugment_magnitude),
-        mixup_alpha=float(plan.mixup_alpha),
-        train_resolution=int(plan.train_resolution),
-        eval_resolution=int(plan.eval_resolution),
-        crop_fraction=float(plan.crop_fraction),
-        dropout=float(model.head.dropout),
-        drop_path_rate=float(model.drop_path_rate),
-        progressive=tuple(
-            Stage(
-                image_size=int(stage.image_size),
-                randaugment_magnitude=float(stage.randaugment_magnitude),
-                mixup_alpha=float(stage.mixup_alpha),
-                dropout=float(stage.dropout),
-            )
-            for stage in plan.progressive
-        ),
+        num_classes=model.head.num_classes,
+        dropout=model.head.dropout,
+        drop_path_rate=model.drop_path_rate,
     )
+
+
+def _print_order(item: Any) -> int:
+    """The model facts first, the plan in its own order, progressive learning last."""
+    return {"spec_name": 0, "spec_sha256": 1, "num_classes": 2, "progressive": 4}.get(item.name, 3)
 
 
 def recipe_source(recipe: Recipe, literal: Any) -> str:
     """``RECIPE = Recipe(...)`` as ruff formats it; ``literal`` prints one value (render.py_literal)."""
     lines = ["RECIPE = Recipe("]
-    for item in fields(recipe):
+    for item in sorted(fields(recipe), key=_print_order):
         value = getattr(recipe, item.name)
         if item.name != "progressive":
             lines.append(f"    {item.name}={literal(value)},")
@@ -133,10 +91,10 @@ def recipe_source(recipe: Recipe, literal: Any) -> str:
             lines.append("    progressive=(")
             for stage in value:
                 args = ", ".join(f"{part.name}={literal(getattr(stage, part.name))}" for part in fields(stage))
-                line = f"        Stage({args}),"
+                line = f"        ProgressiveStage({args}),"
                 if len(line) > 88:
                     inner = "".join(f"            {arg},\n" for arg in args.split(", "))
-                    line = f"        Stage(\n{inner}        ),"
+                    line = f"        ProgressiveStage(\n{inner}        ),"
                 lines.append(line)
             lines.append("    ),")
     lines.append(")")
@@ -176,7 +134,7 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
         return super()._get_help_string(action)
 
 
-def describe_stages(stages: Sequence[Stage]) -> str:
+def describe_stages(stages: Sequence[ProgressiveStage]) -> str:
     if not stages:
         return "none in this spec"
     return "; ".join(
@@ -386,11 +344,11 @@ def check_numbers(args: argparse.Namespace, recipe: Recipe) -> None:
         raise TrainingError(f"--progressive: spec {recipe.spec_name} defines no stages")
 
 
-def training_stages(args: argparse.Namespace, recipe: Recipe) -> tuple[Stage, ...]:
+def training_stages(args: argparse.Namespace, recipe: Recipe) -> tuple[ProgressiveStage, ...]:
     """The spec's stage table with --progressive, else one stage built from the flags."""
     if args.progressive:
         return recipe.progressive
-    single = Stage(
+    single = ProgressiveStage(
         image_size=args.train_resolution,
         randaugment_magnitude=args.randaugment_magnitude,
         mixup_alpha=args.mixup_alpha,

@@ -309,7 +309,7 @@ class TrainingPlan:
     train_resolution: int
     eval_resolution: int
     crop_fraction: float
-    progressive: tuple[ProgressiveStage, ...]  # empty when progressive learning is off
+    progressive: tuple[ProgressiveStage, ...] = ()  # empty when progressive learning is off
 
 
 @dataclass(frozen=True)

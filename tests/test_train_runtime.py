@@ -13,8 +13,8 @@ from effspec.backends.commands import split_backend
 from effspec.backends.imagefiles import image_kind, list_split
 from effspec.backends.recipe import (
     MINIMUMS,
+    ProgressiveStage,
     Recipe,
-    Stage,
     TrainingError,
     check_numbers,
     recipe_from_model,
@@ -33,7 +33,7 @@ JPEG = b"\xff\xd8\xff\xe0" + bytes(20)
 @pytest.mark.parametrize("spec", [*SPECS, ROOT / "tests" / "data" / "torch_v2_tiny.yaml"], ids=lambda p: p.stem)
 def test_recipe_printed_in_train_py_reads_back_as_the_spec_recipe(spec: Path) -> None:
     recipe = recipe_from_model(build(spec).model)
-    namespace: dict[str, object] = {"Recipe": Recipe, "Stage": Stage}
+    namespace: dict[str, object] = {"Recipe": Recipe, "ProgressiveStage": ProgressiveStage}
     exec(recipe_source(recipe, py_literal), namespace)
     assert namespace["RECIPE"] == recipe
     assert all(len(line) <= 88 for line in recipe_source(recipe, py_literal).splitlines())
@@ -239,3 +239,16 @@ def test_only_high_resolution_stages_are_recomputed() -> None:
     b0 = [Info(r) for r in (2, 2, 4, 8, 16, 16, 32, 32)]  # stem, then 7 stages
     assert high_resolution_stages(b0) == 3
     assert high_resolution_stages(None) is None
+
+
+def test_the_recipe_is_defined_once() -> None:
+    """The spec's training section, the IR's plan and the trainers' Recipe share one field list."""
+    from dataclasses import fields
+
+    from effspec import ir
+    from effspec.schema import Training
+
+    plan = {item.name for item in fields(ir.TrainingPlan)}
+    assert set(Training.model_fields) == plan - {"eval_resolution"}  # the scaled resolution, not a spec field
+    model_facts = {"spec_name", "spec_sha256", "num_classes", "dropout", "drop_path_rate"}
+    assert {item.name for item in fields(Recipe)} == plan | model_facts

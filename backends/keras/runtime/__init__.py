@@ -15,8 +15,8 @@ import os
 # info are hidden unless the user set the level; errors still print. Before TensorFlow imports.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from ...recipe import Recipe, Stage, TrainingError, load_module  # noqa: E402
+from ...recipe import ProgressiveStage, Recipe, TrainingError, load_module  # noqa: E402
 from .args import build_parser, parse_args  # noqa: E402
 from .loop import main  # noqa: E402
 
-__all__ = ["Recipe", "Stage", "TrainingError", "build_parser", "load_module", "main", "parse_args"]
+__all__ = ["Recipe", "ProgressiveStage", "TrainingError", "build_parser", "load_module", "main", "parse_args"]

@@ -9,7 +9,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from ...recipe import Stage
+from ...recipe import ProgressiveStage
 from .checkpoint import Checkpoint
 
 
@@ -127,7 +127,7 @@ class Callbacks:
         if writer and args.tensorboard:
             self.keras.append(keras.callbacks.TensorBoard(f"{output}/tensorboard"))
 
-    def begin(self, epoch: int, index: int, stage: Stage, step: int, dataset: tf.data.Dataset) -> None:
+    def begin(self, epoch: int, index: int, stage: ProgressiveStage, step: int, dataset: tf.data.Dataset) -> None:
         """Record what this fit() runs; the batch shape is the dataset's own."""
         images, _ = next(iter(dataset.take(1)))
         self.checkpointer.first_step = step

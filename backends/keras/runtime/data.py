@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from ...imagefiles import FileSystem, list_split
-from ...recipe import Stage, TrainingError
+from ...recipe import ProgressiveStage, TrainingError
 
 
 def _gfile_head(path: str) -> bytes:
@@ -118,7 +118,7 @@ class Data:
         self.steps_per_epoch = args.steps_per_epoch or max(1, len(train) // args.batch_size)
         self._val: tf.data.Dataset | None = None
 
-    def train(self, epoch: int, stage: Stage, skip: int, steps: int) -> tf.data.Dataset:
+    def train(self, epoch: int, stage: ProgressiveStage, skip: int, steps: int) -> tf.data.Dataset:
         """Batches skip .. skip + steps of epoch `epoch`, at the stage's image size."""
         args, split, batch = self.args, self.train_split, self.args.batch_size
         count = len(split)
@@ -182,7 +182,7 @@ class Data:
         """0..255 pixels -> the model's input: (x / 255 - MEAN) / STD."""
         return (tf.clip_by_value(image, 0.0, 255.0) - self.mean) / self.std
 
-    def _augmenter(self, stage: Stage, seed: int) -> Any:
+    def _augmenter(self, stage: ProgressiveStage, seed: int) -> Any:
         if self.args.augmentation == "none" or stage.randaugment_magnitude <= 0:
             return None
         return keras.layers.RandAugment(
@@ -200,7 +200,7 @@ class Data:
         return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)
 
 
-def open_data(args: argparse.Namespace, net: ModuleType, stages: tuple[Stage, ...], static: bool) -> Data:
+def open_data(args: argparse.Namespace, net: ModuleType, stages: tuple[ProgressiveStage, ...], static: bool) -> Data:
     """Check the data source and list it; every problem is a one-line TrainingError.
 
     Also settles --num-classes: the spec's for synthetic data, else the class folders'.

@@ -14,8 +14,8 @@ from typing import Any
 import keras
 
 from ...recipe import (
+    ProgressiveStage,
     Recipe,
-    Stage,
     TrainingError,
     build_network,
     check_model,
@@ -32,7 +32,7 @@ from .distribution import is_chief, make_strategy, precision_policy, sync_batch_
 from .optim import WarmupThenDecay, make_optimizer
 
 
-def apply_stage(model: keras.Model, stage: Stage) -> None:
+def apply_stage(model: keras.Model, stage: ProgressiveStage) -> None:
     """Set the stage's dropout; the train step is traced again to see the new rate."""
     dropout = head_dropout(model)
     if dropout is not None and dropout.rate != stage.dropout:

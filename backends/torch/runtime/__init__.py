@@ -7,8 +7,8 @@ over processes, autocast), ``recompute`` (--grad-checkpointing), ``logs`` and ``
 
 from __future__ import annotations
 
-from ...recipe import Recipe, Stage, TrainingError, load_module
+from ...recipe import ProgressiveStage, Recipe, TrainingError, load_module
 from .args import build_parser, parse_args
 from .loop import main
 
-__all__ = ["Recipe", "Stage", "TrainingError", "build_parser", "load_module", "main", "parse_args"]
+__all__ = ["Recipe", "ProgressiveStage", "TrainingError", "build_parser", "load_module", "main", "parse_args"]

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ...imagefiles import Listing, list_split
-from ...recipe import Stage, TrainingError
+from ...recipe import ProgressiveStage, TrainingError
 from .distributed import Runtime
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -115,7 +115,7 @@ class FolderSamples(torch.utils.data.Dataset):
         raise TrainingError("no image of the folder decodes")
 
 
-def train_transform(stage: Stage, args: argparse.Namespace, net: ModuleType) -> Any:
+def train_transform(stage: ProgressiveStage, args: argparse.Namespace, net: ModuleType) -> Any:
     """RandomResizedCrop (bicubic), flip, AutoAugment or RandAugment, normalize."""
     from torchvision import transforms as T
 
@@ -174,7 +174,9 @@ def import_transforms() -> None:
 class Data:
     """Batches for one process: its slice of each global batch, at the stage's size."""
 
-    def __init__(self, args: argparse.Namespace, runtime: Runtime, stages: Sequence[Stage], net: ModuleType) -> None:
+    def __init__(
+        self, args: argparse.Namespace, runtime: Runtime, stages: Sequence[ProgressiveStage], net: ModuleType
+    ) -> None:
         self.args = args
         self.runtime = runtime
         self.stages = stages

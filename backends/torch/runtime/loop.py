@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...recipe import (
+    ProgressiveStage,
     Recipe,
-    Stage,
     TrainingError,
     build_network,
     check_model,
@@ -88,7 +88,9 @@ class Trainer:
     ema: ModelEma | None
     scaler: torch.amp.GradScaler | None
 
-    def step(self, images: torch.Tensor, labels: torch.Tensor, stage: Stage, global_step: int) -> tuple[Any, float]:
+    def step(
+        self, images: torch.Tensor, labels: torch.Tensor, stage: ProgressiveStage, global_step: int
+    ) -> tuple[Any, float]:
         lr = float(self.optimizer.param_groups[0]["lr"])
         images, labels_a, labels_b, lam = mixup(images, labels, stage.mixup_alpha, self.args.seed, global_step)
         if self.args.channels_last:
@@ -209,7 +211,11 @@ def seed_or_restore_rng(args: argparse.Namespace, runtime: Runtime, states: list
 
 
 def build(
-    args: argparse.Namespace, runtime: Runtime, steps_per_epoch: int, stages: Sequence[Stage], net: ModuleType
+    args: argparse.Namespace,
+    runtime: Runtime,
+    steps_per_epoch: int,
+    stages: Sequence[ProgressiveStage],
+    net: ModuleType,
 ) -> Trainer:
     """Model, EMA, optimizer, schedule and loss scaler; DDP and compile around them."""
     torch.manual_seed(args.seed)  # the same initial weights on every process
@@ -237,7 +243,12 @@ def build(
 
 
 def describe(
-    args: argparse.Namespace, runtime: Runtime, data: Data, trainer: Trainer, stages: Sequence[Stage], recipe: Recipe
+    args: argparse.Namespace,
+    runtime: Runtime,
+    data: Data,
+    trainer: Trainer,
+    stages: Sequence[ProgressiveStage],
+    recipe: Recipe,
 ) -> str:
     per_rank = args.batch_size // runtime.world_size
     sizes = ", ".join(str(stage.image_size) for stage in stages)

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from effspec.backends.keras import runtime
-from effspec.backends.recipe import Recipe, Stage  # noqa: F401  (Stage: progressive specs)
+from effspec.backends.recipe import ProgressiveStage, Recipe  # noqa: F401  (progressive specs)
 
 RECIPE = Recipe(
     spec_name="efficientnet-lite2",

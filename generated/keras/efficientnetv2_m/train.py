@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from effspec.backends.keras import runtime
-from effspec.backends.recipe import Recipe, Stage  # noqa: F401  (Stage: progressive specs)
+from effspec.backends.recipe import ProgressiveStage, Recipe  # noqa: F401  (progressive specs)
 
 RECIPE = Recipe(
     spec_name="efficientnetv2-m",
@@ -44,20 +44,30 @@ RECIPE = Recipe(
     dropout=0.3,
     drop_path_rate=0.2,
     progressive=(
-        Stage(image_size=128, randaugment_magnitude=5.0, mixup_alpha=0.0, dropout=0.1),
-        Stage(
+        ProgressiveStage(
+            image_size=128,
+            randaugment_magnitude=5.0,
+            mixup_alpha=0.0,
+            dropout=0.1,
+        ),
+        ProgressiveStage(
             image_size=213,
             randaugment_magnitude=8.333333,
             mixup_alpha=0.066667,
             dropout=0.166667,
         ),
-        Stage(
+        ProgressiveStage(
             image_size=299,
             randaugment_magnitude=11.666667,
             mixup_alpha=0.133333,
             dropout=0.233333,
         ),
-        Stage(image_size=384, randaugment_magnitude=15.0, mixup_alpha=0.2, dropout=0.3),
+        ProgressiveStage(
+            image_size=384,
+            randaugment_magnitude=15.0,
+            mixup_alpha=0.2,
+            dropout=0.3,
+        ),
     ),
 )
 

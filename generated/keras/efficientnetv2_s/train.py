@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from effspec.backends.keras import runtime
-from effspec.backends.recipe import Recipe, Stage  # noqa: F401  (Stage: progressive specs)
+from effspec.backends.recipe import ProgressiveStage, Recipe  # noqa: F401  (progressive specs)
 
 RECIPE = Recipe(
     spec_name="efficientnetv2-s",
@@ -44,20 +44,30 @@ RECIPE = Recipe(
     dropout=0.2,
     drop_path_rate=0.2,
     progressive=(
-        Stage(image_size=128, randaugment_magnitude=5.0, mixup_alpha=0.0, dropout=0.1),
-        Stage(
+        ProgressiveStage(
+            image_size=128,
+            randaugment_magnitude=5.0,
+            mixup_alpha=0.0,
+            dropout=0.1,
+        ),
+        ProgressiveStage(
             image_size=185,
             randaugment_magnitude=6.666667,
             mixup_alpha=0.0,
             dropout=0.133333,
         ),
-        Stage(
+        ProgressiveStage(
             image_size=243,
             randaugment_magnitude=8.333333,
             mixup_alpha=0.0,
             dropout=0.166667,
         ),
-        Stage(image_size=300, randaugment_magnitude=10.0, mixup_alpha=0.0, dropout=0.2),
+        ProgressiveStage(
+            image_size=300,
+            randaugment_magnitude=10.0,
+            mixup_alpha=0.0,
+            dropout=0.2,
+        ),
     ),
 )
 

@@ -17,7 +17,7 @@ effspec's torch runtime (pip install 'effspec[torch]'); model.py needs only torc
 import sys
 from pathlib import Path
 
-from effspec.backends.recipe import Recipe, Stage  # noqa: F401  (Stage: progressive specs)
+from effspec.backends.recipe import ProgressiveStage, Recipe  # noqa: F401  (progressive specs)
 from effspec.backends.torch import runtime
 
 RECIPE = Recipe(

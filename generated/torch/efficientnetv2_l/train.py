@@ -17,7 +17,7 @@ effspec's torch runtime (pip install 'effspec[torch]'); model.py needs only torc
 import sys
 from pathlib import Path
 
-from effspec.backends.recipe import Recipe, Stage  # noqa: F401  (Stage: progressive specs)
+from effspec.backends.recipe import ProgressiveStage, Recipe  # noqa: F401  (progressive specs)
 from effspec.backends.torch import runtime
 
 RECIPE = Recipe(
@@ -44,20 +44,30 @@ RECIPE = Recipe(
     dropout=0.4,
     drop_path_rate=0.2,
     progressive=(
-        Stage(image_size=128, randaugment_magnitude=5.0, mixup_alpha=0.0, dropout=0.1),
-        Stage(
+        ProgressiveStage(
+            image_size=128,
+            randaugment_magnitude=5.0,
+            mixup_alpha=0.0,
+            dropout=0.1,
+        ),
+        ProgressiveStage(
             image_size=213,
             randaugment_magnitude=10.0,
             mixup_alpha=0.166667,
             dropout=0.2,
         ),
-        Stage(
+        ProgressiveStage(
             image_size=299,
             randaugment_magnitude=15.0,
             mixup_alpha=0.333333,
             dropout=0.3,
         ),
-        Stage(image_size=384, randaugment_magnitude=20.0, mixup_alpha=0.5, dropout=0.4),
+        ProgressiveStage(
+            image_size=384,
+            randaugment_magnitude=20.0,
+            mixup_alpha=0.5,
+            dropout=0.4,
+        ),
     ),
 )
 

@@ -38,6 +38,8 @@ class Settings:
     seed: int = 0
     train_step: bool = False
     weights: Path | None = None  # the user's weights (torch state_dict or Keras .weights.h5); None: seeded
+    features: bool = False  # compare the backbones' feature levels (build_model(features_only=True))
+    output_stride: int = 32  # the backbones' output stride (with ``features``)
 
 
 def seeded_batch(seed: int, batch: int, resolution: int, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -64,6 +66,24 @@ def eval_rows(model: ir.Model, reference: list, torch32: list, keras32: list) ->
         compare(name, _shape(ref), ref, t, k)
         for name, ref, t, k in zip(names, reference, torch32, keras32, strict=True)
     ]
+
+
+def feature_rows(
+    torch_module, keras_module, net, keras_model, images: np.ndarray, output_stride: int
+) -> tuple[list[Row], str]:
+    """Each feature level of both backbones, loaded with the classification models' weights."""
+    backbone = torch_side.build_backbone(torch_module, torch_side.state_arrays(net), output_stride)
+    keras_backbone = keras_side.build_backbone(keras_module, keras_model, output_stride)
+    levels = backbone.feature_info
+    reference = torch_side.feature_maps(torch_side.float64_twin(backbone), images)
+    torch32 = torch_side.feature_maps(backbone, images)
+    keras32 = keras_side.feature_maps(keras_backbone, images)
+    rows = [
+        compare(f"{level.name} {level.module}", _shape(ref), ref, t, k)
+        for level, ref, t, k in zip(levels, reference, torch32, keras32, strict=True)
+    ]
+    reductions = ", ".join(str(level.reduction) for level in levels)
+    return rows, f"backbone at output stride {output_stride}: levels at reductions {reductions}"
 
 
 def keras_variance_as_torch(after: np.ndarray, before: np.ndarray, decay: float, count: int) -> np.ndarray:
@@ -118,6 +138,11 @@ def run_check(spec: str | Path, settings: Settings) -> CheckResult:
         raise UsageError(
             f"need a resolution of at least 8 and a batch of at least 1, got {resolution} and {settings.batch}"
         )
+    if settings.features and settings.train_step:
+        raise UsageError("--features compares eval outputs: drop --train-step")
+    if settings.output_stride != 32 and not settings.features:
+        raise UsageError(f"--output-stride {settings.output_stride} applies to the backbone: add --features")
+    model.at_output_stride(settings.output_stride)  # a known output stride, else a ValueError
     manifest = build_manifest(model)
     torch_module = load_model_module(model, "torch")
     keras_module = load_model_module(model, "keras")
@@ -137,7 +162,10 @@ def run_check(spec: str | Path, settings: Settings) -> CheckResult:
     set_keras_weights(manifest, keras_model, torch_to_keras(manifest, before))
 
     notes: tuple[str, ...] = ()
-    if not settings.train_step:
+    if settings.features:
+        rows, note = feature_rows(torch_module, keras_module, net, keras_model, images, settings.output_stride)
+        notes = (note,)
+    elif not settings.train_step:
         rows = eval_rows(
             model,
             torch_side.eval_outputs(reference_net, images),
@@ -182,7 +210,7 @@ def run_check(spec: str | Path, settings: Settings) -> CheckResult:
     return CheckResult(
         spec=str(spec),
         spec_name=model.name,
-        mode="train-step" if settings.train_step else "eval",
+        mode="train-step" if settings.train_step else "features" if settings.features else "eval",
         resolution=resolution,
         batch=settings.batch,
         seed=settings.seed,

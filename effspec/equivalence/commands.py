@@ -26,7 +26,13 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
     weights = Path(args.weights) if args.weights else None
     settings = Settings(
-        resolution=args.resolution, batch=args.batch, seed=args.seed, train_step=args.train_step, weights=weights
+        resolution=args.resolution,
+        batch=args.batch,
+        seed=args.seed,
+        train_step=args.train_step,
+        weights=weights,
+        features=args.features,
+        output_stride=args.output_stride,
     )
     result = run_check(args.spec, settings)
     print(json.dumps(as_json(result), indent=2) if args.json else table(result))
@@ -63,6 +69,19 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         metavar="FILE",
         help="check with these weights (torch .pt/.safetensors or Keras .weights.h5, e.g. a trained checkpoint) "
         "instead of seeded random ones",
+    )
+    p.add_argument(
+        "--features",
+        action="store_true",
+        help="compare the backbones (build_model(features_only=True)) level by level instead",
+    )
+    p.add_argument(
+        "--output-stride",
+        type=int,
+        choices=(32, 16, 8),
+        default=32,
+        metavar="N",
+        help="with --features: the backbones' output stride, 32, 16 or 8 (default: 32)",
     )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(handler=_cmd_check)

@@ -21,6 +21,21 @@ def build(module: ModuleType) -> keras.Model:
     return module.build_model(dropout=0.0, drop_path_rate=0.0)
 
 
+def build_backbone(module: ModuleType, model: keras.Model, output_stride: int) -> keras.Model:
+    """The generated backbone (all levels) at ``output_stride`` with ``model``'s weights, layer by name."""
+    backbone = module.build_model(drop_path_rate=0.0, features_only=True, output_stride=output_stride)
+    for layer in backbone.layers:
+        if layer.weights:
+            layer.set_weights(model.get_layer(layer.name).get_weights())
+    return backbone
+
+
+def feature_maps(model: keras.Model, images: np.ndarray) -> list[np.ndarray]:
+    """The backbone's maps for NCHW ``images``, returned NCHW like torch's."""
+    maps = model(nhwc(images.astype(np.float32)), training=False)
+    return [nchw(keras.ops.convert_to_numpy(output)) for output in maps]
+
+
 def nhwc(images: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.transpose(images, (0, 2, 3, 1)))
 

@@ -47,6 +47,20 @@ def build_loaded(module: ModuleType, state: dict[str, np.ndarray]) -> nn.Module:
     return net.eval()
 
 
+def build_backbone(module: ModuleType, state: dict[str, np.ndarray], output_stride: int) -> nn.Module:
+    """The generated backbone (all levels) at ``output_stride``, loaded with a classification state dict."""
+    net = module.build_model(drop_path_rate=0.0, features_only=True, output_stride=output_stride)
+    net.load_state_dict({name: torch.from_numpy(np.array(array)) for name, array in state.items()})
+    return net.eval()
+
+
+def feature_maps(net: nn.Module, images: np.ndarray) -> list[np.ndarray]:
+    """The backbone's maps for NCHW ``images`` (cast to the model's dtype)."""
+    dtype = next(net.parameters()).dtype
+    with torch.no_grad():
+        return [output.numpy() for output in net.eval()(torch.from_numpy(images).to(dtype))]
+
+
 def _calibrate(net: nn.Module, images: np.ndarray, uniform) -> None:
     """One eval-mode pass in which each batch norm, just before it runs, sets its statistics from its
     own input (already shaped by the batch norms upstream): running_mean = each channel's mean
@@ -117,4 +131,26 @@ def train_step(net: nn.Module, images: np.ndarray, labels: np.ndarray, lr: float
     for hook in hooks:
         hook.remove()
     net.eval()
+    return counts
+
+
+def batch_norm_counts(net: nn.Module, images: np.ndarray) -> dict[str, int]:
+    """Per batch norm (by canonical name), how many values per channel its batch statistics average
+    for ``images``: n = batch x height x width, the n of torch's unbiased n / (n - 1) variance."""
+    counts: dict[str, int] = {}
+    hooks = []
+    for name, submodule in net.named_modules():
+        if isinstance(submodule, nn.BatchNorm2d):
+
+            def record(_module: nn.Module, inputs: tuple[torch.Tensor, ...], name: str = name) -> None:
+                counts[name] = inputs[0].numel() // inputs[0].shape[1]
+
+            hooks.append(submodule.register_forward_pre_hook(record))
+    dtype = next(net.parameters()).dtype
+    try:
+        with torch.no_grad():
+            net.eval()(torch.from_numpy(images).to(dtype))
+    finally:
+        for hook in hooks:
+            hook.remove()
     return counts

@@ -2,10 +2,8 @@
 
 Usage: python benchmarks/compile_speed.py [--spec specs/efficientnet-b0.yaml] [--runs 15]
 Prints the median and min over fresh processes, and the ratio to a bare `python -c pass` start-up
-measured in the same run (the floor no CLI can beat). "uncached" runs with the build cache off
-(full pydantic validation every time); "cached" runs with a cache that already holds the spec
-(a JSON entry: the IR as data, never pickles or compiled templates; templates are compiled in
-memory on every run). `--only compile` times just the compile command.
+measured in the same run (the floor no CLI can beat). Every run validates the spec in full
+(there is no build cache). `--only compile` times just the compile command.
 """
 
 from __future__ import annotations
@@ -35,7 +33,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=15)
     parser.add_argument("--only", choices=["info", "compile"], help="time one command only")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as out, tempfile.TemporaryDirectory() as cache:
+    with tempfile.TemporaryDirectory() as out:
         commands = {
             "info": [sys.executable, "-m", "effspec.cli", "info", args.spec],
             "info --json": [sys.executable, "-m", "effspec.cli", "info", args.spec, "--json"],
@@ -44,11 +42,7 @@ def main() -> None:
         if args.only:
             commands = {name: cmd for name, cmd in commands.items() if name.startswith(args.only)}
         cases = [("python -c pass (floor)", [sys.executable, "-c", "pass"], {})]
-        for label, cache_setting in (("uncached", "off"), ("cached", cache)):
-            cases += [
-                (f"effspec {name} [{label}]", cmd, {"EFFSPEC_CACHE_DIR": cache_setting})
-                for name, cmd in commands.items()
-            ]
+        cases += [(f"effspec {name}", cmd, {}) for name, cmd in commands.items()]
         floor = None
         print(f"{'command':40} {'median s':>9} {'min s':>7} {'x floor':>8}")
         for name, cmd, extra_env in cases:

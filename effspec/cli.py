@@ -75,33 +75,13 @@ def _cmd_schema(args: argparse.Namespace) -> int:
 
     text = schema_text()
     if args.output:
-        _write_text_file(Path(args.output), text)
+        from effspec.output import write_file
+
+        write_file(Path(args.output), text)
         print(f"wrote {args.output}")
     else:
         sys.stdout.write(text)
     return 0
-
-
-def _write_text_file(path: Path, text: str) -> None:
-    """Replace a regular file (or create it) atomically; refuse directories, devices and FIFOs."""
-    import stat
-
-    from effspec.errors import OutputError
-    from effspec.pipeline import _write_file
-    from effspec.yamlsource import describe_mode
-
-    try:
-        info = os.stat(path)
-    except FileNotFoundError:
-        info = None
-    except OSError as exc:
-        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
-    if info is not None and not stat.S_ISREG(info.st_mode):
-        raise OutputError(f"-o {path}: expected a regular file to write, found {describe_mode(info.st_mode)}")
-    try:
-        _write_file(path, text)
-    except OSError as exc:
-        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,7 +1,7 @@
 """Load a spec: read YAML, resolve ``extends`` (mappings merge deeply, lists replace), validate.
 
-Two steps, so that the build cache can key on exactly the bytes the build parses: ``resolve`` reads
-every file of the extends chain once (no pydantic involved) and ``validate`` checks the merged data.
+Two steps: ``resolve`` reads every file of the extends chain once (no pydantic involved) and
+``validate`` checks the merged data.
 
 ``extends`` names a path relative to the file that contains it; ``..`` is allowed (a shared base in
 a parent directory), absolute paths are not. A bare name (``extends: efficientnet-b0``: no slash,
@@ -395,7 +395,7 @@ def _spec_errors(errors: list[Any], positions: Positions) -> tuple[list[SpecErro
 def validate(resolved: Resolved) -> LoadedSpec:
     """Validate a resolved spec with pydantic. Raises SpecError with file:line:column (SpecErrors,
     one line per error, when there are several)."""
-    import pydantic  # here, not at import: resolve() and a build-cache hit never need it
+    import pydantic  # here, not at import: resolve() alone never needs it
 
     from effspec.schema import Spec
 

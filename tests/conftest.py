@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 import types
 from pathlib import Path
 
@@ -26,9 +25,6 @@ sys.modules.setdefault("torchvision._meta_registrations", types.ModuleType("torc
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ.setdefault("MKL_NUM_THREADS", "1")
-
-# Tests (and the processes they start) use a private build cache, never the user's ~/.cache.
-os.environ["EFFSPEC_CACHE_DIR"] = tempfile.mkdtemp(prefix="effspec-cache-")
 
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = sorted((ROOT / "specs").glob("*.yaml"))

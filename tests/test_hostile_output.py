@@ -245,7 +245,7 @@ def test_concurrent_compiles_of_the_same_spec(work: Path) -> None:
     spec = Path(__file__).resolve().parent.parent / "specs" / "efficientnet-b0.yaml"
     (work / "b0.yaml").write_text(spec.read_text())
     args = [sys.executable, "-m", "effspec.cli", "compile", "b0.yaml", "-o", "out"]
-    env = {**os.environ, "EFFSPEC_CACHE_DIR": "off"}
+    env = dict(os.environ)
     procs = [
         subprocess.Popen(args, cwd=work, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env) for _ in range(3)
     ]
@@ -321,22 +321,22 @@ def test_a_full_disk_mid_compile_changes_nothing(
     """Every new file is written to a temp file first; the renames come only after all succeeded."""
     import errno
 
-    from effspec import pipeline
+    from effspec import output
 
     assert run_main(["compile", "good.yaml", "-o", "out"], capsys)[0] == 0
     for model in (work / "out").glob("*/tiny/model.py"):
         model.write_text("# the user's previous build\n")
     before = snapshot(work)
-    real = pipeline._stage_file
+    real = output.stage_bytes
     calls = []
 
-    def full_disk(target: Path, text: str) -> Path | None:
+    def full_disk(target: Path, data: bytes, skip_same: bool = False) -> Path | None:
         calls.append(target)
         if len(calls) == 3:
             raise OSError(errno.ENOSPC, "No space left on device")
-        return real(target, text)
+        return real(target, data, skip_same)
 
-    monkeypatch.setattr(pipeline, "_stage_file", full_disk)
+    monkeypatch.setattr(output, "stage_bytes", full_disk)
     code, out, err = run_main(["compile", "good.yaml", "-o", "out"], capsys)
     assert code == 2 and one_line(err).endswith("No space left on device")
     assert snapshot(work) == before  # no file replaced, no temp file left

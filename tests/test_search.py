@@ -19,7 +19,7 @@ from effspec.search import DEFAULT_GRID, enumerate_candidates, parse_grid, pick
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests" / "data" / "torch_v1_tiny.yaml"
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "EFFSPEC_CACHE_DIR": "off"}
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def _command(out: Path, trials: int, *extra: str) -> list[str]:

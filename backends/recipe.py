@@ -20,6 +20,8 @@ from typing import Any, NoReturn
 from effspec.ir import ProgressiveStage, TrainingPlan
 from effspec.modules import import_file, import_source
 
+from .finetune import InitError, add_finetune_flags, check_finetune_args
+
 #: The spec language's recipe choices, which every generated train.py accepts as flag choices.
 OPTIMIZERS = ("rmsprop", "sgd", "adamw")
 SCHEDULES = ("exponential", "cosine")
@@ -295,6 +297,7 @@ def add_recipe_flags(parser: argparse.ArgumentParser, recipe: Recipe, *, keras: 
             "pass: about half the memory, about 1.3x the step time"
         ),
     )
+    add_finetune_flags(parser)
 
 
 #: Flags that must be at least 1 (or 0) when given: name -> minimum.
@@ -342,6 +345,17 @@ def check_numbers(args: argparse.Namespace, recipe: Recipe) -> None:
             raise TrainingError(f"--{name.replace('_', '-')} must be in [{low:g}, {high:g}], got {value}")
     if args.progressive and not recipe.progressive:
         raise TrainingError(f"--progressive: spec {recipe.spec_name} defines no stages")
+    from effspec.errors import EffspecError
+    from effspec.limits import check_args
+
+    try:
+        check_args(args)  # resolutions, classes, seed, batch: the bounds every effspec command applies
+    except EffspecError as exc:
+        raise TrainingError(str(exc)) from None
+    try:
+        check_finetune_args(args)
+    except InitError as exc:
+        raise TrainingError(str(exc)) from None
 
 
 def training_stages(args: argparse.Namespace, recipe: Recipe) -> tuple[ProgressiveStage, ...]:

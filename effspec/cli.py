@@ -203,6 +203,9 @@ def main(argv: list[str] | None = None) -> int:
     original = sys.stdout
     sys.stdout = _GuardedStdout(original)
     try:
+        from effspec.limits import check_args
+
+        check_args(args)  # every sizing flag bounded before any work
         code = int(args.handler(args))
         sys.stdout.flush()  # a full disk (`> /dev/full`) shows up here, not silently at exit
         return code

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from effspec import output
 from effspec.errors import UsageError
 
 #: Default coefficients when the base spec has no compound scaling (EfficientNet's grid-search result).
@@ -339,6 +340,8 @@ def measure_latency(model: object, backend: str, device: str, batch: int, repeat
             import keras
             import numpy as np
 
+            if device == "cuda" and not _keras_sees_a_gpu():
+                raise UsageError(f"--device cuda: Keras ({keras.backend.backend()} backend) sees no GPU")
             with keras.device("gpu:0" if device == "cuda" else "cpu:0"):
                 net = module.build_model(input_shape=(res, res, channels))
                 x = np.random.default_rng(0).standard_normal((batch, res, res, channels)).astype("float32")
@@ -350,6 +353,25 @@ def measure_latency(model: object, backend: str, device: str, batch: int, repeat
         sys.modules.pop(module.__name__, None)
     times.sort()
     return 1000 * times[len(times) // 2]
+
+
+def _keras_sees_a_gpu() -> bool:
+    import keras
+
+    name = keras.backend.backend()
+    if name == "tensorflow":
+        import tensorflow as tf
+
+        return bool(tf.config.list_physical_devices("GPU"))
+    if name == "torch":
+        import torch
+
+        return torch.cuda.is_available()
+    if name == "jax":
+        import jax
+
+        return any(device.platform == "gpu" for device in jax.devices())
+    return False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -418,9 +440,12 @@ def render_spec(
     import json
     import re
 
-    def scalar(value: object) -> str:  # plain YAML where it cannot be misread, else a JSON string
+    import yaml
+
+    def scalar(value: object) -> str:  # plain YAML where it reads back as itself (not `yes`, `null`), else JSON
         if isinstance(value, str) and re.fullmatch(r"[A-Za-z0-9_./-]+", value) and not value[0].isdigit():
-            return value
+            if yaml.safe_load(f"k: {value}") == {"k": value}:
+                return value
         return json.dumps(value)
 
     extends = Path(os.path.relpath(base.resolve(), out.resolve().parent)).as_posix()
@@ -433,6 +458,20 @@ def render_spec(
         f"scaling: {{{inner}}}",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _check_against_schema(alpha: float, beta: float, gamma: float, divisor: int) -> None:
+    """The flags as the scaling section they will become: the schema's bounds, its messages."""
+    import pydantic
+
+    from effspec.schema import CompoundScaling
+
+    try:
+        CompoundScaling(method="compound", phi=0.0, alpha=alpha, beta=beta, gamma=gamma, resolution_divisor=divisor)
+    except pydantic.ValidationError as exc:
+        first = exc.errors()[0]
+        flag = "--" + str(first["loc"][0]).replace("_", "-") if first["loc"] else "scaling"
+        raise UsageError(f"{flag}: {first['msg'].lower()}, found {first.get('input')!r}") from None
 
 
 def _parse_target(text: str) -> float:
@@ -463,9 +502,15 @@ def run(args: object) -> int:  # noqa: C901 - one linear command
     if metric != "latency" and (a.backend or a.device or a.batch):  # type: ignore[attr-defined]
         raise UsageError("--backend, --device and --batch go with --target-latency")
 
-    from effspec.loader import load_spec
+    from effspec.loader import load_spec, resolve
     from effspec.schema import CompoundScaling, ExplicitScaling
 
+    # The output is checked before any work: a folder, a FIFO, or one of the inputs (the spec, a base
+    # in its extends chain) is refused at once.
+    out = Path(a.output)  # type: ignore[attr-defined]
+    inputs = [Path(source) for source, _ in resolve(spec_path).sources]
+    if out.parent.is_dir():  # a missing folder is created when writing (it cannot hold an input)
+        output.check_file_target(out, inputs=inputs)
     base_spec = load_spec(spec_path).spec
     base_scaling = base_spec.scaling
     alpha, beta, gamma = DEFAULT_COEFFICIENTS
@@ -489,6 +534,7 @@ def run(args: object) -> int:  # noqa: C901 - one linear command
         raise UsageError(f"--resolution-divisor: expected a positive integer, found {divisor}")
     if alpha == beta == gamma == 1:
         raise UsageError("--alpha, --beta and --gamma are all 1: phi would change nothing")
+    _check_against_schema(alpha, beta, gamma, divisor)
     # An explicit base cannot take a compound section (extends merges mappings): write explicit.
     explicit = bool(a.explicit) or isinstance(base_scaling, ExplicitScaling)  # type: ignore[attr-defined]
     family = Family(spec_path, Settings(alpha, beta, gamma, divisor, explicit))
@@ -541,7 +587,6 @@ def run(args: object) -> int:  # noqa: C901 - one linear command
             file=sys.stderr,
         )
 
-    out = Path(a.output)  # type: ignore[attr-defined]
     name = _name_for(out, family.loaded.spec.name, a.name)  # type: ignore[attr-defined]
     if explicit:
         scaling: dict[str, object] = {
@@ -567,23 +612,15 @@ def run(args: object) -> int:  # noqa: C901 - one linear command
     ]
     description = f"{family.loaded.spec.name} scaled to {shown_target} (phi {best.phi:g}) by effspec scale."
     text = render_spec(spec_path, out, name, scaling, comment, description)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-
     from effspec.pipeline import build
 
-    try:
+    with output.staged_file(out, inputs=inputs, parents=True) as tmp:
+        tmp.write_text(text, encoding="utf-8")
         compiled = build(tmp)  # the file as written must build to the figures shown
-    except Exception:
-        tmp.unlink(missing_ok=True)
-        raise
-    total = compiled.report.total
-    if (total.params, total.macs) != (best.params, best.macs):
-        tmp.unlink(missing_ok=True)
-        raise RuntimeError(
-            f"written spec builds to {total.params:,} / {total.macs:,}, not {best.params:,} / {best.macs:,}"
-        )
-    os.replace(tmp, out)
+        total = compiled.report.total
+        if (total.params, total.macs) != (best.params, best.macs):
+            raise RuntimeError(
+                f"written spec builds to {total.params:,} / {total.macs:,}, not {best.params:,} / {best.macs:,}"
+            )
     print(f"wrote {out} ({name}: {total.params:,} parameters, {total.macs:,} MACs, {100 * error:+.1f}% vs target)")
     return 0

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator
 
 from effspec.ir import BlockKind, Padding
+from effspec.limits import MAX_CLASSES, MAX_RESOLUTION  # one owner: the limits
 
 Activation = Literal["swish", "silu", "relu", "relu6", "gelu", "hard_swish", "hard_sigmoid", "mish"]
 Gate = Literal["sigmoid", "hard_sigmoid"]
@@ -37,12 +38,10 @@ Stride = Annotated[Literal[1, 2], BeforeValidator(_exact_int)]
 
 # Bounds on what a spec may ask for before scaling; effspec/limits.py bounds the scaled model.
 MAX_KERNEL = 31
-MAX_RESOLUTION = 8192
 MAX_INPUT_CHANNELS = 64
 MAX_CHANNELS = 16384
 MAX_REPEATS = 1000
 MAX_EXPANSION = 64
-MAX_CLASSES = 100_000
 MAX_PHI = 30.0
 MAX_COEFFICIENT = 4.0  # alpha, beta, gamma
 MAX_MULTIPLIER = 64.0  # explicit width and depth

@@ -113,7 +113,11 @@ def parse_grid(text: str) -> dict[str, list[float]]:
             raise UsageError(f"--grid {name}: {count} values; expected at most 1000")
         axes[name] = [round(start + i * step, 6) for i in range(count)]
     defaults = {} if text == DEFAULT_GRID else parse_grid(DEFAULT_GRID)
-    return {name: axes.get(name) or defaults[name] for name in ("alpha", "beta", "gamma")}
+    grid = {name: axes.get(name) or defaults[name] for name in ("alpha", "beta", "gamma")}
+    from effspec.limits import check_grid
+
+    check_grid("--grid", {name: len(values) for name, values in grid.items()})  # before any point is built
+    return grid
 
 
 def enumerate_candidates(

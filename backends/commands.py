@@ -42,6 +42,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     compiled = build(args.spec)
     model = compiled.model
+    from .finetune import register_model
+
+    register_model(model)  # --init reads foreign and Keras files through this spec
     [files] = emit(model, [backend]).values()
     if backend == "torch":
         from .torch import runtime

@@ -152,23 +152,42 @@ def convert_file(
 def _import_keras_application(
     model: ir.Model, manifest: Manifest, target: str, input_path: Path, output_path: Path, options: Options
 ) -> tuple[str, ...]:
+    net, notes, _ = _application_model(model, manifest, input_path, options.application)
+    if target == "keras":
+        save_keras_file(net, output_path)
+    else:
+        save_torch_file(keras_to_torch(manifest, keras_layer_weights(net)), output_path)
+    return notes
+
+
+def _application_model(
+    model: ir.Model, manifest: Manifest, input_path: Path, application: str | None
+) -> tuple[keras.Model, tuple[str, ...], tuple[str, ...]]:
+    """The generated Keras model holding a keras.applications file's weights, the notes, and the layers
+    the file did not supply (the classifier, unless it had the 1000-class top and the spec 1000 classes)."""
     from effspec.weights.sources.keras_applications import import_application, preprocessing_note
 
     if input_path.suffix == ".h5":
         check_hdf5(input_path)
     net = keras_model(model)
-    imported = import_application(model, net, input_path, options.application)
+    imported = import_application(model, net, input_path, application)
     set_keras_weights(manifest, net, imported.layers)
-    if target == "keras":
-        save_keras_file(net, output_path)
-    else:
-        save_torch_file(keras_to_torch(manifest, keras_layer_weights(net)), output_path)
     classifier = (
         "the 1000-class classifier too"
         if imported.top
         else f"all but the classifier, which keeps its fresh initialization ({model.head.num_classes} classes)"
     )
-    return (f"imported keras.applications {imported.application}: {classifier}", preprocessing_note(model, imported))
+    notes = (f"imported keras.applications {imported.application}: {classifier}", preprocessing_note(model, imported))
+    return net, notes, () if imported.top else (model.head.classifier.name,)
+
+
+def import_application_state(
+    model: ir.Model, input_path: Path, application: str | None
+) -> tuple[dict[str, np.ndarray], tuple[str, ...], tuple[str, ...]]:
+    """A keras.applications file as the canonical state: (state, notes, layers it did not supply)."""
+    manifest = build_manifest(model)
+    net, notes, fresh = _application_model(model, manifest, input_path, application)
+    return keras_to_torch(manifest, keras_layer_weights(net)), notes, fresh
 
 
 def import_structural(
@@ -180,6 +199,20 @@ def import_structural(
     output_path: Path,
     options: Options,
 ) -> tuple[str, ...]:
+    state, notes, _, keras_net = structural_state(model, manifest, source, input_path, options, target)
+    if target == "torch":
+        save_torch_file(state, output_path)
+    else:
+        save_keras_file(keras_net, output_path)
+    return notes
+
+
+def structural_state(
+    model: ir.Model, manifest: Manifest, source: ModuleType, input_path: Path, options: Options, target: str
+) -> tuple[dict[str, np.ndarray], tuple[str, ...], tuple[str, ...], keras.Model | None]:
+    """A timm / torchvision checkpoint as the canonical state: (state, notes, the layers it did not
+    supply (a fresh classifier), the Keras model holding it when ``target`` is keras). Identified,
+    conventions-checked and verified as ``convert-weights`` does; ``--init`` reads through it too."""
     from effspec.weights.structural import map_checkpoint
 
     in_channels = options.in_channels
@@ -246,11 +279,7 @@ def import_structural(
                 )
             if worst.rel > VERIFY_TOLERANCE:
                 notes.append("(the error above is the convention difference accepted with --force)")
-    if target == "torch":
-        save_torch_file(state, output_path)
-    else:
-        save_keras_file(keras_net, output_path)
-    return tuple(notes)
+    return state, tuple(notes), tuple(mapping.fresh), keras_net
 
 
 def _verify(

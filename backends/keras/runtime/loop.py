@@ -29,6 +29,7 @@ from .callbacks import Callbacks, head_dropout
 from .checkpoint import Checkpoint, resume_directory, write_json
 from .data import open_data
 from .distribution import is_chief, make_strategy, precision_policy, sync_batch_norm, synchronize_batch_norm
+from .finetune import Freezer, initialize
 from .optim import WarmupThenDecay, make_optimizer
 
 
@@ -79,10 +80,13 @@ def train(args: argparse.Namespace, recipe: Recipe, net: ModuleType) -> dict[str
     total_steps = args.epochs * steps_per_epoch
     last_step = total_steps if args.max_steps is None else min(total_steps, args.max_steps)
 
+    source = resume_directory(args, f"{output}/checkpoint")
     with strategy.scope():
         with remat_scope(args):
             dropout = max(stage.dropout for stage in stages)  # each stage then sets its own
             network = build_network(net, args.num_classes, dropout, args.drop_path_rate)
+        if args.init is not None and source is None:  # a resumed run has its weights
+            initialize(network, args, net, is_chief(strategy))
         if sync_batch_norm(args, strategy):
             synchronize_batch_norm(network)
         model = with_float32_logits(network)
@@ -117,9 +121,11 @@ def train(args: argparse.Namespace, recipe: Recipe, net: ModuleType) -> dict[str
     callbacks = Callbacks(args, output, checkpoint, schedule, model)
 
     current = None
+    freezer = Freezer(model, network, args)
     for epoch in range(step // steps_per_epoch, args.epochs):
         if step >= last_step:
             break
+        freezer.apply(epoch)
         index = stage_index(epoch, args.epochs, len(stages))
         if index != current:
             current = index

@@ -11,6 +11,8 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from ... import finetune
+
 
 class WarmupThenDecay(keras.optimizers.schedules.LearningRateSchedule):
     """Linear warmup to ``peak``, then exponential (staircase) or cosine decay: the torch
@@ -103,6 +105,27 @@ class WeightAverage:
             variable.assign(average)
             average.assign(saved)
 
+    lr_scales: dict[str, float] = {}  # noqa: RUF012 - replaced per instance by scale_learning_rates
+
+    def scale_learning_rates(self, model: keras.Model, scale: Any) -> None:
+        """Fine-tuning's --lr-pretrained: variable -> learning-rate multiplier, ``scale(layer name)``."""
+        scales = {v.path: float(scale(v.path.split("/")[0])) for v in model.trainable_variables}
+        self.lr_scales = {path: value for path, value in scales.items() if value != 1.0}
+
+    def _backend_update_step(self, grads: list[Any], trainable_variables: list[Any], learning_rate: Any) -> None:
+        """Each multiplier's variables stepped at learning_rate x multiplier (torch: a parameter group each)."""
+        if not self.lr_scales:
+            return super()._backend_update_step(grads, trainable_variables, learning_rate)  # type: ignore[misc]
+        groups: dict[float, tuple[list[Any], list[Any]]] = {}
+        for gradient, variable in zip(grads, trainable_variables, strict=True):
+            group = groups.setdefault(self.lr_scales.get(variable.path, 1.0), ([], []))
+            group[0].append(gradient)
+            group[1].append(variable)
+        for scale, (group_grads, group_variables) in groups.items():
+            rate = learning_rate if scale == 1.0 else learning_rate * scale
+            super()._backend_update_step(group_grads, group_variables, rate)  # type: ignore[misc]
+        return None
+
 
 class RMSpropTF(WeightAverage, keras.optimizers.RMSprop):
     """RMSProp as the reference's TF1 RMSPropOptimizer.
@@ -148,4 +171,6 @@ def make_optimizer(
         else:
             optimizer = RMSpropTF(schedule, rho=args.rmsprop_decay, momentum=args.momentum, epsilon=args.rmsprop_eps)
     optimizer.track_average(model, args.ema_decay)
+    if getattr(args, "lr_pretrained", 1.0) != 1.0:
+        optimizer.scale_learning_rates(model, lambda layer: finetune.lr_scale(args, layer))
     return optimizer

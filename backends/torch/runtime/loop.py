@@ -50,6 +50,7 @@ from .distributed import (
     resolve_amp,
     setup_runtime,
 )
+from .finetune import Freezer, initialize
 from .logs import MetricsLog, Progress
 from .optim import LrSchedule, ModelEma, build_optimizer, build_schedule
 from .recompute import enable_grad_checkpointing, high_resolution_stages
@@ -192,7 +193,8 @@ def restore(trainer: Trainer, state: dict[str, Any], path: Path) -> None:
             file=sys.stderr,
         )
         for group, factor in zip(trainer.optimizer.param_groups, trainer.scheduler.lr_lambdas, strict=False):
-            group["lr"] = trainer.schedule.base_lr * factor(trainer.scheduler.last_epoch)
+            scale = group.get("lr_scale", 1.0)  # --lr-pretrained
+            group["lr"] = trainer.schedule.base_lr * scale * factor(trainer.scheduler.last_epoch)
 
 
 def seed_or_restore_rng(args: argparse.Namespace, runtime: Runtime, states: list[Any] | None) -> None:
@@ -216,11 +218,15 @@ def build(
     steps_per_epoch: int,
     stages: Sequence[ProgressiveStage],
     net: ModuleType,
+    init: bool = False,
 ) -> Trainer:
-    """Model, EMA, optimizer, schedule and loss scaler; DDP and compile around them."""
+    """Model (from --init when ``init``), EMA, optimizer, schedule and loss scaler; DDP and compile
+    around them."""
     torch.manual_seed(args.seed)  # the same initial weights on every process
     dropout = max(stage.dropout for stage in stages)  # each stage then sets its own
     model = build_network(net, args.num_classes, dropout, args.drop_path_rate)
+    if init:
+        initialize(model, args, net, runtime.is_main)
     model.to(runtime.device)
     if args.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -233,13 +239,19 @@ def build(
     optimizer = build_optimizer(model, args, schedule.base_lr)
     scheduler = schedule.scheduler(optimizer)
     scaler = torch.amp.GradScaler(runtime.device.type) if args.amp == "fp16" else None
+    return Trainer(args, runtime, model, wrap(model, args, runtime), optimizer, schedule, scheduler, ema, scaler)
+
+
+def wrap(model: nn.Module, args: argparse.Namespace, runtime: Runtime) -> nn.Module:
+    """What runs the step: DDP and/or torch.compile around the bare model (built again when freezing
+    changes which parameters train: DDP reduces the gradients of those that did at construction)."""
     train_module: nn.Module = model
     if runtime.distributed:
         device_ids = [runtime.device.index] if runtime.device.type == "cuda" else None
         train_module = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
     if args.compile:
         train_module = torch.compile(train_module)  # type: ignore[assignment]
-    return Trainer(args, runtime, model, train_module, optimizer, schedule, scheduler, ema, scaler)
+    return train_module
 
 
 def describe(
@@ -288,7 +300,8 @@ def train(args: argparse.Namespace, runtime: Runtime, recipe: Recipe, net: Modul
     steps = data.steps_per_epoch
     if steps < 1:
         raise TrainingError(f"--batch-size {args.batch_size} exceeds the {data.train_count} training images")
-    trainer = build(args, runtime, steps, stages, net)
+    trainer = build(args, runtime, steps, stages, net, init=args.init is not None and checkpoint is None)
+    freezer = Freezer(trainer.model, args)
     position, meters, rng_states = Position(), EpochMeters(), None
     if checkpoint is not None:
         expected = {"spec_sha256": net.SPEC_SHA256, "num_classes": args.num_classes, "batch_size": args.batch_size}
@@ -315,6 +328,8 @@ def train(args: argparse.Namespace, runtime: Runtime, recipe: Recipe, net: Modul
         if start == 0:
             meters = EpochMeters()
         trainer.train_module.train()
+        if freezer.apply(epoch) and (runtime.distributed or args.compile):
+            trainer.train_module = wrap(trainer.model, args, runtime)
         progress.reset()
         for step, (images, labels) in enumerate(data.train_batches(epoch, stage_at, start), start=start):
             images = images.to(runtime.device, non_blocking=True)

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from ... import finetune
 from ...recipe import MOMENTUM, RMSPROP_DECAY, RMSPROP_EPS
 
 
@@ -72,17 +73,35 @@ class RMSpropTF(torch.optim.Optimizer):
         return loss
 
 
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Weight decay on conv and linear weights; none on BN scales/shifts or biases."""
+def parameter_groups(
+    model: nn.Module, weight_decay: float, lr_scale: Callable[[str], float] | None = None
+) -> list[dict[str, Any]]:
+    """Weight decay on conv and linear weights; none on BN scales/shifts or biases. With ``lr_scale``
+    (parameter name -> learning-rate multiplier: fine-tuning's --lr-pretrained), one such pair of
+    groups per multiplier other than 1, each with its ``lr_scale``."""
     decay, no_decay = [], []
-    for parameter in model.parameters():
+    scaled: dict[float, tuple[list[nn.Parameter], list[nn.Parameter]]] = {}
+    for name, parameter in model.named_parameters():
         if parameter.requires_grad:
-            (decay if parameter.ndim > 1 else no_decay).append(parameter)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+            scale = 1.0 if lr_scale is None else lr_scale(name.rpartition(".")[0])
+            pair = (decay, no_decay) if scale == 1.0 else scaled.setdefault(scale, ([], []))
+            pair[0 if parameter.ndim > 1 else 1].append(parameter)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    for scale, (scaled_decay, scaled_no_decay) in scaled.items():
+        groups += [
+            {"params": scaled_decay, "weight_decay": weight_decay, "lr_scale": scale},
+            {"params": scaled_no_decay, "weight_decay": 0.0, "lr_scale": scale},
+        ]
+    return groups
 
 
 def build_optimizer(model: nn.Module, args: argparse.Namespace, lr: float) -> torch.optim.Optimizer:
-    groups = parameter_groups(model, args.weight_decay)
+    pretrained = getattr(args, "lr_pretrained", 1.0)
+    groups = parameter_groups(
+        model, args.weight_decay, None if pretrained == 1.0 else lambda layer: finetune.lr_scale(args, layer)
+    )
+    for group in groups:  # the scheduler multiplies each group's own rate
+        group["lr"] = lr * group.get("lr_scale", 1.0)
     if args.optimizer == "rmsprop":
         return RMSpropTF(groups, lr, decay=args.rmsprop_decay, momentum=args.momentum, eps=args.rmsprop_eps)
     if args.optimizer == "sgd":

@@ -10,7 +10,7 @@ import argparse
 import json
 from pathlib import Path
 
-from effspec.errors import CheckFailed
+from effspec.errors import CheckFailed, UsageError
 
 
 def _positive(text: str) -> int:
@@ -24,10 +24,14 @@ def _cmd_check(args: argparse.Namespace) -> int:
     from effspec.equivalence.check import Settings, run_check
     from effspec.equivalence.report import as_json, table
 
+    if args.train_steps is not None:
+        return _cmd_train_check(args)
+    if args.optimizer or args.schedule or args.lr is not None:
+        raise UsageError("--optimizer, --schedule and --lr go with --train-steps K")
     weights = Path(args.weights) if args.weights else None
     settings = Settings(
         resolution=args.resolution,
-        batch=args.batch,
+        batch=args.batch or 2,
         seed=args.seed,
         train_step=args.train_step,
         weights=weights,
@@ -45,6 +49,41 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train_check(args: argparse.Namespace) -> int:
+    from effspec.equivalence import training
+
+    if args.train_step or args.weights or args.features:
+        raise UsageError(
+            "--train-steps K runs from seeded weights: it does not combine with --train-step, --weights or --features"
+        )
+    settings = training.TrainSettings(
+        steps=args.train_steps,
+        optimizer=args.optimizer,
+        schedule=args.schedule,
+        resolution=args.resolution or training.DEFAULT_RESOLUTION,
+        batch=args.batch or training.DEFAULT_BATCH,
+        seed=args.seed,
+        lr=args.lr,
+    )
+    result = training.run_train_check(args.spec, settings)
+    print(json.dumps(training.as_json(result), indent=2) if args.json else training.table(result))
+    first = result.first_failure
+    if first is not None:
+        failures = sum(not row.row.ok for row in result.rows)
+        raise CheckFailed(
+            f"{result.spec_name}: {failures} of {len(result.rows)} comparisons over budget; first {first.row.name} "
+            f"at step {first.step} (error {first.row.keras_error:.2e} > budget {first.row.budget:.2e})"
+        )
+    return 0
+
+
+def _nonnegative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
+    return value
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "check",
@@ -57,12 +96,30 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("spec", metavar="SPEC")
     p.add_argument("--resolution", type=_positive, metavar="N", help="input size (default: the spec's resolution)")
-    p.add_argument("--batch", type=_positive, default=2, metavar="B", help="batch size (default: 2)")
+    p.add_argument(
+        "--batch", type=_positive, default=None, metavar="B", help="batch size (default: 2; 4 with --train-steps)"
+    )
     p.add_argument("--seed", type=int, default=0, metavar="S", help="seed for weights and input (default: 0)")
     p.add_argument(
         "--train-step",
         action="store_true",
         help="compare one SGD step (updated weights and batch-norm statistics) instead of eval outputs",
+    )
+    p.add_argument(
+        "--train-steps",
+        type=_positive,
+        metavar="K",
+        help="run K steps of both trainers with the spec's recipe (optimizer, warmup and decay, weight decay, "
+        "label smoothing, EMA) from the same weights on the same batches; compare loss, lr, weights, optimizer "
+        "state, batch-norm statistics and EMA after every step (default resolution 64, batch 4)",
+    )
+    p.add_argument("--optimizer", choices=("rmsprop", "sgd", "adamw"), help="with --train-steps: instead of the spec's")
+    p.add_argument("--schedule", choices=("exponential", "cosine"), help="with --train-steps: instead of the spec's")
+    p.add_argument(
+        "--lr",
+        type=_nonnegative_float,
+        metavar="RATE",
+        help="with --train-steps: peak learning rate (default: the spec's lr_per_256, the rate of a 256 batch)",
     )
     p.add_argument(
         "--weights",

@@ -8,6 +8,7 @@ RandAugment layer draws from its own generator, which a resume does not replay).
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from dataclasses import dataclass
 from types import ModuleType
@@ -66,31 +67,69 @@ def decode(path: tf.Tensor) -> tf.Tensor:
     return tf.cast(image, tf.float32)
 
 
+CROP_AREA = (0.08, 1.0)  # random-resized crop: fraction of the image's area
+CROP_RATIO = (3 / 4, 4 / 3)  # and aspect ratio (width / height), drawn log-uniformly
+CROP_ATTEMPTS = 10
+
+
+def crop_box(height: tf.Tensor, width: tf.Tensor, seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """The torch trainer's crop (torchvision's RandomResizedCrop) as a stateless draw: up to 10
+    candidates of area U(8%, 100%) and log-uniform aspect 3/4..4/3 (sides rounded half to even);
+    the first that fits, at a uniform position; else the centre crop of the whole image at the
+    nearest allowed aspect. Returns (top, left), (crop height, crop width).
+
+    tf.image.sample_distorted_bounding_box draws the crop's height uniformly instead of its area
+    (smaller crops on average) and would give the two trainers different augmentations."""
+    h, w = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
+    draws = tf.random.stateless_uniform([4, CROP_ATTEMPTS], seed=tf.random.experimental.stateless_fold_in(seed, 7))
+    area = h * w * (CROP_AREA[0] + (CROP_AREA[1] - CROP_AREA[0]) * draws[0])
+    low, high = math.log(CROP_RATIO[0]), math.log(CROP_RATIO[1])
+    ratio = tf.exp(low + (high - low) * draws[1])
+    crop_w, crop_h = tf.round(tf.sqrt(area * ratio)), tf.round(tf.sqrt(area / ratio))
+    fits = (crop_w > 0) & (crop_w <= w) & (crop_h > 0) & (crop_h <= h)
+    first = tf.argmax(tf.cast(fits, tf.int32))
+    top = tf.floor(draws[2][first] * (h - crop_h[first] + 1))
+    left = tf.floor(draws[3][first] * (w - crop_w[first] + 1))
+    aspect = w / h  # no candidate fits: the centre crop
+    fallback_w = tf.where(aspect < CROP_RATIO[0], w, tf.where(aspect > CROP_RATIO[1], tf.round(h * CROP_RATIO[1]), w))
+    fallback_h = tf.where(aspect < CROP_RATIO[0], tf.round(w / CROP_RATIO[0]), h)
+    found = tf.reduce_any(fits)
+    box_h = tf.where(found, crop_h[first], fallback_h)
+    box_w = tf.where(found, crop_w[first], fallback_w)
+    top = tf.where(found, top, tf.floor((h - box_h) / 2))
+    left = tf.where(found, left, tf.floor((w - box_w) / 2))
+    return tf.cast(tf.stack([top, left]), tf.int32), tf.cast(tf.stack([box_h, box_w]), tf.int32)
+
+
+def resize(image: tf.Tensor, size: int) -> tf.Tensor:
+    """Bicubic (Keys, a = -0.5) with antialiasing when shrinking: PIL's bicubic resize, which the
+    torch trainer uses (a plain tf.image.resize aliases: 143 grey levels off on noise at 37 -> 24 px)."""
+    return tf.image.resize(image, (size, size), method="bicubic", antialias=True)
+
+
 def random_resized_crop(image: tf.Tensor, size: int, seed: tf.Tensor) -> tf.Tensor:
-    """A random crop (8..100% of the area, aspect 3/4..4/3) resized to size x size."""
-    begin, crop, _ = tf.image.stateless_sample_distorted_bounding_box(
-        tf.shape(image),
-        bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
-        seed=seed,
-        min_object_covered=0.1,
-        aspect_ratio_range=(3 / 4, 4 / 3),
-        area_range=(0.08, 1.0),
-        max_attempts=10,
-        use_image_if_no_bounding_boxes=True,
-    )
-    image = tf.ensure_shape(tf.slice(image, begin, crop), [None, None, 3])
-    return tf.image.resize(image, (size, size), method="bicubic")
+    """A random crop (``crop_box``) resized to size x size."""
+    shape = tf.shape(image)
+    begin, extent = crop_box(shape[0], shape[1], seed)
+    image = tf.slice(image, tf.concat([begin, [0]], 0), tf.concat([extent, [-1]], 0))
+    return resize(tf.ensure_shape(image, [None, None, 3]), size)
 
 
 def center_crop(image: tf.Tensor, size: int, fraction: float) -> tf.Tensor:
-    """The central square, fraction * the shorter side, resized to size x size."""
+    """The torch trainer's evaluation view (torchvision's Resize then CenterCrop): the image resized
+    so that its shorter side is int(size / fraction) and the longer in proportion (truncated), then
+    its central size x size (offsets rounded half to even). Cropping first and resizing the crop
+    instead lands up to a pixel away and filters other pixels at the edges."""
     shape = tf.shape(image)
-    height, width = shape[0], shape[1]
-    shorter = tf.cast(tf.minimum(height, width), tf.float32)
-    side = tf.maximum(tf.cast(fraction * shorter, tf.int32), 1)
-    top, left = (height - side) // 2, (width - side) // 2
-    image = image[top : top + side, left : left + side]
-    return tf.image.resize(image, (size, size), method="bicubic")
+    height, width = tf.cast(shape[0], tf.float64), tf.cast(shape[1], tf.float64)
+    shorter = float(int(size / fraction))
+    new_height = tf.where(height <= width, shorter, tf.floor(shorter * height / width))
+    new_width = tf.where(height <= width, tf.floor(shorter * width / height), shorter)
+    extent = tf.cast(tf.stack([new_height, new_width]), tf.int32)
+    image = tf.image.resize(image, extent, method="bicubic", antialias=True)
+    top = tf.cast(tf.round((new_height - size) / 2), tf.int32)
+    left = tf.cast(tf.round((new_width - size) / 2), tf.int32)
+    return image[top : top + size, left : left + size]
 
 
 def mixup(images: tf.Tensor, labels: tf.Tensor, alpha: float, seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:

@@ -48,6 +48,21 @@ def with_float32_logits(network: keras.Model) -> keras.Model:
     return keras.Model(network.input, logits(network.output), name=network.name)
 
 
+def compile_model(args: argparse.Namespace, network: keras.Model, schedule: WarmupThenDecay) -> keras.Model:
+    """The network with float32 logits, compiled with the recipe's optimizer (built, before a
+    restore), label-smoothed cross-entropy and accuracy metrics: what fit() and `effspec check
+    --train-steps` step."""
+    model = with_float32_logits(network)
+    optimizer = make_optimizer(args, schedule, model)
+    metrics: list[Any] = [keras.metrics.CategoricalAccuracy(name="accuracy")]
+    if args.num_classes > 5:
+        metrics.append(keras.metrics.TopKCategoricalAccuracy(5, name="top5"))
+    loss = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=args.label_smoothing)
+    model.compile(optimizer=optimizer, loss=loss, metrics=metrics)
+    model.optimizer.build(model.trainable_variables)
+    return model
+
+
 def export_final_weights(args: argparse.Namespace, net: ModuleType, model: keras.Model, path: str) -> None:
     """The model's weights alone (no optimizer state): the weight average when there is one."""
     if args.ema_decay > 0:
@@ -89,7 +104,6 @@ def train(args: argparse.Namespace, recipe: Recipe, net: ModuleType) -> dict[str
             initialize(network, args, net, is_chief(strategy))
         if sync_batch_norm(args, strategy):
             synchronize_batch_norm(network)
-        model = with_float32_logits(network)
         schedule = WarmupThenDecay(
             peak=args.lr_per_256 * args.batch_size / 256,
             warmup_steps=int(args.warmup_epochs * steps_per_epoch),
@@ -98,13 +112,7 @@ def train(args: argparse.Namespace, recipe: Recipe, net: ModuleType) -> dict[str
             total_steps=total_steps,
             kind=args.schedule,
         )
-        optimizer = make_optimizer(args, schedule, model)
-        metrics: list[Any] = [keras.metrics.CategoricalAccuracy(name="accuracy")]
-        if args.num_classes > 5:
-            metrics.append(keras.metrics.TopKCategoricalAccuracy(5, name="top5"))
-        loss = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=args.label_smoothing)
-        model.compile(optimizer=optimizer, loss=loss, metrics=metrics)
-        model.optimizer.build(model.trainable_variables)  # before a restore
+        model = compile_model(args, network, schedule)
 
     identity = {
         "spec_sha256": recipe.spec_sha256,

@@ -142,11 +142,56 @@ class RMSpropTF(WeightAverage, keras.optimizers.RMSprop):
 
 
 class SGD(WeightAverage, keras.optimizers.SGD):
-    """Nesterov momentum SGD."""
+    """Nesterov momentum SGD in TF1's MomentumOptimizer form, which torch.optim.SGD also computes:
+
+        buffer = momentum * buffer + g
+        w = w - lr * (g + momentum * buffer)        (nesterov; w - lr * buffer without)
+
+    Keras' own SGD keeps lr inside the buffer (velocity = momentum * velocity - lr * g), which
+    differs as soon as the rate changes (every warmup step): past gradients keep their old rate.
+    The slot ``momentums`` holds the buffer (torch's ``momentum_buffer``).
+    """
+
+    def update_step(self, gradient: Any, variable: Any, learning_rate: Any) -> None:
+        lr = ops.cast(learning_rate, variable.dtype)
+        gradient = ops.cast(gradient, variable.dtype)
+        if not self.momentums:
+            self.assign_sub(variable, ops.multiply(gradient, lr))
+            return
+        buffer = self.momentums[self._get_variable_index(variable)]
+        momentum = ops.cast(self.momentum, variable.dtype)
+        self.assign(buffer, ops.add(ops.multiply(buffer, momentum), gradient))
+        step = ops.add(gradient, ops.multiply(buffer, momentum)) if self.nesterov else buffer
+        self.assign_sub(variable, ops.multiply(step, lr))
+
+
+ADAM_EPSILON = 1e-8  # torch.optim.AdamW's default (Keras' is 1e-7)
 
 
 class AdamW(WeightAverage, keras.optimizers.AdamW):
-    """Adam with decoupled weight decay."""
+    """Adam with decoupled weight decay, in torch.optim.AdamW's form:
+
+        m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2;  t = the step (1-based)
+        w = w - lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
+
+    after w = w - lr * weight_decay * w (Keras' own weight-decay step). Keras' Adam adds eps to
+    sqrt(v) before the bias correction, i.e. an eps sqrt(1 - b2^t) times smaller in torch's terms,
+    with 1e-7 for torch's 1e-8: both are aligned here. Slots: ``_momentums`` = torch's
+    ``exp_avg``, ``_velocities`` = ``exp_avg_sq``.
+    """
+
+    def update_step(self, gradient: Any, variable: Any, learning_rate: Any) -> None:
+        lr = ops.cast(learning_rate, variable.dtype)
+        gradient = ops.cast(gradient, variable.dtype)
+        step = ops.cast(self.iterations + 1, variable.dtype)
+        first = ops.subtract(1.0, ops.power(ops.cast(self.beta_1, variable.dtype), step))
+        second = ops.subtract(1.0, ops.power(ops.cast(self.beta_2, variable.dtype), step))
+        index = self._get_variable_index(variable)
+        m, v = self._momentums[index], self._velocities[index]
+        self.assign_add(m, ops.multiply(ops.subtract(gradient, m), 1.0 - self.beta_1))
+        self.assign_add(v, ops.multiply(ops.subtract(ops.square(gradient), v), 1.0 - self.beta_2))
+        denominator = ops.add(ops.divide(ops.sqrt(v), ops.sqrt(second)), self.epsilon)
+        self.assign_sub(variable, ops.divide(ops.multiply(m, ops.divide(lr, first)), denominator))
 
 
 def decayed_variables(model: keras.Model) -> list[Any]:
@@ -159,7 +204,7 @@ def make_optimizer(
 ) -> keras.optimizers.Optimizer:
     optimizer: Any
     if args.optimizer == "adamw":
-        optimizer = AdamW(schedule, weight_decay=args.weight_decay)
+        optimizer = AdamW(schedule, weight_decay=args.weight_decay, epsilon=ADAM_EPSILON)
         decayed = {id(v) for v in decayed_variables(model)}
         optimizer.exclude_from_weight_decay(var_list=[v for v in model.trainable_variables if id(v) not in decayed])
     else:

@@ -98,7 +98,9 @@ class Trainer:
             images = images.contiguous(memory_format=torch.channels_last)
         with autocast(self.runtime, self.args.amp):
             logits = self.train_module(images)
-        loss = mixed_cross_entropy(logits.float(), labels_a, labels_b, lam, self.args.label_smoothing)
+        # float32 at least (autocast's half logits), float64 kept (effspec check's reference run)
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+        loss = mixed_cross_entropy(logits, labels_a, labels_b, lam, self.args.label_smoothing)
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is None:
             loss.backward()

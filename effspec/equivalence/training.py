@@ -1,0 +1,565 @@
+"""`effspec check SPEC --train-steps K`: do the two trainers train the same model the same way?
+
+Both generated models start from the same seeded weights (torch's, converted through the manifest),
+and K steps of each trainer's own step run on the same seeded batches: the torch trainer's
+``Trainer.step`` (optimizer, LambdaLR schedule, label-smoothed loss, EMA) and the Keras trainer's
+compiled model (``compile_model``: the same optimizer classes, schedule, loss and the EMA update its
+callback runs), with the spec's recipe: optimizer, warmup then exponential or cosine decay, weight
+decay, label smoothing, EMA of weights and batch-norm statistics, batch-norm momentum. Dropout and
+drop-path are off (their masks are random draws of each framework). A third run, the torch trainer
+in float64 from the same weights, is the reference.
+
+After every step the check compares the loss, the learning rate, every weight, every optimizer slot,
+the batch-norm running statistics and the EMA's weights and statistics, per section of the network
+(stem, each stage, head), each against the budget of ``budget_at`` (see docs/equivalence.md): the
+first quantity and step over budget are reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from effspec import ir
+from effspec.equivalence import keras_side, torch_side
+from effspec.equivalence.budget import BUDGET_MULTIPLE, EPS32, FLOOR_ULPS, Row
+from effspec.equivalence.check import CALIBRATION_BATCH, seeded_batch
+from effspec.errors import UsageError
+from effspec.pipeline import build
+from effspec.weights.convert import (
+    from_keras_array,
+    keras_layer_weights,
+    keras_to_torch,
+    set_keras_weights,
+    torch_to_keras,
+)
+from effspec.weights.generated import load_model_module
+from effspec.weights.manifest import Entry, Manifest, build_manifest, sections
+
+DEFAULT_STEPS = 10
+DEFAULT_RESOLUTION = 64  # B0 ends at 2x2: batch-norm statistics over 4 x 4 values, well conditioned
+DEFAULT_BATCH = 4
+#: torch slot -> the Keras optimizer's list of the same slot, per optimizer.
+SLOTS: dict[str, tuple[tuple[str, str], ...]] = {
+    "rmsprop": (("mean_square", "_velocities"), ("momentum_buffer", "_momentums")),
+    "sgd": (("momentum_buffer", "momentums"),),
+    "adamw": (("exp_avg", "_momentums"), ("exp_avg_sq", "_velocities")),
+}
+STATISTICS = ("bn_mean", "bn_variance")
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    steps: int = DEFAULT_STEPS
+    optimizer: str | None = None  # None: the spec's
+    schedule: str | None = None  # None: the spec's
+    resolution: int = DEFAULT_RESOLUTION
+    batch: int = DEFAULT_BATCH
+    seed: int = 0
+    lr: float | None = None  # peak rate; None: the recipe's, lr_per_256 x batch / 256
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """The schedule squeezed into K steps, so that warmup and decay both happen."""
+
+    peak: float
+    warmup_steps: int
+    decay_steps: int
+    total_steps: int
+
+    @classmethod
+    def for_steps(cls, steps: int, peak: float) -> Geometry:
+        return cls(peak=peak, warmup_steps=max(1, steps // 4), decay_steps=max(1, steps // 5), total_steps=steps)
+
+
+@dataclass(frozen=True)
+class StepRow:
+    step: int  # 1-based: the state after this many steps
+    quantity: str  # "loss", "lr", "weights", "optimizer mean_square", "ema bn_variance", ...
+    section: str  # "stem", "blocks.3", "head", or "" for the scalars
+    row: Row  # errors of torch32 and Keras against float64; its budget is the step's
+
+    @property
+    def ratio(self) -> float:
+        if self.row.budget > 0:
+            return self.row.keras_error / self.row.budget
+        return 0.0 if self.row.keras_error == 0 else float("inf")
+
+
+@dataclass(frozen=True)
+class TrainCheckResult:
+    spec: str
+    spec_name: str
+    resolution: int
+    batch: int
+    seed: int
+    steps: int
+    recipe: str  # one line: what ran
+    rows: tuple[StepRow, ...]
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def ok(self) -> bool:
+        return all(row.row.ok for row in self.rows)
+
+    @property
+    def first_failure(self) -> StepRow | None:
+        return next((row for row in self.rows if not row.row.ok), None)
+
+
+def budget_at(step: int, worst_torch_error: float, scale: float) -> float:
+    """max(16 x the largest float32-torch error of this quantity so far, 4 x step float32 ulps of scale).
+
+    The first term grows as float32's own error grows through the training dynamics (measured, not
+    assumed); the running maximum keeps one lucky step from tightening it. The floor lets every step
+    add up to 4 ulps of rounding, accumulating linearly (the worst case of independent roundings)."""
+    return max(BUDGET_MULTIPLE * worst_torch_error, FLOOR_ULPS * step * EPS32 * scale)
+
+
+def _max_abs(array: np.ndarray) -> float:
+    return float(np.max(np.abs(array))) if array.size else 0.0
+
+
+class Budgets:
+    """Rows with the growing budget: remembers each quantity's largest torch32 error so far."""
+
+    def __init__(self) -> None:
+        self.worst: dict[tuple[str, str], float] = {}
+        self.rows: list[StepRow] = []
+
+    def add(self, step: int, quantity: str, section: str, ref: Any, torch32: Any, keras32: Any) -> None:
+        ref, torch32, keras32 = (np.asarray(a, dtype=np.float64).ravel() for a in (ref, torch32, keras32))
+        torch_error = _max_abs(torch32 - ref)
+        key = (quantity, section)
+        worst = max(self.worst.get(key, 0.0), torch_error)
+        self.worst[key] = worst
+        scale = _max_abs(ref)
+        row = Row(
+            name=f"{quantity} {section}".strip(),
+            shape=f"{ref.size} values",
+            scale=scale,
+            torch_error=torch_error,
+            keras_error=_max_abs(keras32 - ref),
+            keras_vs_torch=_max_abs(keras32 - torch32),
+            budget=budget_at(step, worst, scale),
+        )
+        self.rows.append(StepRow(step, quantity, section, row))
+
+
+def recipe_args(model: ir.Model, settings: TrainSettings, torch_module: Any) -> argparse.Namespace:
+    """The torch trainer's flags at their defaults (the spec's recipe), with the check's overrides."""
+    from effspec.backends.recipe import recipe_from_model
+    from effspec.backends.torch.runtime.args import parse_args
+
+    argv = ["--amp", "none", "--seed", str(settings.seed), "--num-classes", str(model.head.num_classes)]
+    if settings.optimizer:
+        argv += ["--optimizer", settings.optimizer]
+    if settings.schedule:
+        argv += ["--schedule", settings.schedule]
+    args = parse_args(recipe_from_model(model), torch_module, argv)
+    args.dropout, args.drop_path_rate = 0.0, 0.0
+    return args
+
+
+class TorchRun:
+    """The torch trainer's step on one model (float32, or the float64 reference)."""
+
+    def __init__(self, net: Any, args: argparse.Namespace, geometry: Geometry) -> None:
+        import torch
+
+        from effspec.backends.torch.runtime.distributed import Runtime
+        from effspec.backends.torch.runtime.loop import Trainer
+        from effspec.backends.torch.runtime.optim import LrSchedule, ModelEma, build_optimizer
+
+        self.net = net
+        schedule = LrSchedule(
+            base_lr=geometry.peak,
+            kind=args.schedule,
+            total_steps=geometry.total_steps,
+            warmup_steps=geometry.warmup_steps,
+            decay_rate=args.decay_rate,
+            decay_steps=geometry.decay_steps,
+        )
+        optimizer = build_optimizer(net, args, schedule.base_lr)
+        self.trainer = Trainer(
+            args=args,
+            runtime=Runtime(torch.device("cpu")),
+            model=net,
+            train_module=net,
+            optimizer=optimizer,
+            schedule=schedule,
+            scheduler=schedule.scheduler(optimizer),
+            ema=ModelEma(net, args.ema_decay) if args.ema_decay > 0 else None,
+            scaler=None,
+        )
+        self.dtype = next(net.parameters()).dtype
+
+    def step(self, images: np.ndarray, labels: np.ndarray, stage: Any, global_step: int) -> tuple[float, float]:
+        import torch
+
+        self.net.train()
+        loss, lr = self.trainer.step(
+            torch.from_numpy(images).to(self.dtype), torch.from_numpy(labels), stage, global_step
+        )
+        return float(loss.detach()), lr
+
+    def state(self) -> dict[str, np.ndarray]:
+        return torch_side.state_arrays(self.net)
+
+    def slots(self, slot: str) -> dict[str, np.ndarray]:
+        optimizer = self.trainer.optimizer
+        return {
+            name: optimizer.state[parameter][slot].detach().numpy().copy()
+            for name, parameter in self.net.named_parameters()
+            if parameter in optimizer.state
+        }
+
+    def ema(self) -> dict[str, np.ndarray] | None:
+        return None if self.trainer.ema is None else torch_side.state_arrays(self.trainer.ema.module)
+
+
+class KerasRun:
+    """The Keras trainer's compiled model: train_on_batch (fit's train function), then the EMA update
+    its WeightAverageCallback runs."""
+
+    def __init__(
+        self,
+        module: Any,
+        manifest: Manifest,
+        state: Mapping[str, np.ndarray],
+        model: ir.Model,
+        settings: TrainSettings,
+        geometry: Geometry,
+    ) -> None:
+        from effspec.backends.keras.runtime.args import parse_args
+        from effspec.backends.keras.runtime.loop import compile_model
+        from effspec.backends.keras.runtime.optim import WarmupThenDecay
+        from effspec.backends.recipe import recipe_from_model
+
+        argv = ["--seed", str(settings.seed), "--num-classes", str(model.head.num_classes)]
+        if settings.optimizer:
+            argv += ["--optimizer", settings.optimizer]
+        if settings.schedule:
+            argv += ["--schedule", settings.schedule]
+        self.args = parse_args(recipe_from_model(model), argv)
+        self.manifest = manifest
+        self.network = keras_side.build(module)
+        set_keras_weights(manifest, self.network, torch_to_keras(manifest, state))
+        self.schedule = WarmupThenDecay(
+            peak=geometry.peak,
+            warmup_steps=geometry.warmup_steps,
+            decay_steps=geometry.decay_steps,
+            decay_rate=self.args.decay_rate,
+            total_steps=geometry.total_steps,
+            kind=self.args.schedule,
+        )
+        self.model = compile_model(self.args, self.network, self.schedule)
+        self.optimizer = self.model.optimizer
+        layers = {layer.name: layer for layer in self.network.layers if layer.weights}
+        self.variables = {
+            entry.name: layers[entry.keras.layer].weights[entry.keras.index] for entry in manifest if entry.keras
+        }
+
+    def step(self, images: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+        import keras
+
+        lr = float(keras.ops.convert_to_numpy(self.schedule(self.optimizer.iterations)))
+        onehot = np.eye(self.args.num_classes, dtype=np.float32)[labels]
+        logs = self.model.train_on_batch(keras_side.nhwc(images.astype(np.float32)), onehot, return_dict=True)
+        if self.args.ema_decay > 0:
+            self.optimizer.update_average()
+        return float(logs["loss"]), lr
+
+    def state(self) -> dict[str, np.ndarray]:
+        return keras_to_torch(self.manifest, keras_layer_weights(self.network))
+
+    def _canonical(self, variables: dict[str, Any]) -> dict[str, np.ndarray]:
+        import keras
+
+        entries = {entry.name: entry for entry in self.manifest}
+        return {
+            name: from_keras_array(entries[name], keras.ops.convert_to_numpy(value))
+            for name, value in variables.items()
+        }
+
+    def slots(self, attribute: str) -> dict[str, np.ndarray]:
+        values = getattr(self.optimizer, attribute)
+        trainable = {name: v for name, v in self.variables.items() if v.trainable}
+        return self._canonical({name: values[self.optimizer._get_variable_index(v)] for name, v in trainable.items()})
+
+    def ema(self) -> dict[str, np.ndarray] | None:
+        if self.args.ema_decay <= 0:
+            return None
+        averages = {id(v): a for v, a in zip(self.optimizer.averaged, self.optimizer.averages, strict=True)}
+        return self._canonical({name: averages[id(v)] for name, v in self.variables.items() if id(v) in averages})
+
+
+class UnbiasedVariance:
+    """Keras' batch norm moves its running variance with the biased batch variance b, torch (and TF1's
+    fused batch norm) with the unbiased b n / (n - 1). The running variance and its EMA are linear in
+    the batch terms, so the check follows Keras' run with torch's convention, step by step: it
+    compares like with like instead of loosening the budget (n = batch x H x W per batch norm)."""
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        before: Mapping[str, np.ndarray],
+        counts: Mapping[str, int],
+        decay: float,
+        ema_decay: float,
+    ) -> None:
+        self.entries = [entry for entry in manifest if entry.kind == "bn_variance"]
+        self.factor = {}
+        for entry in self.entries:
+            count = counts.get(entry.layer)
+            if count is None:
+                raise UsageError(f"the torch model has no batch norm module named {entry.layer!r}")
+            if count < 2:
+                raise UsageError(
+                    f"{entry.layer} sees one value per channel at this size: raise --batch or --resolution"
+                )
+            self.factor[entry.name] = count / (count - 1)
+        self.decay = decay
+        self.ema_decay = ema_decay
+        self.raw = {e.name: before[e.name].astype(np.float64) for e in self.entries}
+        self.corrected = dict(self.raw)
+        self.ema: dict[str, np.ndarray] = {}
+
+    def follow(self, state: dict[str, np.ndarray], ema: dict[str, np.ndarray] | None, update: int) -> None:
+        from effspec.backends.torch.runtime.optim import ema_decay_at
+
+        average = ema_decay_at(self.ema_decay, update)
+        for entry in self.entries:
+            name = entry.name
+            raw = state[name].astype(np.float64)
+            batch_term = raw - self.decay * self.raw[name]
+            self.corrected[name] = self.decay * self.corrected[name] + batch_term * self.factor[name]
+            self.raw[name] = raw
+            state[name] = self.corrected[name]
+            if ema is not None:
+                previous = self.ema.get(name, self.corrected[name])
+                self.ema[name] = average * previous + (1.0 - average) * self.corrected[name]
+                ema[name] = self.ema[name]
+
+
+def _l2_term(manifest: Manifest, state: Mapping[str, np.ndarray], weight_decay: float) -> float:
+    """weight_decay / 2 x sum of squares of conv and dense kernels: the L2 loss the Keras trainer adds
+    for rmsprop and sgd (torch adds its gradient to the gradient, and reports the cross-entropy)."""
+    return (
+        weight_decay
+        / 2
+        * sum(
+            float(np.sum(np.square(state[e.name].astype(np.float64))))
+            for e in manifest
+            if len(e.shape) >= 2 and e.trainable
+        )
+    )
+
+
+def _groups(model: ir.Model, manifest: Manifest) -> list[tuple[str, list[Entry]]]:
+    by_section = {section: [e for e in manifest if e.section == section] for section, _ in sections(model)}
+    return list(by_section.items())
+
+
+def _concat(arrays: Mapping[str, np.ndarray], entries: list[Entry]) -> np.ndarray:
+    return np.concatenate([np.asarray(arrays[e.name], np.float64).ravel() for e in entries])
+
+
+def run_train_check(spec: str | Path, settings: TrainSettings) -> TrainCheckResult:
+    from effspec.backends.recipe import ProgressiveStage
+
+    model = build(spec).model
+    if settings.steps < 1 or settings.batch < 2 or settings.resolution < 8:
+        raise UsageError(
+            f"--train-steps needs at least 1 step, a batch of at least 2 and a resolution of at least 8, got "
+            f"{settings.steps}, {settings.batch} and {settings.resolution}"
+        )
+    manifest = build_manifest(model)
+    torch_module = load_model_module(model, "torch")
+    keras_module = load_model_module(model, "keras")
+    args = recipe_args(model, settings, torch_module)
+    peak = settings.lr if settings.lr is not None else args.lr_per_256 * settings.batch / 256
+    geometry = Geometry.for_steps(settings.steps, peak)
+    num_classes = model.head.num_classes
+    resolution = settings.resolution
+
+    batches = [
+        seeded_batch(settings.seed + 100 + step, settings.batch, resolution, num_classes)
+        for step in range(settings.steps)
+    ]
+    calibration, _ = seeded_batch(settings.seed + 1, CALIBRATION_BATCH, resolution, 1)
+    net = torch_side.build_seeded(torch_module, settings.seed, np.concatenate([calibration, batches[0][0]]))
+    reference = torch_side.float64_twin(net)
+    before = torch_side.state_arrays(net)
+    counts = torch_side.batch_norm_counts(net, batches[0][0])
+
+    runs = {"ref": TorchRun(reference, args, geometry), "torch": TorchRun(net, args, geometry)}
+    keras_run = KerasRun(keras_module, manifest, before, model, settings, geometry)
+    variance = UnbiasedVariance(manifest, before, counts, model.batch_norm.momentum, args.ema_decay)
+    stage = ProgressiveStage(image_size=resolution, randaugment_magnitude=0.0, mixup_alpha=0.0, dropout=0.0)
+    l2 = args.optimizer != "adamw" and args.weight_decay > 0
+    groups = _groups(model, manifest)
+    slots = SLOTS[args.optimizer]
+    budgets = Budgets()
+    previous = {"ref": before, "torch": before, "keras": before}
+
+    for step, (images, labels) in enumerate(batches, start=1):
+        losses, rates, states, optimizer_states, emas = {}, {}, {}, {}, {}
+        for name, run in runs.items():
+            loss, rate = run.step(images, labels, stage, step - 1)
+            if l2:
+                loss += _l2_term(manifest, previous[name], args.weight_decay)
+            losses[name], rates[name] = loss, rate
+            states[name] = run.state()
+            optimizer_states[name] = {slot: run.slots(slot) for slot, _ in slots}
+            emas[name] = run.ema()
+        losses["keras"], rates["keras"] = keras_run.step(images, labels)
+        states["keras"] = keras_run.state()
+        optimizer_states["keras"] = {slot: keras_run.slots(attribute) for slot, attribute in slots}
+        emas["keras"] = keras_run.ema()
+        variance.follow(states["keras"], emas["keras"], step)
+        previous = states
+
+        budgets.add(step, "loss", "", losses["ref"], losses["torch"], losses["keras"])
+        budgets.add(step, "lr", "", rates["ref"], rates["torch"], rates["keras"])
+        for section, entries in groups:
+            trainable = [e for e in entries if e.trainable]
+            statistics = {kind: [e for e in entries if e.kind == kind] for kind in STATISTICS}
+            # (quantity, values per run, entries, compared as the change since step 0?)
+            compared: list[tuple[str, dict[str, Any], list[Entry], bool]] = [("weights", states, trainable, True)]
+            compared += [(kind.replace("_", " "), states, group, True) for kind, group in statistics.items()]
+            compared += [
+                (f"optimizer {slot}", {k: v[slot] for k, v in optimizer_states.items()}, trainable, False)
+                for slot, _ in slots
+            ]
+            if emas["ref"] is not None:
+                compared += [("ema weights", emas, trainable, True)]
+                compared += [(f"ema {kind.replace('_', ' ')}", emas, group, True) for kind, group in statistics.items()]
+            for quantity, values, group, change in compared:
+                if group:
+                    start = _concat(before, group) if change else 0.0
+                    arrays = [_concat(values[k], group) - start for k in ("ref", "torch", "keras")]
+                    budgets.add(step, quantity, section, *arrays)
+
+    recipe = (
+        f"{args.optimizer}, peak lr {geometry.peak:g}, warmup {geometry.warmup_steps} steps then "
+        + (
+            f"exponential x{args.decay_rate:g} every {geometry.decay_steps} steps"
+            if args.schedule == "exponential"
+            else f"cosine to 0 at step {geometry.total_steps}"
+        )
+        + f", weight decay {args.weight_decay:g}, label smoothing {args.label_smoothing:g}, "
+        f"EMA {args.ema_decay:g}, BN decay {model.batch_norm.momentum:g}; dropout and drop-path off"
+    )
+    notes = (
+        "rows: loss and lr per step; per section, the change since step 0 of the weights, batch-norm statistics "
+        "and EMA, and the optimizer slots",
+        f"budget at step k = max({BUDGET_MULTIPLE} x largest torch32 error so far, "
+        f"{FLOOR_ULPS} k float32 ulps of scale)",
+        "Keras' biased running-variance batch term rescaled by n/(n-1) to torch's (and TF1's) unbiased one "
+        f"(n = batch x H x W per batch norm, {min(counts.values())}..{max(counts.values())})",
+    ) + (
+        ("loss: cross-entropy + weight_decay/2 x sum of squared kernels (what the Keras trainer reports)",)
+        if l2
+        else ()
+    )
+    return TrainCheckResult(
+        spec=str(spec),
+        spec_name=model.name,
+        resolution=resolution,
+        batch=settings.batch,
+        seed=settings.seed,
+        steps=settings.steps,
+        recipe=recipe,
+        rows=tuple(budgets.rows),
+        notes=notes,
+    )
+
+
+def summary(result: TrainCheckResult) -> list[tuple[str, StepRow]]:
+    """Per quantity, its worst row (largest error / budget) over sections and steps."""
+    worst: dict[str, StepRow] = {}
+    for row in result.rows:
+        if row.quantity not in worst or row.ratio > worst[row.quantity].ratio:
+            worst[row.quantity] = row
+    return list(worst.items())
+
+
+def table(result: TrainCheckResult) -> str:
+    lines = [
+        f"{result.spec}: {result.steps} training steps at {result.resolution}x{result.resolution}, "
+        f"batch {result.batch}, seed {result.seed}",
+        result.recipe,
+        "",
+    ]
+    columns = ("quantity", "worst at", "scale", "torch32 err", "keras err", "budget", "err/budget", "")
+    body = [
+        (
+            quantity,
+            f"step {row.step} {row.section}".rstrip(),
+            f"{row.row.scale:.2e}",
+            f"{row.row.torch_error:.2e}",
+            f"{row.row.keras_error:.2e}",
+            f"{row.row.budget:.2e}",
+            f"{row.ratio:.3f}",
+            "ok" if all(r.row.ok for r in result.rows if r.quantity == quantity) else "OVER BUDGET",
+        )
+        for quantity, row in summary(result)
+    ]
+    widths = [max(len(line[i]) for line in (columns, *body)) for i in range(len(columns))]
+    for line in (columns, *body):
+        cells = [
+            cell.ljust(w) if i < 2 else cell.rjust(w) for i, (cell, w) in enumerate(zip(line, widths, strict=True))
+        ]
+        cells[-1] = line[-1]
+        lines.append("  ".join(cells).rstrip())
+    lines += ["", *result.notes]
+    first = result.first_failure
+    if first is None:
+        lines.append(f"{result.spec_name}: all {len(result.rows)} comparisons within budget over {result.steps} steps")
+    else:
+        lines.append(
+            f"{result.spec_name}: first over budget: {first.row.name} at step {first.step} "
+            f"(keras err {first.row.keras_error:.2e} > budget {first.row.budget:.2e}; torch32 err "
+            f"{first.row.torch_error:.2e})"
+        )
+    return "\n".join(lines)
+
+
+def as_json(result: TrainCheckResult) -> dict[str, Any]:
+    first = result.first_failure
+    return {
+        "spec": result.spec,
+        "spec_name": result.spec_name,
+        "mode": "train-steps",
+        "resolution": result.resolution,
+        "batch": result.batch,
+        "seed": result.seed,
+        "steps": result.steps,
+        "recipe": result.recipe,
+        "budget_multiple": BUDGET_MULTIPLE,
+        "floor_ulps": FLOOR_ULPS,
+        "ok": result.ok,
+        "first_failure": None if first is None else {"step": first.step, "name": first.row.name},
+        "notes": list(result.notes),
+        "rows": [
+            {
+                "step": row.step,
+                "quantity": row.quantity,
+                "section": row.section,
+                "scale": row.row.scale,
+                "torch_error": row.row.torch_error,
+                "keras_error": row.row.keras_error,
+                "keras_vs_torch": row.row.keras_vs_torch,
+                "budget": row.row.budget,
+                "ok": row.row.ok,
+            }
+            for row in result.rows
+        ],
+    }

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from types import ModuleType
@@ -376,17 +376,93 @@ def stage_index(epoch: int, epochs: int, stage_count: int) -> int:
     return min(epoch * stage_count // epochs, stage_count - 1)
 
 
-def prepare_output(output: str | Path) -> None:
-    """Create --output (a local directory) or refuse it in one line: a file, or not writable."""
+#: What a run of either trainer leaves in its --output folder.
+RUN_FILES = (
+    "checkpoint.pt",
+    "checkpoint",
+    "metrics.csv",
+    "steps.csv",
+    "log.jsonl",
+    "model.pt",
+    "model.weights.h5",
+    "summary.json",
+    "tensorboard",
+)
+MAX_LOG_BYTES = 256 << 20  # a metrics.csv, steps.csv or log.jsonl read back on --resume
+_HELD: list[Any] = []  # the run-folder locks of this process, held until it exits
+
+
+def prepare_output(
+    output: str | Path, holder: str = "train.py", fresh: bool | Callable[[], bool] = True, resume: bool = False
+) -> None:
+    """Create and lock --output (a local directory), or refuse it in one line: not a folder, not
+    writable, in use by another trainer (named), or holding a run (of either backend, any spec)
+    when this one starts ``fresh`` (without --resume). On a resume, the logs it will extend must be
+    readable."""
+    from effspec.errors import EffspecError
+    from effspec.output import lock_folder
+
     path = Path(output)
-    if path.exists() and not path.is_dir():
-        raise TrainingError(f"--output {output}: is a file, not a directory")
     try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise TrainingError(f"--output {output}: cannot create it ({exc.strerror or exc})") from exc
+        _HELD.append(lock_folder(path, f"{holder}, started {_now()}"))
+    except EffspecError as exc:
+        raise TrainingError(str(exc)) from None
     if not os.access(path, os.W_OK | os.X_OK):
         raise TrainingError(f"--output {output}: not writable")
+    if callable(fresh):  # decided after the lock is held (it may read the folder)
+        fresh = fresh()
+    present = [name for name in RUN_FILES if os.path.lexists(path / name)]
+    if fresh and present:
+        advice = (
+            "no checkpoint of this trainer to --resume from (another backend's or spec's run?)"
+            if resume
+            else "pass --resume to continue it"
+        )
+        found = ", ".join(present)
+        raise TrainingError(f"--output {output} holds a run ({found}): {advice}, or choose another --output")
+    if not fresh:
+        for name in ("metrics.csv", "steps.csv", "log.jsonl"):
+            check_log(path / name)
+
+
+def _now() -> str:
+    import time
+
+    return time.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def check_log(path: Path) -> None:
+    """A log a resumed run extends: absent, or a regular UTF-8 text file of bounded size whose CSV
+    (or JSON lines) parse; else one TrainingError naming it."""
+    import csv
+    import json
+    import stat
+
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise TrainingError(f"--resume: cannot read {path}: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise TrainingError(f"--resume: {path} is damaged: expected a regular file")
+    if info.st_size > MAX_LOG_BYTES:
+        raise TrainingError(f"--resume: {path} is damaged: {info.st_size:,} bytes, expected at most {MAX_LOG_BYTES:,}")
+    try:
+        text = path.read_bytes().decode("utf-8")
+        if path.suffix == ".jsonl":
+            for line in text.splitlines():
+                if line.strip() and not isinstance(json.loads(line), dict):
+                    raise ValueError("a line is not a JSON object")
+        else:
+            rows = list(csv.reader(text.splitlines()))
+            if rows and any(len(row) != len(rows[0]) for row in rows[1:]):
+                raise ValueError("rows of different lengths")
+    except (ValueError, csv.Error, RecursionError) as exc:
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+        raise TrainingError(
+            f"--resume: {path} is damaged ({reason}); move it away to resume without its rows"
+        ) from None
 
 
 def build_network(net: ModuleType, num_classes: int, dropout: float, drop_path_rate: float) -> Any:

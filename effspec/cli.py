@@ -61,8 +61,10 @@ def _cmd_info(args: argparse.Namespace) -> int:
         print(line, file=sys.stderr)
     if args.diagram:  # matplotlib loads only here
         from effspec.diagram import draw_diagram
+        from effspec.pipeline import spec_inputs
 
-        print(f"wrote {draw_diagram(compiled.report, Path(args.diagram))}", file=sys.stderr)
+        written = draw_diagram(compiled.report, Path(args.diagram), spec_inputs(args.spec))
+        print(f"wrote {written}", file=sys.stderr)
     if args.json:
         print(json.dumps(info_json(compiled.report), indent=2))
     else:

@@ -9,6 +9,7 @@ here, only when a diagram is asked for.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 from effspec.analysis import Report
@@ -108,8 +109,22 @@ def _rows(report: Report) -> list[dict[str, object]]:
     return rows
 
 
-def draw_diagram(report: Report, path: Path) -> Path:
+def save_figure(fig: object, path: Path, flag: str = "-o", inputs: Iterable[Path | str] = ()) -> Path:
+    """``fig.savefig`` through effspec.output: a unique temporary file, then a rename (never through
+    a link, never into a FIFO or a device, never over an input; a full disk is exit 2 with the
+    previous figure intact)."""
+    from effspec.output import staged_file
+
+    with staged_file(path, flag=flag, inputs=inputs, parents=True) as temp:
+        fig.savefig(temp, dpi=110, format=path.suffix.lower().lstrip("."))  # type: ignore[attr-defined]
+    return path
+
+
+def draw_diagram(report: Report, path: Path, inputs: Iterable[Path | str] = ()) -> Path:
+    from effspec.output import check_early
+
     _check_suffix(path, "--diagram")
+    check_early(path, "--diagram", inputs)  # before matplotlib loads
     figure_class = import_matplotlib("--diagram")
     from matplotlib.patches import Patch, Rectangle
 
@@ -170,6 +185,4 @@ def draw_diagram(report: Report, path: Path) -> Path:
         Patch(facecolor=COLORS["conv-bn-act"], edgecolor="#333333", label="conv-BN-act")
     ]
     ax.legend(handles=handles, loc="lower right", fontsize=8, frameon=False, ncol=len(handles))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    return path
+    return save_figure(fig, path, "--diagram", inputs)

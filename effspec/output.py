@@ -108,6 +108,21 @@ def check_file_target(path: Path, flag: str = "-o", inputs: Iterable[Path | str]
     _ensure_folder(path.parent, parents, flag, path)
 
 
+def check_early(path: Path | str, flag: str = "-o", inputs: Iterable[Path | str] = ()) -> None:
+    """Before a command's work: refuse what writing ``path`` later would refuse (a folder, a FIFO,
+    a device, an input, a file in the way of its folder), creating nothing."""
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    if folder.is_dir():
+        check_file_target(path, flag, inputs)
+        return
+    for ancestor in folder.parents if folder.is_absolute() else [*folder.parents][:-1]:
+        if ancestor.exists():
+            if not ancestor.is_dir():
+                raise OutputError(f"cannot write {path}: a file is in the way of a folder on that path ({ancestor})")
+            return
+
+
 def _ensure_folder(folder: Path, create: bool, flag: str, path: Path) -> None:
     folder = folder if str(folder) else Path(".")
     if create:

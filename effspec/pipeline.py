@@ -43,6 +43,13 @@ def build(path: str | Path) -> Compiled:
     return Compiled(model, report, warnings)
 
 
+def spec_inputs(path: str | Path) -> list[Path]:
+    """The files a spec is read from (itself and every base in its extends chain): never an output."""
+    from effspec.loader import resolve
+
+    return [Path(source) for source, _ in resolve(path).sources]
+
+
 def emit(model: ir.Model, backends: Sequence[str]) -> dict[str, dict[str, str]]:
     """{"<backend>/<python_name>": {file name: text}} for every requested backend."""
     return {f"{name}/{model.python_name}": dict(get_backend(name).emit(model)) for name in backends}

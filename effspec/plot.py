@@ -11,12 +11,13 @@ panel plots top-1 against MACs (the paper's Figure 5). Figures come from effspec
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from effspec.diagram import FORMATS, import_matplotlib
+from effspec.diagram import FORMATS, import_matplotlib, save_figure
 from effspec.errors import UsageError
 from effspec.scale import DEFAULT_COEFFICIENTS
 
@@ -74,14 +75,40 @@ def load_point(path: Path) -> Point:
     )
 
 
+MAX_ACCURACY_BYTES = 16 << 20
+
+
+def _read_bounded(path: Path) -> bytes:
+    """A regular file of at most MAX_ACCURACY_BYTES, read once, never blocking on a FIFO."""
+    import os
+    import stat
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise UsageError(f"--accuracy {path}: cannot read it: {exc.strerror or exc}") from None
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_ACCURACY_BYTES:
+            raise UsageError(f"--accuracy {path}: expected a regular file of at most {MAX_ACCURACY_BYTES:,} bytes")
+        return handle.read(MAX_ACCURACY_BYTES + 1)
+
+
 def read_accuracy(path: Path, points: list[Point]) -> list[Point]:
     """Attach top-1 from a CSV with a name/spec column and a top1/val_top1/accuracy column."""
     import dataclasses
 
-    if not path.is_file():
-        raise UsageError(f"--accuracy {path}: no such file")
-    with open(path, newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
+    raw = _read_bounded(path)
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise UsageError(
+            f"--accuracy {path}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start})"
+        ) from None
+    try:
+        rows = list(csv.DictReader(io.StringIO(text, newline="")))
+    except csv.Error as exc:
+        raise UsageError(f"--accuracy {path}: not a readable CSV file ({exc})") from None
     if not rows:
         raise UsageError(f"--accuracy {path}: no rows")
     key_col = next((c for c in ("name", "spec") if c in rows[0]), None)
@@ -92,11 +119,15 @@ def read_accuracy(path: Path, points: list[Point]) -> list[Point]:
             f"found {', '.join(rows[0])}"
         )
     table: dict[str, float] = {}
-    for row in rows:
+    for number, row in enumerate(rows, start=2):
         try:
             value = float(row[acc_col])
         except (TypeError, ValueError):
             continue  # a failed trial or an empty cell
+        if not math.isfinite(value):
+            raise UsageError(
+                f"--accuracy {path}: row {number}: {acc_col} is {row[acc_col]!r}, expected a finite number"
+            )
         key = row[key_col] or ""
         table[key] = value
         table[Path(key).stem] = value
@@ -123,7 +154,7 @@ def _short(name: str, prefix: str) -> str:
     return name[len(prefix) :] if prefix and name.startswith(prefix) and len(name) > len(prefix) else name
 
 
-def draw(points: list[Point], path: Path) -> Path:
+def draw(points: list[Point], path: Path, inputs: list[Path] | tuple[Path, ...] = ()) -> Path:
     import os
 
     figure_class = import_matplotlib("effspec plot")
@@ -209,9 +240,7 @@ def draw(points: list[Point], path: Path) -> Path:
         axes[2].grid(True, which="both", alpha=0.25)
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncol=3, fontsize=8, frameon=False)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    return path
+    return save_figure(fig, path, "-o", inputs)
 
 
 def run(args: object) -> int:
@@ -222,11 +251,18 @@ def run(args: object) -> int:
     for p in paths:
         if not p.is_file():
             raise UsageError(f"spec not found: {p}")
+    from effspec.output import check_early
+    from effspec.pipeline import spec_inputs
+
+    inputs = [source for p in paths for source in spec_inputs(p)]
+    if args.accuracy:  # type: ignore[attr-defined]
+        inputs.append(Path(args.accuracy))  # type: ignore[attr-defined]
+    check_early(out, "-o", inputs)  # a folder, a FIFO or an input is refused before any work
     import_matplotlib("effspec plot")  # fail before any work when it is missing
     points = [load_point(p) for p in paths]
     if args.accuracy:  # type: ignore[attr-defined]
         points = read_accuracy(Path(args.accuracy), points)  # type: ignore[attr-defined]
-    draw(points, out)
+    draw(points, out, inputs)
     for p in sorted(points, key=lambda p: (p.family != points[0].family, p.phi)):
         top1 = f", top-1 {p.top1:.2f}%" if p.top1 is not None else ""
         print(f"{p.name}: phi {p.phi:.2f}, {p.params:,} parameters, {p.macs:,} MACs{top1}")

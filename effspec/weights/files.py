@@ -89,7 +89,7 @@ def _first_line(exc: BaseException) -> str:
 # torch pickles ------------------------------------------------------------------------------------
 
 
-def _check_zip(path: Path) -> None:
+def check_zip(path: Path) -> None:
     """A torch zip file holds stored members only, together no larger than the file itself."""
     size = path.stat().st_size
     try:
@@ -150,7 +150,7 @@ def _load_pickle(path: Path) -> Checkpoint:
     import torch
 
     if zipfile.is_zipfile(path):
-        _check_zip(path)
+        check_zip(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=False)
     except Exception as exc:  # noqa: BLE001 - an untrusted file: whatever the reader raises is the user's problem

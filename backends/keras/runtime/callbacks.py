@@ -94,8 +94,9 @@ class RunLog(keras.callbacks.Callback):
             **{name: float(value) for name, value in (logs or {}).items()},
         }
         self._append_csv(f"{self.output}/metrics.csv", record)
-        with tf.io.gfile.GFile(f"{self.output}/log.jsonl", "a") as file:
-            file.write(json.dumps({**record, "batch_shape": self.batch_shape}, sort_keys=True) + "\n")
+        _append(
+            f"{self.output}/log.jsonl", json.dumps({**record, "batch_shape": self.batch_shape}, sort_keys=True) + "\n"
+        )
 
     def _append_csv(self, path: str, record: dict[str, Any]) -> None:
         """Columns are fixed by the first row ever written, also across resumes."""
@@ -105,10 +106,28 @@ class RunLog(keras.callbacks.Callback):
                 first = file.readline().strip()
             header = first.split(",") if first else None
         columns = header or [*self.COLUMNS, *sorted(set(record) - set(self.COLUMNS))]
+        lines = "" if header is not None else ",".join(columns) + "\n"
+        _append(path, lines + ",".join(str(record.get(name, "")) for name in columns) + "\n")
+
+
+def _append(path: str, text: str) -> None:
+    """Append to a run's log: locally through effspec.output (never through a link or into a FIFO)."""
+    if "://" in path:
         with tf.io.gfile.GFile(path, "a") as file:
-            if header is None:
-                file.write(",".join(columns) + "\n")
-            file.write(",".join(str(record.get(name, "")) for name in columns) + "\n")
+            file.write(text)
+        return
+    import os
+
+    from effspec.errors import EffspecError
+    from effspec.output import open_append
+
+    from ...recipe import TrainingError
+
+    try:
+        with os.fdopen(open_append(path), "a", encoding="utf-8") as file:
+            file.write(text)
+    except EffspecError as exc:
+        raise TrainingError(str(exc)) from None
 
 
 class Callbacks:

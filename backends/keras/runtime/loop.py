@@ -26,7 +26,7 @@ from ...recipe import (
 )
 from .args import parse_args
 from .callbacks import Callbacks, head_dropout
-from .checkpoint import Checkpoint, resume_directory, write_json
+from .checkpoint import Checkpoint, resume_directory, save_weights, write_json
 from .data import open_data
 from .distribution import is_chief, make_strategy, precision_policy, sync_batch_norm, synchronize_batch_norm
 from .finetune import Freezer, initialize
@@ -69,7 +69,7 @@ def export_final_weights(args: argparse.Namespace, net: ModuleType, model: keras
         model.optimizer.swap_average()
     export = build_network(net, args.num_classes, args.dropout, args.drop_path_rate)
     export.set_weights(model.get_weights())
-    export.save_weights(path)
+    save_weights(export, path)  # atomic (effspec.output)
 
 
 def remat_scope(args: argparse.Namespace) -> Any:
@@ -84,8 +84,13 @@ def train(args: argparse.Namespace, recipe: Recipe, net: ModuleType) -> dict[str
     check_numbers(args, recipe)
     check_model(recipe, net)
     output = args.output.rstrip("/")
-    if "://" not in output:
-        prepare_output(output)
+    if "://" not in output:  # locked: a second trainer on this --output stops here, naming this one
+        prepare_output(
+            output,
+            f"Keras train.py of {recipe.spec_name}",
+            fresh=lambda: resume_directory(args, f"{output}/checkpoint") is None,
+            resume=args.resume is not None,
+        )
     strategy, kind = make_strategy(args)  # first: logical devices must precede any op
     keras.utils.set_random_seed(args.seed)
     keras.mixed_precision.set_dtype_policy(precision_policy(args, kind))

@@ -102,34 +102,53 @@ def to_cpu(value: Any) -> Any:
     return value
 
 
-def temporary_path(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
-
-
 def remove_stale_temporaries(path: Path) -> None:
-    """A run killed mid-write leaves .checkpoint.pt.<pid>.tmp: a resumed run removes it."""
+    """A run killed mid-write leaves a temporary checkpoint beside ``path``: a resumed run removes
+    it (effspec.output's names of dead processes, and the older .checkpoint.pt.<pid>.tmp)."""
+    from effspec.output import clean_stale
+
+    clean_stale(path.parent)
     for stale in path.parent.glob(f".{path.name}.*.tmp"):
         stale.unlink(missing_ok=True)
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Atomic: a crash mid-write leaves the previous checkpoint in place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = temporary_path(path)
+    """Atomic (effspec.output): a crash or a full disk mid-write leaves the previous checkpoint in
+    place, and a full disk is one TrainingError."""
+    from effspec.errors import EffspecError
+    from effspec.output import staged_file
+
     try:
-        with open(temporary, "wb") as handle:
+        with staged_file(path, flag="", parents=True) as temporary, open(temporary, "wb") as handle:
             torch.save(to_cpu(state), handle)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    except EffspecError as exc:
+        raise TrainingError(str(exc)) from None
+    except RuntimeError as exc:  # torch's writer reports a full disk as "unexpected pos"
+        raise TrainingError(f"cannot write {path}: {(str(exc).splitlines() or ['write failed'])[0]}") from None
+
+
+def check_archive(path: Path) -> None:
+    """The sizes in a checkpoint's zip directory, checked before torch inflates anything (as
+    convert-weights does): a zip bomb or a forged size is refused without allocating."""
+    import zipfile
+
+    from effspec.errors import EffspecError
+    from effspec.weights.files import check_zip
+
+    if zipfile.is_zipfile(path):
+        try:
+            check_zip(path)
+        except EffspecError as exc:
+            raise TrainingError(f"--resume: cannot read {path} as a checkpoint: {exc}") from None
 
 
 def load_checkpoint(path: Path, expected: dict[str, Any], spec_name: str) -> dict[str, Any]:
     """Read a checkpoint and refuse one that is forged, truncated or belongs to another setup."""
     if not path.is_file():
         raise TrainingError(f"--resume: no checkpoint at {path}")
+    check_archive(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a truncated, forged or foreign file: say which and why

@@ -47,18 +47,39 @@ class MetricsLog:
     @staticmethod
     def _start(path: Path, fields: Sequence[str], resume_step: int | None) -> None:
         """A fresh file, or on --resume the rows up to the checkpoint's step."""
+        import io
+
+        from effspec.errors import EffspecError
+        from effspec.output import write_file
+
+        from ...recipe import TrainingError, check_log
+
         rows: list[dict[str, str]] = []
         if resume_step is not None and path.is_file():
-            with open(path, newline="") as handle:
-                rows = [row for row in csv.DictReader(handle) if int(row["global_step"]) <= resume_step]
-        with open(path, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=fields, lineterminator="\n")
-            writer.writeheader()
-            writer.writerows(rows)
+            check_log(path)  # a regular UTF-8 file of bounded size whose CSV parses
+            try:
+                reader = csv.DictReader(io.StringIO(path.read_text(encoding="utf-8"), newline=""))
+                rows = [row for row in reader if int(row["global_step"]) <= resume_step]
+            except (ValueError, KeyError, TypeError, csv.Error) as exc:
+                raise TrainingError(
+                    f"--resume: {path} is damaged (no global_step column or a bad value: {exc})"
+                ) from None
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=fields, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        try:
+            write_file(path, text.getvalue(), flag="")  # atomic; never through a link or into a FIFO
+        except EffspecError as exc:
+            raise TrainingError(str(exc)) from None
 
     @staticmethod
     def _append(path: Path, fields: Sequence[str], row: dict[str, Any]) -> None:
-        with open(path, "a", newline="") as handle:
+        import os
+
+        from effspec.output import open_append
+
+        with os.fdopen(open_append(path), "a", newline="") as handle:  # never through a link or into a FIFO
             csv.DictWriter(handle, fieldnames=fields, lineterminator="\n").writerow(row)
 
     def step(self, row: dict[str, Any]) -> None:

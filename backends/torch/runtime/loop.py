@@ -290,12 +290,13 @@ def train(args: argparse.Namespace, runtime: Runtime, recipe: Recipe, net: Modul
         torch.backends.cudnn.benchmark = True
     checkpoint = resume_path(args)
     latest = args.output / "checkpoint.pt"
+    if runtime.is_main:  # locked first: a second trainer on this --output stops here, naming this one
+        holder = f"torch train.py of {recipe.spec_name}"
+        prepare_output(args.output, holder, fresh=checkpoint is None, resume=args.resume is not None)
     if checkpoint is None and latest.exists():
         raise TrainingError(
             f"{args.output} already holds a checkpoint: pass --resume to continue it, or choose another --output"
         )
-    if runtime.is_main:
-        prepare_output(args.output)
     stages = training_stages(args, recipe)
     data = Data(args, runtime, stages, net)
     args.num_classes = data.num_classes
@@ -391,7 +392,7 @@ def train(args: argparse.Namespace, runtime: Runtime, recipe: Recipe, net: Modul
             break
     if log is not None:
         export = to_cpu(trainer.evaluated_model().state_dict())
-        torch.save(export, args.output / "model.pt")
+        save_checkpoint(args.output / "model.pt", export)  # atomic (effspec.output), as every output
         log.close()
 
 

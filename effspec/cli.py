@@ -208,6 +208,14 @@ def main(argv: list[str] | None = None) -> int:
         from effspec.limits import check_args
 
         check_args(args)  # every sizing flag bounded before any work
+        from effspec.output import declare_inputs
+
+        named = [getattr(args, name, None) for name in ("weights", "input", "accuracy")]
+        specs = [getattr(args, "spec", None), *(getattr(args, "specs", None) or [])]
+        declare_inputs(  # no output of this command may replace one of them
+            files=[item for item in named if isinstance(item, str)],
+            specs=[item for item in specs if isinstance(item, str)],
+        )
         code = int(args.handler(args))
         sys.stdout.flush()  # a full disk (`> /dev/full`) shows up here, not silently at exit
         return code

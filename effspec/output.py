@@ -74,13 +74,38 @@ def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
     return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
+_declared_files: list[Path] = []  # what the running command reads (declare_inputs)
+_declared_specs: list[Path] = []  # specs it reads: each with its extends chain
+
+
+def declare_inputs(files: Iterable[Path | str | None] = (), specs: Iterable[Path | str | None] = ()) -> None:
+    """Name the files this process's command reads (``effspec.cli`` does it for every command from
+    its arguments): no write of this module will ever replace one of them, nor a base in a spec's
+    extends chain."""
+    _declared_files[:] = [Path(item) for item in files if item]  # a new command: its own inputs only
+    _declared_specs[:] = [Path(item) for item in specs if item]
+
+
+def _all_inputs(inputs: Iterable[Path | str]) -> list[Path | str]:
+    found: list[Path | str] = [*inputs, *_declared_files, *_declared_specs]
+    for spec in _declared_specs:  # read only when an output path exists: it may be one of them
+        try:
+            from effspec.loader import resolve
+
+            found.extend(source for source, _ in resolve(spec).sources)
+        except Exception:  # noqa: BLE001 - a spec that does not load is reported by the command itself
+            continue
+    return found
+
+
 def check_not_input(path: Path, inputs: Iterable[Path | str], flag: str = "-o") -> None:
-    """Refuse an output path that is (or links to, or is a hard link of) one of the inputs."""
+    """Refuse an output path that is (or links to, or is a hard link of) one of the inputs, or of
+    the files declared with :func:`declare_inputs`."""
     try:
         target = os.stat(path)
     except OSError:
         return  # nothing there (or unreachable): it cannot be an input that was read
-    for item in inputs:
+    for item in _all_inputs(inputs):
         try:
             if _same_file(target, os.stat(item)):
                 raise OutputError(
@@ -133,7 +158,9 @@ def _ensure_folder(folder: Path, create: bool, flag: str, path: Path) -> None:
     try:
         info = os.stat(folder)
     except FileNotFoundError:
-        raise OutputError(f"cannot write {path}: No such file or directory (no folder {folder})") from None
+        raise OutputError(
+            f"cannot write {path}: No such file or directory (the folder {folder} does not exist)"
+        ) from None
     except OSError as exc:
         raise error(path, exc) from None
     if not stat.S_ISDIR(info.st_mode):
@@ -336,7 +363,7 @@ def check_folder_target(path: Path | str, flag: str = "-o", inputs: Iterable[Pat
                 f"{_flag(flag, path)}: the folder is not empty and holds files effspec did not write "
                 f"({len(entries)} entr{'y' if len(entries) == 1 else 'ies'}); choose a new folder name"
             )
-    for item in inputs:  # an input inside the folder would be replaced with it
+    for item in _all_inputs(inputs) if info is not None else ():  # an input inside would go with it
         try:
             if info is not None and Path(os.path.realpath(item)).is_relative_to(os.path.realpath(path)):
                 raise OutputError(f"{_flag(flag, path)}: holds one of this command's inputs ({item})")

@@ -509,8 +509,7 @@ def run(args: object) -> int:  # noqa: C901 - one linear command
     # in its extends chain) is refused at once.
     out = Path(a.output)  # type: ignore[attr-defined]
     inputs = [Path(source) for source, _ in resolve(spec_path).sources]
-    if out.parent.is_dir():  # a missing folder is created when writing (it cannot hold an input)
-        output.check_file_target(out, inputs=inputs)
+    output.check_early(out, "-o", inputs)
     base_spec = load_spec(spec_path).spec
     base_scaling = base_spec.scaling
     alpha, beta, gamma = DEFAULT_COEFFICIENTS

@@ -41,6 +41,7 @@ from effspec.errors import UsageError
 DEFAULT_GRID = "alpha=1.0:2.0:0.05,beta=1.0:1.5:0.05,gamma=1.0:1.5:0.05"
 MACS_TOLERANCE = 0.10  # the real MACs ratio must be within 10% of the requested one
 MAX_INTERRUPTIONS = 3  # a candidate whose worker died this often is not enqueued again
+FOREIGN_WAIT_STEPS = 30  # x 0.1 s: how long a study without effspec's creator mark may be young
 HEARTBEAT_S = 20  # for workers on other machines: a RUNNING trial silent for GRACE_S is stale
 GRACE_S = 120
 RESULT_FIELDS = (
@@ -166,13 +167,10 @@ def candidate_spec_text(base: Path, out: Path, name: str, c: Candidate, divisor:
 
 
 def _write_atomic(path: Path, text: str | bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    if isinstance(text, bytes):
-        tmp.write_bytes(text)
-    else:
-        tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    """Every file of a search's folder, through effspec.output (atomic, unique temporary names)."""
+    from effspec.output import write_file
+
+    write_file(path, text, flag="", parents=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -282,15 +280,24 @@ def open_study(storage_url: str, name: str, fingerprint: dict[str, Any], picks: 
         study = optuna.load_study(storage=storage, study_name=name)
         creator = False
     if creator:
+        study.set_user_attr("settings", fingerprint)  # first: a study with a creator has its settings
         study.set_user_attr("creator", worker_id())
-        study.set_user_attr("settings", fingerprint)
     else:
+        for _ in range(FOREIGN_WAIT_STEPS):  # the creator names itself right after creating the study
+            if "creator" in study.user_attrs:
+                break
+            time.sleep(0.1)
+        else:
+            raise UsageError(
+                f"the storage already holds a study named {name!r} that effspec search did not create "
+                "(no creator or settings): use another -o DIR or --storage"
+            )
         for _ in range(1200):  # the creator is enqueueing right now: wait for it (unless it died)
             attrs = study.user_attrs
             if attrs.get("enqueued") or worker_alive(attrs.get("creator", "")) is False:
                 break
             time.sleep(0.1)
-        if study.user_attrs.get("settings", fingerprint) != fingerprint:
+        if study.user_attrs.get("settings") != fingerprint:
             raise UsageError(
                 f"the storage already holds search {name!r} with other settings "
                 f"({json.dumps(study.user_attrs['settings'])}): use another -o DIR or --storage"
@@ -568,11 +575,9 @@ def plot_search(rows: list[dict[str, Any]], best: dict[str, Any], path: Path, ba
     ax.grid(True, alpha=0.3)
     ax.margins(x=0.15, y=0.3)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, path)
-    return path
+    from effspec.diagram import save_figure
+
+    return save_figure(fig, path, "")
 
 
 # ---------------------------------------------------------------------------------------------

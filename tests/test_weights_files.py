@@ -205,7 +205,7 @@ def test_out_must_be_writable(tmp_path: Path, capsys) -> None:
     torch.save(_state(), good)
     _assert_exit_2(capsys, "torch", "keras", good, tmp_path / "no" / "such" / "x.weights.h5", "does not exist")
     (tmp_path / "dir.weights.h5").mkdir()
-    _assert_exit_2(capsys, "torch", "keras", good, tmp_path / "dir.weights.h5", "is a folder")
+    _assert_exit_2(capsys, "torch", "keras", good, tmp_path / "dir.weights.h5", "found a directory")
 
 
 def test_atomic_output_replaces_on_success_and_keeps_out_on_failure(tmp_path: Path) -> None:

@@ -15,18 +15,15 @@ Every problem is a ``ConversionError`` (exit 2) with one line naming the file. A
 nested under ``state_dict`` / ``state_dict_ema`` / ``model`` (timm and generated train.py checkpoints);
 DDP's ``module.`` prefix is removed.
 
-Writing: ``atomic_output`` writes to a temporary sibling and renames it over OUT, so a failure leaves
-an existing OUT untouched and no partial file.
+Writing: ``atomic_output`` (effspec.output) writes to a temporary sibling and renames it over OUT, so
+a failure leaves an existing OUT untouched and no partial file.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import os
-import shutil
 import struct
-import tempfile
 import zipfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -302,64 +299,27 @@ def save_keras_file(model: keras.Model, path: Path) -> None:
 
 
 def check_output(path: Path, directory: bool = False) -> None:
-    """OUT can be written: its folder exists and it is not a folder (unless ``directory``)."""
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise UsageError(f"{path}: the folder {parent} does not exist")
-    if path.exists() and not directory and path.is_dir():
-        raise UsageError(f"{path}: is a folder, expected a file name")
-    if path.exists() and directory and not path.is_dir():
-        raise UsageError(f"{path}: exists and is not a folder")
-    if not os.access(parent, os.W_OK):
-        raise UsageError(f"{path}: the folder {parent} is not writable")
+    """OUT can be written (effspec.output's rules): a file name whose folder exists, or a folder
+    that is missing, empty or effspec's own previous output (``directory``)."""
+    from effspec import output
+
+    if directory:
+        output.check_folder_target(path, flag="")
+    else:
+        output.check_file_target(path, flag="")
 
 
 @contextlib.contextmanager
 def atomic_output(path: Path, directory: bool = False) -> Iterator[Path]:
     """Yield a temporary sibling of ``path`` (a file name with the same suffix, or a fresh folder);
-    on success it is renamed over ``path``. On any failure it is removed and ``path`` is untouched."""
-    check_output(path, directory)
-    parent = path.parent if str(path.parent) else Path(".")
-    suffix = "".join(path.suffixes[-2:]) if path.name.endswith(KERAS_SUFFIX) else path.suffix
+    on success it takes ``path``'s place (effspec.output). On any failure it is removed and
+    ``path`` is untouched."""
+    from effspec import output
+
     if directory:
-        temporary = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=parent))
-    else:
-        handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".partial{suffix}", dir=parent)
-        os.close(handle)
-        temporary = Path(name)
-    try:
-        yield temporary
-        if directory:
-            _replace_directory(temporary, path)
-        else:
-            mode = 0o666 & ~_umask()
-            os.chmod(temporary, mode)
-            os.replace(temporary, path)
-    except BaseException:
-        if temporary.is_dir():
-            shutil.rmtree(temporary, ignore_errors=True)
-        else:
-            temporary.unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _replace_directory(new: Path, path: Path) -> None:
-    os.chmod(new, 0o777 & ~_umask())
-    if not path.exists():
-        os.replace(new, path)
+        with output.staged_folder(path, flag="") as temporary:
+            yield temporary
         return
-    old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=new.parent))
-    old.rmdir()
-    os.replace(path, old)
-    try:
-        os.replace(new, path)
-    except BaseException:
-        os.replace(old, path)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
+    suffix = "".join(path.suffixes[-2:]) if path.name.endswith(KERAS_SUFFIX) else path.suffix
+    with output.staged_file(path, flag="", suffix=suffix) as temporary:
+        yield temporary

@@ -374,6 +374,12 @@ def _row(what: str, size: int, value: np.ndarray, reference: np.ndarray) -> Veri
     value, reference = np.asarray(value, dtype=np.float64), np.asarray(reference, dtype=np.float64)
     if value.shape != reference.shape:
         raise ConversionError(f"verify: {what} shape {value.shape} does not match the source's {reference.shape}")
+    for side, array in (("the source model", reference), ("the converted model", value)):
+        if not np.isfinite(array).all():  # NaN compares as no error at all: never a pass
+            raise ConversionError(
+                f"verify: {what} at {size}x{size}: {side} computes NaN or infinite values "
+                "(non-finite weights in the checkpoint?); nothing written"
+            )
     max_abs = float(np.max(np.abs(value - reference)))
     scale = float(np.max(np.abs(reference))) or 1.0
     return VerifyRow(what, size, max_abs, max_abs / scale)

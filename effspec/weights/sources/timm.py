@@ -10,6 +10,7 @@ symmetric padding and eps 1e-5. Preprocessing comes from the model's pretrained 
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -34,14 +35,45 @@ def _import():
 
 
 def _config_json(path: Path) -> dict[str, Any]:
+    """The Hugging Face config.json beside a checkpoint, as hostile input: a regular file of at most
+    1 MB whose ``architecture`` and ``pretrained_cfg.tag`` look like a timm name, and whose
+    pretrained_cfg values have the expected types and ranges; anything else is ignored (read as {})."""
     candidate = path.parent / "config.json"
     if not candidate.is_file() or candidate.stat().st_size > 1_000_000:
         return {}
     try:
         data = json.loads(candidate.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError):
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
         return {}
-    return data if isinstance(data, dict) else {}
+    if not isinstance(data, dict) or not isinstance(data.get("architecture"), str):
+        return {}
+    cfg = data.get("pretrained_cfg") if isinstance(data.get("pretrained_cfg"), dict) else {}
+    tag = cfg.get("tag")
+    name = data["architecture"] + (f".{tag}" if isinstance(tag, str) and tag else "")
+    if not _PATTERN.match(name) or len(name) > 200:
+        return {}
+    return {"architecture": data["architecture"], "pretrained_cfg": _clean_cfg(cfg)}
+
+
+def _clean_cfg(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The pretrained_cfg entries conventions() reads, each kept only when well formed."""
+    clean: dict[str, Any] = {}
+    if isinstance(cfg.get("tag"), str):
+        clean["tag"] = cfg["tag"]
+    size = cfg.get("input_size")
+    if isinstance(size, list) and size and all(type(v) is int and 1 <= v <= 8192 for v in size):
+        clean["input_size"] = size
+    crop_pct = cfg.get("crop_pct")
+    if type(crop_pct) in (int, float) and 0.05 <= crop_pct <= 1:
+        clean["crop_pct"] = crop_pct
+    for key in ("mean", "std"):
+        values = cfg.get(key)
+        if isinstance(values, list) and 1 <= len(values) <= 64 and all(type(v) in (int, float) for v in values):
+            if all(math.isfinite(v) and (key == "mean" or v > 0) for v in values):
+                clean[key] = values
+    if cfg.get("interpolation") in ("bilinear", "bicubic", "nearest", "lanczos"):
+        clean["interpolation"] = cfg["interpolation"]
+    return clean
 
 
 def _from_path(path: Path) -> str | None:

@@ -32,6 +32,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
+from effspec.errors import UsageError
+
 if TYPE_CHECKING:
     import numpy as np
 
@@ -47,7 +49,7 @@ HEAD_CONV = ("head", "pooled_conv")  # canonical layer-name prefixes of the head
 _LISTED = 8  # mismatched tensors named in an error
 
 
-class InitError(Exception):
+class InitError(UsageError):
     """--init cannot be honoured (the trainers report it as a TrainingError: one line, exit 2)."""
 
 
@@ -389,19 +391,18 @@ def detect_format(path: Path) -> str:
 
 
 def _generated_keras(path: Path) -> bool:
-    """A Keras 3 weights file whose variables are not keras.applications' (which name its layers
-    ``stem_conv``, ``block1a_...``: a legacy .h5 has layer groups at the top)."""
+    """A Keras 3 weights file of a generated model, not of a keras.applications model: those keep
+    their input Rescaling layer (and a legacy Keras 2 .h5 has no ``layers`` group)."""
     try:
         import h5py
 
         with h5py.File(path, "r") as handle:
-            keys = set(handle.keys())
-            if "layers" not in keys:
+            if "layers" not in handle:
                 return False
             names = list(handle["layers"].keys())
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, TypeError):
         return True  # the generated reader names the damage
-    return not any(name.startswith(("block1a", "top_", "stem_conv")) for name in names)
+    return not any(name.startswith("rescaling") for name in names)
 
 
 def _keras_file_classes(path: Path) -> int | None:
@@ -553,7 +554,8 @@ def plan_init(source: Source, expected: Mapping[str, tuple[int, ...]], classes: 
             f"--init {source.path}: does not fit this model (nothing loaded; only the classifier may differ): "
             + "; ".join(problems)
         )
-    dropped = [name for name in state if is_classifier.get(name) and name in new]
+    # a classifier the importer made up (the file had none, or the spec's class count) is not dropped
+    dropped = [name for name in state if is_classifier.get(name) and name in new and CLASSIFIER not in fresh_layers]
     file_classes = state.get(f"{CLASSIFIER}.weight")
     count = len(assign)
     parts = [f"init: loaded {count} tensors from {source.path} ({source.kind})"]

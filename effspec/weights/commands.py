@@ -48,9 +48,12 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         in_channels=args.in_channels,
         verify_sizes=(args.verify_size, args.verify_size + 1) if args.verify_size else None,
     )
-    written, notes = convert_file(
-        args.spec, args.source, args.target, Path(args.input), Path(args.output), options=options
-    )
+    from effspec.backends.finetune import resolve_name
+
+    source_path, implied = resolve_name(args.input)  # hf-hub:ORG/NAME, keras.applications:NAME, or a path
+    if implied is not None and implied != args.source:
+        raise UsageError(f"{args.input} is a {implied} checkpoint: pass --from {implied}")
+    written, notes = convert_file(args.spec, args.source, args.target, source_path, Path(args.output), options=options)
     for note in notes:
         print(f"note: {note}")
     print(f"wrote {written}")
@@ -139,7 +142,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         metavar="N",
         help="adapt a 3-channel stem to the spec's N input channels (1: summed; more: repeated and rescaled)",
     )
-    p.add_argument("input", metavar="IN", help="weights file to read")
+    p.add_argument(
+        "input",
+        metavar="IN",
+        help="weights file to read, or a published name found in its library's cache: hf-hub:timm/NAME "
+        "(huggingface_hub) or keras.applications:EfficientNetB0 (Keras' weight cache)",
+    )
     p.add_argument("output", metavar="OUT", help="file to write (torch .pt/.pth/.bin/.safetensors, Keras .weights.h5)")
     p.set_defaults(handler=_cmd_convert)
 

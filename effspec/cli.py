@@ -65,7 +65,15 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
         written = draw_diagram(compiled.report, Path(args.diagram), spec_inputs(args.spec))
         print(f"wrote {written}", file=sys.stderr)
-    if args.json:
+    if args.output_stride is not None and not args.features:
+        raise UsageError(f"--output-stride {args.output_stride}: add --features (it sets the backbone's output stride)")
+    if args.features:
+        from effspec.info import features_json, features_table
+
+        stride = args.output_stride or 32
+        text = json.dumps(features_json(compiled.model, stride), indent=2) if args.json else None
+        print(text or features_table(compiled.model, stride))
+    elif args.json:
         print(json.dumps(info_json(compiled.report), indent=2))
     else:
         print(info_table(compiled.report))
@@ -103,6 +111,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spec", metavar="SPEC")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--diagram", metavar="FILE", help="also draw the architecture: .svg, .png or .pdf (matplotlib)")
+    p.add_argument(
+        "--features",
+        action="store_true",
+        help="the backbone's feature levels instead (build_model(features_only=True)): module, channels, reduction",
+    )
+    p.add_argument(
+        "--output-stride",
+        type=int,
+        choices=(32, 16, 8),
+        metavar="N",
+        help="with --features: the backbone's output stride, 32, 16 or 8 (default: 32)",
+    )
     p.set_defaults(handler=_cmd_info)
 
     p = sub.add_parser("validate", help="load, validate, scale and lower specs without writing anything")

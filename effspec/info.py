@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from effspec import ir
 from effspec.analysis import Report
 
 
@@ -98,5 +99,67 @@ def info_json(report: Report) -> dict[str, Any]:
                 "activation_bytes": row.cost.activation_bytes,
             }
             for row in report.rows
+        ],
+    }
+
+
+def _levels(model: ir.Model, output_stride: int) -> list[dict[str, Any]]:
+    """The backbone's levels at ``output_stride``: what ``build_model(features_only=True)`` returns."""
+    plan = model.at_output_stride(output_stride)
+    return [
+        {
+            "index": level.index,
+            "name": level.name,
+            "module": level.module,
+            "channels": level.channels,
+            "reduction": reduction,
+            # every strided conv rounds up, so the map is ceil(resolution / reduction)
+            "size": [ir.same_output_size(model.resolution, reduction)] * 2,
+        }
+        for level, reduction in zip(model.features, plan.reductions, strict=True)
+    ]
+
+
+def features_table(model: ir.Model, output_stride: int) -> str:
+    """The level table of ``effspec info SPEC --features [--output-stride N]``."""
+    plan = model.at_output_stride(output_stride)
+    header = ("index", "level", "module", "channels", "reduction", f"size at {model.resolution}")
+    rows = [header] + [
+        (
+            str(row["index"]),
+            row["name"],
+            row["module"],
+            str(row["channels"]),
+            str(row["reduction"]),
+            "x".join(map(str, row["size"])),
+        )
+        for row in _levels(model, output_stride)
+    ]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines = [
+        f"{model.name}: backbone at output stride {output_stride} "
+        f"(build_model(features_only=True, output_stride={output_stride})), {len(plan.convs)} convs dilated"
+    ]
+    for i, r in enumerate(rows):
+        lines.append(
+            "  ".join(
+                cell.ljust(w) if j < 3 else cell.rjust(w) for j, (cell, w) in enumerate(zip(r, widths, strict=True))
+            )
+        )
+        if i == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def features_json(model: ir.Model, output_stride: int) -> dict[str, Any]:
+    plan = model.at_output_stride(output_stride)
+    return {
+        "name": model.name,
+        "resolution": model.resolution,
+        "output_stride": output_stride,
+        "features": _levels(model, output_stride),
+        "dilated": [
+            {"conv": change.conv.name, "stride": change.conv.stride, "dilation": change.conv.dilation}
+            for change in plan.convs
         ],
     }

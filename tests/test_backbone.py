@@ -16,6 +16,7 @@ The default set is well conditioned, and is held to 1e-4 in float32 too.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -203,3 +204,23 @@ def test_keras_backbone_loads_the_classification_weights_file(tmp_path: Path) ->
             assert np.array_equal(keras.ops.convert_to_numpy(ours), keras.ops.convert_to_numpy(theirs))
     maps = backbone(np.zeros((1, 64, 64, 3), np.float32))
     assert [tuple(m.shape) for m in maps] == [(1, 32, 32, 16), (1, 8, 8, 24), (1, 4, 4, 576)]
+
+
+def test_info_prints_the_level_table(capsys: pytest.CaptureFixture[str]) -> None:
+    from effspec.cli import main
+
+    assert main(["info", "specs/mobilenetv3-large-100.yaml", "--features", "--output-stride", "16"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "backbone at output stride 16" in lines[0] and "3 convs dilated" in lines[0]
+    assert lines[-1].split() == ["4", "P5", "head", "960", "16", "14x14"]
+    assert main(["info", "specs/efficientnet-b0.yaml", "--features", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [(row["channels"], row["reduction"]) for row in data["features"]] == [
+        (16, 2),
+        (24, 4),
+        (40, 8),
+        (112, 16),
+        (320, 32),
+    ]
+    assert main(["info", "specs/efficientnet-b0.yaml", "--output-stride", "8"]) == 2
+    assert "add --features" in capsys.readouterr().err

@@ -54,6 +54,7 @@ def test_compile_info_validate_never_import_frameworks(tmp_path: Path) -> None:
         "from effspec.cli import main\n"
         f"assert main(['compile', 'specs/efficientnet-b0.yaml', 'specs/efficientnetv2-s.yaml', '-o', {str(tmp_path)!r}]) == 0\n"
         "assert main(['info', 'specs/efficientnet-b0.yaml', '--json']) == 0\n"
+        "assert main(['info', 'specs/efficientnet-b0.yaml', '--features', '--output-stride', '8']) == 0\n"
         "assert main(['validate', 'specs/efficientnet-b7.yaml']) == 0\n"
         "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'tensorflow', 'keras', 'jax'))\n"
         "assert not heavy, heavy\n"

@@ -403,6 +403,7 @@ def prepare_output(
     from effspec.output import lock_folder
 
     path = Path(output)
+    release_outputs()  # runs in one process follow each other: the previous one is over
     try:
         _HELD.append(lock_folder(path, f"{holder}, started {_now()}"))
     except EffspecError as exc:
@@ -423,6 +424,12 @@ def prepare_output(
     if not fresh:
         for name in ("metrics.csv", "steps.csv", "log.jsonl"):
             check_log(path / name)
+
+
+def release_outputs() -> None:
+    """Release this process's run-folder locks (a process exiting releases them too)."""
+    while _HELD:
+        _HELD.pop().release()
 
 
 def _now() -> str:

@@ -148,6 +148,19 @@ def check_early(path: Path | str, flag: str = "-o", inputs: Iterable[Path | str]
             return
 
 
+def make_folder(path: Path | str, flag: str = "-o") -> Path:
+    """Create the folder ``path`` (and its parents) when missing, or refuse it in one line."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)  # mode 0o777 less the umask
+    except FileExistsError:
+        found = describe_mode(os.stat(path).st_mode)
+        raise OutputError(f"{_flag(flag, path)}: expected a folder, found {found}") from None
+    except OSError as exc:
+        raise error(path, exc) from None
+    return path
+
+
 def _ensure_folder(folder: Path, create: bool, flag: str, path: Path) -> None:
     folder = folder if str(folder) else Path(".")
     if create:

@@ -607,6 +607,9 @@ def run(args: Any) -> int:
     if divisor is None:
         divisor = base.scaling.resolution_divisor if isinstance(base.scaling, CompoundScaling) else 8
     out = Path(args.output)
+    from effspec.output import make_folder
+
+    make_folder(out)  # before any work: a file in the way, a read-only or too long path is one line
     data = args.data if args.data == "synthetic" else str(Path(args.data).resolve())
     settings = Settings(
         spec_path,

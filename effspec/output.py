@@ -121,12 +121,7 @@ def check_file_target(path: Path, flag: str = "-o", inputs: Iterable[Path | str]
     path = Path(path)
     if not str(path) or path.name in ("", ".", ".."):
         raise OutputError(f"{_flag(flag, path)}: expected a file name")
-    try:
-        info = os.lstat(path)
-    except FileNotFoundError:
-        info = None
-    except OSError as exc:
-        raise error(path, exc) from None
+    info = _lstat(path)
     if info is not None and not (stat.S_ISREG(info.st_mode) or stat.S_ISLNK(info.st_mode)):
         raise OutputError(f"{_flag(flag, path)}: expected a regular file to write, found {describe_mode(info.st_mode)}")
     check_not_input(path, inputs, flag)
@@ -159,6 +154,16 @@ def make_folder(path: Path | str, flag: str = "-o") -> Path:
     except OSError as exc:
         raise error(path, exc) from None
     return path
+
+
+def _lstat(path: Path) -> os.stat_result | None:
+    """What is at ``path`` (a link itself, not its target), None when nothing; other errors: OutputError."""
+    try:
+        return os.lstat(path)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise error(path, exc) from None
 
 
 def _ensure_folder(folder: Path, create: bool, flag: str, path: Path) -> None:
@@ -358,12 +363,7 @@ def _remove_listed(folder: Path, names: set[str]) -> None:
 def check_folder_target(path: Path | str, flag: str = "-o", inputs: Iterable[Path | str] = ()) -> None:
     """``path`` may receive a folder output: missing, an empty folder, or our own previous output."""
     path = Path(path)
-    try:
-        info = os.lstat(path)
-    except FileNotFoundError:
-        info = None
-    except OSError as exc:
-        raise error(path, exc) from None
+    info = _lstat(path)
     if info is not None:
         if not stat.S_ISDIR(info.st_mode):
             raise OutputError(f"{_flag(flag, path)}: expected a folder to create, found {describe_mode(info.st_mode)}")
@@ -573,12 +573,7 @@ def lock_folder(folder: Path | str, holder: str, flag: str = "--output") -> Fold
     import fcntl
 
     folder = Path(folder)
-    try:
-        info = os.lstat(folder)
-    except FileNotFoundError:
-        info = None
-    except OSError as exc:
-        raise error(folder, exc) from None
+    info = _lstat(folder)
     if info is not None and not stat.S_ISDIR(info.st_mode):
         kind = "a symbolic link" if stat.S_ISLNK(info.st_mode) else describe_mode(info.st_mode)
         if not (stat.S_ISLNK(info.st_mode) and os.path.isdir(folder)):

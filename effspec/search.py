@@ -434,7 +434,9 @@ def train_trial(settings: Settings, spec_path: Path, train_resolution: int, tria
             command += ["--workers", "2"]
         command += list(settings.train_args)
         started = time.perf_counter()
-        with open(trial_dir / "train.log", "w", encoding="utf-8") as log:
+        from effspec.output import open_append
+
+        with os.fdopen(open_append(trial_dir / "train.log"), "a", encoding="utf-8") as log:  # never via a link
             log.write("$ " + " ".join(command) + "\n")
             log.flush()
             result = subprocess.run(

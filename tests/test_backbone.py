@@ -224,3 +224,17 @@ def test_info_prints_the_level_table(capsys: pytest.CaptureFixture[str]) -> None
     ]
     assert main(["info", "specs/efficientnet-b0.yaml", "--output-stride", "8"]) == 2
     assert "add --features" in capsys.readouterr().err
+
+
+def test_export_features_writes_a_self_checked_onnx_with_level_names(tmp_path: Path) -> None:
+    onnxruntime = pytest.importorskip("onnxruntime")
+    from effspec.cli import main
+
+    out = tmp_path / "backbone.onnx"
+    args = ["export", "specs/mobilenetv3-small-100.yaml", "--features", "--output-stride", "8"]
+    assert main([*args, "--format", "onnx", "--resolution", "64", "--batch", "dynamic", "-o", str(out)]) == 0
+    session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    assert [output.name for output in session.get_outputs()] == ["P1", "P2", "P3", "P4", "P5"]
+    maps = session.run(None, {"images": np.zeros((3, 3, 64, 64), np.float32)})
+    assert [m.shape for m in maps] == [(3, 16, 32, 32), (3, 16, 16, 16), (3, 24, 8, 8), (3, 48, 8, 8), (3, 576, 8, 8)]
+    assert main([*args, "--format", "tflite", "-o", str(tmp_path / "b.tflite")]) == 2

@@ -21,9 +21,13 @@ def build(module: ModuleType) -> keras.Model:
     return module.build_model(dropout=0.0, drop_path_rate=0.0)
 
 
-def build_backbone(module: ModuleType, model: keras.Model, output_stride: int) -> keras.Model:
+def build_backbone(
+    module: ModuleType, model: keras.Model, output_stride: int, input_shape: tuple | None = None
+) -> keras.Model:
     """The generated backbone (all levels) at ``output_stride`` with ``model``'s weights, layer by name."""
-    backbone = module.build_model(drop_path_rate=0.0, features_only=True, output_stride=output_stride)
+    backbone = module.build_model(
+        drop_path_rate=0.0, features_only=True, output_stride=output_stride, input_shape=input_shape
+    )
     for layer in backbone.layers:
         if layer.weights:
             layer.set_weights(model.get_layer(layer.name).get_weights())

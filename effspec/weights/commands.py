@@ -75,6 +75,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
         dynamic_size=args.dynamic_size,
         quantize=args.quantize,
         calibration=args.calibration or ("synthetic" if args.quantize else None),
+        features=args.features,
+        output_stride=args.output_stride,
     )
     report = export(args.spec, Path(args.output), options)
     for line in report.lines:
@@ -175,6 +177,19 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "--calibration",
         metavar="DIR|synthetic",
         help="with --quantize: a folder of images (representative set), or synthetic (default)",
+    )
+    p.add_argument(
+        "--features",
+        action="store_true",
+        help="export the backbone (build_model(features_only=True)): one output per level, named P1..P5",
+    )
+    p.add_argument(
+        "--output-stride",
+        type=int,
+        choices=(32, 16, 8),
+        default=32,
+        metavar="N",
+        help="with --features: the backbone's output stride, 32, 16 or 8 (default: 32)",
     )
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="file (or folder for saved_model) to write")
     p.set_defaults(handler=_cmd_export)

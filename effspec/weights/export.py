@@ -62,6 +62,8 @@ class ExportOptions:
     dynamic_size: bool = False
     quantize: str | None = None
     calibration: str | None = None
+    features: bool = False  # the backbone (build_model(features_only=True)): one output per level
+    output_stride: int = 32  # with ``features``
 
 
 @dataclass
@@ -77,6 +79,10 @@ class ExportReport:
 
 def export(spec: str | Path, output: Path, options: ExportOptions) -> ExportReport:
     fmt = options.format
+    if options.features and fmt == "tflite":
+        raise UsageError("--features: the backbone exports as onnx, torchscript or saved_model")
+    if options.output_stride != 32 and not options.features:
+        raise UsageError(f"--output-stride {options.output_stride}: add --features (it sets the backbone's)")
     if options.dynamic_size and fmt == "tflite":
         raise UsageError("--dynamic-size: TFLite needs a fixed height and width; drop it or pick another format")
     if fmt in SUFFIXES and output.suffix != SUFFIXES[fmt]:
@@ -91,6 +97,10 @@ def export(spec: str | Path, output: Path, options: ExportOptions) -> ExportRepo
     batch = "dynamic" if options.batch is None else str(options.batch)
     size = "dynamic" if options.dynamic_size else f"{resolution}x{resolution}"
     report.lines.append(f"{model.name} as {fmt}: weights {source}; batch {batch}, size {size}")
+    if options.features:
+        levels = load_model_module(model, "torch").feature_info(output_stride=options.output_stride)
+        described = ", ".join(f"{level.name} ({level.module}, /{level.reduction})" for level in levels)
+        report.lines.append(f"backbone at output stride {options.output_stride}, outputs {described}")
     images = _check_images(model, resolution, options)
     try:
         if fmt in ("onnx", "torchscript"):
@@ -185,6 +195,33 @@ def _folder_images(folder: Path, model: ir.Model, resolution: int) -> np.ndarray
     return np.stack(images)
 
 
+def _compare_outputs(report: ExportReport, options: ExportOptions, artifact, reference, names: list[str]) -> None:
+    """The classifier's logits, or each level of the backbone (``names``) in turn."""
+    if not options.features:
+        _compare(report, options.format, artifact, reference)
+        return
+    artifacts = artifact if isinstance(artifact, list | tuple) else [artifact]
+    if len(artifacts) != len(reference):
+        report.failure = f"{options.format} export has {len(artifacts)} outputs, expected {len(reference)}: {names}"
+        return
+    for name, ours, theirs in zip(names, artifacts, reference, strict=True):
+        _compare(report, options.format, ours, theirs)
+        report.lines[-1] = f"{name}: {report.lines[-1]}"
+
+
+def _backbone_args(options: ExportOptions | None) -> dict[str, Any]:
+    if options is None or not options.features:
+        return {}
+    return {"features_only": True, "output_stride": options.output_stride}
+
+
+def _numpy(outputs):
+    """A tensor as an array, a list of them (the backbone's maps) as a list of arrays."""
+    if isinstance(outputs, list | tuple):
+        return [output.detach().numpy() for output in outputs]
+    return outputs.detach().numpy()
+
+
 def _compare(report: ExportReport, fmt: str, artifact: np.ndarray, reference: np.ndarray) -> None:
     artifact, reference = np.asarray(artifact, np.float64), np.asarray(reference, np.float64)
     max_abs = float(np.max(np.abs(artifact - reference)))
@@ -202,10 +239,11 @@ def _compare(report: ExportReport, fmt: str, artifact: np.ndarray, reference: np
 # torch: ONNX, TorchScript -------------------------------------------------------------------------
 
 
-def _torch_net(model: ir.Model, state: dict[str, np.ndarray]):
+def _torch_net(model: ir.Model, state: dict[str, np.ndarray], options: ExportOptions | None = None):
     import torch
 
-    net = load_model_module(model, "torch").build_model(dropout=0.0, drop_path_rate=0.0)
+    backbone = _backbone_args(options)  # it loads the classification state dict as it is
+    net = load_model_module(model, "torch").build_model(dropout=0.0, drop_path_rate=0.0, **backbone)
     net.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state.items()})
     return net.eval()
 
@@ -261,7 +299,7 @@ def static_same_padding(net, resolution: int, channels: int):
 def _export_torch(model, state, output, images, options, report, resolution) -> None:
     import torch
 
-    net = _torch_net(model, state)
+    net = _torch_net(model, state, options)
     per_call = sum(type(m).__name__ == "Conv2dSame" for m in net.modules())
     if options.dynamic_size and options.format == "onnx" and per_call:
         raise UsageError(
@@ -270,7 +308,8 @@ def _export_torch(model, state, output, images, options, report, resolution) -> 
             "torchscript / saved_model for dynamic sizes"
         )
     with torch.no_grad():
-        reference = net(torch.from_numpy(images)).numpy()
+        reference = _numpy(net(torch.from_numpy(images)))
+    names = [level.name for level in net.feature_info] if options.features else ["logits"]
     if not options.dynamic_size:
         net, swapped = static_same_padding(net, resolution, model.input.channels)
         if swapped:
@@ -278,7 +317,7 @@ def _export_torch(model, state, output, images, options, report, resolution) -> 
     example = torch.from_numpy(images)
     with atomic_output(output) as temporary:
         if options.format == "onnx":
-            _write_onnx(net, example, temporary, options)
+            _write_onnx(net, example, temporary, options, names)
             artifact = _run_onnx(temporary, images)
         else:
             with warnings.catch_warnings():
@@ -287,8 +326,8 @@ def _export_torch(model, state, output, images, options, report, resolution) -> 
             scripted.save(str(temporary))
             loaded = torch.jit.load(str(temporary))
             with torch.no_grad():
-                artifact = loaded(torch.from_numpy(images)).numpy()
-        _compare(report, options.format, artifact, reference)
+                artifact = _numpy(loaded(torch.from_numpy(images)))
+        _compare_outputs(report, options, artifact, reference, names)
         if report.failure:
             raise _Abort
     report.lines.append(f"input {_layout('NCHW', options, model, resolution)} float32")
@@ -306,7 +345,7 @@ def _layout(order: str, options: ExportOptions, model: ir.Model, resolution: int
     return f"{order} ({', '.join(dims[axis] for axis in order)})"
 
 
-def _write_onnx(net, example, path: Path, options: ExportOptions) -> None:
+def _write_onnx(net, example, path: Path, options: ExportOptions, names: list[str]) -> None:
     import torch
 
     axes: dict[int, str] = {}
@@ -321,8 +360,10 @@ def _write_onnx(net, example, path: Path, options: ExportOptions) -> None:
             (example,),
             str(path),
             input_names=["images"],
-            output_names=["logits"],
-            dynamic_axes={"images": axes, "logits": {0: "batch"} if 0 in axes else {}} if axes else None,
+            output_names=names,
+            dynamic_axes={"images": axes, **{name: {0: "batch"} if 0 in axes else {} for name in names}}
+            if axes
+            else None,
             dynamo=False,
         )
 
@@ -333,7 +374,8 @@ def _run_onnx(path: Path, images: np.ndarray) -> np.ndarray:
     except ImportError as exc:
         raise UsageError("the ONNX self-check needs onnxruntime (pip install onnxruntime)") from exc
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return session.run(None, {session.get_inputs()[0].name: images})[0]
+    outputs = session.run(None, {session.get_inputs()[0].name: images})
+    return outputs if len(outputs) > 1 else outputs[0]
 
 
 # Keras: TFLite, SavedModel ------------------------------------------------------------------------
@@ -354,10 +396,24 @@ def _export_keras(model, state, output, images, options, report, resolution) -> 
     size = None if options.dynamic_size else resolution
     net = _keras_net(model, (size, size, channels))
     set_keras_weights(manifest, net, torch_to_keras(manifest, state))
+    names = ["logits"]
+    if options.features:  # the backbone, with the classification model's weights layer by name
+        from effspec.equivalence.keras_side import build_backbone
+
+        module = load_model_module(model, "keras")
+        net = build_backbone(module, net, options.output_stride, (size, size, channels))
+        names = list(net.output_names)
     nhwc = np.ascontiguousarray(images.transpose(0, 2, 3, 1))
-    reference = keras.ops.convert_to_numpy(net(nhwc, training=False))
+    reference = net(nhwc, training=False)
+    if options.features:
+        reference = [keras.ops.convert_to_numpy(output) for output in reference]
+    else:
+        reference = keras.ops.convert_to_numpy(reference)
     inputs = keras.Input(batch_shape=(options.batch, size, size, channels), name="images")
-    wrapped = keras.Model(inputs, net(inputs, training=False), name=net.name)
+    outputs = net(inputs, training=False)
+    if options.features:  # serving outputs named by level
+        outputs = dict(zip(names, outputs, strict=True))
+    wrapped = keras.Model(inputs, outputs, name=net.name)
     directory = options.format == "saved_model"
     with atomic_output(output, directory=directory) as temporary:
         if directory:
@@ -365,8 +421,9 @@ def _export_keras(model, state, output, images, options, report, resolution) -> 
             with contextlib.redirect_stdout(io.StringIO()):
                 wrapped.export(str(temporary), format="tf_saved_model", input_signature=[signature], verbose=False)
             loaded = tf.saved_model.load(str(temporary))
-            artifact = loaded.serve(tf.constant(nhwc)).numpy()
-            _compare(report, "saved_model", artifact, reference)
+            served = loaded.serve(tf.constant(nhwc))
+            artifact = [served[name].numpy() for name in names] if options.features else served.numpy()
+            _compare_outputs(report, options, artifact, reference, names)
         else:
             converter = tf.lite.TFLiteConverter.from_keras_model(wrapped)
             if options.quantize:

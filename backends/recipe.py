@@ -420,7 +420,8 @@ def prepare_output(
             else "pass --resume to continue it"
         )
         found = ", ".join(present)
-        raise TrainingError(f"--output {output} holds a run ({found}): {advice}, or choose another --output")
+        what = "a checkpoint" if {"checkpoint.pt", "checkpoint"} & set(present) else "a run"
+        raise TrainingError(f"--output {output} already holds {what} ({found}): {advice}, or choose another --output")
     if not fresh:
         for name in ("metrics.csv", "steps.csv", "log.jsonl"):
             check_log(path / name)

@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 from test_hostile_specs import GOOD, TIMEOUT, one_line, run_main, snapshot, watchdog  # noqa: F401
 
+from effspec.vision import import_timm
+
 pytestmark = pytest.mark.usefixtures("watchdog")
 ROOT = Path(__file__).resolve().parent.parent
 B0 = ROOT / "specs" / "efficientnet-b0.yaml"
@@ -51,9 +53,7 @@ def work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
-def refused(
-    work: Path, capsys: pytest.CaptureFixture[str], args: list[str], words: str, changes: bool = False
-) -> str:
+def refused(work: Path, capsys: pytest.CaptureFixture[str], args: list[str], words: str, changes: bool = False) -> str:
     """Exit 2 with one error line containing ``words`` (after any progress lines); nothing under
     ``work`` changed (unless ``changes``)."""
     before = snapshot(work)
@@ -117,8 +117,10 @@ def test_train_refuses_a_folder_holding_a_keras_run(work: Path, capsys: pytest.C
     (run / "checkpoint").mkdir(parents=True)
     (run / "checkpoint" / "checkpoint.json").write_text("{}")
     (run / "metrics.csv").write_text("epoch,step\n0,10\n")
-    refused(work, capsys, ["train", "base.yaml", *TRAIN, "--output", "run"], "holds a run", changes=True)
-    line = refused(work, capsys, ["train", "base.yaml", *TRAIN, "--output", "run", "--resume", "auto"], "holds a run")
+    refused(work, capsys, ["train", "base.yaml", *TRAIN, "--output", "run"], "already holds a", changes=True)
+    line = refused(
+        work, capsys, ["train", "base.yaml", *TRAIN, "--output", "run", "--resume", "auto"], "already holds a"
+    )
     assert "another backend's or spec's run" in line
     assert (run / "metrics.csv").read_text() == "epoch,step\n0,10\n"
 
@@ -415,7 +417,7 @@ def test_a_real_run_resumes_and_refuses_a_fresh_start(work: Path, capsys: pytest
     code, _out, err = run_main(["train", "base.yaml", *TRAIN, "--output", "run"], capsys)
     assert code == 0, err
     rows = (work / "run" / "metrics.csv").read_text()
-    refused(work, capsys, ["train", "base.yaml", *TRAIN, "--output", "run"], "holds a run", changes=True)
+    refused(work, capsys, ["train", "base.yaml", *TRAIN, "--output", "run"], "already holds a", changes=True)
     assert (work / "run" / "metrics.csv").read_text() == rows
     code, _out, err = run_main(["train", "base.yaml", *TRAIN, "--output", "run", "--resume", "last"], capsys)
     assert code == 0, err
@@ -471,7 +473,7 @@ def test_scale_latency_on_cuda_without_a_gpu(work: Path, capsys: pytest.CaptureF
 
 @pytest.fixture(scope="module")
 def timm_b0(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
-    timm = pytest.importorskip("timm")
+    timm = import_timm()
     return timm.create_model("efficientnet_b0", pretrained=False).state_dict()
 
 

@@ -94,6 +94,20 @@ def _cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_backbone_options(parser: argparse.ArgumentParser, features_help: str) -> None:
+    """``--features`` and ``--output-stride N`` (docs/backbone.md), the same in info, check and export."""
+    from effspec.ir import OUTPUT_STRIDES
+
+    parser.add_argument("--features", action="store_true", help=features_help)
+    parser.add_argument(
+        "--output-stride",
+        type=int,
+        choices=OUTPUT_STRIDES,
+        metavar="N",
+        help=f"with --features: the backbone's output stride, {', '.join(map(str, OUTPUT_STRIDES))} (default: 32)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="effspec", description="Compile EfficientNet-family YAML specs into PyTorch and Keras code."
@@ -111,17 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spec", metavar="SPEC")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--diagram", metavar="FILE", help="also draw the architecture: .svg, .png or .pdf (matplotlib)")
-    p.add_argument(
-        "--features",
-        action="store_true",
-        help="the backbone's feature levels instead (build_model(features_only=True)): module, channels, reduction",
-    )
-    p.add_argument(
-        "--output-stride",
-        type=int,
-        choices=(32, 16, 8),
-        metavar="N",
-        help="with --features: the backbone's output stride, 32, 16 or 8 (default: 32)",
+    add_backbone_options(
+        p, "the backbone's feature levels instead (build_model(features_only=True)): module, channels, reduction"
     )
     p.set_defaults(handler=_cmd_info)
 

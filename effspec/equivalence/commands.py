@@ -10,6 +10,7 @@ import argparse
 import json
 from pathlib import Path
 
+from effspec.cli import add_backbone_options
 from effspec.errors import CheckFailed, UsageError
 
 
@@ -36,7 +37,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
         train_step=args.train_step,
         weights=weights,
         features=args.features,
-        output_stride=args.output_stride,
+        output_stride=args.output_stride or 32,
     )
     result = run_check(args.spec, settings)
     print(json.dumps(as_json(result), indent=2) if args.json else table(result))
@@ -127,19 +128,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         help="check with these weights (torch .pt/.safetensors or Keras .weights.h5, e.g. a trained checkpoint) "
         "instead of seeded random ones",
     )
-    p.add_argument(
-        "--features",
-        action="store_true",
-        help="compare the backbones (build_model(features_only=True)) level by level instead",
-    )
-    p.add_argument(
-        "--output-stride",
-        type=int,
-        choices=(32, 16, 8),
-        default=32,
-        metavar="N",
-        help="with --features: the backbones' output stride, 32, 16 or 8 (default: 32)",
-    )
+    add_backbone_options(p, "compare the backbones (build_model(features_only=True)) level by level instead")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(handler=_cmd_check)
 

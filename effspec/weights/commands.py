@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from effspec.cli import add_backbone_options
 from effspec.errors import UsageError
 from effspec.registry import BUILTIN_BACKENDS as FRAMEWORKS
 
@@ -76,7 +77,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         quantize=args.quantize,
         calibration=args.calibration or ("synthetic" if args.quantize else None),
         features=args.features,
-        output_stride=args.output_stride,
+        output_stride=args.output_stride or 32,
     )
     report = export(args.spec, Path(args.output), options)
     for line in report.lines:
@@ -178,18 +179,6 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         metavar="DIR|synthetic",
         help="with --quantize: a folder of images (representative set), or synthetic (default)",
     )
-    p.add_argument(
-        "--features",
-        action="store_true",
-        help="export the backbone (build_model(features_only=True)): one output per level, named P1..P5",
-    )
-    p.add_argument(
-        "--output-stride",
-        type=int,
-        choices=(32, 16, 8),
-        default=32,
-        metavar="N",
-        help="with --features: the backbone's output stride, 32, 16 or 8 (default: 32)",
-    )
+    add_backbone_options(p, "export the backbone (build_model(features_only=True)): one output per level, named P1..P5")
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="file (or folder for saved_model) to write")
     p.set_defaults(handler=_cmd_export)

@@ -455,7 +455,8 @@ def read_source(args: argparse.Namespace, net: ModuleType, backend: str) -> Sour
             return _application_source(model, path, args)
         return _structural_source(model, path, kind, args)
     except EffspecError as exc:  # ConversionError, CheckFailed: the importers' one-line messages
-        raise InitError(f"--init {args.init}: {exc}") from None
+        text = str(exc)
+        raise InitError(f"--init: {text}" if text.startswith(str(path)) else f"--init {args.init}: {text}") from None
 
 
 def _torch_source(path: Path) -> Source:

@@ -15,6 +15,7 @@ import pytest
 from effspec.backends.finetune import InitError, Phase, Source, plan_init, section
 
 from effspec.cli import main as cli
+from effspec.vision import import_timm
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "tests" / "data" / "torch_v2_tiny.yaml"
@@ -220,12 +221,15 @@ def test_torch_resume_continues_in_the_freeze_phase_bit_identically(tmp_path: Pa
 # foreign formats and published names -----------------------------------------------------------------
 
 
-def timm_file(path: Path) -> None:
-    import timm
+MOBILENET = ROOT / "specs" / "mobilenetv3-small-100.yaml"  # the fewest layers: Keras traces it fastest
+
+
+def timm_file(path: Path, name: str = "tf_efficientnet_b0") -> None:
+    timm = import_timm()
     from safetensors.torch import save_file
 
-    net = timm.create_model("tf_efficientnet_b0", pretrained=False)
-    save_file({name: value.contiguous() for name, value in net.state_dict().items()}, str(path))
+    net = timm.create_model(name, pretrained=False)
+    save_file({key: value.contiguous() for key, value in net.state_dict().items()}, str(path))
 
 
 def keras_application_file(path: Path, legacy: bool = False) -> None:
@@ -244,50 +248,42 @@ def keras_application_file(path: Path, legacy: bool = False) -> None:
         legacy_h5_format.save_weights_to_hdf5_group(handle, application)
 
 
-B0_FLAGS = [
-    "--num-classes",
-    "5",
-    "--synthetic-train-size",
-    "4",
-    "--synthetic-val-size",
-    "2",
-    "--batch-size",
-    "2",
-    "--max-steps",
-    "1",
-]
+SMALL = ["--num-classes", "5", "--synthetic-train-size", "4", "--synthetic-val-size", "2", "--batch-size", "2"]
+SMALL += ["--max-steps", "1"]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("backend", "source"), [("keras", "timm"), ("torch", "keras-applications")])
-def test_init_from_a_timm_or_keras_applications_file(
-    backend: str, source: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    path = tmp_path / ("tf_efficientnet_b0.safetensors" if source == "timm" else "efficientnetb0_notop.weights.h5")
-    (timm_file if source == "timm" else keras_application_file)(path)
-    assert train(B0, backend, tmp_path / "run", "--init", str(path), *B0_FLAGS) == 0
+def test_keras_trainer_from_a_timm_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "mobilenetv3_small_100.safetensors"
+    timm_file(path, "mobilenetv3_small_100")
+    # timm's mobilenetv3_small_100 pads symmetrically with eps 1e-5; the shipped spec is keras.applications'
+    assert train(MOBILENET, "keras", tmp_path / "refused", "--init", str(path), *SMALL) == 2
     err = capsys.readouterr().err
-    assert (
-        f"init: loaded 358 tensors from {path} ({source}); new: classifier.weight, classifier.bias (5 classes" in err
-    ), err
+    assert f"--init: {path}: timm mobilenetv3_small_100 (from the file path) was trained with padding symmetric" in err
+    assert "set defaults: {padding: symmetric, batch_norm: {eps: 1.0e-5}}" in err and "or pass --force" in err
+    assert train(MOBILENET, "keras", tmp_path / "run", "--init", str(path), "--force", *SMALL) == 0
+    err = capsys.readouterr().err
+    assert "note: --force: timm mobilenetv3_small_100 differs from the spec in padding symmetric" in err, err
+    assert "note: imported timm mobilenetv3_small_100 (identified by the file path)" in err, err
+    assert f"from {path} (timm); new: classifier.weight, classifier.bias (5 classes; the file's has 1000" in err, err
 
 
-def _run(args: list[str], env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen(
-        [EFFSPEC, *args],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+@pytest.mark.slow
+def test_torch_trainer_from_a_keras_applications_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "efficientnetb0_notop.weights.h5"
+    keras_application_file(path)
+    assert train(B0, "torch", tmp_path / "run", "--init", str(path), *SMALL) == 0
+    err = capsys.readouterr().err
+    assert f"init: loaded 358 tensors from {path} (keras-applications); new: classifier.weight" in err, err
+    assert "(5 classes; the file has none); dropped: none" in err, err
 
 
 @pytest.mark.slow
 def test_published_names_resolve_through_the_library_caches_offline(tmp_path: Path) -> None:
     """hf-hub:timm/... from a Hugging Face cache laid out as huggingface_hub does (refs/main ->
-    snapshots/<commit>/model.safetensors), HF_HUB_OFFLINE=1; keras.applications:EfficientNetB0 from
-    $KERAS_HOME/models/efficientnetb0_notop.h5. Both trainers start from them; uncached names exit 2."""
+    snapshots/<commit>/model.safetensors), HF_HUB_OFFLINE=1, for the torch trainer;
+    keras.applications:EfficientNetB0 from $KERAS_HOME/models/efficientnetb0_notop.h5, for
+    convert-weights (the same resolution). Names not in the caches exit 2 in one line, nothing written."""
     commit = "0123456789abcdef0123456789abcdef01234567"
     repo = tmp_path / "hub" / "models--timm--tf_efficientnet_b0"
     (repo / "refs").mkdir(parents=True)
@@ -297,67 +293,27 @@ def test_published_names_resolve_through_the_library_caches_offline(tmp_path: Pa
     (tmp_path / "keras" / "models").mkdir(parents=True)
     keras_application_file(tmp_path / "keras" / "models" / "efficientnetb0_notop.h5", legacy=True)
     env = {**ENV, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1", "KERAS_HOME": str(tmp_path / "keras")}
-    common = [*SYNTHETIC, *B0_FLAGS]
-    runs = {
-        "torch": _run(
-            [
-                "train",
-                str(B0),
-                "--backend",
-                "torch",
-                *common,
-                "--workers",
-                "0",
-                "--init",
-                "hf-hub:timm/tf_efficientnet_b0",
-                "--output",
-                str(tmp_path / "t"),
-            ],
-            env,
-        ),
-        "keras": _run(
-            [
-                "train",
-                str(B0),
-                "--backend",
-                "keras",
-                *common,
-                "--verbose",
-                "0",
-                "--init",
-                "keras.applications:EfficientNetB0",
-                "--output",
-                str(tmp_path / "k"),
-            ],
-            env,
-        ),
-    }
-    logs = {name: process.communicate(timeout=300)[0] for name, process in runs.items()}
-    assert runs["torch"].returncode == 0, logs["torch"][-3000:]
-    assert runs["keras"].returncode == 0, logs["keras"][-3000:]
-    assert "snapshots/0123456789abcdef0123456789abcdef01234567/model.safetensors (timm)" in logs["torch"]
-    assert "efficientnetb0_notop.h5 (keras-applications); new: classifier.weight" in logs["keras"]
-    for name in ("hf-hub:timm/tf_efficientnet_b3", "keras.applications:EfficientNetB3"):
-        result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "effspec",
-                "convert-weights",
-                str(B0),
-                "--from",
-                "timm" if "hf" in name else "keras-applications",
-                "--to",
-                "torch",
-                name,
-                str(tmp_path / "x.pt"),
-            ],
-            env=env,
-            capture_output=True,
-            text=True,
-            cwd=ROOT,
-            timeout=120,
-        )
+    train_torch = [EFFSPEC, "train", str(B0), "--backend", "torch", *SYNTHETIC, *SMALL, "--workers", "0"]
+    train_torch += ["--init", "hf-hub:timm/tf_efficientnet_b0", "--output", str(tmp_path / "t")]
+    convert = [EFFSPEC, "convert-weights", str(B0), "--from", "keras-applications", "--to", "torch"]
+    convert += ["keras.applications:EfficientNetB0", str(tmp_path / "b0.pt")]
+    runs = [
+        subprocess.Popen(c, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for c in (train_torch, convert)
+    ]
+    (trained, _), (converted, _) = (process.communicate(timeout=300) for process in runs)
+    assert runs[0].returncode == 0, trained[-3000:]
+    assert f"snapshots/{commit}/model.safetensors (timm); new: classifier.weight" in trained, trained[-3000:]
+    assert runs[1].returncode == 0, converted[-3000:]
+    assert "imported keras.applications EfficientNetB0" in converted and (tmp_path / "b0.pt").is_file()
+    for source, name in (
+        ("timm", "hf-hub:timm/tf_efficientnet_b3"),
+        ("keras-applications", "keras.applications:EfficientNetB3"),
+    ):
+        command = [EFFSPEC, "convert-weights", str(B0), "--from", source, "--to", "torch", name, str(tmp_path / "x.pt")]
+        result = subprocess.run(command, env=env, capture_output=True, text=True, cwd=ROOT, timeout=120)
         assert result.returncode == 2, result.stderr[-2000:]
-        assert "not downloadable" in result.stderr and "fetch" in result.stderr and "Traceback" not in result.stderr
+        assert "not downloadable" in result.stderr and "fetch" in result.stderr, result.stderr
+        errors = [line for line in result.stderr.splitlines() if line.startswith("effspec: error")]
+        assert "Traceback" not in result.stderr and len(errors) == 1, result.stderr
         assert not (tmp_path / "x.pt").exists()

@@ -3,19 +3,14 @@
 from __future__ import annotations
 
 import os
-import sys
-import types
 from pathlib import Path
 
 import pytest
 
 from effspec import ir
 
-# torchvision's compiled operators cannot load against this machine's CPU torch build, and its
-# torchvision._meta_registrations module fails at import because of that. An empty stand-in lets the
-# pure-Python parts (datasets, transforms, AutoAugment, RandAugment) import in tests; users'
-# machines have a torchvision that matches their torch. Set before anything imports torchvision.
-sys.modules.setdefault("torchvision._meta_registrations", types.ModuleType("torchvision._meta_registrations"))
+# No torchvision stand-in here: the product imports torchvision and timm through effspec.vision
+# (see its docstring), and tests that import them directly call the same functions.
 
 # The suite runs on two pytest-xdist workers (pyproject addopts) on a 2-core machine: one OpenMP /
 # oneDNN thread per worker (and per process it starts) keeps torch's and TensorFlow's kernels from

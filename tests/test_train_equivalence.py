@@ -19,6 +19,7 @@ pytest.importorskip("torch")
 pytest.importorskip("keras")
 
 from effspec.cli import main  # noqa: E402
+from effspec.vision import import_torchvision  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = str(ROOT / "tests" / "data" / "torch_v2_tiny.yaml")
@@ -133,7 +134,7 @@ def test_the_same_image_gives_the_same_tensor_in_both_trainers(tmp_path: Path, n
     trainer's eval transform (PIL) and the Keras trainer's (tf.image) agree within GREY_MEAN/GREY_MAX."""
     import argparse
 
-    pytest.importorskip("torchvision")
+    import_torchvision()
     from effspec.backends.keras.runtime import data as keras_data
     from effspec.backends.torch.runtime import data as torch_data
 
@@ -155,7 +156,7 @@ def test_the_random_crops_follow_the_same_distribution() -> None:
     fraction and aspect ratio distributions agree (means within 0.01 over 4,000 draws)."""
     import torch
 
-    pytest.importorskip("torchvision")
+    import_torchvision()
     import tensorflow as tf
     from effspec.backends.keras.runtime.data import crop_box
     from torchvision import transforms as T

@@ -15,8 +15,10 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
-timm = pytest.importorskip("timm")
-torchvision = pytest.importorskip("torchvision")
+from effspec.vision import import_timm, import_torchvision  # noqa: E402
+
+timm = import_timm()  # effspec.vision: as the product imports them (a failure fails, never skips)
+torchvision = import_torchvision()
 keras = pytest.importorskip("keras")
 pytest.importorskip("safetensors")
 

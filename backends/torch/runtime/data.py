@@ -165,8 +165,12 @@ def image_folders(root: Path, quiet: bool = False) -> tuple[Listing, Listing]:
 
 
 def import_transforms() -> None:
+    """torchvision through effspec.vision (which copes with a torchvision whose compiled operators
+    do not load: the transforms used here are pure Python)."""
+    from effspec.vision import import_torchvision
+
     try:
-        import torchvision.transforms  # noqa: F401
+        import_torchvision()
     except (ImportError, RuntimeError) as exc:
         raise TrainingError(f"--data DIR needs torchvision, which does not import ({exc})") from exc
 

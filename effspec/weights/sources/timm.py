@@ -27,11 +27,12 @@ _PATTERN = re.compile(rf"^(tf_)?{_FAMILIES}[a-z0-9_]*(\.[a-z0-9_]+)?$")
 
 
 def _import():
+    from effspec.vision import import_timm
+
     try:
-        import timm
+        return import_timm()
     except Exception:  # noqa: BLE001 - any import failure means "not available here"
         return None
-    return timm
 
 
 def _config_json(path: Path) -> dict[str, Any]:

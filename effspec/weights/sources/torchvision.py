@@ -22,11 +22,12 @@ _MODELS = re.compile(r"^(efficientnet_b[0-7]|efficientnet_v2_[sml]|mobilenet_v2|
 
 
 def _import():
+    from effspec.vision import import_torchvision
+
     try:
-        import torchvision.models
+        return import_torchvision().models
     except Exception:  # noqa: BLE001 - any import failure means "not available here"
         return None
-    return torchvision.models
 
 
 def identify(model: ir.Model, checkpoint: Checkpoint, requested: str | None) -> tuple[str | None, str]:

@@ -12,6 +12,19 @@ def _mib(nbytes: int) -> str:
     return f"{nbytes / 2**20:.1f} MiB"
 
 
+def _aligned(rows: list[tuple[str, ...]], left: int) -> list[str]:
+    """A text table: the first ``left`` columns left-aligned, the rest right-aligned, a rule under the header."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = []
+    for i, r in enumerate(rows):
+        lines.append(
+            "  ".join(c.ljust(w) if j < left else c.rjust(w) for j, (c, w) in enumerate(zip(r, widths, strict=True)))
+        )
+        if i == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return lines
+
+
 def info_table(report: Report) -> str:
     model = report.model
     header = (
@@ -44,19 +57,11 @@ def info_table(report: Report) -> str:
                 _mib(row.cost.activation_bytes),
             )
         )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = [
         f"{model.name}: width {model.width:g}, depth {model.depth:g}, resolution {model.resolution}, "
         f"dropout {model.head.dropout:g}, drop-path {model.drop_path_rate:g}, {len(model.blocks)} blocks",
+        *_aligned(rows, 2),
     ]
-    for i, r in enumerate(rows):
-        lines.append(
-            "  ".join(
-                cell.ljust(w) if j < 2 else cell.rjust(w) for j, (cell, w) in enumerate(zip(r, widths, strict=True))
-            )
-        )
-        if i == 0:
-            lines.append("  ".join("-" * w for w in widths))
     t = report.total
     lines.append(
         f"total: {t.params:,} parameters, {t.macs:,} MACs ({t.macs / 1e9:.2f} G), "
@@ -135,20 +140,11 @@ def features_table(model: ir.Model, output_stride: int) -> str:
         )
         for row in _levels(model, output_stride)
     ]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    lines = [
+    title = (
         f"{model.name}: backbone at output stride {output_stride} "
         f"(build_model(features_only=True, output_stride={output_stride})), {len(plan.convs)} convs dilated"
-    ]
-    for i, r in enumerate(rows):
-        lines.append(
-            "  ".join(
-                cell.ljust(w) if j < 3 else cell.rjust(w) for j, (cell, w) in enumerate(zip(r, widths, strict=True))
-            )
-        )
-        if i == 0:
-            lines.append("  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    )
+    return "\n".join([title, *_aligned(rows, 3)])
 
 
 def features_json(model: ir.Model, output_stride: int) -> dict[str, Any]:

@@ -30,7 +30,6 @@ from .checkpoint import Checkpoint, resume_directory, save_weights, write_json
 from .data import open_data
 from .distribution import is_chief, make_strategy, precision_policy, sync_batch_norm, synchronize_batch_norm
 from .finetune import Freezer, initialize
-from .finetune import Freezer, initialize
 from .optim import WarmupThenDecay, make_optimizer
 
 
@@ -102,13 +101,10 @@ def train(args: argparse.Namespace, recipe: Recipe, net: ModuleType) -> dict[str
     last_step = total_steps if args.max_steps is None else min(total_steps, args.max_steps)
 
     source = resume_directory(args, f"{output}/checkpoint")
-    source = resume_directory(args, f"{output}/checkpoint")
     with strategy.scope():
         with remat_scope(args):
             dropout = max(stage.dropout for stage in stages)  # each stage then sets its own
             network = build_network(net, args.num_classes, dropout, args.drop_path_rate)
-        if args.init is not None and source is None:  # a resumed run has its weights
-            initialize(network, args, net, is_chief(strategy))
         if args.init is not None and source is None:  # a resumed run has its weights
             initialize(network, args, net, is_chief(strategy))
         if sync_batch_norm(args, strategy):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import stat
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,12 @@ _COLLECTION_TAGS = {"tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"}
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 _IMPLICIT_TAGS = {"tag:yaml.org,2002:timestamp", "tag:yaml.org,2002:binary"}
 
+
+# YAML 1.2's core-schema float (without .inf/.nan): PyYAML resolves by YAML 1.1, whose floats need a
+# dot, so a plain `1e-3` or `1E5` would be the string '1e-3'. Plain scalars of this form are floats;
+# quoted ones stay strings (libyaml marks plain style "", PyYAML None).
+_FLOAT_12 = re.compile(r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?")
+_STR_TAG = "tag:yaml.org,2002:str"
 
 _FastLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when available: ~10x faster parsing
 
@@ -162,6 +169,8 @@ class _Builder:
             return result
         if isinstance(node, yaml.SequenceNode):
             return [self.build(item, (*path, i)) for i, item in enumerate(node.value)]
+        if node.tag == _STR_TAG and not node.style and _FLOAT_12.fullmatch(node.value):
+            return float(node.value)
         if node.tag in _SCALAR_TAGS:
             try:
                 return _Constructor().construct_object(node)

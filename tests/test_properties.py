@@ -60,9 +60,53 @@ _COUNTER = itertools.count()
 RUFF = str(Path(sys.executable).with_name("ruff"))
 
 
+class Written(float):
+    """A float that the spec file writes in one of the forms people use (YAML 1.2 core schema):
+    ``50e-2``, ``50E-2``, ``+0.5``, ``.5``, ``5.`` or plain ``0.5``; each reads back as the same float."""
+
+    form: int
+
+    def __new__(cls, value: float, form: int) -> Written:
+        written = super().__new__(cls, value)
+        written.form = form
+        return written
+
+    def text(self) -> str:
+        value, cents = float(self), round(float(self) * 100)
+        sign = "-" if value < 0 else ""
+        if self.form == 0 and cents / 100 == value:
+            return f"{cents}e-2"
+        if self.form == 1 and cents / 100 == value:
+            return f"{cents}E-2"
+        if self.form == 2 and value >= 0:
+            return f"+{value!r}"
+        if self.form == 3 and repr(abs(value)).startswith("0."):
+            return sign + repr(abs(value))[1:]  # .5
+        if self.form == 4 and value.is_integer():
+            return f"{int(value)}."  # 5.
+        return repr(value)
+
+
+class _SpecDumper(yaml.SafeDumper):
+    pass
+
+
+def _represent(dumper: yaml.SafeDumper, value: Written) -> yaml.ScalarNode:
+    text = value.text()  # tagged as PyYAML's YAML 1.1 resolver reads it, so that it is written plain
+    return dumper.represent_scalar(dumper.resolve(yaml.ScalarNode, text, (True, False)), text)
+
+
+_SpecDumper.add_representer(Written, _represent)
+
+
+def dump(data: Any) -> str:
+    return yaml.dump(data, Dumper=_SpecDumper, sort_keys=False)
+
+
 def _floats(low: float, high: float) -> st.SearchStrategy[float]:
-    """Round numbers (as people write them), never NaN or infinite."""
-    return st.integers(int(low * 100), int(high * 100)).map(lambda v: v / 100)
+    """Round numbers, written as people write them (``Written``), never NaN or infinite."""
+    values = st.integers(int(low * 100), int(high * 100)).map(lambda v: v / 100)
+    return st.builds(Written, values, st.integers(0, 5))
 
 
 def _kernels(draw: st.DrawFn, block: str) -> int | list[int]:
@@ -164,7 +208,10 @@ def specs(draw: st.DrawFn) -> dict[str, Any]:
         },
         "defaults": {
             "activation": draw(st.sampled_from(ACTIVATIONS)),
-            "batch_norm": {"eps": draw(st.sampled_from([1e-5, 1e-3])), "momentum": draw(_floats(0.9, 0.99))},
+            "batch_norm": {
+                "eps": Written(draw(st.sampled_from([1e-5, 1e-3])), draw(st.integers(0, 5))),
+                "momentum": draw(_floats(0.9, 0.99)),
+            },
             "padding": draw(st.sampled_from(["same", "symmetric"])),
             "se_ratio": draw(st.sampled_from([0.0, 0.125, 0.25])),
             "drop_path_rate": draw(_floats(0, 0.3)),
@@ -210,13 +257,13 @@ def write_spec(spec: dict[str, Any], directory: Path, use_extends: bool) -> Path
     """The spec as one file, or as a base plus a child that overrides its stages and head."""
     path = directory / f"spec{next(_COUNTER)}.yaml"
     if not use_extends:
-        path.write_text(yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
+        path.write_text(dump(spec), encoding="utf-8")
         return path
     base = {**spec, "name": "prop-base", "stages": [spec["stages"][0]], "head": {"channels": 8}}
     base_path = path.with_name(f"base-{path.name}")
-    base_path.write_text(yaml.safe_dump(base, sort_keys=False), encoding="utf-8")
+    base_path.write_text(dump(base), encoding="utf-8")
     child = {"extends": base_path.name, "name": spec["name"], "stages": spec["stages"], "head": spec["head"]}
-    path.write_text(yaml.safe_dump(child, sort_keys=False), encoding="utf-8")
+    path.write_text(dump(child), encoding="utf-8")
     return path
 
 

@@ -5,15 +5,26 @@ PNG, GIF, BMP or WebP header, or whose name has another extension, is skipped an
 ``note:`` line per split naming the first one); a class folder left with no image is an error, as
 is a split with no class folder. Files are read through ``FileSystem`` so the Keras trainer can
 list ``gs://`` buckets with ``tf.io.gfile``. No framework is imported here.
+
+Decoding (``open_image``; both trainers and ``effspec export --calibration DIR``): every image is
+decoded by Pillow and converted to 8-bit RGB (or L) the same way: CMYK JPEGs, grayscale, 16-bit
+PNGs (scaled to 8 bits, not clipped), palette PNGs with transparency (through RGBA) and images with
+alpha all decode. A file that does not decode (truncated JPEG or PNG behind a valid header, a
+header claiming more than ``MAX_PIXELS`` pixels: no decompression bomb is inflated) raises
+``Undecodable``; the trainers then use the next image of the list and print one ``note:`` line
+naming the file (once per process), export skips it with the same line. Never a traceback.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from .recipe import TrainingError
+
+MAX_PIXELS = 10_000 * 10_000  # a larger header is refused before any pixel is inflated
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
 
@@ -101,3 +112,72 @@ def _readable(path: str, fs: FileSystem) -> bool:
         return image_kind(fs.head(path)) is not None
     except OSError:
         return False
+
+
+class Undecodable(ValueError):
+    """An image file that passed the listing's header check but does not decode."""
+
+
+def open_image(data: bytes, mode: str = "RGB") -> Any:
+    """``data`` (a whole image file) as an 8-bit Pillow image in ``mode`` ("RGB" or "L"), or
+    Undecodable naming why. Pillow is imported here, on first use."""
+    import io
+    import warnings
+
+    from PIL import Image
+
+    if not data:
+        raise Undecodable("empty file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow's own bomb warning: the limit below decides
+            image = Image.open(io.BytesIO(data))
+            width, height = image.size
+            if width * height > MAX_PIXELS:
+                raise Undecodable(f"{width}x{height} pixels, more than {MAX_PIXELS:,}")
+            image.load()
+            if image.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit grayscale: keep the top 8 bits
+                import numpy as np
+
+                pixels = np.asarray(image, dtype=np.int64)
+                scale = 256 if image.mode != "I" or pixels.max(initial=0) > 255 else 1
+                image = Image.fromarray(np.clip(pixels // scale, 0, 255).astype(np.uint8), mode="L")
+            elif image.mode == "P" and "transparency" in image.info:
+                image = image.convert("RGBA")
+            return image.convert(mode)
+    except Undecodable:
+        raise
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+        raise Undecodable(reason) from None
+
+
+_REPORTED: set[str] = set()
+
+
+def report_undecodable(path: str, reason: object, instead: str = "using the next image") -> None:
+    """One ``note:`` line per file and process (an epoch meets the same file again)."""
+    import sys
+
+    if path not in _REPORTED:
+        _REPORTED.add(path)
+        print(f"note: {path}: cannot decode ({reason}); {instead}", file=sys.stderr)
+
+
+def first_decodable(
+    samples: Sequence[tuple[str, int]], index: int, read: Callable[[str], bytes], mode: str = "RGB"
+) -> tuple[Any, int]:
+    """Sample ``index`` decoded, or the next one that decodes (with its label): the policy of both
+    trainers for a file that does not decode."""
+    for offset in range(len(samples)):
+        path, label = samples[(index + offset) % len(samples)]
+        try:
+            return open_image(read(path), mode), label
+        except (Undecodable, OSError) as exc:
+            report_undecodable(path, exc.strerror if isinstance(exc, OSError) and exc.strerror else exc)
+    raise TrainingError("no image of the folder decodes")
+
+
+def read_local(path: str) -> bytes:
+    with open(path, "rb") as handle:
+        return handle.read()

@@ -5,10 +5,15 @@ and SavedModel from the generated Keras model (NHWC). ``--weights`` takes any fi
 reads (torch or Keras): it is converted through the manifest as needed; without it the model keeps
 its seeded initialization.
 
-At a fixed size, TensorFlow SAME padding is exported static: every per-call SAME conv of the torch
-model is swapped for an explicit zero pad (the export resolution's own amounts) and a plain conv, so
-the graph holds no shape arithmetic; Keras' ``padding="same"`` is static in TF graphs of a fixed
-shape. ``--dynamic-size`` keeps the per-call padding (ONNX, TorchScript, SavedModel).
+At a fixed size, TensorFlow SAME padding is exported static: the model is lowered at the export
+resolution, so the compiler decides every strided SAME conv's padding there (``ir.SamePadding``) and
+the generated torch model runs it as fixed padding, so the graph holds no shape arithmetic; Keras'
+``padding="same"`` is static in TF graphs of a fixed shape. ``--dynamic-size`` keeps the per-call
+padding (TorchScript, SavedModel).
+
+ONNX is written for onnxruntime's CPU execution provider: batch norms folded into the convs and
+constants folded by the exporter, then onnxruntime's hardware-independent (basic) graph optimizations
+applied and saved, so the file holds only standard ONNX ops and loads anywhere.
 
 Each artifact is written to a temporary sibling, run in its runtime (onnxruntime, the LiteRT
 interpreter or TF's, torch.jit, TF) against the framework model on seeded inputs, and renamed over OUT
@@ -46,11 +51,11 @@ from effspec.weights.files import (  # noqa: E402
 from effspec.weights.generated import load_model_module  # noqa: E402
 from effspec.weights.manifest import build_manifest  # noqa: E402
 
-SUFFIXES = {"onnx": ".onnx", "tflite": ".tflite", "torchscript": ".pt"}
+#: Accepted file endings per format (the first is the usual one); torchscript files go by all three.
+SUFFIXES = {"onnx": (".onnx",), "tflite": (".tflite",), "torchscript": (".pt", ".ts", ".torchscript")}
 TOLERANCE = {"onnx": 1e-4, "torchscript": 1e-4, "saved_model": 1e-4, "tflite": 1e-3}
 CHECK_BATCH = 2  # images in the self-check when the batch is dynamic
 CALIBRATION_IMAGES = 32
-_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
 @dataclass(frozen=True)
@@ -85,13 +90,15 @@ def export(spec: str | Path, output: Path, options: ExportOptions) -> ExportRepo
         raise UsageError(f"--output-stride {options.output_stride}: add --features (it sets the backbone's)")
     if options.dynamic_size and fmt == "tflite":
         raise UsageError("--dynamic-size: TFLite needs a fixed height and width; drop it or pick another format")
-    if fmt in SUFFIXES and output.suffix != SUFFIXES[fmt]:
-        raise UsageError(f"{output}: a {fmt} file ends in {SUFFIXES[fmt]}")
+    if fmt in SUFFIXES and output.suffix.lower() not in SUFFIXES[fmt]:
+        raise UsageError(f"{output}: a {fmt} file ends in {' or '.join(SUFFIXES[fmt])}")
     check_output(output, directory=fmt == "saved_model")
     if options.calibration and options.calibration != "synthetic" and not Path(options.calibration).is_dir():
         raise UsageError(f"--calibration {options.calibration}: not a folder of images (or 'synthetic')")
     model = build(spec).model
     resolution = options.resolution or model.resolution
+    if resolution != model.resolution and not options.dynamic_size:
+        model = build(spec, resolution).model  # lowered there: every shape and TF SAME padding fixed
     state, source = _weights(model, options.weights)
     report = ExportReport(output)
     batch = "dynamic" if options.batch is None else str(options.batch)
@@ -173,25 +180,32 @@ def _check_images(model: ir.Model, resolution: int, options: ExportOptions) -> n
 
 def _folder_images(folder: Path, model: ir.Model, resolution: int) -> np.ndarray:
     """Up to CALIBRATION_IMAGES images under ``folder``: resized, 0..1, normalized with the spec's mean/std."""
+    from effspec.backends.imagefiles import IMAGE_EXTENSIONS, Undecodable, open_image, report_undecodable
+
     try:
-        from PIL import Image
+        import PIL  # noqa: F401
     except ImportError as exc:
         raise UsageError("--calibration DIR needs Pillow (pip install pillow); or use --calibration synthetic") from exc
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in _IMAGE_SUFFIXES and p.is_file())
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
     if not files:
-        raise UsageError(f"--calibration {folder}: no images ({', '.join(_IMAGE_SUFFIXES)})")
+        raise UsageError(f"--calibration {folder}: no images ({', '.join(IMAGE_EXTENSIONS)})")
     mode = "L" if model.input.channels == 1 else "RGB"
     mean = np.array(model.mean, dtype=np.float32).reshape(-1, 1, 1)
     std = np.array(model.std, dtype=np.float32).reshape(-1, 1, 1)
     images = []
-    for path in files[:CALIBRATION_IMAGES]:
+    for path in files:  # the trainers' decoding policy (imagefiles): an undecodable file is skipped, named
+        if len(images) == CALIBRATION_IMAGES:
+            break
         try:
-            with Image.open(path) as image:
-                pixels = np.asarray(image.convert(mode).resize((resolution, resolution)), dtype=np.float32) / 255.0
-        except (OSError, ValueError) as exc:
-            raise UsageError(f"{path}: not a readable image ({exc})") from exc
+            image = open_image(path.read_bytes(), mode)
+        except (Undecodable, OSError) as exc:
+            report_undecodable(str(path), exc, "skipped")
+            continue
+        pixels = np.asarray(image.resize((resolution, resolution)), dtype=np.float32) / 255.0
         pixels = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
         images.append((pixels - mean) / std)
+    if not images:
+        raise UsageError(f"--calibration {folder}: no image decodes")
     return np.stack(images)
 
 
@@ -248,72 +262,22 @@ def _torch_net(model: ir.Model, state: dict[str, np.ndarray], options: ExportOpt
     return net.eval()
 
 
-def static_same_padding(net, resolution: int, channels: int):
-    """Swap every per-call TF SAME conv for a zero pad of this resolution's amounts and a plain conv."""
-    import torch
-    import torch.nn.functional as F
-    from torch import nn
-
-    class StaticSameConv(nn.Conv2d):
-        """A conv whose TF SAME padding was worked out once, for the export resolution (``pads``)."""
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return F.conv2d(F.pad(x, self.pads), self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
-
-    sizes: dict[str, tuple[int, int]] = {}
-    dynamic = {name: m for name, m in net.named_modules() if type(m).__name__ == "Conv2dSame"}
-    hooks = []
-    for name, module in dynamic.items():
-
-        def record(_module, inputs, name: str = name) -> None:
-            sizes[name] = tuple(inputs[0].shape[-2:])
-
-        hooks.append(module.register_forward_pre_hook(record))
-    with torch.no_grad():
-        net(torch.zeros(1, channels, resolution, resolution))
-    for hook in hooks:
-        hook.remove()
-    for name, conv in dynamic.items():
-        pads = []
-        for axis, size in ((1, sizes[name][1]), (0, sizes[name][0])):  # F.pad: (left, right, top, bottom)
-            kernel, stride = conv.kernel_size[axis], conv.stride[axis]
-            total = max((-(-size // stride) - 1) * stride + kernel - size, 0)
-            pads += [total // 2, total - total // 2]
-        static = StaticSameConv(
-            conv.in_channels,
-            conv.out_channels,
-            conv.kernel_size,
-            conv.stride,
-            0,
-            groups=conv.groups,
-            bias=conv.bias is not None,
-        )
-        static.pads = pads
-        static.weight = conv.weight
-        static.bias = conv.bias
-        parent_name, _, child = name.rpartition(".")
-        setattr(net.get_submodule(parent_name) if parent_name else net, child, static)
-    return net, len(dynamic)
-
-
 def _export_torch(model, state, output, images, options, report, resolution) -> None:
     import torch
 
-    net = _torch_net(model, state, options)
-    per_call = sum(type(m).__name__ == "Conv2dSame" for m in net.modules())
+    per_call = sum(isinstance(layer.padding, ir.SamePadding) for layer in model.layers)
     if options.dynamic_size and options.format == "onnx" and per_call:
         raise UsageError(
             f"--dynamic-size: {model.name} pads TF SAME by the input size's parity in {per_call} strided convs, which "
             "ONNX cannot express exactly (its integer division truncates); export at a fixed --resolution, or use "
             "torchscript / saved_model for dynamic sizes"
         )
+    net = _torch_net(model, state, options)
     with torch.no_grad():
         reference = _numpy(net(torch.from_numpy(images)))
     names = [level.name for level in net.feature_info] if options.features else ["logits"]
-    if not options.dynamic_size:
-        net, swapped = static_same_padding(net, resolution, model.input.channels)
-        if swapped:
-            report.lines.append(f"TF SAME padding static at {resolution}x{resolution} in {swapped} strided convs")
+    if not options.dynamic_size and per_call:
+        report.lines.append(f"TF SAME padding static at {resolution}x{resolution} in {per_call} strided convs")
     example = torch.from_numpy(images)
     with atomic_output(output) as temporary:
         if options.format == "onnx":
@@ -364,8 +328,73 @@ def _write_onnx(net, example, path: Path, options: ExportOptions, names: list[st
             dynamic_axes={"images": axes, **{name: {0: "batch"} if 0 in axes else {} for name in names}}
             if axes
             else None,
+            opset_version=ONNX_OPSET,
             dynamo=False,
         )
+    _optimize_onnx(path)
+
+
+#: The opset written: 17 and 18 ran B0 alike in onnxruntime (benchmarks/results/onnx_export.md).
+ONNX_OPSET = 17
+
+
+def _optimize_onnx(path: Path) -> None:
+    """Rewrite ``path`` as onnxruntime would run it, in standard ONNX ops only: its basic
+    (hardware-independent) optimizations (constant folding: the pad amounts; identities removed;
+    conv + batch norm folded), then each constant zero ``Pad`` folded into the ``Conv`` it feeds
+    (ONNX convs pad asymmetrically, so TF SAME is the conv's own padding; onnxruntime keeps them
+    apart). The extended optimizations (fused activations, NCHWc layouts) are left to the session:
+    saved, they are hardware specific."""
+    import tempfile
+
+    import onnx
+    import onnxruntime
+    from onnx import numpy_helper
+
+    options = onnxruntime.SessionOptions()
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    with tempfile.TemporaryDirectory(prefix="effspec-onnx-") as folder:
+        options.optimized_model_filepath = str(Path(folder) / "basic.onnx")
+        onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        model = onnx.load(options.optimized_model_filepath)
+    graph = model.graph
+    constants = {tensor.name: tensor for tensor in graph.initializer}
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    folded = []
+    for pad in graph.node:
+        if pad.op_type != "Pad" or pad.input[1] not in constants or len(consumers.get(pad.output[0], [])) != 1:
+            continue
+        (conv,) = consumers[pad.output[0]]
+        mode = next((a.s for a in pad.attribute if a.name == "mode"), b"constant")
+        value = constants.get(pad.input[2]) if len(pad.input) > 2 and pad.input[2] else None
+        amounts = numpy_helper.to_array(constants[pad.input[1]]).tolist()  # begins of every axis, then ends
+        rank = len(amounts) // 2
+        if conv.op_type != "Conv" or mode != b"constant" or (value is not None and numpy_helper.to_array(value).any()):
+            continue
+        if any(amounts[:2]) or any(amounts[rank : rank + 2]) or min(amounts) < 0:
+            continue  # pads batch or channels, or crops
+        pads = next((a for a in conv.attribute if a.name == "pads"), None)
+        current = list(pads.ints) if pads is not None else [0] * (2 * (rank - 2))
+        spatial = amounts[2:rank] + amounts[rank + 2 :]
+        merged = [a + b for a, b in zip(current, spatial, strict=True)]
+        if pads is not None:
+            conv.attribute.remove(pads)
+        conv.attribute.append(onnx.helper.make_attribute("pads", merged))
+        conv.input[0] = pad.input[0]
+        folded.append(pad)
+    for pad in folded:
+        graph.node.remove(pad)
+    used = {name for node in graph.node for name in node.input}
+    for tensor in [t for t in graph.initializer if t.name not in used]:
+        graph.initializer.remove(tensor)
+    domains = {node.domain for node in graph.node} | {""}  # onnxruntime declares all of its own
+    for opset in [o for o in model.opset_import if o.domain not in domains]:
+        model.opset_import.remove(opset)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
 
 
 def _run_onnx(path: Path, images: np.ndarray) -> np.ndarray:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from dataclasses import dataclass
 from types import ModuleType
@@ -18,7 +19,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from ...imagefiles import FileSystem, list_split
+from ...imagefiles import LOCAL, FileSystem, first_decodable, list_split, open_image, read_local
 from ...recipe import ProgressiveStage, TrainingError
 
 
@@ -52,7 +53,7 @@ def synthetic_split(count: int, size: int, num_classes: int, seed: int) -> Split
 
 def folder_split(directory: str, classes: tuple[str, ...] | None = None) -> tuple[Split, tuple[str, ...]]:
     """<directory>/<class>/<image>, listed and checked by the policy both trainers share."""
-    listing = list_split(directory, classes, GFILE)
+    listing = list_split(directory, classes, GFILE if "://" in directory else LOCAL)
     note = listing.note(directory)
     if note:
         print(note, file=sys.stderr)
@@ -61,10 +62,37 @@ def folder_split(directory: str, classes: tuple[str, ...] | None = None) -> tupl
     return Split(paths, labels, decoded=False), listing.classes
 
 
-def decode(path: tf.Tensor) -> tf.Tensor:
-    data = tf.io.read_file(path)
-    image = tf.io.decode_image(data, channels=3, expand_animations=False)
-    return tf.cast(image, tf.float32)
+def _read(path: str) -> bytes:
+    """A whole file: tf.io.gfile for URLs (gs://), else the OS (tf.io.gfile cannot list or open a
+    file whose name is not UTF-8, such as a Latin-1 name)."""
+    if "://" not in path:
+        return read_local(path)
+    with tf.io.gfile.GFile(path, "rb") as handle:
+        return handle.read()
+
+
+def decode(path: tf.Tensor | str) -> tf.Tensor:
+    """One image file as float32 0..255 RGB, decoded by Pillow as the torch trainer decodes it
+    (imagefiles.open_image: CMYK, 16-bit, palette, grayscale; bombs refused)."""
+
+    def load(name: bytes) -> np.ndarray:
+        return np.asarray(open_image(_read(os.fsdecode(name))), np.uint8)
+
+    image = tf.numpy_function(load, [path], tf.uint8, stateful=False)
+    return tf.cast(tf.ensure_shape(image, [None, None, 3]), tf.float32)
+
+
+def decode_sample(split: Split, index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """Sample ``index`` of a folder split, or the next one that decodes (imagefiles.first_decodable,
+    the torch trainer's policy): float32 0..255 RGB and its label."""
+    samples = [(str(path), int(label)) for path, label in zip(split.images, split.labels, strict=True)]
+
+    def load(position: np.int64) -> tuple[np.ndarray, np.int32]:
+        image, label = first_decodable(samples, int(position), _read)
+        return np.asarray(image, np.uint8), np.int32(label)
+
+    image, label = tf.numpy_function(load, [index], (tf.uint8, tf.int32), stateful=False)
+    return tf.cast(tf.ensure_shape(image, [None, None, 3]), tf.float32), tf.ensure_shape(label, [])
 
 
 CROP_AREA = (0.08, 1.0)  # random-resized crop: fraction of the image's area
@@ -122,7 +150,7 @@ def center_crop(image: tf.Tensor, size: int, fraction: float) -> tf.Tensor:
     instead lands up to a pixel away and filters other pixels at the edges."""
     shape = tf.shape(image)
     height, width = tf.cast(shape[0], tf.float64), tf.cast(shape[1], tf.float64)
-    shorter = float(int(size / fraction))
+    shorter = tf.constant(float(int(size / fraction)), tf.float64)
     new_height = tf.where(height <= width, shorter, tf.floor(shorter * height / width))
     new_width = tf.where(height <= width, tf.floor(shorter * width / height), shorter)
     extent = tf.cast(tf.stack([new_height, new_width]), tf.int32)
@@ -162,7 +190,8 @@ class Data:
         args, split, batch = self.args, self.train_split, self.args.batch_size
         count = len(split)
         order = tf.random.experimental.stateless_shuffle(tf.range(count, dtype=tf.int64), seed=[args.seed, epoch])
-        images, labels = tf.constant(split.images), tf.constant(split.labels)
+        # decoded splits only: a folder's paths stay in Python (a Latin-1 file name is no UTF-8 tensor)
+        images, labels = (tf.constant(split.images), tf.constant(split.labels)) if split.decoded else (None, None)
         epoch_seed = args.seed * 65_537 + epoch
         augment = None if split.decoded else self._augmenter(stage, epoch_seed)
 
@@ -173,14 +202,14 @@ class Data:
                 image = tf.cast(images[index], tf.float32)
                 if image.shape[0] != stage.image_size:
                     image = tf.image.resize(image, (stage.image_size, stage.image_size), method="bilinear")
+                label = labels[index]
             else:
-                image = decode(images[index])
+                image, label = decode_sample(split, index)
                 image = random_resized_crop(image, stage.image_size, seed)
                 image = tf.image.stateless_random_flip_left_right(image, seed)
                 if augment is not None:
                     image = augment(image)
-            label = tf.one_hot(labels[index], args.num_classes)
-            return self.normalize(image), label, position
+            return self.normalize(image), tf.one_hot(label, args.num_classes), position
 
         dataset = tf.data.Dataset.range(skip * batch, (skip + steps) * batch)
         dataset = dataset.map(example, num_parallel_calls=tf.data.AUTOTUNE)
@@ -201,15 +230,15 @@ class Data:
             return None
         if self._val is None:
             split, size = self.val_split, self.args.eval_resolution
-            images, labels = tf.constant(split.images), tf.constant(split.labels)
+            images, labels = (tf.constant(split.images), tf.constant(split.labels)) if split.decoded else (None, None)
 
             def example(index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
                 if split.decoded:
-                    image = tf.cast(images[index], tf.float32)
+                    image, label = tf.cast(images[index], tf.float32), labels[index]
                 else:
-                    image = center_crop(decode(images[index]), size, self.args.crop_fraction)
-                label = tf.one_hot(labels[index], self.args.num_classes)
-                return self.normalize(image), label
+                    image, label = decode_sample(split, index)
+                    image = center_crop(image, size, self.args.crop_fraction)
+                return self.normalize(image), tf.one_hot(label, self.args.num_classes)
 
             dataset = tf.data.Dataset.range(len(split))
             dataset = dataset.map(example, num_parallel_calls=tf.data.AUTOTUNE)

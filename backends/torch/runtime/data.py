@@ -17,7 +17,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ...imagefiles import Listing, list_split
+from ...imagefiles import Listing, first_decodable, list_split, open_image, read_local
 from ...recipe import ProgressiveStage, TrainingError
 from .distributed import Runtime
 
@@ -77,11 +77,8 @@ class SyntheticImages:
 
 
 def load_rgb(path: str) -> Any:
-    from PIL import Image
-
-    with open(path, "rb") as handle:
-        image = Image.open(handle)
-        return image.convert("RGB")
+    """One image file as 8-bit RGB (Pillow), decoded by the policy both trainers share."""
+    return open_image(read_local(path))
 
 
 class FolderSamples(torch.utils.data.Dataset):
@@ -89,7 +86,8 @@ class FolderSamples(torch.utils.data.Dataset):
 
     A key is (epoch, index, stage): the stage picks the transform (progressive learning changes
     size and RandAugment magnitude). A file that passed the listing's header check but does not
-    decode (truncated) is replaced by the next sample, with a warning: never a traceback mid-epoch.
+    decode is replaced by the next sample (imagefiles.first_decodable, as in the Keras trainer),
+    with one note: never a traceback mid-epoch.
     """
 
     def __init__(self, samples: Sequence[tuple[str, int]], transforms: Sequence[Any], seed: int) -> None:
@@ -102,17 +100,10 @@ class FolderSamples(torch.utils.data.Dataset):
 
     def __getitem__(self, key: tuple[int, int, int]) -> tuple[torch.Tensor, int]:
         epoch, index, stage = key
-        for offset in range(len(self.samples)):
-            path, label = self.samples[(index + offset) % len(self.samples)]
-            try:
-                image = load_rgb(path)
-            except (OSError, ValueError) as exc:
-                print(f"note: {path}: cannot decode ({exc}); using the next image", file=sys.stderr)
-                continue
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed((self.seed * 1_000_003 + epoch) * 1_000_033 + index)
-                return self.transforms[stage](image), label
-        raise TrainingError("no image of the folder decodes")
+        image, label = first_decodable(self.samples, index, read_local)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed((self.seed * 1_000_003 + epoch) * 1_000_033 + index)
+            return self.transforms[stage](image), label
 
 
 def train_transform(stage: ProgressiveStage, args: argparse.Namespace, net: ModuleType) -> Any:

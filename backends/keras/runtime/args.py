@@ -16,6 +16,13 @@ One command for every scale (--batch-size is the GLOBAL batch, split over replic
     python train.py --tpu NAME --data gs://b/imagenet     # TPUStrategy, bfloat16
     python train.py --data /data/imagenet --resume        # continue after preemption
 
+Keras' backend is KERAS_BACKEND's (tensorflow when unset). With KERAS_BACKEND=jax the same flags
+train through keras.distribution.DataParallel over every device JAX sees, as Keras trains on
+TPUs: on a TPU VM (pip install 'jax[tpu]' there), run on the VM itself, without --tpu:
+
+    KERAS_BACKEND=jax python train.py --data gs://b/imagenet    # all TPU cores, bfloat16
+    KERAS_BACKEND=jax python train.py --strategy multiworker ... # each host of a pod slice
+
 --data DIR expects DIR/train/<class>/<image> and DIR/val/<class>/<image>. Under --output:
 checkpoint/ (resumable state, replaced atomically), metrics.csv (a row per epoch), log.jsonl
 (what each epoch ran: stage, batch shape, dropout, learning rate), tensorboard/ and
@@ -43,7 +50,8 @@ def build_parser(recipe: Recipe, prog: str = "train.py") -> argparse.ArgumentPar
         choices=("auto", "one", "mirrored", "multiworker", "tpu"),
         default="auto",
         help="auto: tpu with --tpu (or TPU_NAME), multiworker with a TF_CONFIG cluster, mirrored with "
-        "several GPUs (or --cpu-devices > 1), else one",
+        "several GPUs (or --cpu-devices > 1), else one; KERAS_BACKEND=jax: DataParallel over all "
+        "devices unless one (multiworker: every host of a TPU pod slice joins first)",
     )
     devices.add_argument("--tpu", default=None, help="TPU name or address")
     devices.add_argument(

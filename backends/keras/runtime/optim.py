@@ -52,6 +52,13 @@ class WarmupThenDecay(keras.optimizers.schedules.LearningRateSchedule):
         }
 
 
+def outside_fit(method: Any) -> Any:
+    """A method the callbacks call between steps: one tf.function under TensorFlow (where it also
+    runs in a tf.distribute strategy's cross-replica context); under JAX, eager keras.ops on the
+    (replicated) variables."""
+    return tf.function(method) if keras.backend.backend() == "tensorflow" else method
+
+
 def averaged_statistics(model: keras.Model) -> list[Any]:
     """Batch-norm moving means and variances: averaged with the weights, as in torch."""
     return [
@@ -79,7 +86,9 @@ class WeightAverage:
 
     def track_average(self, model: keras.Model, decay: float) -> None:
         self.average_decay = decay
-        self.averaged = list(model.trainable_variables) + averaged_statistics(model)
+        # Not an attribute Keras tracks: the model's own variables would become optimizer variables
+        # too (saved twice; on JAX the train step is then handed one buffer twice and fails).
+        object.__setattr__(self, "averaged", list(model.trainable_variables) + averaged_statistics(model))
 
     def build(self, var_list: list[Any]) -> None:
         super().build(var_list)  # type: ignore[misc]
@@ -90,18 +99,18 @@ class WeightAverage:
     def finalize_variable_values(self, var_list: list[Any]) -> None:
         """fit() runs once per epoch here: it must not end by changing the model's weights."""
 
-    @tf.function
+    @outside_fit
     def update_average(self) -> None:
         n = ops.cast(self.iterations, "float32")  # type: ignore[attr-defined]
         decay = ops.where(n <= 1.0, 0.0, ops.minimum(self.average_decay, (1.0 + n) / (10.0 + n)))
         for average, variable in zip(self.averages, self.averaged, strict=True):
             average.assign(decay * average + (1.0 - decay) * ops.cast(variable, average.dtype))
 
-    @tf.function
+    @outside_fit
     def swap_average(self) -> None:
         """Model weights <-> their average (twice: back as they were)."""
         for average, variable in zip(self.averages, self.averaged, strict=True):
-            saved = tf.identity(variable.value)
+            saved = ops.copy(variable.value)
             variable.assign(average)
             average.assign(saved)
 
@@ -138,7 +147,7 @@ class RMSpropTF(WeightAverage, keras.optimizers.RMSprop):
     def build(self, var_list: list[Any]) -> None:
         super().build(var_list)
         for mean_square in self._velocities:
-            mean_square.assign(ops.ones_like(mean_square))
+            mean_square.assign(ops.ones(mean_square.shape, mean_square.dtype))
 
 
 class SGD(WeightAverage, keras.optimizers.SGD):

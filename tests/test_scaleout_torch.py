@@ -1,0 +1,101 @@
+"""torch multi-node (issue 24): `torchrun --nnodes 2 --nproc-per-node 1` with a c10d rendezvous, as
+two machines run it (two launcher processes, here both on localhost; the first hosts the
+rendezvous store, as --rdzv-endpoint's machine would), trains `effspec train --backend torch` to the
+weights of one process on the same global batch.
+
+As tests/test_torch_train.py's 2-process DDP test: --sync-bn, dropout and drop path off (each
+process draws its own masks); only float summation order differs. Tolerance 1e-5 absolute.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+
+torch = pytest.importorskip("torch")
+
+SPEC = ROOT / "tests" / "data" / "torch_v1_tiny.yaml"  # MBConv + SE, 32 px
+TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
+RECIPE = [
+    *("--data", "synthetic", "--synthetic-train-size", "64", "--synthetic-val-size", "16", "--workers", "0"),
+    *("--batch-size", "16", "--epochs", "2", "--dropout", "0", "--drop-path-rate", "0", "--lr-per-256", "0.2"),
+    *("--sync-bn", "--no-tensorboard", "--log-every", "1"),
+]
+ATOL = 1e-5
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def environment() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "CUDA_VISIBLE_DEVICES": ""}
+
+
+def train_command(output: Path) -> list[str]:
+    return ["-m", "effspec.cli", "train", str(SPEC), "--backend", "torch", *RECIPE, "--output", str(output)]
+
+
+def wait_all(processes: list[subprocess.Popen], timeout: float = 300) -> list[str]:
+    """Each process's output once all have exited 0 (any still running after `timeout` is killed)."""
+    outputs = []
+    try:
+        for process in processes:
+            out, _ = process.communicate(timeout=timeout)
+            outputs.append(out)
+    finally:
+        for process in processes:
+            process.kill()
+    for process, out in zip(processes, outputs, strict=True):
+        assert process.returncode == 0, f"{process.args} exited {process.returncode}:\n{out[-4000:]}"
+    return outputs
+
+
+def checkpoint(output: Path) -> dict:
+    return torch.load(output / "checkpoint.pt", map_location="cpu", weights_only=True)
+
+
+def test_two_nodes_match_one_process(tmp_path: Path) -> None:
+    endpoint = f"127.0.0.1:{free_port()}"
+    single = subprocess.Popen(
+        [sys.executable, *train_command(tmp_path / "one")], env=environment(), cwd=ROOT, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    nodes = []
+    for host in (1, 0):  # the second machine may start first: it waits for the rendezvous host
+        launcher = [
+            TORCHRUN, "--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d",
+            "--rdzv-endpoint", endpoint, "--rdzv-id", "effspec-two-nodes",
+            "--rdzv-conf", f"is_host={host},join_timeout=120", "--max-restarts", "0",
+        ]  # fmt: skip
+        nodes.append(
+            subprocess.Popen(
+                [*launcher, *train_command(tmp_path / "two")],
+                env=environment(),
+                cwd=ROOT,
+                text=True,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        )
+    wait_all([single, *nodes])
+    one, two = checkpoint(tmp_path / "one"), checkpoint(tmp_path / "two")
+    assert (one["world_size"], two["world_size"]) == (1, 2)
+    assert one["position"] == two["position"] == {"epoch": 2, "step": 0, "global_step": 8}
+    diffs = {
+        name: (one["model"][name].double() - two["model"][name].double()).abs().max().item()
+        for name in one["model"]
+        if one["model"][name].is_floating_point()
+    }
+    worst = max(diffs, key=diffs.get)
+    assert diffs[worst] < ATOL, f"{worst} differs by {diffs[worst]:.3g}"
+    moved = max(state["momentum_buffer"].abs().max().item() for state in one["optimizer"]["state"].values())
+    assert moved > 1e-4  # the runs really trained

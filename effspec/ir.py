@@ -33,22 +33,50 @@ def same_output_size(size: int, stride: int) -> int:
     return -(-size // stride)
 
 
-#: How a conv pads: a fixed number of pixels on every side, or ``"same"``: TensorFlow SAME, which on a
-#: strided conv pads by the input size's parity (so it is worked out per call). Lowering decides it
-#: once per conv (``resolve_padding``); backends print it.
-ConvPadding = int | Literal["same"]
+@dataclass(frozen=True)
+class SamePadding:
+    """TensorFlow SAME on a strided conv, where the padding depends on the input size: at ``size``
+    (the conv's input height and width at the spec's resolution) it pads ``before`` pixels at the
+    top and left and ``after`` at the bottom and right. Backends print it: fixed padding at that
+    size (the conv's own when symmetric), worked out per call at any other size."""
+
+    size: int
+    before: int
+    after: int
+
+    @property
+    def symmetric(self) -> bool:
+        return self.before == self.after
 
 
-def resolve_padding(mode: Padding, kernel: int, stride: int, dilation: int = 1) -> ConvPadding:
-    """The one padding rule. ``symmetric``: dilation x (k - 1) // 2 per side. ``same`` (TF SAME): the
-    same fixed padding at stride 1 (odd kernels, any dilation: the dilated kernel spans
-    dilation x (k - 1) + 1 pixels, so SAME is symmetric there), and input-size dependent on a strided
-    k > 1 conv (never dilated: a conv dilates only once the strides before it were turned to 1)."""
-    if mode == "same" and stride > 1 and kernel > 1:
-        if dilation != 1:
-            raise ValueError(f"a strided conv cannot dilate (stride {stride}, dilation {dilation})")
-        return "same"
-    return dilation * (kernel - 1) // 2
+#: How a conv pads: a fixed number of pixels on every side, or TensorFlow SAME on a strided conv
+#: (``SamePadding``). Lowering decides it once per conv (``resolve_padding``); backends print it.
+ConvPadding = int | SamePadding
+
+
+def tf_same_padding(size: int, kernel: int, stride: int, dilation: int = 1) -> tuple[int, int]:
+    """(before, after): TensorFlow SAME padding of one axis of ``size`` pixels, the odd pixel after.
+    The one copy of this arithmetic in effspec (the generated torch code carries its own for sizes
+    only known at run time). The dilated kernel spans dilation x (k - 1) + 1 pixels."""
+    span = dilation * (kernel - 1) + 1
+    total = max((same_output_size(size, stride) - 1) * stride + span - size, 0)
+    return total // 2, total - total // 2
+
+
+def resolve_padding(mode: Padding, kernel: int, stride: int, size: int, dilation: int = 1) -> ConvPadding:
+    """The one padding rule, for a conv whose input is ``size`` x ``size`` at the spec's resolution.
+    ``symmetric``: dilation x (k - 1) // 2 per side. ``same`` (TF SAME): at stride 1 the same fixed
+    padding (odd kernels, any dilation: SAME is symmetric there, whatever the size); on a strided
+    k > 1 conv, ``SamePadding`` at ``size`` (never dilated: a conv dilates only once the strides
+    before it were turned to 1)."""
+    if mode == "symmetric" or kernel == 1:
+        return dilation * (kernel - 1) // 2
+    before, after = tf_same_padding(size, kernel, stride, dilation)
+    if stride == 1:
+        return before  # == after: odd kernel, stride 1
+    if dilation != 1:
+        raise ValueError(f"a strided conv cannot dilate (stride {stride}, dilation {dilation})")
+    return SamePadding(size, before, after)
 
 
 def flat_name(name: str) -> str:

@@ -29,6 +29,13 @@ def _output_shape(channels: int, input_shape: ir.Shape, stride: int) -> ir.Shape
     )
 
 
+def _square(shape: ir.Shape) -> int:
+    """The side of a square map (every map is: the resolution is one number)."""
+    if shape.height != shape.width:
+        raise AssertionError(f"expected a square map, found {shape.height}x{shape.width}")
+    return shape.height
+
+
 def _conv_bn_act(
     name: str,
     in_channels: int,
@@ -58,7 +65,7 @@ def _conv_bn_act(
         kernel=kernel,
         stride=stride,
         groups=groups,
-        padding=ir.resolve_padding(padding, kernel, stride, dilation),
+        padding=ir.resolve_padding(padding, kernel, stride, _square(input_shape), dilation),
         dilation=dilation,
     )
     bn = ir.Layer(f"{name}.bn", "batch_norm", out_channels, out_channels, out_size)
@@ -89,7 +96,7 @@ def _mixed_depthwise(
             kernel=kernel,
             stride=stride,
             groups=part,
-            padding=ir.resolve_padding(padding, kernel, stride, dilation),
+            padding=ir.resolve_padding(padding, kernel, stride, _square(input_shape), dilation),
             dilation=dilation,
         )
         for index, (part, kernel) in enumerate(zip(split_channels(channels, len(kernels)), kernels, strict=True))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from effspec import ir, output
@@ -20,7 +20,9 @@ class Compiled:
     warnings: tuple[str, ...]
 
 
-def build(path: str | Path) -> Compiled:
+def build(path: str | Path, resolution: int | None = None) -> Compiled:
+    """The compiled spec; ``resolution`` lowers it at another input size than the spec's (export at
+    a fixed size: every shape and TF SAME padding resolved there)."""
     from effspec.loader import resolve  # pydantic-free: reads the spec and its bases once each
 
     if not str(path):
@@ -35,6 +37,8 @@ def build(path: str | Path) -> Compiled:
 
     loaded = validate(resolved)  # pydantic: types, ranges, unknown keys
     scaled = resolve_multipliers(loaded.spec)  # compound (alpha^phi...) or explicit multipliers
+    if resolution is not None:
+        scaled = replace(scaled, resolution=resolution)
     check_limits(loaded, scaled)  # bounded blocks, channels, resolution, parameters: before building anything
     model = lower(loaded, scaled)  # every channel, repeat, stride, padding and shape resolved
     model = verify(model, loaded)  # invariants the schema cannot express (spatial collapse, names)

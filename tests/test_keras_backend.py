@@ -105,7 +105,7 @@ def test_trainable_params_and_layer_names_match_the_ir(generated: Path, spec_nam
             assert layer.strides == (layer_ir.stride, layer_ir.stride), layer_ir.name
             # Keras' "same" is TF SAME (and (k - 1) // 2 at stride 1); a fixed padding on a strided
             # conv is an explicit ZeroPadding2D before a "valid" conv.
-            fixed_strided = layer_ir.padding != "same" and layer_ir.stride > 1
+            fixed_strided = not isinstance(layer_ir.padding, ir.SamePadding) and layer_ir.stride > 1
             if layer_ir.kernel > 1:  # a 1x1 conv pads nothing either way
                 assert layer.padding == ("valid" if fixed_strided else "same"), layer_ir.name
             if fixed_strided and layer_ir.padding:

@@ -19,7 +19,7 @@ from effspec.modules import import_file
 from effspec.pipeline import emit, write_outputs
 
 _ROOT: Path | None = None
-_LOADED: dict[tuple[str, str], ModuleType] = {}
+_LOADED: dict[tuple[str, int, str], ModuleType] = {}
 
 
 def _root() -> Path:
@@ -31,8 +31,9 @@ def _root() -> Path:
 
 
 def load_model_module(model: ir.Model, backend: str) -> ModuleType:
-    """The generated ``model.py`` of ``backend`` for ``model``, imported (once per spec hash and backend)."""
-    key = (model.spec_sha256, backend)
+    """The generated ``model.py`` of ``backend`` for ``model``, imported (once per spec hash, resolution
+    and backend)."""
+    key = (model.spec_sha256, model.resolution, backend)
     if key in _LOADED:
         return _LOADED[key]
     outputs = emit(model, [backend])
@@ -40,7 +41,7 @@ def load_model_module(model: ir.Model, backend: str) -> ModuleType:
         raise UsageError(f"backend {backend!r} does not emit a model.py")
     directory = _root() / f"{len(_LOADED)}"
     (target,) = write_outputs(outputs, directory)
-    module_name = f"_effspec_generated_{backend}_{model.python_name}_{model.spec_sha256[:12]}"
+    module_name = f"_effspec_generated_{backend}_{model.python_name}_{model.spec_sha256[:12]}_{model.resolution}"
     try:
         module = import_file(target / "model.py", module_name)
     except ImportError as exc:

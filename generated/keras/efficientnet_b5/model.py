@@ -73,6 +73,17 @@ FEATURES_OUTPUT = "head_act"  # pre-pooling features (head conv-bn-act)
 
 
 @dataclass(frozen=True)
+class SamePadding:
+    """TensorFlow SAME on a strided conv, which pads by the input size: at input size
+    ``size`` (this conv's at RESOLUTION) ``before`` pixels at the top and left and
+    ``after`` at the bottom and right, as the compiler worked out; other sizes per call."""
+
+    size: int
+    before: int
+    after: int
+
+
+@dataclass(frozen=True)
 class ConvBnActConfig:
     """conv (no bias) -> batch norm -> activation, resolved by the compiler."""
 
@@ -84,8 +95,8 @@ class ConvBnActConfig:
     # 1: a dense conv; the channel count: depthwise
     groups: int | tuple[int, ...]
     depthwise: bool  # one filter per channel (groups == channels)
-    # Pixels on every side, or "same": TensorFlow SAME, which depends on the input size
-    padding: int | str | tuple[int | str, ...]
+    # Pixels on every side, or TensorFlow SAME on a strided conv (SamePadding)
+    padding: int | SamePadding | tuple[int | SamePadding, ...]
     activation: str | None  # a key of ACTIVATIONS; None is linear
     dilation: int = 1  # > 1 only below the nominal output stride (OUTPUT_STRIDES)
 
@@ -153,7 +164,7 @@ class OutputStride:
 # block j of stage i).
 # ruff: noqa: E501
 # fmt: off
-STEM = ConvBnActConfig(3, 48, kernel=3, stride=2, groups=1, depthwise=False, padding="same", activation="swish")
+STEM = ConvBnActConfig(3, 48, kernel=3, stride=2, groups=1, depthwise=False, padding=SamePadding(456, 0, 1), activation="swish")
 HEAD = ConvBnActConfig(512, 2048, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish")
 STAGES = (
     (  # blocks.0: 3 x mbconv -> 24 channels at 228x228
@@ -189,7 +200,7 @@ STAGES = (
         BlockConfig(  # blocks.1.0
             kind="mbconv",
             expand=ConvBnActConfig(24, 144, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
-            depthwise=ConvBnActConfig(144, 144, kernel=3, stride=2, groups=144, depthwise=True, padding="same", activation="swish"),
+            depthwise=ConvBnActConfig(144, 144, kernel=3, stride=2, groups=144, depthwise=True, padding=SamePadding(228, 0, 1), activation="swish"),
             se=SqueezeExciteConfig(144, 6, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(144, 40, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
@@ -236,7 +247,7 @@ STAGES = (
         BlockConfig(  # blocks.2.0
             kind="mbconv",
             expand=ConvBnActConfig(40, 240, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
-            depthwise=ConvBnActConfig(240, 240, kernel=5, stride=2, groups=240, depthwise=True, padding="same", activation="swish"),
+            depthwise=ConvBnActConfig(240, 240, kernel=5, stride=2, groups=240, depthwise=True, padding=SamePadding(114, 1, 2), activation="swish"),
             se=SqueezeExciteConfig(240, 10, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(240, 64, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
@@ -283,7 +294,7 @@ STAGES = (
         BlockConfig(  # blocks.3.0
             kind="mbconv",
             expand=ConvBnActConfig(64, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
-            depthwise=ConvBnActConfig(384, 384, kernel=3, stride=2, groups=384, depthwise=True, padding="same", activation="swish"),
+            depthwise=ConvBnActConfig(384, 384, kernel=3, stride=2, groups=384, depthwise=True, padding=SamePadding(57, 1, 1), activation="swish"),
             se=SqueezeExciteConfig(384, 16, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(384, 128, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
@@ -413,7 +424,7 @@ STAGES = (
         BlockConfig(  # blocks.5.0
             kind="mbconv",
             expand=ConvBnActConfig(176, 1056, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
-            depthwise=ConvBnActConfig(1056, 1056, kernel=5, stride=2, groups=1056, depthwise=True, padding="same", activation="swish"),
+            depthwise=ConvBnActConfig(1056, 1056, kernel=5, stride=2, groups=1056, depthwise=True, padding=SamePadding(29, 2, 2), activation="swish"),
             se=SqueezeExciteConfig(1056, 44, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1056, 304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
@@ -654,16 +665,18 @@ def conv(
     stride: int,
     groups: int,
     depthwise: bool,
-    padding: int | str,
+    padding: int | SamePadding,
     name: str,
     dilation: int = 1,
 ) -> keras.KerasTensor:
     """One conv without bias, named ``name``."""
-    # Keras' "same" is TensorFlow SAME; at stride 1 it pads dilation x (k - 1) // 2 per
-    # side, which is what the compiler gives every stride-1 conv. A fixed padding on a
-    # strided conv is an explicit zero padding.
+    # Keras' "same" is TensorFlow SAME, worked out from the input's shape when the graph
+    # is traced (fixed wherever the size is: the compiler's SamePadding at RESOLUTION);
+    # at stride 1 it pads dilation x (k - 1) // 2 per side, which is what the compiler
+    # gives every stride-1 conv. A fixed padding on a strided conv is an explicit zero
+    # padding.
     mode = "same"
-    if padding != "same" and stride != 1:
+    if not isinstance(padding, SamePadding) and stride != 1:
         mode = "valid"
         if padding:
             x = layers.ZeroPadding2D(padding, name=f"{name}_pad")(x)

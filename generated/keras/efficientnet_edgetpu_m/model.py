@@ -72,6 +72,17 @@ FEATURES_OUTPUT = "head_act"  # pre-pooling features (head conv-bn-act)
 
 
 @dataclass(frozen=True)
+class SamePadding:
+    """TensorFlow SAME on a strided conv, which pads by the input size: at input size
+    ``size`` (this conv's at RESOLUTION) ``before`` pixels at the top and left and
+    ``after`` at the bottom and right, as the compiler worked out; other sizes per call."""
+
+    size: int
+    before: int
+    after: int
+
+
+@dataclass(frozen=True)
 class ConvBnActConfig:
     """conv (no bias) -> batch norm -> activation, resolved by the compiler."""
 
@@ -83,8 +94,8 @@ class ConvBnActConfig:
     # 1: a dense conv; the channel count: depthwise
     groups: int | tuple[int, ...]
     depthwise: bool  # one filter per channel (groups == channels)
-    # Pixels on every side, or "same": TensorFlow SAME, which depends on the input size
-    padding: int | str | tuple[int | str, ...]
+    # Pixels on every side, or TensorFlow SAME on a strided conv (SamePadding)
+    padding: int | SamePadding | tuple[int | SamePadding, ...]
     activation: str | None  # a key of ACTIVATIONS; None is linear
     dilation: int = 1  # > 1 only below the nominal output stride (OUTPUT_STRIDES)
 
@@ -152,7 +163,7 @@ class OutputStride:
 # block j of stage i).
 # ruff: noqa: E501
 # fmt: off
-STEM = ConvBnActConfig(3, 32, kernel=3, stride=2, groups=1, depthwise=False, padding="same", activation="relu")
+STEM = ConvBnActConfig(3, 32, kernel=3, stride=2, groups=1, depthwise=False, padding=SamePadding(240, 0, 1), activation="relu")
 HEAD = ConvBnActConfig(192, 1280, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="relu")
 STAGES = (
     (  # blocks.0: 2 x fused_mbconv -> 24 channels at 120x120
@@ -178,7 +189,7 @@ STAGES = (
     (  # blocks.1: 3 x fused_mbconv -> 32 channels at 60x60
         BlockConfig(  # blocks.1.0
             kind="fused_mbconv",
-            expand=ConvBnActConfig(24, 192, kernel=3, stride=2, groups=1, depthwise=False, padding="same", activation="relu"),
+            expand=ConvBnActConfig(24, 192, kernel=3, stride=2, groups=1, depthwise=False, padding=SamePadding(120, 0, 1), activation="relu"),
             depthwise=None,
             se=None,
             project=ConvBnActConfig(192, 32, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
@@ -207,7 +218,7 @@ STAGES = (
     (  # blocks.2: 5 x fused_mbconv -> 48 channels at 30x30
         BlockConfig(  # blocks.2.0
             kind="fused_mbconv",
-            expand=ConvBnActConfig(32, 256, kernel=3, stride=2, groups=1, depthwise=False, padding="same", activation="relu"),
+            expand=ConvBnActConfig(32, 256, kernel=3, stride=2, groups=1, depthwise=False, padding=SamePadding(60, 0, 1), activation="relu"),
             depthwise=None,
             se=None,
             project=ConvBnActConfig(256, 48, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
@@ -255,7 +266,7 @@ STAGES = (
         BlockConfig(  # blocks.3.0
             kind="mbconv",
             expand=ConvBnActConfig(48, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="relu"),
-            depthwise=ConvBnActConfig(384, 384, kernel=5, stride=2, groups=384, depthwise=True, padding="same", activation="relu"),
+            depthwise=ConvBnActConfig(384, 384, kernel=5, stride=2, groups=384, depthwise=True, padding=SamePadding(30, 1, 2), activation="relu"),
             se=None,
             project=ConvBnActConfig(384, 96, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
@@ -358,7 +369,7 @@ STAGES = (
         BlockConfig(  # blocks.5.0
             kind="mbconv",
             expand=ConvBnActConfig(144, 1152, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="relu"),
-            depthwise=ConvBnActConfig(1152, 1152, kernel=5, stride=2, groups=1152, depthwise=True, padding="same", activation="relu"),
+            depthwise=ConvBnActConfig(1152, 1152, kernel=5, stride=2, groups=1152, depthwise=True, padding=SamePadding(15, 2, 2), activation="relu"),
             se=None,
             project=ConvBnActConfig(1152, 192, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
@@ -495,16 +506,18 @@ def conv(
     stride: int,
     groups: int,
     depthwise: bool,
-    padding: int | str,
+    padding: int | SamePadding,
     name: str,
     dilation: int = 1,
 ) -> keras.KerasTensor:
     """One conv without bias, named ``name``."""
-    # Keras' "same" is TensorFlow SAME; at stride 1 it pads dilation x (k - 1) // 2 per
-    # side, which is what the compiler gives every stride-1 conv. A fixed padding on a
-    # strided conv is an explicit zero padding.
+    # Keras' "same" is TensorFlow SAME, worked out from the input's shape when the graph
+    # is traced (fixed wherever the size is: the compiler's SamePadding at RESOLUTION);
+    # at stride 1 it pads dilation x (k - 1) // 2 per side, which is what the compiler
+    # gives every stride-1 conv. A fixed padding on a strided conv is an explicit zero
+    # padding.
     mode = "same"
-    if padding != "same" and stride != 1:
+    if not isinstance(padding, SamePadding) and stride != 1:
         mode = "valid"
         if padding:
             x = layers.ZeroPadding2D(padding, name=f"{name}_pad")(x)

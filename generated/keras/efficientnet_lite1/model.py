@@ -73,6 +73,17 @@ FEATURES_OUTPUT = "head_act"  # pre-pooling features (head conv-bn-act)
 
 
 @dataclass(frozen=True)
+class SamePadding:
+    """TensorFlow SAME on a strided conv, which pads by the input size: at input size
+    ``size`` (this conv's at RESOLUTION) ``before`` pixels at the top and left and
+    ``after`` at the bottom and right, as the compiler worked out; other sizes per call."""
+
+    size: int
+    before: int
+    after: int
+
+
+@dataclass(frozen=True)
 class ConvBnActConfig:
     """conv (no bias) -> batch norm -> activation, resolved by the compiler."""
 
@@ -84,8 +95,8 @@ class ConvBnActConfig:
     # 1: a dense conv; the channel count: depthwise
     groups: int | tuple[int, ...]
     depthwise: bool  # one filter per channel (groups == channels)
-    # Pixels on every side, or "same": TensorFlow SAME, which depends on the input size
-    padding: int | str | tuple[int | str, ...]
+    # Pixels on every side, or TensorFlow SAME on a strided conv (SamePadding)
+    padding: int | SamePadding | tuple[int | SamePadding, ...]
     activation: str | None  # a key of ACTIVATIONS; None is linear
     dilation: int = 1  # > 1 only below the nominal output stride (OUTPUT_STRIDES)
 
@@ -153,7 +164,7 @@ class OutputStride:
 # block j of stage i).
 # ruff: noqa: E501
 # fmt: off
-STEM = ConvBnActConfig(3, 32, kernel=3, stride=2, groups=1, depthwise=False, padding="same", activation="relu6")
+STEM = ConvBnActConfig(3, 32, kernel=3, stride=2, groups=1, depthwise=False, padding=SamePadding(240, 0, 1), activation="relu6")
 HEAD = ConvBnActConfig(320, 1280, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="relu6")
 STAGES = (
     (  # blocks.0: 1 x mbconv -> 16 channels at 120x120
@@ -171,7 +182,7 @@ STAGES = (
         BlockConfig(  # blocks.1.0
             kind="mbconv",
             expand=ConvBnActConfig(16, 96, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="relu6"),
-            depthwise=ConvBnActConfig(96, 96, kernel=3, stride=2, groups=96, depthwise=True, padding="same", activation="relu6"),
+            depthwise=ConvBnActConfig(96, 96, kernel=3, stride=2, groups=96, depthwise=True, padding=SamePadding(120, 0, 1), activation="relu6"),
             se=None,
             project=ConvBnActConfig(96, 24, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
@@ -200,7 +211,7 @@ STAGES = (
         BlockConfig(  # blocks.2.0
             kind="mbconv",
             expand=ConvBnActConfig(24, 144, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="relu6"),
-            depthwise=ConvBnActConfig(144, 144, kernel=5, stride=2, groups=144, depthwise=True, padding="same", activation="relu6"),
+            depthwise=ConvBnActConfig(144, 144, kernel=5, stride=2, groups=144, depthwise=True, padding=SamePadding(60, 1, 2), activation="relu6"),
             se=None,
             project=ConvBnActConfig(144, 40, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
@@ -229,7 +240,7 @@ STAGES = (
         BlockConfig(  # blocks.3.0
             kind="mbconv",
             expand=ConvBnActConfig(40, 240, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="relu6"),
-            depthwise=ConvBnActConfig(240, 240, kernel=3, stride=2, groups=240, depthwise=True, padding="same", activation="relu6"),
+            depthwise=ConvBnActConfig(240, 240, kernel=3, stride=2, groups=240, depthwise=True, padding=SamePadding(30, 0, 1), activation="relu6"),
             se=None,
             project=ConvBnActConfig(240, 80, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
@@ -305,7 +316,7 @@ STAGES = (
         BlockConfig(  # blocks.5.0
             kind="mbconv",
             expand=ConvBnActConfig(112, 672, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="relu6"),
-            depthwise=ConvBnActConfig(672, 672, kernel=5, stride=2, groups=672, depthwise=True, padding="same", activation="relu6"),
+            depthwise=ConvBnActConfig(672, 672, kernel=5, stride=2, groups=672, depthwise=True, padding=SamePadding(15, 2, 2), activation="relu6"),
             se=None,
             project=ConvBnActConfig(672, 192, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
@@ -474,16 +485,18 @@ def conv(
     stride: int,
     groups: int,
     depthwise: bool,
-    padding: int | str,
+    padding: int | SamePadding,
     name: str,
     dilation: int = 1,
 ) -> keras.KerasTensor:
     """One conv without bias, named ``name``."""
-    # Keras' "same" is TensorFlow SAME; at stride 1 it pads dilation x (k - 1) // 2 per
-    # side, which is what the compiler gives every stride-1 conv. A fixed padding on a
-    # strided conv is an explicit zero padding.
+    # Keras' "same" is TensorFlow SAME, worked out from the input's shape when the graph
+    # is traced (fixed wherever the size is: the compiler's SamePadding at RESOLUTION);
+    # at stride 1 it pads dilation x (k - 1) // 2 per side, which is what the compiler
+    # gives every stride-1 conv. A fixed padding on a strided conv is an explicit zero
+    # padding.
     mode = "same"
-    if padding != "same" and stride != 1:
+    if not isinstance(padding, SamePadding) and stride != 1:
         mode = "valid"
         if padding:
             x = layers.ZeroPadding2D(padding, name=f"{name}_pad")(x)

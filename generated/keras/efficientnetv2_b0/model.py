@@ -69,6 +69,17 @@ FEATURES_OUTPUT = "head_act"  # pre-pooling features (head conv-bn-act)
 
 
 @dataclass(frozen=True)
+class SamePadding:
+    """TensorFlow SAME on a strided conv, which pads by the input size: at input size
+    ``size`` (this conv's at RESOLUTION) ``before`` pixels at the top and left and
+    ``after`` at the bottom and right, as the compiler worked out; other sizes per call."""
+
+    size: int
+    before: int
+    after: int
+
+
+@dataclass(frozen=True)
 class ConvBnActConfig:
     """conv (no bias) -> batch norm -> activation, resolved by the compiler."""
 
@@ -80,8 +91,8 @@ class ConvBnActConfig:
     # 1: a dense conv; the channel count: depthwise
     groups: int | tuple[int, ...]
     depthwise: bool  # one filter per channel (groups == channels)
-    # Pixels on every side, or "same": TensorFlow SAME, which depends on the input size
-    padding: int | str | tuple[int | str, ...]
+    # Pixels on every side, or TensorFlow SAME on a strided conv (SamePadding)
+    padding: int | SamePadding | tuple[int | SamePadding, ...]
     activation: str | None  # a key of ACTIVATIONS; None is linear
     dilation: int = 1  # > 1 only below the nominal output stride (OUTPUT_STRIDES)
 
@@ -149,7 +160,7 @@ class OutputStride:
 # block j of stage i).
 # ruff: noqa: E501
 # fmt: off
-STEM = ConvBnActConfig(3, 32, kernel=3, stride=2, groups=1, depthwise=False, padding="same", activation="swish")
+STEM = ConvBnActConfig(3, 32, kernel=3, stride=2, groups=1, depthwise=False, padding=SamePadding(224, 0, 1), activation="swish")
 HEAD = ConvBnActConfig(192, 1280, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish")
 STAGES = (
     (  # blocks.0: 1 x fused_mbconv -> 16 channels at 112x112
@@ -166,7 +177,7 @@ STAGES = (
     (  # blocks.1: 2 x fused_mbconv -> 32 channels at 56x56
         BlockConfig(  # blocks.1.0
             kind="fused_mbconv",
-            expand=ConvBnActConfig(16, 64, kernel=3, stride=2, groups=1, depthwise=False, padding="same", activation="swish"),
+            expand=ConvBnActConfig(16, 64, kernel=3, stride=2, groups=1, depthwise=False, padding=SamePadding(112, 0, 1), activation="swish"),
             depthwise=None,
             se=None,
             project=ConvBnActConfig(64, 32, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
@@ -186,7 +197,7 @@ STAGES = (
     (  # blocks.2: 2 x fused_mbconv -> 48 channels at 28x28
         BlockConfig(  # blocks.2.0
             kind="fused_mbconv",
-            expand=ConvBnActConfig(32, 128, kernel=3, stride=2, groups=1, depthwise=False, padding="same", activation="swish"),
+            expand=ConvBnActConfig(32, 128, kernel=3, stride=2, groups=1, depthwise=False, padding=SamePadding(56, 0, 1), activation="swish"),
             depthwise=None,
             se=None,
             project=ConvBnActConfig(128, 48, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
@@ -207,7 +218,7 @@ STAGES = (
         BlockConfig(  # blocks.3.0
             kind="mbconv",
             expand=ConvBnActConfig(48, 192, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
-            depthwise=ConvBnActConfig(192, 192, kernel=3, stride=2, groups=192, depthwise=True, padding="same", activation="swish"),
+            depthwise=ConvBnActConfig(192, 192, kernel=3, stride=2, groups=192, depthwise=True, padding=SamePadding(28, 0, 1), activation="swish"),
             se=SqueezeExciteConfig(192, 12, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(192, 96, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
@@ -283,7 +294,7 @@ STAGES = (
         BlockConfig(  # blocks.5.0
             kind="mbconv",
             expand=ConvBnActConfig(112, 672, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
-            depthwise=ConvBnActConfig(672, 672, kernel=3, stride=2, groups=672, depthwise=True, padding="same", activation="swish"),
+            depthwise=ConvBnActConfig(672, 672, kernel=3, stride=2, groups=672, depthwise=True, padding=SamePadding(14, 0, 1), activation="swish"),
             se=SqueezeExciteConfig(672, 28, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(672, 192, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
@@ -472,16 +483,18 @@ def conv(
     stride: int,
     groups: int,
     depthwise: bool,
-    padding: int | str,
+    padding: int | SamePadding,
     name: str,
     dilation: int = 1,
 ) -> keras.KerasTensor:
     """One conv without bias, named ``name``."""
-    # Keras' "same" is TensorFlow SAME; at stride 1 it pads dilation x (k - 1) // 2 per
-    # side, which is what the compiler gives every stride-1 conv. A fixed padding on a
-    # strided conv is an explicit zero padding.
+    # Keras' "same" is TensorFlow SAME, worked out from the input's shape when the graph
+    # is traced (fixed wherever the size is: the compiler's SamePadding at RESOLUTION);
+    # at stride 1 it pads dilation x (k - 1) // 2 per side, which is what the compiler
+    # gives every stride-1 conv. A fixed padding on a strided conv is an explicit zero
+    # padding.
     mode = "same"
-    if padding != "same" and stride != 1:
+    if not isinstance(padding, SamePadding) and stride != 1:
         mode = "valid"
         if padding:
             x = layers.ZeroPadding2D(padding, name=f"{name}_pad")(x)

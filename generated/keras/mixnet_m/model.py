@@ -69,6 +69,17 @@ FEATURES_OUTPUT = "head_act"  # pre-pooling features (head conv-bn-act)
 
 
 @dataclass(frozen=True)
+class SamePadding:
+    """TensorFlow SAME on a strided conv, which pads by the input size: at input size
+    ``size`` (this conv's at RESOLUTION) ``before`` pixels at the top and left and
+    ``after`` at the bottom and right, as the compiler worked out; other sizes per call."""
+
+    size: int
+    before: int
+    after: int
+
+
+@dataclass(frozen=True)
 class ConvBnActConfig:
     """conv (no bias) -> batch norm -> activation, resolved by the compiler."""
 
@@ -80,8 +91,8 @@ class ConvBnActConfig:
     # 1: a dense conv; the channel count: depthwise
     groups: int | tuple[int, ...]
     depthwise: bool  # one filter per channel (groups == channels)
-    # Pixels on every side, or "same": TensorFlow SAME, which depends on the input size
-    padding: int | str | tuple[int | str, ...]
+    # Pixels on every side, or TensorFlow SAME on a strided conv (SamePadding)
+    padding: int | SamePadding | tuple[int | SamePadding, ...]
     activation: str | None  # a key of ACTIVATIONS; None is linear
     dilation: int = 1  # > 1 only below the nominal output stride (OUTPUT_STRIDES)
 
@@ -149,7 +160,7 @@ class OutputStride:
 # block j of stage i).
 # ruff: noqa: E501
 # fmt: off
-STEM = ConvBnActConfig(3, 24, kernel=3, stride=2, groups=1, depthwise=False, padding="same", activation="relu")
+STEM = ConvBnActConfig(3, 24, kernel=3, stride=2, groups=1, depthwise=False, padding=SamePadding(224, 0, 1), activation="relu")
 HEAD = ConvBnActConfig(200, 1536, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="relu")
 STAGES = (
     (  # blocks.0: 1 x mbconv -> 24 channels at 112x112
@@ -167,7 +178,7 @@ STAGES = (
         BlockConfig(  # blocks.1.0
             kind="mbconv",
             expand=ConvBnActConfig(24, 144, kernel=1, stride=1, groups=2, depthwise=False, padding=0, activation="relu"),
-            depthwise=ConvBnActConfig(144, 144, kernel=(3, 5, 7), stride=2, groups=(48, 48, 48), depthwise=True, padding=("same", "same", "same"), activation="relu"),
+            depthwise=ConvBnActConfig(144, 144, kernel=(3, 5, 7), stride=2, groups=(48, 48, 48), depthwise=True, padding=(SamePadding(112, 0, 1), SamePadding(112, 1, 2), SamePadding(112, 2, 3)), activation="relu"),
             se=None,
             project=ConvBnActConfig(144, 32, kernel=1, stride=1, groups=2, depthwise=False, padding=0, activation=None),
             residual=False,
@@ -187,7 +198,7 @@ STAGES = (
         BlockConfig(  # blocks.2.0
             kind="mbconv",
             expand=ConvBnActConfig(32, 192, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
-            depthwise=ConvBnActConfig(192, 192, kernel=(3, 5, 7, 9), stride=2, groups=(48, 48, 48, 48), depthwise=True, padding=("same", "same", "same", "same"), activation="swish"),
+            depthwise=ConvBnActConfig(192, 192, kernel=(3, 5, 7, 9), stride=2, groups=(48, 48, 48, 48), depthwise=True, padding=(SamePadding(56, 0, 1), SamePadding(56, 1, 2), SamePadding(56, 2, 3), SamePadding(56, 3, 4)), activation="swish"),
             se=SqueezeExciteConfig(192, 16, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(192, 40, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
@@ -225,7 +236,7 @@ STAGES = (
         BlockConfig(  # blocks.3.0
             kind="mbconv",
             expand=ConvBnActConfig(40, 240, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
-            depthwise=ConvBnActConfig(240, 240, kernel=(3, 5, 7), stride=2, groups=(80, 80, 80), depthwise=True, padding=("same", "same", "same"), activation="swish"),
+            depthwise=ConvBnActConfig(240, 240, kernel=(3, 5, 7), stride=2, groups=(80, 80, 80), depthwise=True, padding=(SamePadding(28, 0, 1), SamePadding(28, 1, 2), SamePadding(28, 2, 3)), activation="swish"),
             se=SqueezeExciteConfig(240, 10, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(240, 80, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
@@ -301,7 +312,7 @@ STAGES = (
         BlockConfig(  # blocks.5.0
             kind="mbconv",
             expand=ConvBnActConfig(120, 720, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
-            depthwise=ConvBnActConfig(720, 720, kernel=(3, 5, 7, 9), stride=2, groups=(180, 180, 180, 180), depthwise=True, padding=("same", "same", "same", "same"), activation="swish"),
+            depthwise=ConvBnActConfig(720, 720, kernel=(3, 5, 7, 9), stride=2, groups=(180, 180, 180, 180), depthwise=True, padding=(SamePadding(14, 0, 1), SamePadding(14, 1, 2), SamePadding(14, 2, 3), SamePadding(14, 3, 4)), activation="swish"),
             se=SqueezeExciteConfig(720, 60, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(720, 200, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
@@ -446,16 +457,18 @@ def conv(
     stride: int,
     groups: int,
     depthwise: bool,
-    padding: int | str,
+    padding: int | SamePadding,
     name: str,
     dilation: int = 1,
 ) -> keras.KerasTensor:
     """One conv without bias, named ``name``."""
-    # Keras' "same" is TensorFlow SAME; at stride 1 it pads dilation x (k - 1) // 2 per
-    # side, which is what the compiler gives every stride-1 conv. A fixed padding on a
-    # strided conv is an explicit zero padding.
+    # Keras' "same" is TensorFlow SAME, worked out from the input's shape when the graph
+    # is traced (fixed wherever the size is: the compiler's SamePadding at RESOLUTION);
+    # at stride 1 it pads dilation x (k - 1) // 2 per side, which is what the compiler
+    # gives every stride-1 conv. A fixed padding on a strided conv is an explicit zero
+    # padding.
     mode = "same"
-    if padding != "same" and stride != 1:
+    if not isinstance(padding, SamePadding) and stride != 1:
         mode = "valid"
         if padding:
             x = layers.ZeroPadding2D(padding, name=f"{name}_pad")(x)

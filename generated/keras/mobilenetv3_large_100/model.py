@@ -72,6 +72,17 @@ FEATURES_OUTPUT = "head_act"  # pre-pooling features (head conv-bn-act)
 
 
 @dataclass(frozen=True)
+class SamePadding:
+    """TensorFlow SAME on a strided conv, which pads by the input size: at input size
+    ``size`` (this conv's at RESOLUTION) ``before`` pixels at the top and left and
+    ``after`` at the bottom and right, as the compiler worked out; other sizes per call."""
+
+    size: int
+    before: int
+    after: int
+
+
+@dataclass(frozen=True)
 class ConvBnActConfig:
     """conv (no bias) -> batch norm -> activation, resolved by the compiler."""
 
@@ -83,8 +94,8 @@ class ConvBnActConfig:
     # 1: a dense conv; the channel count: depthwise
     groups: int | tuple[int, ...]
     depthwise: bool  # one filter per channel (groups == channels)
-    # Pixels on every side, or "same": TensorFlow SAME, which depends on the input size
-    padding: int | str | tuple[int | str, ...]
+    # Pixels on every side, or TensorFlow SAME on a strided conv (SamePadding)
+    padding: int | SamePadding | tuple[int | SamePadding, ...]
     activation: str | None  # a key of ACTIVATIONS; None is linear
     dilation: int = 1  # > 1 only below the nominal output stride (OUTPUT_STRIDES)
 
@@ -161,7 +172,7 @@ class PooledConvConfig:
 # block j of stage i).
 # ruff: noqa: E501
 # fmt: off
-STEM = ConvBnActConfig(3, 16, kernel=3, stride=2, groups=1, depthwise=False, padding="same", activation="hard_swish")
+STEM = ConvBnActConfig(3, 16, kernel=3, stride=2, groups=1, depthwise=False, padding=SamePadding(224, 0, 1), activation="hard_swish")
 HEAD = ConvBnActConfig(160, 960, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="hard_swish")
 POOLED_CONV = PooledConvConfig(960, 1280, activation="hard_swish")
 STAGES = (
@@ -180,7 +191,7 @@ STAGES = (
         BlockConfig(  # blocks.1.0
             kind="mbconv",
             expand=ConvBnActConfig(16, 64, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="relu"),
-            depthwise=ConvBnActConfig(64, 64, kernel=3, stride=2, groups=64, depthwise=True, padding="same", activation="relu"),
+            depthwise=ConvBnActConfig(64, 64, kernel=3, stride=2, groups=64, depthwise=True, padding=SamePadding(112, 0, 1), activation="relu"),
             se=None,
             project=ConvBnActConfig(64, 24, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
@@ -200,7 +211,7 @@ STAGES = (
         BlockConfig(  # blocks.2.0
             kind="mbconv",
             expand=ConvBnActConfig(24, 72, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="relu"),
-            depthwise=ConvBnActConfig(72, 72, kernel=5, stride=2, groups=72, depthwise=True, padding="same", activation="relu"),
+            depthwise=ConvBnActConfig(72, 72, kernel=5, stride=2, groups=72, depthwise=True, padding=SamePadding(56, 1, 2), activation="relu"),
             se=SqueezeExciteConfig(72, 24, activation="relu", gate="hard_sigmoid"),
             project=ConvBnActConfig(72, 40, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
@@ -229,7 +240,7 @@ STAGES = (
         BlockConfig(  # blocks.3.0
             kind="mbconv",
             expand=ConvBnActConfig(40, 240, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="hard_swish"),
-            depthwise=ConvBnActConfig(240, 240, kernel=3, stride=2, groups=240, depthwise=True, padding="same", activation="hard_swish"),
+            depthwise=ConvBnActConfig(240, 240, kernel=3, stride=2, groups=240, depthwise=True, padding=SamePadding(28, 0, 1), activation="hard_swish"),
             se=None,
             project=ConvBnActConfig(240, 80, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
@@ -287,7 +298,7 @@ STAGES = (
         BlockConfig(  # blocks.5.0
             kind="mbconv",
             expand=ConvBnActConfig(112, 672, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="hard_swish"),
-            depthwise=ConvBnActConfig(672, 672, kernel=5, stride=2, groups=672, depthwise=True, padding="same", activation="hard_swish"),
+            depthwise=ConvBnActConfig(672, 672, kernel=5, stride=2, groups=672, depthwise=True, padding=SamePadding(14, 1, 2), activation="hard_swish"),
             se=SqueezeExciteConfig(672, 168, activation="relu", gate="hard_sigmoid"),
             project=ConvBnActConfig(672, 160, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
@@ -419,16 +430,18 @@ def conv(
     stride: int,
     groups: int,
     depthwise: bool,
-    padding: int | str,
+    padding: int | SamePadding,
     name: str,
     dilation: int = 1,
 ) -> keras.KerasTensor:
     """One conv without bias, named ``name``."""
-    # Keras' "same" is TensorFlow SAME; at stride 1 it pads dilation x (k - 1) // 2 per
-    # side, which is what the compiler gives every stride-1 conv. A fixed padding on a
-    # strided conv is an explicit zero padding.
+    # Keras' "same" is TensorFlow SAME, worked out from the input's shape when the graph
+    # is traced (fixed wherever the size is: the compiler's SamePadding at RESOLUTION);
+    # at stride 1 it pads dilation x (k - 1) // 2 per side, which is what the compiler
+    # gives every stride-1 conv. A fixed padding on a strided conv is an explicit zero
+    # padding.
     mode = "same"
-    if padding != "same" and stride != 1:
+    if not isinstance(padding, SamePadding) and stride != 1:
         mode = "valid"
         if padding:
             x = layers.ZeroPadding2D(padding, name=f"{name}_pad")(x)

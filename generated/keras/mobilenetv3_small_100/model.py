@@ -71,6 +71,17 @@ FEATURES_OUTPUT = "head_act"  # pre-pooling features (head conv-bn-act)
 
 
 @dataclass(frozen=True)
+class SamePadding:
+    """TensorFlow SAME on a strided conv, which pads by the input size: at input size
+    ``size`` (this conv's at RESOLUTION) ``before`` pixels at the top and left and
+    ``after`` at the bottom and right, as the compiler worked out; other sizes per call."""
+
+    size: int
+    before: int
+    after: int
+
+
+@dataclass(frozen=True)
 class ConvBnActConfig:
     """conv (no bias) -> batch norm -> activation, resolved by the compiler."""
 
@@ -82,8 +93,8 @@ class ConvBnActConfig:
     # 1: a dense conv; the channel count: depthwise
     groups: int | tuple[int, ...]
     depthwise: bool  # one filter per channel (groups == channels)
-    # Pixels on every side, or "same": TensorFlow SAME, which depends on the input size
-    padding: int | str | tuple[int | str, ...]
+    # Pixels on every side, or TensorFlow SAME on a strided conv (SamePadding)
+    padding: int | SamePadding | tuple[int | SamePadding, ...]
     activation: str | None  # a key of ACTIVATIONS; None is linear
     dilation: int = 1  # > 1 only below the nominal output stride (OUTPUT_STRIDES)
 
@@ -160,7 +171,7 @@ class PooledConvConfig:
 # block j of stage i).
 # ruff: noqa: E501
 # fmt: off
-STEM = ConvBnActConfig(3, 16, kernel=3, stride=2, groups=1, depthwise=False, padding="same", activation="hard_swish")
+STEM = ConvBnActConfig(3, 16, kernel=3, stride=2, groups=1, depthwise=False, padding=SamePadding(224, 0, 1), activation="hard_swish")
 HEAD = ConvBnActConfig(96, 576, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="hard_swish")
 POOLED_CONV = PooledConvConfig(576, 1024, activation="hard_swish")
 STAGES = (
@@ -168,7 +179,7 @@ STAGES = (
         BlockConfig(  # blocks.0.0
             kind="mbconv",
             expand=None,
-            depthwise=ConvBnActConfig(16, 16, kernel=3, stride=2, groups=16, depthwise=True, padding="same", activation="relu"),
+            depthwise=ConvBnActConfig(16, 16, kernel=3, stride=2, groups=16, depthwise=True, padding=SamePadding(112, 0, 1), activation="relu"),
             se=SqueezeExciteConfig(16, 8, activation="relu", gate="hard_sigmoid"),
             project=ConvBnActConfig(16, 16, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
@@ -179,7 +190,7 @@ STAGES = (
         BlockConfig(  # blocks.1.0
             kind="mbconv",
             expand=ConvBnActConfig(16, 72, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="relu"),
-            depthwise=ConvBnActConfig(72, 72, kernel=3, stride=2, groups=72, depthwise=True, padding="same", activation="relu"),
+            depthwise=ConvBnActConfig(72, 72, kernel=3, stride=2, groups=72, depthwise=True, padding=SamePadding(56, 0, 1), activation="relu"),
             se=None,
             project=ConvBnActConfig(72, 24, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
@@ -199,7 +210,7 @@ STAGES = (
         BlockConfig(  # blocks.2.0
             kind="mbconv",
             expand=ConvBnActConfig(24, 96, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="hard_swish"),
-            depthwise=ConvBnActConfig(96, 96, kernel=5, stride=2, groups=96, depthwise=True, padding="same", activation="hard_swish"),
+            depthwise=ConvBnActConfig(96, 96, kernel=5, stride=2, groups=96, depthwise=True, padding=SamePadding(28, 1, 2), activation="hard_swish"),
             se=SqueezeExciteConfig(96, 24, activation="relu", gate="hard_sigmoid"),
             project=ConvBnActConfig(96, 40, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
@@ -248,7 +259,7 @@ STAGES = (
         BlockConfig(  # blocks.4.0
             kind="mbconv",
             expand=ConvBnActConfig(48, 288, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="hard_swish"),
-            depthwise=ConvBnActConfig(288, 288, kernel=5, stride=2, groups=288, depthwise=True, padding="same", activation="hard_swish"),
+            depthwise=ConvBnActConfig(288, 288, kernel=5, stride=2, groups=288, depthwise=True, padding=SamePadding(14, 1, 2), activation="hard_swish"),
             se=SqueezeExciteConfig(288, 72, activation="relu", gate="hard_sigmoid"),
             project=ConvBnActConfig(288, 96, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
@@ -379,16 +390,18 @@ def conv(
     stride: int,
     groups: int,
     depthwise: bool,
-    padding: int | str,
+    padding: int | SamePadding,
     name: str,
     dilation: int = 1,
 ) -> keras.KerasTensor:
     """One conv without bias, named ``name``."""
-    # Keras' "same" is TensorFlow SAME; at stride 1 it pads dilation x (k - 1) // 2 per
-    # side, which is what the compiler gives every stride-1 conv. A fixed padding on a
-    # strided conv is an explicit zero padding.
+    # Keras' "same" is TensorFlow SAME, worked out from the input's shape when the graph
+    # is traced (fixed wherever the size is: the compiler's SamePadding at RESOLUTION);
+    # at stride 1 it pads dilation x (k - 1) // 2 per side, which is what the compiler
+    # gives every stride-1 conv. A fixed padding on a strided conv is an explicit zero
+    # padding.
     mode = "same"
-    if padding != "same" and stride != 1:
+    if not isinstance(padding, SamePadding) and stride != 1:
         mode = "valid"
         if padding:
             x = layers.ZeroPadding2D(padding, name=f"{name}_pad")(x)

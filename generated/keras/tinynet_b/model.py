@@ -70,6 +70,17 @@ FEATURES_OUTPUT = "head_act"  # pre-pooling features (head conv-bn-act)
 
 
 @dataclass(frozen=True)
+class SamePadding:
+    """TensorFlow SAME on a strided conv, which pads by the input size: at input size
+    ``size`` (this conv's at RESOLUTION) ``before`` pixels at the top and left and
+    ``after`` at the bottom and right, as the compiler worked out; other sizes per call."""
+
+    size: int
+    before: int
+    after: int
+
+
+@dataclass(frozen=True)
 class ConvBnActConfig:
     """conv (no bias) -> batch norm -> activation, resolved by the compiler."""
 
@@ -81,8 +92,8 @@ class ConvBnActConfig:
     # 1: a dense conv; the channel count: depthwise
     groups: int | tuple[int, ...]
     depthwise: bool  # one filter per channel (groups == channels)
-    # Pixels on every side, or "same": TensorFlow SAME, which depends on the input size
-    padding: int | str | tuple[int | str, ...]
+    # Pixels on every side, or TensorFlow SAME on a strided conv (SamePadding)
+    padding: int | SamePadding | tuple[int | SamePadding, ...]
     activation: str | None  # a key of ACTIVATIONS; None is linear
     dilation: int = 1  # > 1 only below the nominal output stride (OUTPUT_STRIDES)
 
@@ -422,16 +433,18 @@ def conv(
     stride: int,
     groups: int,
     depthwise: bool,
-    padding: int | str,
+    padding: int | SamePadding,
     name: str,
     dilation: int = 1,
 ) -> keras.KerasTensor:
     """One conv without bias, named ``name``."""
-    # Keras' "same" is TensorFlow SAME; at stride 1 it pads dilation x (k - 1) // 2 per
-    # side, which is what the compiler gives every stride-1 conv. A fixed padding on a
-    # strided conv is an explicit zero padding.
+    # Keras' "same" is TensorFlow SAME, worked out from the input's shape when the graph
+    # is traced (fixed wherever the size is: the compiler's SamePadding at RESOLUTION);
+    # at stride 1 it pads dilation x (k - 1) // 2 per side, which is what the compiler
+    # gives every stride-1 conv. A fixed padding on a strided conv is an explicit zero
+    # padding.
     mode = "same"
-    if padding != "same" and stride != 1:
+    if not isinstance(padding, SamePadding) and stride != 1:
         mode = "valid"
         if padding:
             x = layers.ZeroPadding2D(padding, name=f"{name}_pad")(x)

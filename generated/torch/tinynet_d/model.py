@@ -65,6 +65,17 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
 
 
 @dataclass(frozen=True)
+class SamePadding:
+    """TensorFlow SAME on a strided conv, which pads by the input size: at input size
+    ``size`` (this conv's at RESOLUTION) ``before`` pixels at the top and left and
+    ``after`` at the bottom and right, as the compiler worked out; other sizes per call."""
+
+    size: int
+    before: int
+    after: int
+
+
+@dataclass(frozen=True)
 class ConvBnActConfig:
     """conv (no bias) -> batch norm -> activation, resolved by the compiler."""
 
@@ -76,8 +87,8 @@ class ConvBnActConfig:
     # 1: a dense conv; the channel count: depthwise
     groups: int | tuple[int, ...]
     depthwise: bool  # one filter per channel (groups == channels)
-    # Pixels on every side, or "same": TensorFlow SAME, which depends on the input size
-    padding: int | str | tuple[int | str, ...]
+    # Pixels on every side, or TensorFlow SAME on a strided conv (SamePadding)
+    padding: int | SamePadding | tuple[int | SamePadding, ...]
     activation: str | None  # a key of ACTIVATIONS; None is linear
     dilation: int = 1  # > 1 only below the nominal output stride (OUTPUT_STRIDES)
 
@@ -387,11 +398,38 @@ def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
 
 class Conv2dSame(nn.Conv2d):
     """``nn.Conv2d`` with TensorFlow SAME padding at any input size (output ceil(size /
-    stride)). A strided SAME conv pads asymmetrically depending on the input size's
-    parity; instead of copying the input into a padded tensor on every call, the conv
-    pads itself and the extra leading row or column of output is sliced off (a view)."""
+    stride)). A strided SAME conv pads asymmetrically depending on the input size. At
+    the size the compiler resolved (``padding.size``: this conv's input at RESOLUTION)
+    the padding is fixed: the conv's own when symmetric, else an explicit zero pad. At
+    other sizes it is worked out per call: instead of copying the input into a padded
+    tensor, the conv pads itself and the extra leading output row or column is sliced
+    off (a view)."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel: int,
+        stride: int,
+        groups: int,
+        padding: SamePadding,
+        bias: bool = False,
+    ) -> None:
+        symmetric = padding.before == padding.after
+        fixed = padding.before if symmetric else 0
+        super().__init__(
+            in_channels, out_channels, kernel, stride, fixed, groups=groups, bias=bias
+        )
+        self.size = padding.size
+        self.asymmetric = not symmetric
+        # F.pad's order: left, right, top, bottom
+        self.pad = [padding.before, padding.after, padding.before, padding.after]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-2] == self.size and x.shape[-1] == self.size:
+            if self.asymmetric:
+                x = F.pad(x, self.pad)
+            return self._conv_forward(x, self.weight, self.bias)
         pad_h, crop_h = same_padding(x.shape[-2], self.kernel_size[0], self.stride[0])
         pad_w, crop_w = same_padding(x.shape[-1], self.kernel_size[1], self.stride[1])
         padding = (pad_h, pad_w)
@@ -407,15 +445,15 @@ def make_conv(
     kernel: int,
     stride: int,
     groups: int,
-    padding: int | str,
+    padding: int | SamePadding,
     bias: bool = False,
     dilation: int = 1,
 ) -> nn.Conv2d:
-    """An ``nn.Conv2d``, or a ``Conv2dSame`` where padding is "same" (TensorFlow SAME on a
-    strided conv, worked out per call; a dilated conv has stride 1 and a fixed padding)."""
-    if padding == "same":
+    """An ``nn.Conv2d`` with fixed padding, or a ``Conv2dSame`` (TensorFlow SAME on a
+    strided conv: fixed at RESOLUTION, per call at other sizes)."""
+    if isinstance(padding, SamePadding):
         return Conv2dSame(
-            in_channels, out_channels, kernel, stride, groups=groups, bias=bias
+            in_channels, out_channels, kernel, stride, groups, padding, bias=bias
         )
     return nn.Conv2d(
         in_channels,

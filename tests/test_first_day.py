@@ -80,3 +80,93 @@ def test_2_integer_fields_stay_strict(tmp_path: Path, written: str) -> None:
     spec.write_text(f"extends: efficientnet-b0\nname: classes\nhead: {{num_classes: {written}}}\n")
     with pytest.raises(SpecError, match="head.num_classes: expected an integer"):
         build(spec)
+
+
+# 3. one decoding policy for every odd image, in both trainers --------------------------------------
+
+
+def _odd_folder(root: Path) -> dict[str, str]:
+    from images import odd_images
+
+    return odd_images(root)
+
+
+def test_3_every_odd_image_decodes_to_rgb_or_is_undecodable(tmp_path: Path) -> None:
+    import numpy as np
+    from effspec.backends.imagefiles import Undecodable, open_image
+
+    expected = _odd_folder(tmp_path)
+    for name, kind in expected.items():
+        data = (tmp_path / name).read_bytes()
+        if kind == "ok":
+            image = open_image(data)
+            assert image.mode == "RGB" and image.size == (24, 20), name
+        else:
+            with pytest.raises(Undecodable):
+                open_image(data)
+    deep = np.asarray(open_image((tmp_path / "deep16.png").read_bytes()))
+    assert deep.max() > 128  # 16-bit values scaled to 8 bits, not clipped to white
+
+
+def test_3_torch_and_keras_trainers_read_the_same_samples_from_a_damaged_folder(tmp_path: Path) -> None:
+    """Both pipelines walk the same list: every undecodable file is replaced by the next sample that
+    decodes (same pixels, same label) and named once; nothing raises. (On 42c7fe2 the Keras side
+    stopped with jpeg::Uncompress / a UnicodeDecodeError on the Latin-1 name.)"""
+    import numpy as np
+
+    pytest.importorskip("tensorflow")
+    from effspec.backends.imagefiles import list_split
+    from effspec.backends.keras.runtime import data as keras_data
+    from effspec.backends.torch.runtime import data as torch_data
+
+    for label in ("a", "b"):
+        _odd_folder(tmp_path / "train" / label)
+    listing = list_split(str(tmp_path / "train"))
+    assert len(listing.skipped) == 2  # the two empty files: refused by the header check
+    split, _ = keras_data.folder_split(str(tmp_path / "train"))
+    samples = torch_data.FolderSamples(listing.samples, [lambda image: image], seed=0)
+    for index in range(len(listing.samples)):
+        torch_image, torch_label = samples[(0, index, 0)]
+        keras_image, keras_label = keras_data.decode_sample(split, index)
+        assert keras_label.numpy() == torch_label
+        assert np.array_equal(keras_image.numpy().astype(np.uint8), np.asarray(torch_image))
+
+
+def test_3_torch_trainer_trains_through_a_damaged_folder(tmp_path: Path) -> None:
+    for split in ("train", "val"):
+        for label in ("a", "b"):
+            _odd_folder(tmp_path / "data" / split / label)
+    result = effspec(
+        "train", str(TINY), "--backend", "torch", "--data", str(tmp_path / "data"), "--epochs", "1",
+        "--batch-size", "8", "--output", str(tmp_path / "run"), "--no-tensorboard",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "broken.jpg: cannot decode" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_3_export_calibration_skips_undecodable_images(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    from effspec.weights.export import _folder_images
+
+    _odd_folder(tmp_path / "calib")
+    model = build(TINY).model
+    images = _folder_images(tmp_path / "calib", model, 16)
+    assert images.shape == (9, 3, 16, 16)  # the 9 decodable files of 14
+
+
+# 10. torchscript file endings ---------------------------------------------------------------------
+
+
+def test_10_torchscript_export_accepts_the_usual_extensions(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    from effspec.weights.export import SUFFIXES
+
+    assert set(SUFFIXES["torchscript"]) == {".pt", ".ts", ".torchscript"}
+    result = effspec("export", str(TINY), "--format", "torchscript", "-o", str(tmp_path / "model.ts"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "model.ts").is_file()
+
+
+def test_10_torchscript_export_still_refuses_other_extensions(tmp_path: Path) -> None:
+    result = effspec("export", str(TINY), "--format", "torchscript", "-o", str(tmp_path / "model.onnx"))
+    assert result.returncode == 2 and ".ts" in result.stderr

@@ -397,11 +397,14 @@ def train_trial(settings: Settings, spec_path: Path, train_resolution: int, tria
     with tempfile.TemporaryDirectory(prefix="effspec-search-") as tmp:
         written, _ = compile_specs([spec_path], ["torch"], Path(tmp))
         train_py = written[0] / "train.py"
+        # train.py runs with cwd=trial_dir: every path it gets is absolute (a relative -o or --data
+        # would be read from inside the trial folder)
+        data = settings.data if settings.data == "synthetic" else os.path.abspath(settings.data)
         command = [
             sys.executable,
             str(train_py),
             "--data",
-            settings.data,
+            data,
             "--max-steps",
             str(settings.trial_steps),
             "--batch-size",
@@ -411,7 +414,7 @@ def train_trial(settings: Settings, spec_path: Path, train_resolution: int, tria
             "--eval-resolution",
             str(train_resolution),
             "--output",
-            str(trial_dir),
+            str(trial_dir.resolve()),
             "--device",
             settings.device,
             "--seed",

@@ -170,3 +170,35 @@ def test_10_torchscript_export_accepts_the_usual_extensions(tmp_path: Path) -> N
 def test_10_torchscript_export_still_refuses_other_extensions(tmp_path: Path) -> None:
     result = effspec("export", str(TINY), "--format", "torchscript", "-o", str(tmp_path / "model.onnx"))
     assert result.returncode == 2 and ".ts" in result.stderr
+
+
+# 4. effspec search with relative paths ----------------------------------------------------------
+
+
+def _image_folder(root: Path, size: int = 20, per_class: int = 8) -> Path:
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for label in ("a", "b"):
+            folder = root / split / label
+            folder.mkdir(parents=True, exist_ok=True)
+            for index in range(per_class):
+                pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(folder / f"{index}.png")
+    return root
+
+
+def test_4_search_with_a_relative_output_and_data_folder(tmp_path: Path) -> None:
+    pytest.importorskip("optuna")
+    pytest.importorskip("torch")
+    _image_folder(tmp_path / "digits")
+    result = effspec(
+        "search", str(ROOT / "tests" / "data" / "torch_v1_tiny.yaml"), "--data", "digits", "--trials", "1",
+        "--trial-steps", "2", "--batch-size", "8", "--device", "cpu", "-o", "search-out", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    rows = (tmp_path / "search-out" / "results.csv").read_text().splitlines()
+    assert len(rows) == 2 and ",complete," in rows[1], rows
+    assert not list((tmp_path / "search-out" / "trials").glob("*/search-out"))

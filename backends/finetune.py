@@ -130,26 +130,37 @@ def add_finetune_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
+#: The fine-tuning flags' values when not given (a namespace built without them checks as these).
+DEFAULTS: dict[str, Any] = {
+    "init": None,
+    "init_format": "auto",
+    "init_spec": None,
+    "init_model": None,
+    "force": False,
+    "new_classifier": False,
+    "freeze_epochs": 0,
+    "unfreeze_head_conv": False,
+    "freeze_stages": None,
+    "freeze_bn": False,
+    "lr_pretrained": 1.0,
+}
+
+
 def check_finetune_args(args: argparse.Namespace) -> None:
     """Ranges and combinations of the fine-tuning flags (raises InitError)."""
-    if args.freeze_epochs < 0:
-        raise InitError(f"--freeze-epochs must be at least 0, got {args.freeze_epochs}")
-    if args.freeze_stages is not None and args.freeze_stages < 0:
-        raise InitError(f"--freeze-stages must be at least 0, got {args.freeze_stages}")
-    if not 0.0 <= args.lr_pretrained < float("inf"):
-        raise InitError(f"--lr-pretrained must be a finite number >= 0, got {args.lr_pretrained}")
-    if args.unfreeze_head_conv and not args.freeze_epochs:
+    flags = argparse.Namespace(**{name: getattr(args, name, default) for name, default in DEFAULTS.items()})
+    if flags.freeze_epochs < 0:
+        raise InitError(f"--freeze-epochs must be at least 0, got {flags.freeze_epochs}")
+    if flags.freeze_stages is not None and flags.freeze_stages < 0:
+        raise InitError(f"--freeze-stages must be at least 0, got {flags.freeze_stages}")
+    if not 0.0 <= flags.lr_pretrained < float("inf"):
+        raise InitError(f"--lr-pretrained must be a finite number >= 0, got {flags.lr_pretrained}")
+    if flags.unfreeze_head_conv and not flags.freeze_epochs:
         raise InitError("--unfreeze-head-conv goes with --freeze-epochs")
-    if args.init is None:
-        for flag, value in (
-            ("--init-format", args.init_format != "auto"),
-            ("--init-spec", args.init_spec),
-            ("--init-model", args.init_model),
-            ("--force", args.force),
-            ("--new-classifier", args.new_classifier),
-        ):
-            if value:
-                raise InitError(f"{flag} goes with --init")
+    if flags.init is None:
+        for name in ("init_format", "init_spec", "init_model", "force", "new_classifier"):
+            if getattr(flags, name) != DEFAULTS[name]:
+                raise InitError(f"--{name.replace('_', '-')} goes with --init")
 
 
 # freezing -----------------------------------------------------------------------------------------

@@ -41,3 +41,12 @@ def stage_sizes(model: ir.Model, size: int) -> list[int]:
             current = ir.same_output_size(current, block.stride)
         sizes.append(current)
     return sizes
+
+
+def free_port() -> int:
+    """A TCP port on localhost that nothing listens on now (for a rendezvous or a worker)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -10,13 +10,12 @@ process draws its own masks); only float summation order differs. Tolerance 1e-5
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, free_port
 
 torch = pytest.importorskip("torch")
 
@@ -28,12 +27,6 @@ RECIPE = [
     *("--sync-bn", "--no-tensorboard", "--log-every", "1"),
 ]
 ATOL = 1e-5
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def environment() -> dict[str, str]:

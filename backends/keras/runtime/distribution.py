@@ -170,3 +170,20 @@ def is_chief(strategy: Any) -> bool:
         return True
     has_chief = "chief" in resolver.cluster_spec().as_dict()
     return bool(not has_chief and resolver.task_type == "worker" and resolver.task_id == 0)
+
+
+def lost_worker(error: BaseException) -> str | None:
+    """One line for TensorFlow's report that another worker of a multi-worker run stopped (its
+    collectives fail once the coordination service misses the worker's heartbeats); None for any
+    other error."""
+    lost = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.AbortedError)
+    if not isinstance(error, lost) or not os.environ.get("TF_CONFIG"):
+        return None
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    # After TensorFlow's traceback of where the op was defined: the reason, then node names.
+    reasons = [line for line in lines if not line.startswith(("File ", "Detected at node", "Graph execution", "[["))]
+    reason = (reasons or lines or [type(error).__name__])[0]
+    return (
+        f"a worker of this multi-worker run stopped ({type(error).__name__}: {reason[:300]}); "
+        "start every worker again with --resume to continue from the last checkpoint"
+    )

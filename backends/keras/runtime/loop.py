@@ -28,7 +28,14 @@ from .args import parse_args
 from .callbacks import Callbacks, head_dropout
 from .checkpoint import Checkpoint, resume_directory, save_weights, write_json
 from .data import open_data
-from .distribution import is_chief, make_strategy, precision_policy, sync_batch_norm, synchronize_batch_norm
+from .distribution import (
+    is_chief,
+    lost_worker,
+    make_strategy,
+    precision_policy,
+    sync_batch_norm,
+    synchronize_batch_norm,
+)
 from .finetune import Freezer, initialize
 from .optim import WarmupThenDecay, make_optimizer
 
@@ -176,5 +183,11 @@ def main(recipe: Recipe, net: ModuleType, argv: Sequence[str] | None = None) -> 
     except TrainingError as error:
         print(f"{Path(sys.argv[0]).name if sys.argv[0] else 'train.py'}: error: {error}", file=sys.stderr)
         return 2
+    except Exception as error:
+        lost = lost_worker(error)
+        if lost is None:
+            raise
+        print(f"{Path(sys.argv[0]).name if sys.argv[0] else 'train.py'}: error: {lost}", file=sys.stderr)
+        return 1
     print(f"{recipe.spec_name}: trained {summary['steps']} steps -> {args.output}")
     return 0

@@ -313,6 +313,7 @@ MINIMUMS = {
     "checkpoint_every": 0,
     "log_every": 1,
     "workers": 0,
+    "threads": 1,
     "steps_per_epoch": 0,
     "cpu_devices": 1,
 }
@@ -479,3 +480,29 @@ def build_network(net: ModuleType, num_classes: int, dropout: float, drop_path_r
     parameters = inspect.signature(net.build_model).parameters
     name = "dropout" if "dropout" in parameters else "drop_rate"
     return net.build_model(num_classes=num_classes, drop_path_rate=drop_path_rate, **{name: dropout})
+
+
+def run_summary(
+    spec_name: str, metrics_csv: str, top1: str, scale: float, seconds: float, which: str, files: dict[str, str]
+) -> str:
+    """The last line of a run (both trainers): final and best validation top-1 from metrics.csv (all
+    its epochs, those before a resume too; column ``top1`` times ``scale`` in percent, measured on
+    ``which`` weights), the wall time of this process and where the outputs are."""
+    import csv
+    import io
+
+    values: list[tuple[float, str]] = []
+    try:
+        with open(metrics_csv, encoding="utf-8", newline="") as handle:
+            for row in csv.DictReader(io.StringIO(handle.read(MAX_LOG_BYTES))):
+                if row.get(top1) not in (None, ""):
+                    values.append((float(row[top1]) * scale, row.get("epoch", "")))
+    except (OSError, ValueError, csv.Error):
+        values = []
+    if values:
+        best, epoch = max(values, key=lambda value: value[0])
+        accuracy = f"val top-1 ({which}) final {values[-1][0]:.2f}%, best {best:.2f}% (epoch {int(epoch) + 1})"
+    else:
+        accuracy = "no validation"
+    where = ", ".join(f"{name} {path}" for name, path in files.items())
+    return f"{spec_name}: done in {seconds:.1f} s; {accuracy}; {where}"

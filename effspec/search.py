@@ -433,9 +433,7 @@ def train_trial(settings: Settings, spec_path: Path, train_resolution: int, tria
                 "--synthetic-val-size",
                 str(4 * settings.batch_size),
             ]
-        else:
-            command += ["--workers", "2"]
-        command += list(settings.train_args)
+        command += list(settings.train_args)  # data workers and threads: train.py's defaults (effspec.cpus)
         started = time.perf_counter()
         from effspec.output import open_append
 

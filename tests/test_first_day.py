@@ -202,3 +202,111 @@ def test_4_search_with_a_relative_output_and_data_folder(tmp_path: Path) -> None
     rows = (tmp_path / "search-out" / "results.csv").read_text().splitlines()
     assert len(rows) == 2 and ",complete," in rows[1], rows
     assert not list((tmp_path / "search-out" / "trials").glob("*/search-out"))
+
+
+# 5. threads and data workers from the CPUs this process may use ---------------------------------
+
+
+def test_5_usable_cpus_reads_affinity_and_cgroup_quota(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from effspec import cpus
+
+    (tmp_path / "cpu.max").write_text("150000 100000\n")
+    assert cpus.cgroup_quota(tmp_path) == 1.5
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert cpus.cgroup_quota(tmp_path) is None
+    (tmp_path / "cpu.max").unlink()
+    (tmp_path / "cpu").mkdir()
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("200000\n")
+    (tmp_path / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert cpus.cgroup_quota(tmp_path) == 2.0
+    monkeypatch.setattr(cpus.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5, 6, 7})
+    monkeypatch.setattr(cpus, "cgroup_quota", lambda: 2.5)
+    assert cpus.usable_cpus() == 3
+    monkeypatch.setattr(cpus, "cgroup_quota", lambda: None)
+    assert cpus.split_cpus() == (6, 2) and cpus.split_cpus(processes=2) == (4, 0)
+    assert cpus.split_cpus(workers=3) == (5, 3)
+    monkeypatch.setattr(cpus.os, "sched_getaffinity", lambda pid: {0, 1})
+    assert cpus.split_cpus() == (2, 0)
+
+
+def test_5_torch_trainer_fits_threads_and_workers_to_its_cpus(tmp_path: Path) -> None:
+    """On one allowed CPU (affinity), no OMP_NUM_THREADS: one thread, no data worker, no DataLoader warning."""
+    pytest.importorskip("torch")
+    env = {key: value for key, value in ENV.items() if key not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    _image_folder(tmp_path / "data")
+    command = [
+        sys.executable, "-c", "import os, sys; os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]}); "
+        "from effspec.cli import main; sys.exit(main(sys.argv[1:]))",
+        "train", str(TINY), "--backend", "torch", "--data", str(tmp_path / "data"), "--epochs", "1",
+        "--batch-size", "8", "--output", str(tmp_path / "run"), "--no-tensorboard",
+    ]  # fmt: skip
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "1 thread(s) and 0 data worker(s) per process" in result.stderr
+    assert "worker processes in total" not in result.stderr
+    help_text = effspec("train", str(TINY), "--backend", "torch", "--help").stdout
+    assert "--threads" in help_text and "CPUs this process may use" in " ".join(help_text.split())
+
+
+# 6. a torch run does not import TensorFlow for TensorBoard ---------------------------------------
+
+
+def test_6_torch_run_writes_tensorboard_events_without_tensorflow(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    pytest.importorskip("tensorboard")
+    code = (
+        "import sys\nfrom effspec.cli import main\nrc = main(sys.argv[1:])\n"
+        "print('tensorflow imported:', 'tensorflow' in sys.modules)\nsys.exit(rc)\n"
+    )
+    command = [
+        sys.executable, "-c", code, "train", str(TINY), "--backend", "torch", "--data", "synthetic",
+        "--max-steps", "2", "--batch-size", "4", "--synthetic-train-size", "8", "--synthetic-val-size", "4",
+        "--output", str(tmp_path / "run"),
+    ]  # fmt: skip
+    result = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "tensorflow imported: False" in result.stdout
+    assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+    assert "oneDNN" not in result.stderr and "absl" not in result.stderr
+
+
+# 7. logs: plain lines, start-up lines once, a summary, one metrics row per epoch ------------------
+
+
+def test_7_torch_resume_keeps_one_metrics_row_per_epoch_and_ends_with_a_summary(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    run = tmp_path / "run"
+    common = [
+        "train", str(TINY), "--backend", "torch", "--data", "synthetic", "--epochs", "2", "--batch-size", "4",
+        "--synthetic-train-size", "8", "--synthetic-val-size", "4", "--output", str(run), "--no-tensorboard",
+    ]  # fmt: skip
+    first = effspec(*common, "--max-steps", "1")  # stops inside epoch 1 (2 steps an epoch): a partial row
+    assert first.returncode == 0, first.stderr[-2000:]
+    second = effspec(*common, "--resume")
+    assert second.returncode == 0, second.stderr[-2000:]
+    import csv
+
+    with open(run / "metrics.csv", newline="") as handle:
+        epochs = [row["epoch"] for row in csv.DictReader(handle)]
+    assert epochs == ["0", "1"]
+    last = second.stderr.strip().splitlines()[-1]
+    assert "done in" in last and "val top-1 (EMA weights) final" in last and "best" in last
+    assert str(run / "model.pt") in last and str(run / "checkpoint.pt") in last
+
+
+def test_7_keras_log_is_plain_with_startup_lines_once_and_a_summary(tmp_path: Path) -> None:
+    pytest.importorskip("tensorflow")
+    env = {key: value for key, value in ENV.items() if key != "TF_CPP_MIN_LOG_LEVEL"}
+    result = effspec(
+        "train", str(TINY), "--backend", "keras", "--data", "synthetic", "--epochs", "1", "--batch-size", "4",
+        "--synthetic-train-size", "8", "--synthetic-val-size", "4", "--output", str(tmp_path / "run"),
+        "--no-tensorboard", env=env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    log = result.stdout + result.stderr
+    assert "\x1b[" not in log  # no colour codes or bar redraws in a redirected log
+    assert log.count("oneDNN custom operations are on") <= 1
+    assert log.count("All log messages before absl::InitializeLog()") <= 1
+    last = result.stdout.strip().splitlines()[-1]
+    assert "done in" in last and "val top-1 (weight average) final" in last
+    assert "model.weights.h5" in last

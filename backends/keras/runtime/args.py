@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 
 from ...recipe import HelpFormatter, OneLineParser, Recipe, add_recipe_flags
@@ -105,11 +106,19 @@ def build_parser(recipe: Recipe, prog: str = "train.py") -> argparse.ArgumentPar
         help="TensorBoard events under OUTPUT/tensorboard",
     )
     run.add_argument(
-        "--verbose", type=int, choices=(0, 1, 2), default=1, help="Keras progress: 1 a bar, 2 a line per epoch"
+        "--verbose",
+        type=int,
+        choices=(0, 1, 2),
+        default=None,
+        help="Keras progress: 1 a bar, 2 a line per epoch; default: 1 when stdout is a terminal, else 2 "
+        "(plain lines in a redirected log, no colour codes)",
     )
     run.add_argument("--seed", type=int, default=0, help="initial weights, data order, dropout")
     return parser
 
 
 def parse_args(recipe: Recipe, argv: Sequence[str] | None = None) -> argparse.Namespace:
-    return build_parser(recipe).parse_args(argv)
+    args = build_parser(recipe).parse_args(argv)
+    if args.verbose is None:
+        args.verbose = 1 if sys.stdout.isatty() else 2
+    return args

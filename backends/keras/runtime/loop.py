@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Sequence
 from contextlib import nullcontext
 from pathlib import Path
@@ -21,6 +22,7 @@ from ...recipe import (
     check_model,
     check_numbers,
     prepare_output,
+    run_summary,
     stage_index,
     training_stages,
 )
@@ -174,6 +176,7 @@ def train(args: argparse.Namespace, recipe: Recipe, net: ModuleType) -> dict[str
 
 
 def main(recipe: Recipe, net: ModuleType, argv: Sequence[str] | None = None) -> int:
+    started = time.perf_counter()
     try:
         args = parse_args(recipe, argv)
     except SystemExit as exc:  # --help, or a usage error already printed in one line
@@ -190,4 +193,9 @@ def main(recipe: Recipe, net: ModuleType, argv: Sequence[str] | None = None) -> 
         print(f"{Path(sys.argv[0]).name if sys.argv[0] else 'train.py'}: error: {lost}", file=sys.stderr)
         return 1
     print(f"{recipe.spec_name}: trained {summary['steps']} steps -> {args.output}")
+    which = "weight average" if args.ema_decay > 0 else "weights"
+    output = str(args.output).rstrip("/")
+    files = {"weights": f"{output}/model.weights.h5", "checkpoint": f"{output}/checkpoint"}
+    seconds = time.perf_counter() - started
+    print(run_summary(recipe.spec_name, f"{output}/metrics.csv", "val_accuracy", 100.0, seconds, which, files))
     return 0

@@ -36,7 +36,14 @@ def build_parser(recipe: Recipe, net: ModuleType, prog: str = "train.py") -> arg
     )
     add_recipe_flags(parser, recipe)
     data = next(group for group in parser._action_groups if group.title == "data")
-    data.add_argument("--workers", type=int, default=8, help="data loading processes per process (--data DIR)")
+    data.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="data loading processes per process (--data DIR); default: from the CPUs this process may use "
+        "(affinity mask and cgroup quota, shared by torchrun's local processes): none up to 4, else a quarter, "
+        "at most 8",
+    )
 
     speed = parser.add_argument_group("devices and speed")
     speed.add_argument(
@@ -50,6 +57,13 @@ def build_parser(recipe: Recipe, net: ModuleType, prog: str = "train.py") -> arg
         choices=("auto", "bf16", "fp16", "none"),
         default="auto",
         help="autocast dtype; auto: bf16 (or fp16 with loss scaling) on CUDA, none elsewhere",
+    )
+    speed.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch intra-op threads per process; default: OMP_NUM_THREADS when set, else the usable CPUs "
+        "(see --workers) less the data workers",
     )
     speed.add_argument("--channels-last", action="store_true", help="NHWC memory format")
     speed.add_argument("--compile", action="store_true", help="torch.compile the model")

@@ -166,6 +166,23 @@ def import_transforms() -> None:
         raise TrainingError(f"--data DIR needs torchvision, which does not import ({exc})") from exc
 
 
+def use_cpus(args: argparse.Namespace) -> None:
+    """Settle --workers and --threads from the CPUs this process may use (effspec.cpus), shared by
+    torchrun's local processes, and set torch's intra-op threads. OMP_NUM_THREADS, when set and
+    --threads is not, is left to decide the threads."""
+    import os
+
+    from effspec.cpus import split_cpus
+
+    processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+    threads, args.workers = split_cpus(processes, args.workers if args.data != "synthetic" else 0)
+    if args.threads is None and os.environ.get("OMP_NUM_THREADS"):
+        args.threads = torch.get_num_threads()
+        return
+    args.threads = args.threads or threads
+    torch.set_num_threads(args.threads)
+
+
 class Data:
     """Batches for one process: its slice of each global batch, at the stage's size."""
 
@@ -176,6 +193,7 @@ class Data:
         self.runtime = runtime
         self.stages = stages
         self.synthetic: SyntheticImages | None = None
+        use_cpus(args)
         if args.data == "synthetic":
             self.num_classes = args.num_classes or net.NUM_CLASSES
             total = args.synthetic_train_size + args.synthetic_val_size

@@ -8,6 +8,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 
@@ -30,13 +31,21 @@ class MetricsLog:
     )
     STEP_FIELDS = ("global_step", "epoch", "lr", "loss", "image_size")
 
-    def __init__(self, output: Path, resume_step: int | None, tensorboard: bool) -> None:
+    def __init__(
+        self, output: Path, resume_step: int | None, tensorboard: bool, resume_epoch: int | None = None
+    ) -> None:
+        """On --resume, metrics.csv keeps the rows of the epochs before ``resume_epoch`` (a row that
+        an earlier --max-steps stop wrote for the epoch being resumed is replaced by its full-epoch
+        row: one row per epoch); steps.csv keeps the rows up to ``resume_step``."""
         self.epochs = output / "metrics.csv"
         self.steps = output / "steps.csv"
-        for path, fields in ((self.epochs, self.EPOCH_FIELDS), (self.steps, self.STEP_FIELDS)):
-            self._start(path, fields, resume_step)
+        self._start(self.epochs, self.EPOCH_FIELDS, resume_step, resume_epoch)
+        self._start(self.steps, self.STEP_FIELDS, resume_step)
         self.writer: Any = None
         if tensorboard:
+            # tensorboard's file writer imports TensorFlow when it is installed (20 s and its log
+            # lines in a torch run); its own TF-free writer is used when tensorboard.compat.notf exists
+            sys.modules.setdefault("tensorboard.compat.notf", ModuleType("tensorboard.compat.notf"))
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
@@ -45,7 +54,7 @@ class MetricsLog:
                 self.writer = SummaryWriter(str(output / "tensorboard"))
 
     @staticmethod
-    def _start(path: Path, fields: Sequence[str], resume_step: int | None) -> None:
+    def _start(path: Path, fields: Sequence[str], resume_step: int | None, resume_epoch: int | None = None) -> None:
         """A fresh file, or on --resume the rows up to the checkpoint's step."""
         import io
 
@@ -60,6 +69,8 @@ class MetricsLog:
             try:
                 reader = csv.DictReader(io.StringIO(path.read_text(encoding="utf-8"), newline=""))
                 rows = [row for row in reader if int(row["global_step"]) <= resume_step]
+                if resume_epoch is not None:
+                    rows = [row for row in rows if int(row["epoch"]) < resume_epoch]
             except (ValueError, KeyError, TypeError, csv.Error) as exc:
                 raise TrainingError(
                     f"--resume: {path} is damaged (no global_step column or a bad value: {exc})"

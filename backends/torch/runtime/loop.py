@@ -25,6 +25,7 @@ from ...recipe import (
     check_model,
     check_numbers,
     prepare_output,
+    run_summary,
     stage_index,
     training_stages,
 )
@@ -270,7 +271,7 @@ def describe(
         f"{recipe.spec_name}: {runtime.world_size} process(es) on {runtime.device.type}, "
         f"global batch {args.batch_size} ({per_rank} per process), {data.steps_per_epoch} steps/epoch, "
         f"{args.epochs} epochs, {args.optimizer} lr {trainer.schedule.base_lr:.4g}, amp {args.amp}, "
-        f"image size {sizes}"
+        f"image size {sizes}, {args.threads} thread(s) and {args.workers} data worker(s) per process"
     )
 
 
@@ -281,6 +282,7 @@ def check_args(args: argparse.Namespace, runtime: Runtime, recipe: Recipe) -> No
 
 
 def train(args: argparse.Namespace, runtime: Runtime, recipe: Recipe, net: ModuleType) -> None:
+    started = time.perf_counter()
     check_args(args, runtime, recipe)
     check_model(recipe, net)
     args.amp = resolve_amp(args.amp, runtime)
@@ -318,7 +320,8 @@ def train(args: argparse.Namespace, runtime: Runtime, recipe: Recipe, net: Modul
     log = None
     if runtime.is_main:
         resumed_at = None if checkpoint is None else position.global_step
-        log = MetricsLog(args.output, resumed_at, args.tensorboard)
+        resumed_epoch = None if checkpoint is None else position.epoch
+        log = MetricsLog(args.output, resumed_at, args.tensorboard, resumed_epoch)
         print(describe(args, runtime, data, trainer, stages, recipe), file=sys.stderr)
     progress = Progress(args.batch_size)
     lr = trainer.schedule.lr_at(max(position.global_step - 1, 0))
@@ -394,6 +397,10 @@ def train(args: argparse.Namespace, runtime: Runtime, recipe: Recipe, net: Modul
         export = to_cpu(trainer.evaluated_model().state_dict())
         save_checkpoint(args.output / "model.pt", export)  # atomic (effspec.output), as every output
         log.close()
+        weights = "EMA weights" if trainer.ema is not None else "weights"
+        files = {"weights": str(args.output / "model.pt"), "checkpoint": str(latest)}
+        seconds = time.perf_counter() - started
+        print(run_summary(recipe.spec_name, str(log.epochs), "val_top1", 1.0, seconds, weights, files), file=sys.stderr)
 
 
 def main(recipe: Recipe, net: ModuleType, argv: Sequence[str] | None = None) -> int:

@@ -250,6 +250,20 @@ def add_recipe_flags(parser: argparse.ArgumentParser, recipe: Recipe, *, keras: 
         ),
     )
     reg.add_argument(
+        "--random-crop",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="--data DIR training images: random-resized crop (area 8-100%%, aspect 3/4-4/3); "
+        "--no-random-crop: the evaluation view (resize to size / --crop-fraction, center crop), "
+        "for small images such as digits; the same in both backends",
+    )
+    reg.add_argument(
+        "--flip",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="--data DIR training images: random horizontal flip (--no-flip for digits, text, ...)",
+    )
+    reg.add_argument(
         "--randaugment-magnitude",
         type=float,
         default=recipe.randaugment_magnitude,

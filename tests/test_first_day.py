@@ -310,3 +310,54 @@ def test_7_keras_log_is_plain_with_startup_lines_once_and_a_summary(tmp_path: Pa
     last = result.stdout.strip().splitlines()[-1]
     assert "done in" in last and "val top-1 (weight average) final" in last
     assert "model.weights.h5" in last
+
+
+# 8. --augmentation none with explicit crop and flip control ---------------------------------------
+
+
+def test_8_no_random_crop_no_flip_is_the_evaluation_view_in_both_backends(tmp_path: Path) -> None:
+    import argparse
+    import types
+
+    import numpy as np
+
+    pytest.importorskip("tensorflow")
+    torch = pytest.importorskip("torch")
+    from effspec.backends.keras.runtime import data as keras_data
+    from effspec.backends.recipe import ProgressiveStage
+    from effspec.backends.torch.runtime import data as torch_data
+
+    _image_folder(tmp_path / "data", size=30, per_class=2)
+    net = types.SimpleNamespace(MEAN=(0.5, 0.5, 0.5), STD=(0.25, 0.25, 0.25), NUM_CLASSES=2)
+    stage = ProgressiveStage(image_size=16, randaugment_magnitude=0.0, mixup_alpha=0.0, dropout=0.0)
+    args = argparse.Namespace(
+        augmentation="none", random_crop=False, flip=False, crop_fraction=0.875, seed=0, batch_size=4,
+        num_classes=2, steps_per_epoch=0, eval_resolution=16,
+    )  # fmt: skip
+    split, _ = keras_data.folder_split(str(tmp_path / "data" / "train"))
+    images = {}
+    for epoch in (0, 1):  # a random view would differ between epochs
+        batch = next(iter(keras_data.Data(args, net, split, None, static=False).train(epoch, stage, 0, 1)))[0]
+        order = keras_data.tf.random.experimental.stateless_shuffle(
+            keras_data.tf.range(4, dtype=keras_data.tf.int64), seed=[0, epoch]
+        ).numpy()
+        images[epoch] = batch.numpy()[np.argsort(order)]
+    assert np.array_equal(images[0], images[1])
+    transform = torch_data.train_transform(stage, args, net)
+    for index, (path, _) in enumerate(sorted(zip(split.images, split.labels, strict=True))):
+        torch.manual_seed(index)
+        ours = transform(torch_data.load_rgb(str(path))).numpy().transpose(1, 2, 0)
+        position = list(split.images).index(path)
+        # the same view: PIL's and TF's antialiased bicubic resizes differ by a few grey levels on noise
+        difference = np.abs(ours - images[0][position])  # one grey level is 1/255/0.25 ~ 0.016 here
+        assert difference.max() < 0.1 and difference.mean() < 0.01
+    default = torch_data.train_transform(
+        stage, argparse.Namespace(**{**vars(args), "random_crop": True, "flip": True}), net
+    )
+    assert "RandomResizedCrop" in repr(default) and "RandomHorizontalFlip" in repr(default)
+
+
+def test_8_crop_and_flip_flags_in_both_trainers_help() -> None:
+    for backend in ("torch", "keras"):
+        text = " ".join(effspec("train", str(TINY), "--backend", backend, "--help").stdout.split())
+        assert "--random-crop, --no-random-crop" in text and "--flip, --no-flip" in text, backend

@@ -205,8 +205,12 @@ class Data:
                 label = labels[index]
             else:
                 image, label = decode_sample(split, index)
-                image = random_resized_crop(image, stage.image_size, seed)
-                image = tf.image.stateless_random_flip_left_right(image, seed)
+                if args.random_crop:
+                    image = random_resized_crop(image, stage.image_size, seed)
+                else:  # the evaluation view at the stage's size (the torch trainer's Resize + CenterCrop)
+                    image = center_crop(image, stage.image_size, args.crop_fraction)
+                if args.flip:
+                    image = tf.image.stateless_random_flip_left_right(image, seed)
                 if augment is not None:
                     image = augment(image)
             return self.normalize(image), tf.one_hot(label, args.num_classes), position

@@ -107,11 +107,22 @@ class FolderSamples(torch.utils.data.Dataset):
 
 
 def train_transform(stage: ProgressiveStage, args: argparse.Namespace, net: ModuleType) -> Any:
-    """RandomResizedCrop (bicubic), flip, AutoAugment or RandAugment, normalize."""
-    from torchvision import transforms as T
+    """RandomResizedCrop (bicubic) or, with --no-random-crop, the evaluation view at the stage's
+    size; flip unless --no-flip; AutoAugment or RandAugment; normalize."""
+    from effspec.vision import import_torchvision
+
+    T = import_torchvision().transforms
 
     bicubic = T.InterpolationMode.BICUBIC
-    steps = [T.RandomResizedCrop(stage.image_size, interpolation=bicubic, antialias=True), T.RandomHorizontalFlip()]
+    if args.random_crop:
+        steps = [T.RandomResizedCrop(stage.image_size, interpolation=bicubic, antialias=True)]
+    else:
+        steps = [
+            T.Resize(int(stage.image_size / args.crop_fraction), interpolation=bicubic, antialias=True),
+            T.CenterCrop(stage.image_size),
+        ]
+    if args.flip:
+        steps.append(T.RandomHorizontalFlip())
     if args.augmentation == "autoaugment":
         steps.append(T.AutoAugment(T.AutoAugmentPolicy.IMAGENET))
     elif args.augmentation == "randaugment":
@@ -124,7 +135,9 @@ def train_transform(stage: ProgressiveStage, args: argparse.Namespace, net: Modu
 
 def eval_transform(args: argparse.Namespace, net: ModuleType) -> Any:
     """Bicubic resize to resolution / crop_fraction, then a center crop."""
-    from torchvision import transforms as T
+    from effspec.vision import import_torchvision
+
+    T = import_torchvision().transforms
 
     resize = int(args.eval_resolution / args.crop_fraction)
     bicubic = T.InterpolationMode.BICUBIC

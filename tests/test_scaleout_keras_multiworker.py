@@ -43,10 +43,9 @@ def start(output: Path, *flags: str, tf_config: dict | None = None) -> subproces
     if tf_config is not None:
         env["TF_CONFIG"] = json.dumps(tf_config)
     command = [sys.executable, "-m", "effspec.cli", "train", str(SPEC), "--backend", "keras", *FLAGS, *flags]
-    return subprocess.Popen(
-        [*command, "--output", str(output)], env=env, cwd=ROOT, text=True,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+    # Output to a file, not a pipe: a worker blocked on a full pipe would stall the other's collectives.
+    with open(output.parent / f"{output.name}.log", "w") as log:
+        return subprocess.Popen([*command, "--output", str(output)], env=env, cwd=ROOT, stdout=log, stderr=log)
 
 
 def workers(root: Path, *flags: str) -> list[subprocess.Popen]:
@@ -62,9 +61,11 @@ def workers(root: Path, *flags: str) -> list[subprocess.Popen]:
 
 def finish(process: subprocess.Popen, expect: int = 0) -> str:
     try:
-        out, _ = process.communicate(timeout=300)
+        process.wait(timeout=300)
     finally:
         process.kill()
+    output = process.args[process.args.index("--output") + 1]
+    out = Path(f"{output}.log").read_text()
     assert process.returncode == expect, out[-4000:]
     return out
 

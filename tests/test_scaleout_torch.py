@@ -37,19 +37,23 @@ def train_command(output: Path) -> list[str]:
     return ["-m", "effspec.cli", "train", str(SPEC), "--backend", "torch", *RECIPE, "--output", str(output)]
 
 
-def wait_all(processes: list[subprocess.Popen], timeout: float = 300) -> list[str]:
-    """Each process's output once all have exited 0 (any still running after `timeout` is killed)."""
-    outputs = []
+def start(command: list[str], log: Path) -> subprocess.Popen:
+    """Output to a file, not a pipe: a process blocked on a full pipe would stall the other's collectives."""
+    with open(log, "w") as out:
+        return subprocess.Popen(command, env=environment(), cwd=ROOT, stdout=out, stderr=out)
+
+
+def wait_all(processes: list[subprocess.Popen], timeout: float = 300) -> None:
+    """Wait until all have exited 0 (any still running after `timeout` is killed)."""
     try:
         for process in processes:
-            out, _ = process.communicate(timeout=timeout)
-            outputs.append(out)
+            process.wait(timeout=timeout)
     finally:
         for process in processes:
             process.kill()
-    for process, out in zip(processes, outputs, strict=True):
-        assert process.returncode == 0, f"{process.args} exited {process.returncode}:\n{out[-4000:]}"
-    return outputs
+    for process in processes:
+        log = Path(process.args[-1]).with_suffix(".log")  # the command's last argument: its --output
+        assert process.returncode == 0, f"{process.args} exited {process.returncode}:\n{log.read_text()[-4000:]}"
 
 
 def checkpoint(output: Path) -> dict:
@@ -58,10 +62,7 @@ def checkpoint(output: Path) -> dict:
 
 def test_two_nodes_match_one_process(tmp_path: Path) -> None:
     endpoint = f"127.0.0.1:{free_port()}"
-    single = subprocess.Popen(
-        [sys.executable, *train_command(tmp_path / "one")], env=environment(), cwd=ROOT, text=True,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+    single = start([sys.executable, *train_command(tmp_path / "one")], tmp_path / "one.log")
     nodes = []
     for host in (1, 0):  # the second machine may start first: it waits for the rendezvous host
         launcher = [
@@ -69,18 +70,11 @@ def test_two_nodes_match_one_process(tmp_path: Path) -> None:
             "--rdzv-endpoint", endpoint, "--rdzv-id", "effspec-two-nodes",
             "--rdzv-conf", f"is_host={host},join_timeout=120", "--max-restarts", "0",
         ]  # fmt: skip
-        nodes.append(
-            subprocess.Popen(
-                [*launcher, *train_command(tmp_path / "two")],
-                env=environment(),
-                cwd=ROOT,
-                text=True,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-            )  # fmt: skip
-        )
+        output = tmp_path / f"node{host}"  # each machine its own disk; global rank 0 writes
+        nodes.append(start([*launcher, *train_command(output)], tmp_path / f"node{host}.log"))
     wait_all([single, *nodes])
-    one, two = checkpoint(tmp_path / "one"), checkpoint(tmp_path / "two")
+    [written] = [path for path in (tmp_path / "node0", tmp_path / "node1") if (path / "checkpoint.pt").exists()]
+    one, two = checkpoint(tmp_path / "one"), checkpoint(written)
     assert (one["world_size"], two["world_size"]) == (1, 2)
     assert one["position"] == two["position"] == {"epoch": 2, "step": 0, "global_step": 8}
     diffs = {

@@ -3,12 +3,15 @@
     tools/xla-env.sh && EFFSPEC_XLA_PYTHON=.xla-venv/bin/python pytest tests/test_scaleout_xla.py
 
 torch_xla's CPU runtime (PJRT_DEVICE=CPU) runs the XLA programs a TPU would run, on host devices:
-`effspec train --backend torch --device xla` on tests/data/torch_v2_tiny.yaml, one process and
-two (torchrun, the "xla" process group with init_method xla://, cross-process batch norm), then
-stopped after 2 steps and resumed from checkpoint.pt. Compared: 2 processes x 4 images == 1 process
-x 8 images after 4 steps (1e-5: summation order only), and the resumed run == the straight one
-(the same XLA programs on the same inputs: bit-identical). Dropout and drop path are off (each
-process draws its own masks), progressive resizing off (each image size is one more compilation).
+`effspec train --backend torch --device xla` on tests/data/torch_v2_tiny.yaml for 4 steps, and the
+same run stopped after 2 steps and resumed from checkpoint.pt: the same weights and weight average,
+bit for bit (the same XLA programs on the same inputs). Progressive resizing is off (each image
+size is one more compilation, minutes on a busy CPU).
+
+Several processes: torch_xla's CPU runtime runs every CPU device as a thread of ONE process
+(xmp.spawn / torch_xla.launch start one process on CPU), so `torchrun --nproc-per-node 2` gives two
+processes that are each a world of their own. Their first real run trained two models apart,
+silently; the trainer now stops with a one-line error (exit 2), which the last test checks.
 """
 
 from __future__ import annotations
@@ -28,10 +31,9 @@ torch = pytest.importorskip("torch")
 SPEC = ROOT / "tests" / "data" / "torch_v2_tiny.yaml"
 FLAGS = [
     *("--data", "synthetic", "--synthetic-train-size", "32", "--synthetic-val-size", "16", "--batch-size", "8"),
-    *("--epochs", "1", "--no-progressive", "--dropout", "0", "--drop-path-rate", "0", "--sync-bn", "--workers", "0"),
+    *("--epochs", "1", "--no-progressive", "--workers", "0"),
     *("--no-tensorboard", "--log-every", "1", "--checkpoint-every", "2", "--device", "xla"),
 ]
-ATOL = 1e-5
 
 
 def start(output: Path, *flags: str, processes: int = 1, port: int = 0) -> subprocess.Popen:
@@ -68,26 +70,19 @@ def worst(one: dict, two: dict) -> tuple[str, float]:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("xla")
-    paths = {name: root / name for name in ("one", "two", "resumed")}
-    started = [
-        start(paths["one"]),
-        start(paths["two"], processes=2, port=free_port()),
-        start(paths["resumed"], "--max-steps", "2"),
-    ]
+    paths = {name: root / name for name in ("one", "resumed")}
+    started = [start(paths["one"]), start(paths["resumed"], "--max-steps", "2")]
     logs = [finish(process) for process in started]
-    assert "1 process(es) on xla" in logs[0] and "2 process(es) on xla" in logs[1]
+    assert all("1 process(es) on xla" in log for log in logs)
     finish(start(paths["resumed"], "--resume"))
     return paths
 
 
-def test_two_xla_processes_match_one(runs: dict[str, Path]) -> None:
-    one, two = checkpoint(runs["one"]), checkpoint(runs["two"])
-    assert (one["world_size"], two["world_size"]) == (1, 2)
-    assert one["position"] == two["position"] == {"epoch": 1, "step": 0, "global_step": 4}
-    name, diff = worst(one["model"], two["model"])
-    assert diff < ATOL, f"{name} differs by {diff:.3g}"
+def test_xla_trains(runs: dict[str, Path]) -> None:
+    one = checkpoint(runs["one"])
+    assert one["world_size"] == 1 and one["position"] == {"epoch": 1, "step": 0, "global_step": 4}
     moved = max(state["momentum_buffer"].abs().max().item() for state in one["optimizer"]["state"].values())
-    assert moved > 1e-4  # the runs really trained
+    assert moved > 0  # the run really stepped
 
 
 def test_xla_checkpoint_resumes_to_the_same_weights(runs: dict[str, Path]) -> None:
@@ -96,3 +91,14 @@ def test_xla_checkpoint_resumes_to_the_same_weights(runs: dict[str, Path]) -> No
     for part in ("model", "ema"):
         name, diff = worst(straight[part], resumed[part])
         assert diff == 0, f"{part}: {name} differs by {diff:.3g}"
+
+
+def test_torchrun_on_the_xla_cpu_runtime_stops_with_a_clear_error(tmp_path: Path) -> None:
+    process = start(tmp_path / "two", processes=2, port=free_port())
+    try:
+        out, _ = process.communicate(timeout=600)
+    finally:
+        process.kill()
+    assert process.returncode != 0
+    assert "torchrun started 2 processes but torch_xla's process group (PJRT_DEVICE=CPU) has 1" in out, out[-3000:]
+    assert not (tmp_path / "two" / "checkpoint.pt").exists()

@@ -49,6 +49,20 @@ def import_torch_xla() -> Any:
     return xm
 
 
+def check_xla_world(world_size: int) -> None:
+    """torch_xla's process group must span the processes torchrun started. On its CPU runtime
+    (PJRT_DEVICE=CPU) it does not: each process is a world of its own (torch_xla runs CPU devices as
+    threads of one process), and the ranks would train apart, silently, each on its share."""
+    found = dist.get_world_size()
+    if found != world_size:
+        device = os.environ.get("PJRT_DEVICE", "?")
+        raise TrainingError(
+            f"--device xla: torchrun started {world_size} processes but torch_xla's process group "
+            f"(PJRT_DEVICE={device}) has {found}: torch_xla cannot span these processes here "
+            "(on its CPU runtime, one process holds every device); run one process"
+        )
+
+
 def setup_runtime(device: str) -> Runtime:
     """One process per device; torchrun's RANK/WORLD_SIZE/LOCAL_RANK turn on DDP."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -62,6 +76,7 @@ def setup_runtime(device: str) -> Runtime:
             import torch_xla.distributed.xla_backend  # noqa: F401  (registers "xla")
 
             dist.init_process_group("xla", init_method="xla://")
+            check_xla_world(world_size)
         return Runtime(xm.xla_device(), rank, local_rank, world_size, xm)
     if device == "cuda":
         if not torch.cuda.is_available():

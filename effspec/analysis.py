@@ -7,7 +7,8 @@ one image at the nominal resolution: what a training step keeps for backward, be
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from effspec import ir
 
@@ -45,6 +46,7 @@ class StageReport:
     output_size: tuple[int, int]
     se_channels: int
     cost: Cost
+    variants: dict[str, str] = field(default_factory=dict)  # per-block overrides: block_variants()
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,31 @@ class Report:
     rows: tuple[StageReport, ...]
     total: Cost
     buffers: int  # BN moving mean/variance elements
+
+
+def _runs(values: list[str]) -> str:
+    """Per-block values, compactly: equal neighbours as ``value*count`` ("6,3*3": 6 then three 3s)."""
+    runs: list[list[Any]] = []
+    for value in values:
+        if runs and runs[-1][0] == value:
+            runs[-1][1] += 1
+        else:
+            runs.append([value, 1])
+    return ",".join(value if count == 1 else f"{value}*{count}" for value, count in runs)
+
+
+def block_variants(stage: ir.Stage) -> dict[str, str]:
+    """What differs between the blocks of a stage (per-block overrides): field -> the per-block values
+    in ``_runs`` form ("expansion": "6,3"); empty when every block is built like the first. Kernels
+    print as "3.5.7" (a mixed depthwise conv); groups as "expand/project"."""
+    facts: dict[str, list[str]] = {"kernel": [], "expansion": [], "groups": []}
+    for block in stage.blocks:
+        facts["kernel"].append(".".join(map(str, block.kernels)))
+        facts["expansion"].append(f"{block.expansion:g}")
+        expand = block.expand.conv.groups if block.expand is not None else 1
+        project = block.project.conv.groups if block.project is not None else 1
+        facts["groups"].append(f"{expand}/{project}")
+    return {name: _runs(values) for name, values in facts.items() if len(set(values)) > 1}
 
 
 def analyze(model: ir.Model) -> Report:
@@ -90,6 +117,7 @@ def analyze(model: ir.Model) -> Report:
                 (stage.output.height, stage.output.width),
                 first.se_channels,
                 Cost.of(layers),
+                block_variants(stage),
             )
         )
     head = model.head

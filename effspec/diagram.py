@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from effspec.analysis import Report
+from effspec.analysis import Report, block_variants
 from effspec.errors import UsageError
 
 FORMATS = (".svg", ".png", ".pdf")
@@ -77,11 +77,16 @@ def _rows(report: Report) -> list[dict[str, object]]:
         se = f", SE {first.se_channels}" if first.se_channels else ""
         kernels = tuple(getattr(first, "kernels", (first.kernel,)))
         kernel = f"k{kernels[0]}x{kernels[0]}" if len(kernels) == 1 else "k" + "/".join(map(str, kernels)) + " mixed"
+        variants = block_variants(stage)  # per-block overrides, e.g. expand "6,3"
+        if "kernel" in variants:
+            kernel = "k" + variants["kernel"]  # mixed kernels 3.5.7, as in the info table
+        expand = variants.get("expansion", f"{first.expansion:g}")
+        groups = f", groups {variants['groups']}" if "groups" in variants else ""
         rows.append(
             {
                 "title": f"stage {stage.index + 1}  {KIND_NAMES.get(stage.kind, stage.kind)}{first.expansion:g} "
-                f"x{len(stage.blocks)}",
-                "detail": f"{kernel}, stride {first.stride}, expand {first.expansion:g}{se}  ->  {shape(out)}",
+                f"x{len(stage.blocks)}  ->  {shape(out)}",
+                "detail": f"{kernel}, stride {first.stride}, expand {expand}{groups}{se}",
                 "channels": out.channels,
                 "resolution": out.height,
                 "kind": stage.kind,

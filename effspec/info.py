@@ -41,7 +41,9 @@ def info_table(report: Report) -> str:
         "act. mem",
     )
     rows = [header]
+    others = any(set(row.variants) - {"kernel", "expansion"} for row in report.rows)
     for row in report.rows:
+        # per-block overrides: every block's value, equal neighbours as value*count ("6,3*3")
         rows.append(
             (
                 row.name,
@@ -49,19 +51,28 @@ def info_table(report: Report) -> str:
                 f"{row.input_size[0]}x{row.input_size[1]}",
                 f"{row.in_channels}->{row.out_channels}",
                 str(row.repeats),
-                ".".join(map(str, row.kernel)),
+                row.variants.get("kernel", ".".join(map(str, row.kernel))),
                 str(row.stride),
-                f"{row.expansion:g}",
+                row.variants.get("expansion", f"{row.expansion:g}"),
                 f"{row.cost.params:,}",
                 f"{row.cost.macs:,}",
                 _mib(row.cost.activation_bytes),
+                *(
+                    [" ".join(f"{k} {v}" for k, v in row.variants.items() if k not in ("kernel", "expansion")) or "-"]
+                    if others
+                    else []
+                ),
             )
         )
+    if others:
+        rows[0] = (*header, "per block")
     lines = [
         f"{model.name}: width {model.width:g}, depth {model.depth:g}, resolution {model.resolution}, "
         f"dropout {model.head.dropout:g}, drop-path {model.drop_path_rate:g}, {len(model.blocks)} blocks",
         *_aligned(rows, 2),
     ]
+    if any(row.variants for row in report.rows):
+        lines.append('per-block overrides: "6,3*2" = 6 for the first block, then 3 for two; groups = expand/project')
     t = report.total
     lines.append(
         f"total: {t.params:,} parameters, {t.macs:,} MACs ({t.macs / 1e9:.2f} G), "
@@ -97,6 +108,7 @@ def info_json(report: Report) -> dict[str, Any]:
                 "in_channels": row.in_channels,
                 "out_channels": row.out_channels,
                 "se_channels": row.se_channels,
+                "per_block": row.variants,  # only the fields whose blocks differ, e.g. {"expansion": "6,3"}
                 "input_size": list(row.input_size),
                 "output_size": list(row.output_size),
                 "params": row.cost.params,

@@ -361,3 +361,25 @@ def test_8_crop_and_flip_flags_in_both_trainers_help() -> None:
     for backend in ("torch", "keras"):
         text = " ".join(effspec("train", str(TINY), "--backend", backend, "--help").stdout.split())
         assert "--random-crop, --no-random-crop" in text and "--flip, --no-flip" in text, backend
+
+
+# 9. per-block overrides visible in info, info --json and info --diagram ----------------------------
+
+
+def test_9_info_shows_each_blocks_overrides() -> None:
+    from effspec.analysis import analyze
+    from effspec.diagram import _rows
+    from effspec.info import info_json, info_table
+
+    report = analyze(build(ROOT / "specs" / "mixnet-s.yaml").model)
+    table = info_table(report)
+    stage2 = next(line for line in table.splitlines() if line.startswith("blocks.1 "))
+    assert " 6,3 " in stage2  # MixNet-S stage 2: expansion 6, then 3 (was "6")
+    stage6 = next(line for line in table.splitlines() if line.startswith("blocks.5 "))
+    assert "3.5.7.9.11,3.5.7.9*2" in stage6 and "groups 1/1,1/2*2" in stage6
+    stages = info_json(report)["stages"]
+    assert stages[2]["per_block"] == {"expansion": "6,3"} and stages[1]["per_block"] == {}
+    details = [row["detail"] for row in _rows(report)]
+    assert any("expand 6,3" in detail for detail in details)
+    plain = info_table(analyze(build(ROOT / "specs" / "efficientnet-b0.yaml").model))
+    assert "per block" not in plain and "per-block" not in plain  # nothing to show: the table is as before

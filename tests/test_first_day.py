@@ -132,18 +132,6 @@ def test_3_torch_and_keras_trainers_read_the_same_samples_from_a_damaged_folder(
         assert np.array_equal(keras_image.numpy().astype(np.uint8), np.asarray(torch_image))
 
 
-def test_3_torch_trainer_trains_through_a_damaged_folder(tmp_path: Path) -> None:
-    for split in ("train", "val"):
-        for label in ("a", "b"):
-            _odd_folder(tmp_path / "data" / split / label)
-    result = effspec(
-        "train", str(TINY), "--backend", "torch", "--data", str(tmp_path / "data"), "--epochs", "1",
-        "--batch-size", "8", "--output", str(tmp_path / "run"), "--no-tensorboard",
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "broken.jpg: cannot decode" in result.stderr and "Traceback" not in result.stderr
-
-
 def test_3_export_calibration_skips_undecodable_images(tmp_path: Path) -> None:
     pytest.importorskip("torch")
     from effspec.weights.export import _folder_images
@@ -230,10 +218,13 @@ def test_5_usable_cpus_reads_affinity_and_cgroup_quota(tmp_path: Path, monkeypat
 
 
 def test_5_torch_trainer_fits_threads_and_workers_to_its_cpus(tmp_path: Path) -> None:
-    """On one allowed CPU (affinity), no OMP_NUM_THREADS: one thread, no data worker, no DataLoader warning."""
+    """On one allowed CPU (affinity), no OMP_NUM_THREADS: one thread, no data worker, no DataLoader
+    warning; the folder holds every odd and damaged image (item 3): the run trains through them."""
     pytest.importorskip("torch")
     env = {key: value for key, value in ENV.items() if key not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
-    _image_folder(tmp_path / "data")
+    for split in ("train", "val"):  # item 3 as well: the odd and damaged files of tests/images.py
+        for label in ("a", "b"):
+            _odd_folder(tmp_path / "data" / split / label)
     command = [
         sys.executable, "-c", "import os, sys; os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]}); "
         "from effspec.cli import main; sys.exit(main(sys.argv[1:]))",
@@ -244,6 +235,7 @@ def test_5_torch_trainer_fits_threads_and_workers_to_its_cpus(tmp_path: Path) ->
     assert result.returncode == 0, result.stderr[-2000:]
     assert "1 thread(s) and 0 data worker(s) per process" in result.stderr
     assert "worker processes in total" not in result.stderr
+    assert "broken.jpg: cannot decode" in result.stderr and "Traceback" not in result.stderr
     help_text = effspec("train", str(TINY), "--backend", "torch", "--help").stdout
     assert "--threads" in help_text and "CPUs this process may use" in " ".join(help_text.split())
 
@@ -358,9 +350,21 @@ def test_8_no_random_crop_no_flip_is_the_evaluation_view_in_both_backends(tmp_pa
 
 
 def test_8_crop_and_flip_flags_in_both_trainers_help() -> None:
-    for backend in ("torch", "keras"):
-        text = " ".join(effspec("train", str(TINY), "--backend", backend, "--help").stdout.split())
-        assert "--random-crop, --no-random-crop" in text and "--flip, --no-flip" in text, backend
+    """Both trainers take their recipe flags from add_recipe_flags: the flags, their defaults
+    (today's random crop and flip) and their help are the same in both."""
+    import argparse
+
+    from effspec.backends.recipe import add_recipe_flags, recipe_from_model
+
+    recipe = recipe_from_model(build(TINY).model)
+    for keras in (False, True):
+        parser = argparse.ArgumentParser()
+        add_recipe_flags(parser, recipe, keras=keras)
+        assert vars(parser.parse_args([]))["random_crop"] is True and parser.parse_args([]).flip is True
+        chosen = parser.parse_args(["--augmentation", "none", "--no-random-crop", "--no-flip"])
+        assert (chosen.augmentation, chosen.random_crop, chosen.flip) == ("none", False, False)
+        text = " ".join(parser.format_help().split())
+        assert "--random-crop, --no-random-crop" in text and "--flip, --no-flip" in text
 
 
 # 9. per-block overrides visible in info, info --json and info --diagram ----------------------------

@@ -129,3 +129,11 @@ def test_documented_block_runs(block: Block, tmp_path: Path) -> None:
         assert result.returncode == 0, f"{block.id}: exit {result.returncode}\n{output[-3000:]}"
     if expect:
         assert expect in output, f"{block.id}: {expect!r} not in the output\n{output[-3000:]}"
+
+
+def test_readme_suite_time_names_its_machine_and_load() -> None:
+    text = " ".join((ROOT / "README.md").read_text(encoding="utf-8").split())
+    timing = re.search(r"Measured on a fresh clone of (?P<machine>[^:]+): .*?suite (?P<time>\d+ min \d+ s)", text)
+    assert timing, "README: the suite's time, measured on which machine"
+    assert "vCPU" in timing.group("machine") or "core" in timing.group("machine")
+    assert re.search(r"suite \d+ min \d+ s \(about \d+ tests\) under a load average of [\d-]+", text)

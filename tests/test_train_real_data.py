@@ -25,15 +25,18 @@ ROOT = Path(__file__).resolve().parent.parent
 SPEC = ROOT / "tests" / "data" / "torch_v2_tiny.yaml"
 # Short enough for the suite (2 cores): 24 px (the scans are 8x8), global batch 32, a higher peak
 # rate than the spec's 0.016 per 256 so that 4 epochs (176 steps) suffice; the same flags in both
-# backends. Measured here: torch 82.2%, Keras 76.9% after 4 epochs (the longer table: run as a script).
+# backends. One seed is too noisy at 4 epochs (the curves climb steeply there): EMA top-1 torch
+# 82.8 / Keras 77.2 with seed 0, 75.0 / 79.4 with seed 1, so the test averages SEEDS: 78.9 vs 78.3
+# (after the fixes of docs/equivalence.md; at 12 epochs seed 0 gives 90.6 vs 90.8).
 FLAGS = [
     *("--augmentation", "none", "--no-progressive", "--train-resolution", "24", "--eval-resolution", "24"),
     *("--batch-size", "32", "--lr-per-256", "0.128", "--warmup-epochs", "1", "--no-tensorboard", "--seed", "0"),
 ]
 EPOCHS = 4
+SEEDS = ("0", "1")  # each backend's final EMA top-1 is averaged over these
 CHANCE = 10.0
 FLOOR = 60.0  # validation top-1 (%) each backend must reach with its EMA weights
-MARGIN = 15.0  # points between the two backends' final EMA top-1
+MARGIN = 3.0  # points between the two backends' final EMA top-1, averaged over SEEDS
 ENV = {
     **os.environ,
     **{"TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": "", "PYTHONHASHSEED": "0", "PYTHONWARNINGS": "ignore"},
@@ -98,17 +101,21 @@ def digits(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.slow
 def test_both_backends_learn_real_digits_to_the_same_accuracy(digits: Path, tmp_path: Path) -> None:
-    runs = {backend: tmp_path / backend for backend in ("torch", "keras")}
-    processes = {backend: start(backend, digits, output, EPOCHS) for backend, output in runs.items()}
-    for backend, process in processes.items():
-        finish(process, runs[backend])
-    curves = {backend: top1(backend, output) for backend, output in runs.items()}
-    for backend, curve in curves.items():
-        assert len(curve) == EPOCHS, (backend, curve)
-        assert curve[-1] >= FLOOR, f"{backend}: EMA validation top-1 per epoch {curve}"
+    runs = {(backend, seed): tmp_path / f"{backend}-{seed}" for backend in ("torch", "keras") for seed in SEEDS}
+    processes = {
+        (backend, seed): start(backend, digits, output, EPOCHS, flags=[*FLAGS[:-1], seed])
+        for (backend, seed), output in runs.items()
+    }
+    for key, process in processes.items():
+        finish(process, runs[key])
+    curves = {key: top1(key[0], output) for key, output in runs.items()}
+    for key, curve in curves.items():
+        assert len(curve) == EPOCHS, (key, curve)
+        assert curve[-1] >= FLOOR, f"{key}: EMA validation top-1 per epoch {curve}"
         assert max(curve) > 3 * CHANCE
-    gap = abs(curves["torch"][-1] - curves["keras"][-1])
-    assert gap <= MARGIN, f"EMA top-1 differs by {gap:.1f} points: {curves}"
+    final = {backend: np.mean([curves[(backend, seed)][-1] for seed in SEEDS]) for backend in ("torch", "keras")}
+    gap = abs(final["torch"] - final["keras"])
+    assert gap <= MARGIN, f"mean EMA top-1 over seeds {SEEDS} differs by {gap:.1f} points: {final}, {curves}"
 
 
 #: The issue's setting for the table: the spec's recipe as it is (48 px, batch 8, lr 0.016 per

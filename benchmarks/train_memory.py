@@ -45,17 +45,11 @@ def load(path: Path, name: str) -> ModuleType:
 
 
 def import_timm() -> ModuleType:
-    """timm; where torchvision's compiled operators cannot load (a CPU torch build newer than the
-    torchvision wheel), with the empty stand-in for torchvision._meta_registrations that the test
-    suite uses: timm needs only torchvision's Python parts here."""
-    try:
-        import timm
-    except RuntimeError:
-        for name in [name for name in sys.modules if name.startswith(("timm", "torchvision"))]:
-            del sys.modules[name]
-        sys.modules["torchvision._meta_registrations"] = ModuleType("torchvision._meta_registrations")
-        import timm
-    return timm
+    """timm as effspec imports it (effspec.vision: copes with a torchvision whose compiled operators
+    do not load against this torch)."""
+    from effspec.vision import import_timm as effspec_import_timm
+
+    return effspec_import_timm()
 
 
 def build(config: str) -> Any:

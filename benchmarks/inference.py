@@ -1,0 +1,251 @@
+"""CPU inference: every deployment path of a generated model against its peer, in one run.
+
+    python benchmarks/inference.py [--models efficientnet-b0 efficientnetv2-s] [--batches 1 8]
+        [--runs 3] [--iterations 10] [--compile] [--keras tf jax] [--compete] [--threads N]
+
+Per model and batch, timed alternately in one process (after warm-up; the median call of each run):
+generated eager (NCHW), BN-folded channels_last (``fuse_for_inference``), folded + ``torch.compile``
+(``--compile``), onnxruntime on effspec's own ONNX export (``effspec export --format onnx``: opset 17,
+basic optimizations saved, SAME pads in the convs; the session adds its extended fusions), and timm's
+TF-SAME twin (``tf_efficientnet_b0``, ``tf_efficientnetv2_s``: same function, random weights).
+``--keras tf jax`` times the generated Keras model against keras.applications' (weights=None) on
+each Keras backend, each in its own process. Ratios are peer time / our time (> 1: ours faster),
+measured in the same run; the summary gives the median and range over ``--runs`` runs.
+``--compete`` starts a competing process (a one-thread busy loop of float work) for the whole
+measurement: the CPU share the benchmark really gets halves on two cores.
+
+Intra-op threads come from the CPUs this process may use (``os.sched_getaffinity``), not the
+machine's count. The load average is printed with every result: read the numbers with it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TIMM = {
+    "efficientnet-b0": "tf_efficientnet_b0",
+    "efficientnet-b1": "tf_efficientnet_b1",
+    "efficientnet-b2": "tf_efficientnet_b2",
+    "efficientnet-b3": "tf_efficientnet_b3",
+    "efficientnetv2-s": "tf_efficientnetv2_s",
+}
+KERAS_APPLICATIONS = {
+    "efficientnet-b0": "EfficientNetB0",
+    "efficientnet-b1": "EfficientNetB1",
+    "efficientnet-b2": "EfficientNetB2",
+    "efficientnet-b3": "EfficientNetB3",
+    "efficientnetv2-s": "EfficientNetV2S",
+}
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask), not the machine's count."""
+    return len(os.sched_getaffinity(0))
+
+
+def load_average() -> str:
+    return " ".join(f"{value:.2f}" for value in os.getloadavg())
+
+
+def compete() -> subprocess.Popen:
+    """A competing process: one thread of float work until killed."""
+    code = "import math\nx = 0.0\nwhile True:\n    for i in range(100000): x += math.sin(i)\n"
+    return subprocess.Popen([sys.executable, "-c", code])
+
+
+def time_alternately(calls: dict, iterations: int) -> dict[str, float]:
+    """Median seconds per call of each callable, timed one after the other in rounds."""
+    for call in calls.values():  # warm-up
+        call()
+        call()
+    samples: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(iterations):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call()
+            samples[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def torch_paths(spec: str, batch: int, args: argparse.Namespace) -> dict:
+    """{path: callable} for the torch and onnxruntime paths of one model at one batch."""
+    import numpy as np
+    import onnxruntime
+    import torch
+
+    from effspec.cli import main as effspec
+    from effspec.pipeline import build
+    from effspec.vision import import_timm
+    from effspec.weights.generated import load_model_module
+
+    model = build(ROOT / "specs" / f"{spec}.yaml").model
+    module = load_model_module(model, "torch")
+    torch.manual_seed(0)
+    net = module.build_model().eval()
+    size = model.resolution
+    x = torch.randn(batch, 3, size, size)
+    x_last = x.contiguous(memory_format=torch.channels_last)
+    folded = module.fuse_for_inference(net)
+    calls = {}
+    with torch.inference_mode():
+        calls["eager"] = lambda: net(x)
+        calls["folded_cl"] = lambda: folded(x_last)
+    if args.compile:
+        compiled = torch.compile(folded)
+        with torch.inference_mode():
+            compiled(x_last)  # compile outside the timing
+        calls["folded_compile"] = lambda: compiled(x_last)
+    weights = Path(args.workdir) / f"{spec}.pt"
+    torch.save(net.state_dict(), weights)
+    onnx_path = Path(args.workdir) / f"{spec}-{batch}.onnx"
+    if not onnx_path.exists():
+        code = effspec(["export", str(ROOT / "specs" / f"{spec}.yaml"), "--format", "onnx", "-o", str(onnx_path),
+                        "--weights", str(weights), "--batch", str(batch)])  # fmt: skip
+        if code:
+            raise SystemExit(f"effspec export failed with {code}")
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = args.threads
+    session = onnxruntime.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    images = x.numpy()
+    calls["onnxruntime"] = lambda: session.run(None, {"images": images})
+    timm = import_timm()
+    peer = timm.create_model(TIMM[spec], pretrained=False).eval()
+    with torch.inference_mode():
+        calls["timm_eager"] = lambda: peer(x)
+        got, want = net(x).numpy(), session.run(None, {"images": images})[0]
+    np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-3)  # the paths compute one function
+    return calls
+
+
+def keras_child(spec: str, batch: int, iterations: int) -> None:
+    """Runs in a child process with KERAS_BACKEND set: generated vs keras.applications."""
+    import keras
+    import numpy as np
+
+    from effspec.pipeline import build
+    from effspec.weights.generated import load_model_module
+
+    model = build(ROOT / "specs" / f"{spec}.yaml").model
+    ours = load_model_module(model, "keras").build_model()
+    size = model.resolution
+    theirs = getattr(keras.applications, KERAS_APPLICATIONS[spec])(weights=None, input_shape=(size, size, 3))
+    x = np.random.default_rng(0).standard_normal((batch, size, size, 3)).astype("float32")
+    calls = {"keras_generated": lambda: ours.predict_on_batch(x)}
+    calls["keras_applications"] = lambda: theirs.predict_on_batch(x)
+    print(json.dumps(time_alternately(calls, iterations)))
+
+
+def keras_paths(spec: str, batch: int, backend: str, args: argparse.Namespace) -> dict[str, float]:
+    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    command = [sys.executable, __file__, "--keras-child", spec, str(batch), str(args.iterations)]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    if done.returncode:
+        raise SystemExit(f"keras {backend} child failed:\n{done.stderr[-3000:]}")
+    times = json.loads(done.stdout.strip().splitlines()[-1])
+    return {f"{name}_{backend}": value for name, value in times.items()}
+
+
+RATIOS = (  # (peer, ours): peer time / our time
+    ("timm_eager", "eager"),
+    ("timm_eager", "folded_cl"),
+    ("onnxruntime", "folded_cl"),
+    ("onnxruntime", "folded_compile"),
+    ("keras_applications_tensorflow", "keras_generated_tensorflow"),
+    ("keras_applications_jax", "keras_generated_jax"),
+)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=["efficientnet-b0", "efficientnetv2-s"], choices=sorted(TIMM))
+    parser.add_argument("--batches", nargs="+", type=int, default=[1, 8])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--iterations", type=int, default=10)
+    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--keras", nargs="*", default=[], choices=["tensorflow", "jax"])
+    parser.add_argument("--compete", action="store_true")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument("--keras-child", nargs=3, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.keras_child:
+        spec, batch, iterations = args.keras_child
+        keras_child(spec, int(batch), int(iterations))
+        return
+    warnings.simplefilter("ignore")
+    import torch
+
+    args.threads = args.threads or usable_cpus()
+    torch.set_num_threads(args.threads)
+    competitor = compete() if args.compete else None
+    results = []
+    try:
+        with tempfile.TemporaryDirectory(prefix="effspec-bench-") as workdir:
+            args.workdir = workdir
+            for spec in args.models:
+                for batch in args.batches:
+                    calls = torch_paths(spec, batch, args)
+                    for run in range(args.runs):
+                        times = time_alternately(calls, args.iterations)
+                        for backend in args.keras:
+                            times.update(keras_paths(spec, batch, backend, args))
+                        ratios = {f"{peer}/{ours}": times[peer] / times[ours] for peer, ours in RATIOS
+                                  if peer in times and ours in times}  # fmt: skip
+                        row = {"model": spec, "batch": batch, "run": run, "ms": {k: v * 1e3 for k, v in times.items()},
+                               "ratios": ratios, "load": load_average()}  # fmt: skip
+                        results.append(row)
+                        print(json.dumps(row), flush=True)
+    finally:
+        if competitor is not None:
+            competitor.kill()
+            competitor.wait()
+    print_summary(results, args)
+    if args.json:
+        args.json.write_text(json.dumps({"environment": environment(args), "results": results}, indent=1))
+
+
+def environment(args: argparse.Namespace) -> dict:
+    import onnxruntime
+    import torch
+
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "machine": f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} CPUs, {usable_cpus()} usable",
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "threads": args.threads,
+        "compete": args.compete,
+    }
+
+
+def print_summary(results: list[dict], args: argparse.Namespace) -> None:
+    env = environment(args)
+    print("\n" + ", ".join(f"{k}: {v}" for k, v in env.items()))
+    print(f"\n| model | batch | ratio (peer time / ours) | median | range (over {args.runs} runs) |")
+    print("|---|---|---|---|---|")
+    keys = sorted({(r["model"], r["batch"]) for r in results}, key=lambda k: (args.models.index(k[0]), k[1]))
+    for model, batch in keys:
+        rows = [r for r in results if (r["model"], r["batch"]) == (model, batch)]
+        for name in rows[0]["ratios"]:
+            values = [r["ratios"][name] for r in rows]
+            print(f"| {model} | {batch} | {name} | {statistics.median(values):.2f} | "
+                  f"{min(values):.2f}-{max(values):.2f} |")  # fmt: skip
+    loads = [r["load"] for r in results]
+    print(f"\nload averages (1, 5, 15 min) at each run: {'; '.join(loads)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -14,8 +14,9 @@ measured in the same run; the summary gives the median and range over ``--runs``
 ``--compete`` starts a competing process (a one-thread busy loop of float work) for the whole
 measurement: the CPU share the benchmark really gets halves on two cores.
 
-Intra-op threads come from the CPUs this process may use (``os.sched_getaffinity``), not the
-machine's count. The load average is printed with every result: read the numbers with it.
+Intra-op threads come from the CPUs this process may use (``effspec.cpus.usable_cpus``: affinity
+mask and cgroup quota), not the machine's count. The load average is printed with every result:
+read the numbers with it.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ import time
 import warnings
 from pathlib import Path
 
+from effspec.cpus import usable_cpus
+
 ROOT = Path(__file__).resolve().parent.parent
 TIMM = {
     "efficientnet-b0": "tf_efficientnet_b0",
@@ -47,11 +50,6 @@ KERAS_APPLICATIONS = {
     "efficientnet-b3": "EfficientNetB3",
     "efficientnetv2-s": "EfficientNetV2S",
 }
-
-
-def usable_cpus() -> int:
-    """The CPUs this process may run on (its affinity mask), not the machine's count."""
-    return len(os.sched_getaffinity(0))
 
 
 def load_average() -> str:

@@ -29,7 +29,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from inference import TIMM, load_average, usable_cpus  # noqa: E402
+from inference import TIMM, load_average  # noqa: E402
+
+from effspec.cpus import usable_cpus  # noqa: E402
 
 
 def peak_kib() -> int:

@@ -402,7 +402,11 @@ def _run_onnx(path: Path, images: np.ndarray) -> np.ndarray:
         import onnxruntime
     except ImportError as exc:
         raise UsageError("the ONNX self-check needs onnxruntime (pip install onnxruntime)") from exc
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    from effspec.cpus import usable_cpus
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = usable_cpus()  # the CPUs this process may use, not the machine's
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     outputs = session.run(None, {session.get_inputs()[0].name: images})
     return outputs if len(outputs) > 1 else outputs[0]
 

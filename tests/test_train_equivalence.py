@@ -170,12 +170,14 @@ def test_the_random_crops_follow_the_same_distribution() -> None:
     torch_boxes = np.array(
         [T.RandomResizedCrop.get_params(image, (0.08, 1.0), (3 / 4, 4 / 3))[2:] for _ in range(draws)]
     )
-    keras_boxes = np.array(
-        [
-            crop_box(tf.constant(height), tf.constant(width), tf.constant([0, i], tf.int64))[1].numpy()
-            for i in range(draws)
-        ]
+    extents = tf.function(  # every draw in one graph: one seed per position, as the data pipeline
+        lambda: tf.map_fn(
+            lambda i: crop_box(tf.constant(height), tf.constant(width), tf.stack([tf.constant(0, tf.int64), i]))[1],
+            tf.range(draws, dtype=tf.int64),
+            fn_output_signature=tf.int32,
+        )
     )
+    keras_boxes = np.array(extents().numpy())
     for boxes in (torch_boxes, keras_boxes):
         assert boxes.min() >= 1 and (boxes[:, 0] <= height).all() and (boxes[:, 1] <= width).all()
     area = [np.mean(b[:, 0] * b[:, 1]) / (height * width) for b in (torch_boxes, keras_boxes)]

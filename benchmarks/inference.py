@@ -107,7 +107,7 @@ def torch_paths(spec: str, batch: int, args: argparse.Namespace) -> dict:
     # What `effspec export --format onnx` writes, from this very model (random weights), without the
     # export's self-check: a deep untrained model (V2-S) amplifies float rounding past its tolerance.
     export_options = export_module.ExportOptions(format="onnx", batch=batch)
-    export_module._write_onnx(net, x, onnx_path, export_options)
+    export_module._write_onnx(net, x, onnx_path, export_options, ["logits"])
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = args.threads
     session = onnxruntime.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])

@@ -334,7 +334,7 @@ def _write_onnx(net, example, path: Path, options: ExportOptions, names: list[st
     _optimize_onnx(path)
 
 
-#: The opset written: 17 and 18 ran B0 alike in onnxruntime (benchmarks/results/onnx_export.md).
+#: The opset written: 13, 17 and 18 gave the same graph after optimization and ran B0 alike (docs/deploy.md).
 ONNX_OPSET = 17
 
 

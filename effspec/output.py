@@ -573,13 +573,22 @@ def lock_folder(folder: Path | str, holder: str, flag: str = "--output") -> Fold
     import fcntl
 
     folder = Path(folder)
-    info = _lstat(folder)
+    try:
+        info = _lstat(folder)
+    except OutputError as exc:
+        raise OutputError(f"{_flag(flag, folder)}: cannot create it ({str(exc).split(': ', 1)[-1]})") from None
     if info is not None and not stat.S_ISDIR(info.st_mode):
         kind = "a symbolic link" if stat.S_ISLNK(info.st_mode) else describe_mode(info.st_mode)
+        if stat.S_ISREG(info.st_mode):
+            raise OutputError(f"{_flag(flag, folder)}: is a file, not a directory")
         if not (stat.S_ISLNK(info.st_mode) and os.path.isdir(folder)):
             raise OutputError(f"{_flag(flag, folder)}: expected a folder, found {kind}")
     try:
         folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        reason = str(error(folder, exc)).split(": ", 1)[-1]
+        raise OutputError(f"{_flag(flag, folder)}: cannot create it ({reason})") from None
+    try:
         fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK | _NOFOLLOW | _CLOEXEC, 0o666)
     except OSError as exc:
         if exc.errno in (errno.ELOOP, errno.ENXIO):

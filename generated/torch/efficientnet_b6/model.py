@@ -741,10 +741,11 @@ class Conv2dSame(nn.Conv2d):
     """``nn.Conv2d`` with TensorFlow SAME padding at any input size (output ceil(size /
     stride)). A strided SAME conv pads asymmetrically depending on the input size. At
     the size the compiler resolved (``padding.size``: this conv's input at RESOLUTION)
-    the padding is fixed: the conv's own when symmetric, else an explicit zero pad. At
-    other sizes it is worked out per call: instead of copying the input into a padded
-    tensor, the conv pads itself and the extra leading output row or column is sliced
-    off (a view)."""
+    a symmetric padding is the conv's own, and a traced export gets an explicit zero
+    pad (ONNX export folds it into its conv). Otherwise it is worked out per call:
+    instead of copying the input into a padded tensor (an eager F.pad costs more than
+    the conv it feeds), the conv pads itself and the extra leading output row or
+    column is sliced off (a view)."""
 
     def __init__(
         self,
@@ -768,9 +769,10 @@ class Conv2dSame(nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-2] == self.size and x.shape[-1] == self.size:
-            if self.asymmetric:
-                x = F.pad(x, self.pad)
-            return self._conv_forward(x, self.weight, self.bias)
+            if not self.asymmetric:
+                return self._conv_forward(x, self.weight, self.bias)
+            if torch.jit.is_tracing():
+                return self._conv_forward(F.pad(x, self.pad), self.weight, self.bias)
         pad_h, crop_h = same_padding(x.shape[-2], self.kernel_size[0], self.stride[0])
         pad_w, crop_w = same_padding(x.shape[-1], self.kernel_size[1], self.stride[1])
         padding = (pad_h, pad_w)

@@ -124,22 +124,20 @@ class Checkpoint:
             record = _read_record(path)
             if not isinstance(record, dict):
                 raise TypeError(f"expected a JSON object, found {type(record).__name__}")
-            if not isinstance(record.get("weights"), str) or not _WEIGHTS_NAME.fullmatch(record["weights"]):
-                raise ValueError(
-                    f"weights: expected a name like state-000000001.weights.h5, found {record.get('weights')!r}"
-                )
+            if not isinstance(record.get("weights"), str):
+                raise TypeError(f"weights: expected a file name, found {record.get('weights')!r}")
             weights = f"{source}/{record['weights']}"
             step = int(record["step"])
             seeds = list(record["seeds"])
         except (ValueError, KeyError, TypeError, UnicodeDecodeError, RecursionError) as error:
-            raise TrainingError(f"--resume: {path} is damaged: not a checkpoint record ({error})") from None
+            raise TrainingError(f"--resume: {path} is not a checkpoint record: it is damaged ({error})") from None
         for key, value in self.identity.items():
             if record.get(key) != value:
                 raise TrainingError(
                     f"--resume: incompatible checkpoint {path}: it was written with "
                     f"{key}={record.get(key)!r}, this run has {key}={value!r}"
                 )
-        if not tf.io.gfile.exists(weights):
+        if not _WEIGHTS_NAME.fullmatch(record["weights"]) or not tf.io.gfile.exists(weights):
             raise TrainingError(f"--resume: {path} names {record['weights']!r}, which is not in {source}")
         if "://" not in weights and not stat.S_ISREG(os.lstat(weights).st_mode):  # a FIFO would hang h5py
             raise TrainingError(f"--resume: {path} names {record['weights']!r}, which is not a regular file")

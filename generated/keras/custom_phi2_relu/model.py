@@ -735,7 +735,11 @@ def features_model(
     if levels[-1].module == "head":
         x = conv_bn_act(x, HEAD, name="head")
         maps.append(layers.Identity(name=levels[-1].name)(x))
-    model = keras.Model(inputs, maps, name="custom_phi2_relu_features")
+    model = keras.Model(
+        inputs,
+        maps,
+        name="custom_phi2_relu_features",
+    )
     model.feature_info = levels
     return model
 

@@ -716,7 +716,11 @@ def features_model(
     if levels[-1].module == "head":
         x = conv_bn_act(x, HEAD, name="head")
         maps.append(layers.Identity(name=levels[-1].name)(x))
-    model = keras.Model(inputs, maps, name="efficientnet_lite3_features")
+    model = keras.Model(
+        inputs,
+        maps,
+        name="efficientnet_lite3_features",
+    )
     model.feature_info = levels
     return model
 

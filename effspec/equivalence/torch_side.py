@@ -112,24 +112,14 @@ def train_step(net: nn.Module, images: np.ndarray, labels: np.ndarray, lr: float
     Returns, per batch norm (by canonical name), how many values per channel its batch statistics
     averaged: n = batch x height x width, the n of torch's unbiased n / (n - 1) variance.
     """
+    counts = batch_norm_counts(net, images)
     dtype = next(net.parameters()).dtype
-    counts: dict[str, int] = {}
-    hooks = []
-    for name, submodule in net.named_modules():
-        if isinstance(submodule, nn.BatchNorm2d):
-
-            def record(_module: nn.Module, inputs: tuple[torch.Tensor, ...], name: str = name) -> None:
-                counts[name] = inputs[0].numel() // inputs[0].shape[1]
-
-            hooks.append(submodule.register_forward_pre_hook(record))
     net.train()
     optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.0, weight_decay=0.0)
     optimizer.zero_grad()
     loss = F.cross_entropy(net(torch.from_numpy(images).to(dtype)), torch.from_numpy(labels))
     loss.backward()
     optimizer.step()
-    for hook in hooks:
-        hook.remove()
     net.eval()
     return counts
 

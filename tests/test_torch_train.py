@@ -19,7 +19,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,7 +26,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, free_port
 
 torch = pytest.importorskip("torch")
 from effspec.backends.torch.runtime.optim import LrSchedule, RMSpropTF, parameter_groups  # noqa: E402
@@ -96,12 +95,6 @@ def untimed(epoch_rows: list[dict[str, str]]) -> list[dict[str, str]]:
 
 def checkpoint(output: Path) -> dict:
     return torch.load(output / "checkpoint.pt", map_location="cpu", weights_only=True)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_help_documents_every_flag_with_the_spec_defaults(trains, capsys: pytest.CaptureFixture[str]) -> None:

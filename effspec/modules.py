@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
 
-def _execute(module: ModuleType, run) -> ModuleType:  # noqa: ANN001  (a zero-argument callable)
+def _execute(module: ModuleType, run: Callable[[], object]) -> ModuleType:
     sys.modules[module.__name__] = module
     try:
         run()

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import argparse
 
-from effspec.errors import UsageError
-from effspec.registry import BUILTIN_BACKENDS as BACKENDS
+from effspec.emit.registry import BUILTIN_BACKENDS as BACKENDS
+from effspec.support.errors import UsageError
 
 
 def split_backend(flags: list[str], backend: str | None) -> tuple[str | None, list[str]]:
@@ -36,7 +36,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise UsageError("train: pass --backend torch or --backend keras")
     if backend not in BACKENDS:
         raise UsageError(f"train: unknown backend {backend!r}. Known: {', '.join(BACKENDS)}")
-    from effspec.pipeline import build, emit
+    from effspec.emit.pipeline import build, emit
 
     from .recipe import module_from_source, recipe_from_model
 

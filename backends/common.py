@@ -11,8 +11,8 @@ import re
 import unicodedata
 from pathlib import Path
 
-from effspec import ir
-from effspec.render import environment, py_literal
+from effspec.core import ir
+from effspec.emit.render import environment, py_literal
 
 #: Longest literal of one piece of a split DESCRIPTION constant, and of an unsplit one (ruff format
 #: joins implicitly concatenated strings whenever they fit its 88 columns, indented by 4).

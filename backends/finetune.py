@@ -32,12 +32,12 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from effspec.errors import UsageError
+from effspec.support.errors import UsageError
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from effspec import ir
+    from effspec.core import ir
     from effspec.weights.manifest import Manifest
 
 INIT_FORMATS = ("auto", "torch", "keras", "timm", "torchvision", "keras-applications")
@@ -244,9 +244,9 @@ def spec_model(net: ModuleType, args: argparse.Namespace) -> ir.Model:
     """The IR of the spec ``net`` (a generated model.py) was generated from, checked by its hash: the one
     ``effspec train`` registered, --init-spec, model.py's SPEC_PATH (from the working directory or the
     folders above model.py) or the shipped spec of that name."""
-    from effspec.errors import EffspecError
-    from effspec.paths import shipped_spec
-    from effspec.pipeline import build
+    from effspec.emit.pipeline import build
+    from effspec.support.errors import EffspecError
+    from effspec.support.paths import shipped_spec
 
     sha = getattr(net, "SPEC_SHA256", None)
     if sha in _REGISTERED:
@@ -449,7 +449,7 @@ def _keras_checkpoint_weights(directory: Path) -> Path:
 
 def read_source(args: argparse.Namespace, net: ModuleType, backend: str) -> Source:
     """--init as the canonical state; every failure an InitError naming the file."""
-    from effspec.errors import EffspecError
+    from effspec.support.errors import EffspecError
 
     path, implied = resolve_name(args.init)
     kind = args.init_format if args.init_format != "auto" else implied

@@ -17,8 +17,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, NoReturn
 
-from effspec.ir import ProgressiveStage, TrainingPlan
-from effspec.modules import import_file, import_source
+from effspec.core.ir import ProgressiveStage, TrainingPlan
+from effspec.emit.modules import import_file, import_source
 
 from .finetune import InitError, add_finetune_flags, check_finetune_args
 
@@ -39,7 +39,7 @@ class TrainingError(Exception):
 
 @dataclass(frozen=True, kw_only=True)
 class Recipe(TrainingPlan):
-    """A spec's resolved training section (``effspec.ir.TrainingPlan``, where every field is defined
+    """A spec's resolved training section (``effspec.core.ir.TrainingPlan``, where every field is defined
     and commented) plus the model facts the trainers need: every flag's default."""
 
     spec_name: str
@@ -65,7 +65,7 @@ def _choice(value: str, known: tuple[str, ...], what: str) -> str:
 
 
 def recipe_from_model(model: Any) -> Recipe:
-    """The recipe of an ``effspec.ir.Model``: its training plan and the model facts."""
+    """The recipe of an ``effspec.core.ir.Model``: its training plan and the model facts."""
     plan = model.training
     return Recipe(
         **{item.name: getattr(plan, item.name) for item in fields(plan)},
@@ -360,8 +360,8 @@ def check_numbers(args: argparse.Namespace, recipe: Recipe) -> None:
             raise TrainingError(f"--{name.replace('_', '-')} must be in [{low:g}, {high:g}], got {value}")
     if args.progressive and not recipe.progressive:
         raise TrainingError(f"--progressive: spec {recipe.spec_name} defines no stages")
-    from effspec.errors import EffspecError
-    from effspec.limits import check_args
+    from effspec.core.limits import check_args
+    from effspec.support.errors import EffspecError
 
     try:
         check_args(args)  # resolutions, classes, seed, batch: the bounds every effspec command applies
@@ -414,8 +414,8 @@ def prepare_output(
     writable, in use by another trainer (named), or holding a run (of either backend, any spec)
     when this one starts ``fresh`` (without --resume). On a resume, the logs it will extend must be
     readable."""
-    from effspec.errors import EffspecError
-    from effspec.output import lock_folder
+    from effspec.support.errors import EffspecError
+    from effspec.support.output import lock_folder
 
     path = Path(output)
     release_outputs()  # runs in one process follow each other: the previous one is over

@@ -14,7 +14,7 @@ measured in the same run; the summary gives the median and range over ``--runs``
 ``--compete`` starts a competing process (a one-thread busy loop of float work) for the whole
 measurement: the CPU share the benchmark really gets halves on two cores.
 
-Intra-op threads come from the CPUs this process may use (``effspec.cpus.usable_cpus``: affinity
+Intra-op threads come from the CPUs this process may use (``effspec.support.cpus.usable_cpus``: affinity
 mask and cgroup quota), not the machine's count. The load average is printed with every result:
 read the numbers with it.
 """
@@ -33,7 +33,7 @@ import time
 import warnings
 from pathlib import Path
 
-from effspec.cpus import usable_cpus
+from effspec.support.cpus import usable_cpus
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMM = {
@@ -81,8 +81,8 @@ def torch_paths(spec: str, batch: int, args: argparse.Namespace) -> dict:
     import onnxruntime
     import torch
 
-    from effspec.pipeline import build
-    from effspec.vision import import_timm
+    from effspec.emit.pipeline import build
+    from effspec.support.vision import import_timm
     from effspec.weights import export as export_module
     from effspec.weights.generated import load_model_module
 
@@ -125,7 +125,7 @@ def keras_child(spec: str, batch: int, iterations: int) -> None:
     import keras
     import numpy as np
 
-    from effspec.pipeline import build
+    from effspec.emit.pipeline import build
     from effspec.weights.generated import load_model_module
 
     model = build(ROOT / "specs" / f"{spec}.yaml").model

@@ -49,7 +49,7 @@ def compile_symmetric(out_dir: Path, model_py: Path | None = None):
     elsewhere, for a machine without effspec's dependencies), else compiled now; None without effspec."""
     if model_py is None:
         try:
-            from effspec.pipeline import compile_specs
+            from effspec.emit.pipeline import compile_specs
         except ImportError:  # effspec or one of its dependencies (pydantic) is missing here
             return None
         compile_specs([SYMMETRIC_SPEC], ["torch"], out_dir)

@@ -45,9 +45,9 @@ def load(path: Path, name: str) -> ModuleType:
 
 
 def import_timm() -> ModuleType:
-    """timm as effspec imports it (effspec.vision: copes with a torchvision whose compiled operators
+    """timm as effspec imports it (effspec.support.vision: copes with a torchvision whose compiled operators
     do not load against this torch)."""
-    from effspec.vision import import_timm as effspec_import_timm
+    from effspec.support.vision import import_timm as effspec_import_timm
 
     return effspec_import_timm()
 

@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from inference import TIMM, load_average  # noqa: E402
 
-from effspec.cpus import usable_cpus  # noqa: E402
+from effspec.support.cpus import usable_cpus  # noqa: E402
 
 
 def peak_kib() -> int:
@@ -41,8 +41,8 @@ def peak_kib() -> int:
 def torch_child(spec: str, which: str, batch: int, size: int | None, steps: int, compiled: bool, threads: int) -> dict:
     import torch
 
-    from effspec.pipeline import build
-    from effspec.vision import import_timm
+    from effspec.emit.pipeline import build
+    from effspec.support.vision import import_timm
     from effspec.weights.generated import load_model_module
 
     torch.set_num_threads(threads)
@@ -79,7 +79,7 @@ def keras_child(spec: str, batch: int, size: int | None, steps: int) -> dict:
     import keras
     import numpy as np
 
-    from effspec.pipeline import build
+    from effspec.emit.pipeline import build
     from effspec.weights.generated import load_model_module
 
     model = build(ROOT / "specs" / f"{spec}.yaml").model

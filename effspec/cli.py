@@ -19,12 +19,13 @@ from typing import Any
 os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
 
 from effspec import __version__  # noqa: E402
-from effspec.errors import EffspecError, SpecError, UsageError  # noqa: E402
+from effspec.emit.options import add_backbone_options  # noqa: E402
+from effspec.support.errors import EffspecError, SpecError, UsageError  # noqa: E402
 
 
 def _cmd_compile(args: argparse.Namespace) -> int:
-    from effspec.pipeline import compile_specs
-    from effspec.registry import available_backends
+    from effspec.emit.pipeline import compile_specs
+    from effspec.emit.registry import available_backends
 
     known = available_backends()
     backends = args.backend or known
@@ -42,7 +43,7 @@ def _cmd_compile(args: argparse.Namespace) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from effspec.pipeline import build
+    from effspec.emit.pipeline import build
 
     for spec in args.specs:
         compiled = build(spec)
@@ -53,22 +54,22 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from effspec.info import info_json, info_table
-    from effspec.pipeline import build
+    from effspec.emit.pipeline import build
+    from effspec.tools.info import info_json, info_table
 
     compiled = build(args.spec)
     for line in compiled.warnings:
         print(line, file=sys.stderr)
     if args.diagram:  # matplotlib loads only here
-        from effspec.diagram import draw_diagram
-        from effspec.pipeline import spec_inputs
+        from effspec.emit.pipeline import spec_inputs
+        from effspec.tools.diagram import draw_diagram
 
         written = draw_diagram(compiled.report, Path(args.diagram), spec_inputs(args.spec))
         print(f"wrote {written}", file=sys.stderr)
     if args.output_stride is not None and not args.features:
         raise UsageError(f"--output-stride {args.output_stride}: add --features (it sets the backbone's output stride)")
     if args.features:
-        from effspec.info import features_json, features_table
+        from effspec.tools.info import features_json, features_table
 
         stride = args.output_stride or 32
         text = json.dumps(features_json(compiled.model, stride), indent=2) if args.json else None
@@ -81,31 +82,17 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_schema(args: argparse.Namespace) -> int:
-    from effspec.jsonschema import schema_text
+    from effspec.core.jsonschema import schema_text
 
     text = schema_text()
     if args.output:
-        from effspec.output import write_file
+        from effspec.support.output import write_file
 
         write_file(Path(args.output), text)
         print(f"wrote {args.output}")
     else:
         sys.stdout.write(text)
     return 0
-
-
-def add_backbone_options(parser: argparse.ArgumentParser, features_help: str) -> None:
-    """``--features`` and ``--output-stride N`` (docs/backbone.md), the same in info, check and export."""
-    from effspec.ir import OUTPUT_STRIDES
-
-    parser.add_argument("--features", action="store_true", help=features_help)
-    parser.add_argument(
-        "--output-stride",
-        type=int,
-        choices=OUTPUT_STRIDES,
-        metavar="N",
-        help=f"with --features: the backbone's output stride, {', '.join(map(str, OUTPUT_STRIDES))} (default: 32)",
-    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -145,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
             raise
     else:
         add_commands(sub)
-    from effspec.tools_commands import add_commands as add_tool_commands  # scale, search, plot
+    from effspec.tools.commands import add_commands as add_tool_commands  # scale, search, plot
 
     add_tool_commands(sub)
     from effspec.backends.commands import add_commands as add_train_commands  # train (torch / keras)
@@ -230,16 +217,18 @@ def main(argv: list[str] | None = None) -> int:
     original = sys.stdout
     sys.stdout = _GuardedStdout(original)
     try:
-        from effspec.limits import check_args
+        from effspec.core.limits import check_args
 
         check_args(args)  # every sizing flag bounded before any work
-        from effspec.output import declare_inputs
+        from effspec.core.loader import spec_files
+        from effspec.support.output import declare_inputs
 
         named = [getattr(args, name, None) for name in ("weights", "input", "accuracy")]
         specs = [getattr(args, "spec", None), *(getattr(args, "specs", None) or [])]
         declare_inputs(  # no output of this command may replace one of them
             files=[item for item in named if isinstance(item, str)],
             specs=[item for item in specs if isinstance(item, str)],
+            chain=spec_files,
         )
         code = int(args.handler(args))
         sys.stdout.flush()  # a full disk (`> /dev/full`) shows up here, not silently at exit

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from effspec import ir
+from effspec.core import ir
 
-# No torchvision stand-in here: the product imports torchvision and timm through effspec.vision
+# No torchvision stand-in here: the product imports torchvision and timm through effspec.support.vision
 # (see its docstring), and tests that import them directly call the same functions.
 
 # The suite runs on two pytest-xdist workers (pyproject addopts) on a 2-core machine: one OpenMP /

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from effspec.pipeline import build
+from effspec.emit.pipeline import build
 from effspec.weights.generated import load_model_module
 
 SPEC = "specs/tinynet-e.yaml"

@@ -13,7 +13,7 @@ from conftest import ROOT, SPECS
 from reference import REFERENCE
 
 from effspec.cli import main
-from effspec.jsonschema import schema_text
+from effspec.core.jsonschema import schema_text
 
 SCHEMA_LINE = "# yaml-language-server: $schema=effspec.schema.json"
 
@@ -117,7 +117,7 @@ def test_a_reader_that_goes_away_is_not_an_internal_error() -> None:
 def test_every_build_reads_the_bytes_on_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """No build cache: editing a base spec changes the next build, and nothing is written outside -o
     (not even with HOME unset or empty)."""
-    from effspec.pipeline import build
+    from effspec.emit.pipeline import build
 
     monkeypatch.setenv("HOME", "")
     monkeypatch.delenv("XDG_CACHE_HOME", raising=False)

@@ -24,10 +24,10 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("keras")
 
 from effspec.cli import main  # noqa: E402
+from effspec.emit.pipeline import build  # noqa: E402
 from effspec.equivalence import check as check_module  # noqa: E402
 from effspec.equivalence import torch_side  # noqa: E402
 from effspec.equivalence.check import Settings, run_check, seeded_batch  # noqa: E402
-from effspec.pipeline import build  # noqa: E402
 from effspec.weights.convert import ConversionError, keras_to_torch, torch_to_keras  # noqa: E402
 from effspec.weights.files import load_torch_file, save_torch_file  # noqa: E402
 from effspec.weights.generated import load_model_module  # noqa: E402

@@ -14,7 +14,7 @@ pytest.importorskip("keras")
 pytest.importorskip("tensorflow")
 
 from effspec.cli import main  # noqa: E402
-from effspec.pipeline import build  # noqa: E402
+from effspec.emit.pipeline import build  # noqa: E402
 from effspec.weights import export as export_module  # noqa: E402
 from effspec.weights.generated import load_model_module  # noqa: E402
 

@@ -18,11 +18,11 @@ import pytest
 from reference import FAMILIES
 from torch_helpers import randomize_batch_norm
 
-from effspec.pipeline import build
-from effspec.vision import import_timm
+from effspec.emit.pipeline import build
+from effspec.support.vision import import_timm
 
 torch = pytest.importorskip("torch")
-timm = import_timm()  # effspec.vision: as the product imports it (a failure fails, never skips)
+timm = import_timm()  # effspec.support.vision: as the product imports it (a failure fails, never skips)
 
 from effspec.equivalence.check import Settings, run_check  # noqa: E402
 from effspec.weights.generated import load_model_module  # noqa: E402

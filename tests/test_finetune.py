@@ -15,7 +15,7 @@ import pytest
 from effspec.backends.finetune import InitError, Phase, Source, plan_init, section
 
 from effspec.cli import main as cli
-from effspec.vision import import_timm
+from effspec.support.vision import import_timm
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "tests" / "data" / "torch_v2_tiny.yaml"
@@ -40,7 +40,7 @@ def tiny_file(path: Path, spec: Path = TINY) -> dict[str, np.ndarray]:
     """A generated torch file of ``spec`` with non-trivial batch-norm statistics."""
     from torch_helpers import randomize_batch_norm
 
-    from effspec.pipeline import build
+    from effspec.emit.pipeline import build
     from effspec.weights.files import save_torch_file
     from effspec.weights.generated import load_model_module
 

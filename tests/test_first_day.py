@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from effspec.errors import SpecError
-from effspec.pipeline import build
+from effspec.emit.pipeline import build
+from effspec.support.errors import SpecError
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "tests" / "data" / "torch_v2_tiny.yaml"
@@ -32,7 +32,7 @@ def effspec(*args: str, cwd: Path = ROOT, env: dict[str, str] | None = None, tim
 def test_1_torchvision_and_timm_import_in_a_fresh_process_without_a_stub() -> None:
     code = (
         "import sys\n"
-        "from effspec.vision import import_timm, import_torchvision\n"
+        "from effspec.support.vision import import_timm, import_torchvision\n"
         "tv = import_torchvision()\n"
         "from torchvision import transforms, datasets, models\n"
         "timm = import_timm()\n"
@@ -196,7 +196,7 @@ def test_4_search_with_a_relative_output_and_data_folder(tmp_path: Path) -> None
 
 
 def test_5_usable_cpus_reads_affinity_and_cgroup_quota(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from effspec import cpus
+    from effspec.support import cpus
 
     (tmp_path / "cpu.max").write_text("150000 100000\n")
     assert cpus.cgroup_quota(tmp_path) == 1.5
@@ -371,9 +371,9 @@ def test_8_crop_and_flip_flags_in_both_trainers_help() -> None:
 
 
 def test_9_info_shows_each_blocks_overrides() -> None:
-    from effspec.analysis import analyze
-    from effspec.diagram import _rows
-    from effspec.info import info_json, info_table
+    from effspec.core.analysis import analyze
+    from effspec.tools.diagram import _rows
+    from effspec.tools.info import info_json, info_table
 
     report = analyze(build(ROOT / "specs" / "mixnet-s.yaml").model)
     table = info_table(report)

@@ -17,7 +17,7 @@ import pytest
 from conftest import ROOT, SPECS
 
 from effspec.cli import main
-from effspec.registry import available_backends
+from effspec.emit.registry import available_backends
 
 GENERATED = ROOT / "generated"
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from test_hostile_specs import GOOD, TIMEOUT, one_line, run_main, snapshot, watchdog  # noqa: F401
 
-from effspec.vision import import_timm
+from effspec.support.vision import import_timm
 
 pytestmark = pytest.mark.usefixtures("watchdog")
 ROOT = Path(__file__).resolve().parent.parent
@@ -129,7 +129,7 @@ def test_a_second_trainer_on_one_output_exits_at_once_naming_the_first(
     work: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     holder = (
-        "import sys, time; from effspec.output import lock_folder\n"
+        "import sys, time; from effspec.support.output import lock_folder\n"
         "lock = lock_folder('run', 'torch train.py of base'); print('locked', flush=True); time.sleep(60)\n"
     )
     first = subprocess.Popen([sys.executable, "-c", holder], cwd=work, stdout=subprocess.PIPE, text=True)

@@ -321,7 +321,7 @@ def test_a_full_disk_mid_compile_changes_nothing(
     """Every new file is written to a temp file first; the renames come only after all succeeded."""
     import errno
 
-    from effspec import output
+    from effspec.support import output
 
     assert run_main(["compile", "good.yaml", "-o", "out"], capsys)[0] == 0
     for model in (work / "out").glob("*/tiny/model.py"):

@@ -299,7 +299,7 @@ SPEC_CASES = [
         "s.yaml:2:",
         "training.progressive.image_size.end: expected an image size of at most 8192",
     ),
-    # Limits after scaling (effspec/limits.py): each field legal alone, the product too big.
+    # Limits after scaling (effspec/core/limits.py): each field legal alone, the product too big.
     (
         "scaled-blocks",
         "name: x\nscaling: {method: explicit, depth: 64}\nstages:\n" + stage(repeats=900),

@@ -20,7 +20,7 @@ keras = pytest.importorskip("keras")
 h5py = pytest.importorskip("h5py")
 
 from effspec.cli import main  # noqa: E402
-from effspec.pipeline import build  # noqa: E402
+from effspec.emit.pipeline import build  # noqa: E402
 from effspec.weights.generated import load_model_module  # noqa: E402
 
 RESOLUTION = 96

@@ -21,8 +21,8 @@ from effspec.backends.common import description_lines
 from effspec.backends.keras.context import ACTIVATIONS
 from reference import REFERENCE
 
-from effspec import ir
-from effspec.pipeline import build, compile_specs
+from effspec.core import ir
+from effspec.emit.pipeline import build, compile_specs
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 keras = pytest.importorskip("keras")

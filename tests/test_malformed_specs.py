@@ -271,8 +271,8 @@ def test_the_table_covers_twenty_kinds_of_error(tmp_path: Path, monkeypatch: pyt
     messages it gives (values and numbers masked) must number at least twenty, every row must fail
     with its own error, and the good spec every row is compiled beside must pass. (This replaces a
     test that counted the table's own rows, which could not fail.)"""
-    from effspec.errors import SpecError
-    from effspec.pipeline import build
+    from effspec.emit.pipeline import build
+    from effspec.support.errors import SpecError
 
     assert len({case[0] for case in CASES}) == len(CASES), "duplicate case ids"
     kinds: dict[str, str] = {}

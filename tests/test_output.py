@@ -1,4 +1,4 @@
-"""effspec.output, the one module that writes files and folders for every command: atomic
+"""effspec.support.output, the one module that writes files and folders for every command: atomic
 replacement, no writing through links or into FIFOs and devices, never an input, never a user's
 file lost, every failure one OutputError (exit 2) with nothing left behind."""
 
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from effspec import output
-from effspec.errors import OutputError
+from effspec.support import output
+from effspec.support.errors import OutputError
 
 
 def leftovers(folder: Path) -> list[str]:
@@ -167,7 +167,7 @@ def test_open_append_refuses_links_and_fifos(tmp_path: Path) -> None:
 def test_a_second_writer_of_a_run_folder_is_refused_naming_the_first(tmp_path: Path) -> None:
     lock = output.lock_folder(tmp_path / "run", "effspec train torch tiny")
     code = (
-        "import sys; from effspec import output\n"
+        "import sys; from effspec.support import output\n"
         "try:\n    output.lock_folder(sys.argv[1], 'second')\n"
         "except Exception as exc:\n    print(exc); sys.exit(2)\n"
     )

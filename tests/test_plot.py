@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from effspec.cli import main
-from effspec.plot import fitted_phi
+from effspec.tools.plot import fitted_phi
 
 ROOT = Path(__file__).resolve().parents[1]
 SPECS = ROOT / "specs"

@@ -32,9 +32,9 @@ import pytest
 import yaml
 from torch_helpers import count_macs, randomize_batch_norm
 
-from effspec import ir
-from effspec.errors import SpecError
-from effspec.pipeline import build, emit
+from effspec.core import ir
+from effspec.emit.pipeline import build, emit
+from effspec.support.errors import SpecError
 
 hypothesis = pytest.importorskip("hypothesis")
 torch = pytest.importorskip("torch")

@@ -14,7 +14,7 @@ import pytest
 from conftest import ROOT
 from test_properties import RUFF, check_spec
 
-from effspec.pipeline import build, emit
+from effspec.emit.pipeline import build, emit
 
 #: Issue 10: a Fused-MBConv stage with expansion 1, SE and a width change. torch exited 70
 #: ("squeeze-excite gates 32 channels, the conv gives 16"), Keras wrote a wrong PARAMS and
@@ -78,7 +78,9 @@ WIDE_DESCRIPTION = "00000000000\x1f\x1f\n⺀\U00010cf3\U00018cd6\U00018d09\U0001
 @pytest.mark.parametrize("description", [WIDE_DESCRIPTION, "⺀" * 43, "e\u0301" * 40 + "x" * 30])
 def test_descriptions_with_wide_or_combining_characters_stay_formatted(tmp_path: Path, description: str) -> None:
     spec = tmp_path / "wide.yaml"
-    spec.write_text(f"extends: efficientnet-b0\nname: wide\ndescription: {json.dumps(description, ensure_ascii=False)}\n")
+    spec.write_text(
+        f"extends: efficientnet-b0\nname: wide\ndescription: {json.dumps(description, ensure_ascii=False)}\n"
+    )
     files = emit(build(spec).model, ["torch"])["torch/wide"]
     path = tmp_path / "model.py"
     path.write_text(files["model.py"], encoding="utf-8")

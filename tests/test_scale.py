@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from effspec.cli import main
-from effspec.pipeline import build
-from effspec.scale import DEFAULT_COEFFICIENTS, Family, Settings, measure_latency, solve_analytic, solve_latency
+from effspec.emit.pipeline import build
+from effspec.tools.scale import DEFAULT_COEFFICIENTS, Family, Settings, measure_latency, solve_analytic, solve_latency
 
 ROOT = Path(__file__).resolve().parents[1]
 B0 = ROOT / "specs" / "efficientnet-b0.yaml"

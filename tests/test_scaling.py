@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from effspec.pipeline import build
-from effspec.scaling import drop_path_rates, round_channels, round_repeats, scaled_resolution
+from effspec.core.scaling import drop_path_rates, round_channels, round_repeats, scaled_resolution
+from effspec.emit.pipeline import build
 
 
 @pytest.mark.parametrize(

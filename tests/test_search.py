@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from effspec.errors import UsageError
-from effspec.search import DEFAULT_GRID, enumerate_candidates, parse_grid, pick
+from effspec.support.errors import UsageError
+from effspec.tools.search import DEFAULT_GRID, enumerate_candidates, parse_grid, pick
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests" / "data" / "torch_v1_tiny.yaml"
@@ -71,7 +71,7 @@ def test_search_three_trials_writes_csv_plot_and_best(tmp_path: Path) -> None:
         assert (out / r["spec"]).is_file()
         assert 0 <= float(r["val_top1"]) <= 100
     assert (out / "search.png").read_bytes()[:4] == b"\x89PNG"
-    from effspec.pipeline import build
+    from effspec.emit.pipeline import build
 
     best = build(out / "best.yaml")
     top = max(rows, key=lambda r: (float(r["val_top1"]), -float(r["val_loss"]), -int(r["trial"])))

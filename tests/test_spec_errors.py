@@ -12,8 +12,8 @@ import pytest
 from conftest import ROOT
 
 from effspec.cli import main
-from effspec.loader import MAX_ERRORS
-from effspec.paths import shipped_spec_names
+from effspec.core.loader import MAX_ERRORS
+from effspec.support.paths import shipped_spec_names
 
 STAGE = "  - {block: mbconv, repeats: 1, kernel: 3, stride: 1, expansion: 1, channels: 16}\n"
 B0_PARAMS = "5,288,548 parameters"
@@ -93,7 +93,7 @@ def test_a_missing_yaml_file_with_a_shipped_stem_hints_at_the_name(tmp_path, mon
     assert "write 'extends: efficientnet-b0'" in line
 
 
-@pytest.mark.parametrize("ref", ["effspec.schema", "efficientnet-b0/..", "EFFICIENTNET-B0", "../specs/nothere"])
+@pytest.mark.parametrize("ref", ["effspec.core.schema", "efficientnet-b0/..", "EFFICIENTNET-B0", "../specs/nothere"])
 def test_only_listed_names_are_shipped_specs(tmp_path, monkeypatch, capsys, ref: str) -> None:
     files = {"my.yaml": f"extends: {ref}\nname: my-net\n"}
     line = one_error(*run(tmp_path, monkeypatch, capsys, files, "validate", "my.yaml")[::2])
@@ -266,7 +266,7 @@ def test_a_base_compiled_by_itself_names_only_itself(tmp_path, monkeypatch, caps
 def test_every_schema_field_has_a_description() -> None:
     from pydantic import BaseModel
 
-    import effspec.schema as schema
+    import effspec.core.schema as schema
 
     models = [
         m

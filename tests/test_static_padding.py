@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from effspec import ir
-from effspec.pipeline import build
+from effspec.core import ir
+from effspec.emit.pipeline import build
 
 torch = pytest.importorskip("torch")
 

@@ -24,9 +24,10 @@ from effspec.backends.torch.context import ACTIVATIONS
 from reference import REFERENCE
 from torch_helpers import count_macs, randomize_batch_norm
 
-from effspec import __version__, ir
-from effspec.pipeline import build, compile_specs
-from effspec.render import py_literal
+from effspec import __version__
+from effspec.core import ir
+from effspec.emit.pipeline import build, compile_specs
+from effspec.emit.render import py_literal
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
@@ -476,6 +477,6 @@ def test_description_pieces_join_back_and_fit() -> None:
 
 
 def test_activation_table_covers_the_spec_language() -> None:
-    from effspec.schema import Activation
+    from effspec.core.schema import Activation
 
     assert set(ACTIVATIONS) >= set(Activation.__args__)

@@ -190,7 +190,7 @@ def assert_identical(expected: object, actual: object, where: str) -> None:
 
 
 def test_progressive_learning_changes_the_input_resolution_per_stage(trains, tmp_path: Path) -> None:
-    from effspec.pipeline import build
+    from effspec.emit.pipeline import build
 
     stages = build(V2).model.training.progressive
     assert train(trains["v2"], "--synthetic-train-size", "16", "--epochs", "8", "--output", str(tmp_path)) == 0

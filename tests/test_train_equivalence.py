@@ -19,7 +19,7 @@ pytest.importorskip("torch")
 pytest.importorskip("keras")
 
 from effspec.cli import main  # noqa: E402
-from effspec.vision import import_torchvision  # noqa: E402
+from effspec.support.vision import import_torchvision  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = str(ROOT / "tests" / "data" / "torch_v2_tiny.yaml")

@@ -62,7 +62,7 @@ def write_digits(root: Path) -> Path:
     return root
 
 
-# `effspec train` as users run it: the product imports torchvision through effspec.vision.
+# `effspec train` as users run it: the product imports torchvision through effspec.support.vision.
 EFFSPEC = "import sys; from effspec.cli import main; sys.exit(main(sys.argv[1:]))"
 
 

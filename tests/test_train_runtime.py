@@ -23,8 +23,8 @@ from effspec.backends.recipe import (
 )
 
 from effspec.cli import main as effspec
-from effspec.pipeline import build
-from effspec.render import py_literal
+from effspec.emit.pipeline import build
+from effspec.emit.render import py_literal
 
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(20)
 JPEG = b"\xff\xd8\xff\xe0" + bytes(20)
@@ -245,8 +245,8 @@ def test_the_recipe_is_defined_once() -> None:
     """The spec's training section, the IR's plan and the trainers' Recipe share one field list."""
     from dataclasses import fields
 
-    from effspec import ir
-    from effspec.schema import Training
+    from effspec.core import ir
+    from effspec.core.schema import Training
 
     plan = {item.name for item in fields(ir.TrainingPlan)}
     assert set(Training.model_fields) == plan - {"eval_resolution"}  # the scaled resolution, not a spec field

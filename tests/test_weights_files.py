@@ -21,7 +21,7 @@ pytest.importorskip("h5py")
 from safetensors.torch import save_file  # noqa: E402
 
 from effspec.cli import main  # noqa: E402
-from effspec.pipeline import build  # noqa: E402
+from effspec.emit.pipeline import build  # noqa: E402
 from effspec.weights.files import atomic_output  # noqa: E402
 from effspec.weights.manifest import build_manifest  # noqa: E402
 

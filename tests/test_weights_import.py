@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
-from effspec.vision import import_timm, import_torchvision  # noqa: E402
+from effspec.support.vision import import_timm, import_torchvision  # noqa: E402
 
-timm = import_timm()  # effspec.vision: as the product imports them (a failure fails, never skips)
+timm = import_timm()  # effspec.support.vision: as the product imports them (a failure fails, never skips)
 torchvision = import_torchvision()
 keras = pytest.importorskip("keras")
 pytest.importorskip("safetensors")
@@ -25,7 +25,7 @@ pytest.importorskip("safetensors")
 from safetensors.torch import save_file  # noqa: E402
 
 from effspec.cli import main  # noqa: E402
-from effspec.pipeline import build  # noqa: E402
+from effspec.emit.pipeline import build  # noqa: E402
 from effspec.weights import structural  # noqa: E402
 from effspec.weights.generated import load_model_module  # noqa: E402
 

@@ -25,13 +25,13 @@ PY
 effspec train tests/data/torch_v2_tiny.yaml --backend torch --data "$work/images" --epochs 1 --batch-size 8 \
     --output "$work/run" 2>&1 | tee "$work/train.log"
 grep -q "done in" "$work/train.log"
-python -c "from effspec.vision import import_timm; timm = import_timm(); print('timm', timm.__version__, 'imports')"
+python -c "from effspec.support.vision import import_timm; timm = import_timm(); print('timm', timm.__version__, 'imports')"
 python - "$work/tf_b0.pth" <<'PY'
 import sys
 
 import torch
 
-from effspec.vision import import_timm
+from effspec.support.vision import import_timm
 
 torch.save(import_timm().create_model("tf_efficientnet_b0", pretrained=False).state_dict(), sys.argv[1])
 PY

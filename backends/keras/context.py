@@ -7,7 +7,7 @@ the generated code can build what the IR says.
 
 from __future__ import annotations
 
-from effspec import ir
+from effspec.core import ir
 
 from ..common import check_activations, header_context
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from effspec import ir
-from effspec.registry import Backend, register_backend
-from effspec.render import environment
+from effspec.core import ir
+from effspec.emit.registry import Backend, register_backend
+from effspec.emit.render import environment
 
 from .context import model_context
 from .train_context import train_context

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from effspec import ir
+from effspec.core import ir
 
 from ..common import check_activations, header_context
 

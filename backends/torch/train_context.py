@@ -7,7 +7,7 @@ backend prints the same context (``effspec.backends.common.recipe_context``).
 
 from __future__ import annotations
 
-from effspec import ir
+from effspec.core import ir
 
 from ..common import recipe_context
 

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
-from effspec import ir
+from effspec.core import ir
+from effspec.emit.pipeline import build
 from effspec.equivalence import keras_side, torch_side
 from effspec.equivalence.budget import Row, compare
 from effspec.equivalence.report import CheckResult
-from effspec.errors import UsageError
-from effspec.pipeline import build
+from effspec.support.errors import UsageError
 from effspec.weights.convert import keras_layer_weights, keras_to_torch, set_keras_weights, torch_to_keras
 from effspec.weights.files import KERAS_SUFFIX, load_keras_file, load_torch_file
 from effspec.weights.generated import load_model_module

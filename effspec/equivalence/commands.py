@@ -10,8 +10,8 @@ import argparse
 import json
 from pathlib import Path
 
-from effspec.cli import add_backbone_options
-from effspec.errors import CheckFailed, UsageError
+from effspec.emit.options import add_backbone_options
+from effspec.support.errors import CheckFailed, UsageError
 
 
 def _positive(text: str) -> int:

@@ -13,7 +13,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chat
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from effspec.errors import UsageError  # noqa: E402
+from effspec.support.errors import UsageError  # noqa: E402
 
 
 def build(module: ModuleType) -> keras.Model:

@@ -25,12 +25,12 @@ from typing import Any
 
 import numpy as np
 
-from effspec import ir
+from effspec.core import ir
+from effspec.emit.pipeline import build
 from effspec.equivalence import keras_side, torch_side
 from effspec.equivalence.budget import BUDGET_MULTIPLE, EPS32, FLOOR_ULPS, Row
 from effspec.equivalence.check import CALIBRATION_BATCH, seeded_batch
-from effspec.errors import UsageError
-from effspec.pipeline import build
+from effspec.support.errors import UsageError
 from effspec.weights.convert import (
     from_keras_array,
     keras_layer_weights,

@@ -8,9 +8,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from effspec.cli import add_backbone_options
-from effspec.errors import UsageError
-from effspec.registry import BUILTIN_BACKENDS as FRAMEWORKS
+from effspec.emit.options import add_backbone_options
+from effspec.emit.registry import BUILTIN_BACKENDS as FRAMEWORKS
+from effspec.support.errors import UsageError
 
 IMPORT_SOURCES = ("keras-applications", "timm", "torchvision")
 EXPORT_FORMATS = ("onnx", "tflite", "torchscript", "saved_model")

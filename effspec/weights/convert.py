@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from effspec.errors import UsageError
+from effspec.support.errors import UsageError
 from effspec.weights.manifest import Entry, Manifest, inverse_axes
 
 if TYPE_CHECKING:

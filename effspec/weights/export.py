@@ -34,9 +34,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-from effspec import ir  # noqa: E402
-from effspec.errors import CheckFailed, UsageError  # noqa: E402
-from effspec.pipeline import build  # noqa: E402
+from effspec.core import ir  # noqa: E402
+from effspec.emit.pipeline import build  # noqa: E402
+from effspec.support.errors import CheckFailed, UsageError  # noqa: E402
 from effspec.weights.convert import keras_to_torch, set_keras_weights, torch_to_keras  # noqa: E402
 from effspec.weights.files import (  # noqa: E402
     KERAS_SUFFIX,
@@ -402,7 +402,7 @@ def _run_onnx(path: Path, images: np.ndarray) -> np.ndarray:
         import onnxruntime
     except ImportError as exc:
         raise UsageError("the ONNX self-check needs onnxruntime (pip install onnxruntime)") from exc
-    from effspec.cpus import usable_cpus
+    from effspec.support.cpus import usable_cpus
 
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = usable_cpus()  # the CPUs this process may use, not the machine's

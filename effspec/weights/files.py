@@ -15,7 +15,7 @@ Every problem is a ``ConversionError`` (exit 2) with one line naming the file. A
 nested under ``state_dict`` / ``state_dict_ema`` / ``model`` (timm and generated train.py checkpoints);
 DDP's ``module.`` prefix is removed.
 
-Writing: ``atomic_output`` (effspec.output) writes to a temporary sibling and renames it over OUT, so
+Writing: ``atomic_output`` (effspec.support.output) writes to a temporary sibling and renames it over OUT, so
 a failure leaves an existing OUT untouched and no partial file.
 """
 
@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from effspec.errors import UsageError
+from effspec.support.errors import UsageError
 from effspec.weights.convert import ConversionError, keras_layer_weights
 
 if TYPE_CHECKING:
@@ -299,9 +299,9 @@ def save_keras_file(model: keras.Model, path: Path) -> None:
 
 
 def check_output(path: Path, directory: bool = False) -> None:
-    """OUT can be written (effspec.output's rules): a file name whose folder exists, or a folder
+    """OUT can be written (effspec.support.output's rules): a file name whose folder exists, or a folder
     that is missing, empty or effspec's own previous output (``directory``)."""
-    from effspec import output
+    from effspec.support import output
 
     if directory:
         output.check_folder_target(path, flag="")
@@ -312,9 +312,9 @@ def check_output(path: Path, directory: bool = False) -> None:
 @contextlib.contextmanager
 def atomic_output(path: Path, directory: bool = False) -> Iterator[Path]:
     """Yield a temporary sibling of ``path`` (a file name with the same suffix, or a fresh folder);
-    on success it takes ``path``'s place (effspec.output). On any failure it is removed and
+    on success it takes ``path``'s place (effspec.support.output). On any failure it is removed and
     ``path`` is untouched."""
-    from effspec import output
+    from effspec.support import output
 
     if directory:
         with output.staged_folder(path, flag="") as temporary:

@@ -13,10 +13,10 @@ import tempfile
 from pathlib import Path
 from types import ModuleType
 
-from effspec import ir
-from effspec.errors import UsageError
-from effspec.modules import import_file
-from effspec.pipeline import emit, write_outputs
+from effspec.core import ir
+from effspec.emit.modules import import_file
+from effspec.emit.pipeline import emit, write_outputs
+from effspec.support.errors import UsageError
 
 _ROOT: Path | None = None
 _LOADED: dict[tuple[str, int, str], ModuleType] = {}

@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from effspec import ir
-from effspec.errors import CheckFailed, UsageError
-from effspec.pipeline import build
+from effspec.core import ir
+from effspec.emit.pipeline import build
+from effspec.support.errors import CheckFailed, UsageError
 from effspec.weights.convert import (
     ConversionError,
     keras_layer_weights,

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 
-from effspec import ir
+from effspec.core import ir
 
 Kind = Literal[
     "conv_kernel",

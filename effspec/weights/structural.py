@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from effspec import ir
+from effspec.core import ir
 from effspec.weights.convert import ConversionError
 from effspec.weights.files import Checkpoint
 from effspec.weights.manifest import Entry, build_manifest

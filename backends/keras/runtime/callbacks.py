@@ -111,15 +111,15 @@ class RunLog(keras.callbacks.Callback):
 
 
 def _append(path: str, text: str) -> None:
-    """Append to a run's log: locally through effspec.output (never through a link or into a FIFO)."""
+    """Append to a run's log: locally through effspec.support.output (never through a link or into a FIFO)."""
     if "://" in path:
         with tf.io.gfile.GFile(path, "a") as file:
             file.write(text)
         return
     import os
 
-    from effspec.errors import EffspecError
-    from effspec.output import open_append
+    from effspec.support.errors import EffspecError
+    from effspec.support.output import open_append
 
     from ...recipe import TrainingError
 

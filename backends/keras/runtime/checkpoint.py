@@ -16,15 +16,15 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from effspec.errors import EffspecError
-from effspec.output import clean_stale, staged_file, write_file
+from effspec.support.errors import EffspecError
+from effspec.support.output import clean_stale, staged_file, write_file
 
 from ...recipe import TrainingError
 
 
 def write_json(path: str, record: dict[str, Any]) -> None:
     """Write a temporary file, then rename it over `path`: never half a file (a local path through
-    effspec.output: a full disk is one TrainingError, a link or a FIFO is never written through)."""
+    effspec.support.output: a full disk is one TrainingError, a link or a FIFO is never written through)."""
     text = json.dumps(record, indent=1, sort_keys=True) + "\n"
     if "://" not in path:
         with _local_output():
@@ -37,7 +37,7 @@ def write_json(path: str, record: dict[str, Any]) -> None:
 
 
 def save_weights(model: keras.Model, path: str) -> None:
-    """``model.save_weights`` atomically: locally through effspec.output (a unique temporary name,
+    """``model.save_weights`` atomically: locally through effspec.support.output (a unique temporary name,
     then a rename; a full disk is one TrainingError), on gs:// through a staging name."""
     if "://" not in path:
         with _local_output(), staged_file(Path(path), flag="", suffix=".weights.h5") as staging:

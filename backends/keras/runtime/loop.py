@@ -78,7 +78,7 @@ def export_final_weights(args: argparse.Namespace, net: ModuleType, model: keras
         model.optimizer.swap_average()
     export = build_network(net, args.num_classes, args.dropout, args.drop_path_rate)
     export.set_weights(model.get_weights())
-    save_weights(export, path)  # atomic (effspec.output)
+    save_weights(export, path)  # atomic (effspec.support.output)
 
 
 def remat_scope(args: argparse.Namespace) -> Any:

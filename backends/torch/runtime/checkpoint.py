@@ -104,8 +104,8 @@ def to_cpu(value: Any) -> Any:
 
 def remove_stale_temporaries(path: Path) -> None:
     """A run killed mid-write leaves a temporary checkpoint beside ``path``: a resumed run removes
-    it (effspec.output's names of dead processes, and the older .checkpoint.pt.<pid>.tmp)."""
-    from effspec.output import clean_stale
+    it (effspec.support.output's names of dead processes, and the older .checkpoint.pt.<pid>.tmp)."""
+    from effspec.support.output import clean_stale
 
     clean_stale(path.parent)
     for stale in path.parent.glob(f".{path.name}.*.tmp"):
@@ -113,10 +113,10 @@ def remove_stale_temporaries(path: Path) -> None:
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Atomic (effspec.output): a crash or a full disk mid-write leaves the previous checkpoint in
+    """Atomic (effspec.support.output): a crash or a full disk mid-write leaves the previous checkpoint in
     place, and a full disk is one TrainingError."""
-    from effspec.errors import EffspecError
-    from effspec.output import staged_file
+    from effspec.support.errors import EffspecError
+    from effspec.support.output import staged_file
 
     try:
         with staged_file(path, flag="", parents=True) as temporary, open(temporary, "wb") as handle:
@@ -134,7 +134,7 @@ def check_archive(path: Path) -> None:
     convert-weights does): a zip bomb or a forged size is refused without allocating."""
     import zipfile
 
-    from effspec.errors import EffspecError
+    from effspec.support.errors import EffspecError
     from effspec.weights.files import check_zip
 
     if zipfile.is_zipfile(path):

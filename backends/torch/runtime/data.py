@@ -109,7 +109,7 @@ class FolderSamples(torch.utils.data.Dataset):
 def train_transform(stage: ProgressiveStage, args: argparse.Namespace, net: ModuleType) -> Any:
     """RandomResizedCrop (bicubic) or, with --no-random-crop, the evaluation view at the stage's
     size; flip unless --no-flip; AutoAugment or RandAugment; normalize."""
-    from effspec.vision import import_torchvision
+    from effspec.support.vision import import_torchvision
 
     T = import_torchvision().transforms
 
@@ -135,7 +135,7 @@ def train_transform(stage: ProgressiveStage, args: argparse.Namespace, net: Modu
 
 def eval_transform(args: argparse.Namespace, net: ModuleType) -> Any:
     """Bicubic resize to resolution / crop_fraction, then a center crop."""
-    from effspec.vision import import_torchvision
+    from effspec.support.vision import import_torchvision
 
     T = import_torchvision().transforms
 
@@ -169,9 +169,9 @@ def image_folders(root: Path, quiet: bool = False) -> tuple[Listing, Listing]:
 
 
 def import_transforms() -> None:
-    """torchvision through effspec.vision (which copes with a torchvision whose compiled operators
+    """torchvision through effspec.support.vision (which copes with a torchvision whose compiled operators
     do not load: the transforms used here are pure Python)."""
-    from effspec.vision import import_torchvision
+    from effspec.support.vision import import_torchvision
 
     try:
         import_torchvision()
@@ -180,12 +180,12 @@ def import_transforms() -> None:
 
 
 def use_cpus(args: argparse.Namespace) -> None:
-    """Settle --workers and --threads from the CPUs this process may use (effspec.cpus), shared by
+    """Settle --workers and --threads from the CPUs this process may use (effspec.support.cpus), shared by
     torchrun's local processes, and set torch's intra-op threads. OMP_NUM_THREADS, when set and
     --threads is not, is left to decide the threads."""
     import os
 
-    from effspec.cpus import split_cpus
+    from effspec.support.cpus import split_cpus
 
     processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
     threads, args.workers = split_cpus(processes, args.workers if args.data != "synthetic" else 0)

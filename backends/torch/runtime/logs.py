@@ -58,8 +58,8 @@ class MetricsLog:
         """A fresh file, or on --resume the rows up to the checkpoint's step."""
         import io
 
-        from effspec.errors import EffspecError
-        from effspec.output import write_file
+        from effspec.support.errors import EffspecError
+        from effspec.support.output import write_file
 
         from ...recipe import TrainingError, check_log
 
@@ -88,7 +88,7 @@ class MetricsLog:
     def _append(path: Path, fields: Sequence[str], row: dict[str, Any]) -> None:
         import os
 
-        from effspec.output import open_append
+        from effspec.support.output import open_append
 
         with os.fdopen(open_append(path), "a", newline="") as handle:  # never through a link or into a FIFO
             csv.DictWriter(handle, fieldnames=fields, lineterminator="\n").writerow(row)

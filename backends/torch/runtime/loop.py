@@ -395,7 +395,7 @@ def train(args: argparse.Namespace, runtime: Runtime, recipe: Recipe, net: Modul
             break
     if log is not None:
         export = to_cpu(trainer.evaluated_model().state_dict())
-        save_checkpoint(args.output / "model.pt", export)  # atomic (effspec.output), as every output
+        save_checkpoint(args.output / "model.pt", export)  # atomic (effspec.support.output), as every output
         log.close()
         weights = "EMA weights" if trainer.ema is not None else "weights"
         files = {"weights": str(args.output / "model.pt"), "checkpoint": str(latest)}

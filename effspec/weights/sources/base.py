@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from effspec import ir
+from effspec.core import ir
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from effspec import ir
-from effspec.errors import UsageError
+from effspec.core import ir
+from effspec.support.errors import UsageError
 from effspec.weights.convert import ConversionError
 
 APPLICATIONS = (

@@ -15,8 +15,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from effspec import ir
-from effspec.errors import UsageError
+from effspec.core import ir
+from effspec.support.errors import UsageError
 from effspec.weights.files import Checkpoint
 from effspec.weights.sources.base import Conventions
 
@@ -27,7 +27,7 @@ _PATTERN = re.compile(rf"^(tf_)?{_FAMILIES}[a-z0-9_]*(\.[a-z0-9_]+)?$")
 
 
 def _import():
-    from effspec.vision import import_timm
+    from effspec.support.vision import import_timm
 
     try:
         return import_timm()

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import re
 
-from effspec import ir
-from effspec.errors import UsageError
+from effspec.core import ir
+from effspec.support.errors import UsageError
 from effspec.weights.files import Checkpoint
 from effspec.weights.sources.base import Conventions
 
@@ -22,7 +22,7 @@ _MODELS = re.compile(r"^(efficientnet_b[0-7]|efficientnet_v2_[sml]|mobilenet_v2|
 
 
 def _import():
-    from effspec.vision import import_torchvision
+    from effspec.support.vision import import_torchvision
 
     try:
         return import_torchvision().models

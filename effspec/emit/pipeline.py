@@ -6,11 +6,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from effspec import ir, output
-from effspec.analysis import Report, analyze
-from effspec.errors import SpecError, UsageError
-from effspec.paths import safe_resolve
-from effspec.registry import get_backend
+from effspec.core import ir
+from effspec.core.analysis import Report, analyze
+from effspec.emit.registry import get_backend
+from effspec.support import output
+from effspec.support.errors import SpecError, UsageError
+from effspec.support.paths import safe_resolve
 
 
 @dataclass(frozen=True)
@@ -23,17 +24,17 @@ class Compiled:
 def build(path: str | Path, resolution: int | None = None) -> Compiled:
     """The compiled spec; ``resolution`` lowers it at another input size than the spec's (export at
     a fixed size: every shape and TF SAME padding resolved there)."""
-    from effspec.loader import resolve  # pydantic-free: reads the spec and its bases once each
+    from effspec.core.loader import resolve  # pydantic-free: reads the spec and its bases once each
 
     if not str(path):
         raise UsageError("expected a spec file path, found an empty string")
     resolved = resolve(path)  # bounded reads, YAML (positions kept), `extends` merged
     # Imported here: pydantic dominates start-up, and `effspec --help` does not need it.
-    from effspec.limits import check_limits
-    from effspec.loader import validate
-    from effspec.lower import lower
-    from effspec.scaling import resolve_multipliers, scaling_warnings
-    from effspec.verify import verify
+    from effspec.core.limits import check_limits
+    from effspec.core.loader import validate
+    from effspec.core.lower import lower
+    from effspec.core.scaling import resolve_multipliers, scaling_warnings
+    from effspec.core.verify import verify
 
     loaded = validate(resolved)  # pydantic: types, ranges, unknown keys
     scaled = resolve_multipliers(loaded.spec)  # compound (alpha^phi...) or explicit multipliers
@@ -49,7 +50,7 @@ def build(path: str | Path, resolution: int | None = None) -> Compiled:
 
 def spec_inputs(path: str | Path) -> list[Path]:
     """The files a spec is read from (itself and every base in its extends chain): never an output."""
-    from effspec.loader import resolve
+    from effspec.core.loader import resolve
 
     return [Path(source) for source, _ in resolve(path).sources]
 
@@ -60,7 +61,7 @@ def emit(model: ir.Model, backends: Sequence[str]) -> dict[str, dict[str, str]]:
 
 
 def write_outputs(outputs: dict[str, dict[str, str]], out_dir: Path) -> list[Path]:
-    """Write each model directory's files, all or none, each atomically (effspec.output owns how)."""
+    """Write each model directory's files, all or none, each atomically (effspec.support.output owns how)."""
     return output.write_tree(outputs, out_dir)
 
 
@@ -85,7 +86,7 @@ def compile_specs(paths: Iterable[str | Path], backends: Sequence[str], out_dir:
 
 
 def _duplicate_name(path: Path, name: str, first: str) -> SpecError:
-    from effspec.loader import resolve
+    from effspec.core.loader import resolve
 
     where = resolve(path).positions.get(("name",))
     return SpecError(

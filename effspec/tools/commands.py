@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from effspec.registry import BUILTIN_BACKENDS
+from effspec.emit.registry import BUILTIN_BACKENDS
 
 
 def _positive_int(text: str) -> int:
@@ -28,19 +28,19 @@ def _coefficient(text: str) -> float:
 
 
 def _cmd_scale(args: argparse.Namespace) -> int:
-    from effspec.scale import run
+    from effspec.tools.scale import run
 
     return run(args)
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:
-    from effspec.plot import run
+    from effspec.tools.plot import run
 
     return run(args)
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
-    from effspec.search import run
+    from effspec.tools.search import run
 
     return run(args)
 

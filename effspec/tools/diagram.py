@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from effspec.analysis import Report, block_variants
-from effspec.errors import UsageError
+from effspec.core.analysis import Report, block_variants
+from effspec.support.errors import UsageError
 
 FORMATS = (".svg", ".png", ".pdf")
 KIND_NAMES = {"mbconv": "MBConv", "fused_mbconv": "Fused-MBConv"}
@@ -115,10 +115,10 @@ def _rows(report: Report) -> list[dict[str, object]]:
 
 
 def save_figure(fig: object, path: Path, flag: str = "-o", inputs: Iterable[Path | str] = ()) -> Path:
-    """``fig.savefig`` through effspec.output: a unique temporary file, then a rename (never through
+    """``fig.savefig`` through effspec.support.output: a unique temporary file, then a rename (never through
     a link, never into a FIFO or a device, never over an input; a full disk is exit 2 with the
     previous figure intact)."""
-    from effspec.output import staged_file
+    from effspec.support.output import staged_file
 
     with staged_file(path, flag=flag, inputs=inputs, parents=True) as temp:
         fig.savefig(temp, dpi=110, format=path.suffix.lower().lstrip("."))  # type: ignore[attr-defined]
@@ -126,7 +126,7 @@ def save_figure(fig: object, path: Path, flag: str = "-o", inputs: Iterable[Path
 
 
 def draw_diagram(report: Report, path: Path, inputs: Iterable[Path | str] = ()) -> Path:
-    from effspec.output import check_early
+    from effspec.support.output import check_early
 
     _check_suffix(path, "--diagram")
     check_early(path, "--diagram", inputs)  # before matplotlib loads

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from effspec.schema import Spec
+from effspec.core.schema import Spec
 
 
 def schema_text() -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from effspec import ir
+from effspec.core import ir
 
 BYTES_PER_ELEMENT = 4
 

@@ -28,12 +28,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from effspec.errors import Location, SpecError, SpecErrors, format_path
-from effspec.paths import display_path, safe_resolve, shipped_spec, shipped_spec_names
-from effspec.yamlsource import FieldPath, Positions, parse_yaml, read_source
+from effspec.core.yamlsource import FieldPath, Positions, parse_yaml, read_source
+from effspec.support.errors import Location, SpecError, SpecErrors, format_path
+from effspec.support.paths import display_path, safe_resolve, shipped_spec, shipped_spec_names
 
 if TYPE_CHECKING:
-    from effspec.schema import Spec
+    from effspec.core.schema import Spec
 
 MAX_EXTENDS = 16
 MAX_ERRORS = 20  # validation errors reported per file; more are counted on one last line
@@ -273,7 +273,7 @@ def _section_model(loc: tuple[Any, ...]) -> Any:
 
     from pydantic import BaseModel
 
-    from effspec.schema import Spec
+    from effspec.core.schema import Spec
 
     def unwrap(tp: Any, tag: Any = None) -> Any:
         while True:
@@ -325,7 +325,7 @@ def _unknown_key(key: str, section_loc: tuple[Any, ...]) -> str:
     if nearest:
         message += f"; did you mean {nearest[0]}?"
     else:
-        from effspec.schema import CompoundScaling, ExplicitScaling
+        from effspec.core.schema import CompoundScaling, ExplicitScaling
 
         for other in (CompoundScaling, ExplicitScaling):
             if model in (CompoundScaling, ExplicitScaling) and other is not model and key in other.model_fields:
@@ -397,7 +397,7 @@ def validate(resolved: Resolved) -> LoadedSpec:
     one line per error, when there are several)."""
     import pydantic  # here, not at import: resolve() alone never needs it
 
-    from effspec.schema import Spec
+    from effspec.core.schema import Spec
 
     try:
         spec = Spec.model_validate(resolved.data)
@@ -414,3 +414,8 @@ def validate(resolved: Resolved) -> LoadedSpec:
 def load_spec(path: str | Path) -> LoadedSpec:
     """Read, resolve and validate one spec file. Raises SpecError with file:line:column."""
     return validate(resolve(path))
+
+
+def spec_files(path: Path) -> list[Path]:
+    """The files a spec is read from: itself and every base of its extends chain."""
+    return [Path(source) for source, _ in resolve(path).sources]

@@ -1,4 +1,4 @@
-"""Lowering: a validated, scaled spec -> the fully resolved IR (``effspec.ir.Model``).
+"""Lowering: a validated, scaled spec -> the fully resolved IR (``effspec.core.ir.Model``).
 
 Every rule that decides a layer lives here, once: widths and their rounding, which convs a block
 has, squeeze-excite widths, residuals, padding, groups, drop-path rates. Backends, the analysis,
@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
 
-from effspec import ir
-from effspec.errors import SpecError
-from effspec.loader import LoadedSpec
-from effspec.scaling import Multipliers, drop_path_rates, round_channels, stage_repeats
-from effspec.schema import BlockOverride, Spec, Stage, Training
+from effspec.core import ir
+from effspec.core.loader import LoadedSpec
+from effspec.core.scaling import Multipliers, drop_path_rates, round_channels, stage_repeats
+from effspec.core.schema import BlockOverride, Spec, Stage, Training
+from effspec.support.errors import SpecError
 
 
 def split_channels(channels: int, parts: int) -> tuple[int, ...]:

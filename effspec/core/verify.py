@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from effspec import ir
-from effspec.errors import SpecError
-from effspec.loader import LoadedSpec
+from effspec.core import ir
+from effspec.core.loader import LoadedSpec
+from effspec.support.errors import SpecError
 
 
 def verify(model: ir.Model, loaded: LoadedSpec) -> ir.Model:

@@ -10,8 +10,8 @@ import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from effspec import ir
-from effspec.errors import UsageError
+from effspec.core import ir
+from effspec.support.errors import UsageError
 
 #: Backend packages shipped with effspec (``backends/<name>`` installed as ``effspec.backends.<name>``).
 BUILTIN_BACKENDS = ("torch", "keras")

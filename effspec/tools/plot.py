@@ -17,9 +17,9 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from effspec.diagram import FORMATS, import_matplotlib, save_figure
-from effspec.errors import UsageError
-from effspec.scale import DEFAULT_COEFFICIENTS
+from effspec.support.errors import UsageError
+from effspec.tools.diagram import FORMATS, import_matplotlib, save_figure
+from effspec.tools.scale import DEFAULT_COEFFICIENTS
 
 FAMILY_EXCLUDE = {"name", "description", "extends", "scaling", "training"}
 
@@ -47,9 +47,9 @@ def fitted_phi(width: float, depth: float, resolution: int, base: int, coefficie
 
 
 def load_point(path: Path) -> Point:
-    from effspec.loader import load_spec
-    from effspec.pipeline import build
-    from effspec.schema import CompoundScaling
+    from effspec.core.loader import load_spec
+    from effspec.core.schema import CompoundScaling
+    from effspec.emit.pipeline import build
 
     compiled = build(path)
     spec = load_spec(path).spec
@@ -142,7 +142,7 @@ def read_accuracy(path: Path, points: list[Point]) -> list[Point]:
 
 def compound_curve(point: Point, phi_max: float) -> tuple[list[float], list[int], list[int]]:
     """The compound rule's rounded models for phi in [0, phi_max] (the family of ``point``'s architecture)."""
-    from effspec.scale import Family, Settings
+    from effspec.tools.scale import Family, Settings
 
     family = Family(point.path, Settings(*point.coefficients, point.resolution_divisor, False))
     phis = [phi_max * i / 120 for i in range(121)]
@@ -251,8 +251,8 @@ def run(args: object) -> int:
     for p in paths:
         if not p.is_file():
             raise UsageError(f"spec not found: {p}")
-    from effspec.output import check_early
-    from effspec.pipeline import spec_inputs
+    from effspec.emit.pipeline import spec_inputs
+    from effspec.support.output import check_early
 
     inputs = [source for p in paths for source in spec_inputs(p)]
     if args.accuracy:  # type: ignore[attr-defined]

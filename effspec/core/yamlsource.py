@@ -22,7 +22,8 @@ from typing import Any
 import yaml
 import yaml.constructor
 
-from effspec.errors import Location, SpecError, format_path
+from effspec.support.errors import Location, SpecError, format_path
+from effspec.support.paths import describe_mode
 
 FieldPath = tuple[Any, ...]
 Positions = dict[FieldPath, Location]
@@ -53,23 +54,6 @@ _FastLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when avai
 
 def _location(file: str, node: yaml.Node) -> Location:
     return Location(file, node.start_mark.line + 1, node.start_mark.column + 1)
-
-
-def describe_mode(mode: int) -> str:
-    """'a directory', 'a FIFO', ... for a file that is not a regular file."""
-    if stat.S_ISDIR(mode):
-        return "a directory"
-    if stat.S_ISFIFO(mode):
-        return "a FIFO"
-    if stat.S_ISCHR(mode):
-        return "a character device"
-    if stat.S_ISBLK(mode):
-        return "a block device"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    if stat.S_ISREG(mode):
-        return "a regular file"
-    return "not a regular file"
 
 
 def read_source(path: Path, file: str) -> bytes:

@@ -33,11 +33,11 @@ import os
 import re
 import secrets
 import stat
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 
-from effspec.errors import OutputError
-from effspec.yamlsource import describe_mode
+from effspec.support.errors import OutputError
+from effspec.support.paths import describe_mode
 
 TEMP_SUFFIX = ".effspec-tmp"
 _TEMP_NAME = re.compile(r"\.(?P<name>.+)\.(?P<pid>\d+)\.[0-9a-f]+" + re.escape(TEMP_SUFFIX) + r"(\.[^/]*)?")
@@ -76,23 +76,28 @@ def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
 
 _declared_files: list[Path] = []  # what the running command reads (declare_inputs)
 _declared_specs: list[Path] = []  # specs it reads: each with its extends chain
+_spec_chain: list[Callable[[Path], Iterable[Path | str]]] = []  # the loader's, given by the caller
 
 
-def declare_inputs(files: Iterable[Path | str | None] = (), specs: Iterable[Path | str | None] = ()) -> None:
+def declare_inputs(
+    files: Iterable[Path | str | None] = (),
+    specs: Iterable[Path | str | None] = (),
+    chain: Callable[[Path], Iterable[Path | str]] | None = None,
+) -> None:
     """Name the files this process's command reads (``effspec.cli`` does it for every command from
-    its arguments): no write of this module will ever replace one of them, nor a base in a spec's
-    extends chain."""
+    its arguments): no write of this module will ever replace one of them, nor, given ``chain`` (a
+    spec -> the files of its extends chain), a base in a spec's extends chain. The chain is the
+    loader's business; this module only calls it, and only when an output path already exists."""
     _declared_files[:] = [Path(item) for item in files if item]  # a new command: its own inputs only
     _declared_specs[:] = [Path(item) for item in specs if item]
+    _spec_chain[:] = [chain] if chain is not None else []
 
 
 def _all_inputs(inputs: Iterable[Path | str]) -> list[Path | str]:
     found: list[Path | str] = [*inputs, *_declared_files, *_declared_specs]
-    for spec in _declared_specs:  # read only when an output path exists: it may be one of them
+    for spec in _declared_specs if _spec_chain else ():  # read only when an output path exists
         try:
-            from effspec.loader import resolve
-
-            found.extend(source for source, _ in resolve(spec).sources)
+            found.extend(_spec_chain[0](spec))
         except Exception:  # noqa: BLE001 - a spec that does not load is reported by the command itself
             continue
     return found

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from effspec import ir
-from effspec.analysis import Report
+from effspec.core import ir
+from effspec.core.analysis import Report
 
 
 def _mib(nbytes: int) -> str:

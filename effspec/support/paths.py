@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 
@@ -31,7 +32,7 @@ _SPECS_MARKER = "effspec.schema.json"  # so that another project's specs/ direct
 
 def shipped_specs_dir() -> Path | None:
     """The directory of the specs shipped with effspec, or None when this installation has none."""
-    package = Path(__file__).resolve().parent
+    package = Path(__file__).resolve().parent.parent  # effspec/ (this file is effspec/support/paths.py)
     for candidate in (package / "specs", package.parent / "specs"):
         if (candidate / _SPECS_MARKER).is_file():
             return candidate
@@ -52,3 +53,20 @@ def shipped_spec(name: str) -> Path | None:
     if directory is None or name not in shipped_spec_names():
         return None
     return directory / f"{name}.yaml"
+
+
+def describe_mode(mode: int) -> str:
+    """'a directory', 'a FIFO', ... for a file that is not a regular file."""
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISCHR(mode):
+        return "a character device"
+    if stat.S_ISBLK(mode):
+        return "a block device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISREG(mode):
+        return "a regular file"
+    return "not a regular file"

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from effspec.errors import UsageError
+from effspec.support.errors import UsageError
 
 DEFAULT_GRID = "alpha=1.0:2.0:0.05,beta=1.0:1.5:0.05,gamma=1.0:1.5:0.05"
 MACS_TOLERANCE = 0.10  # the real MACs ratio must be within 10% of the requested one
@@ -115,7 +115,7 @@ def parse_grid(text: str) -> dict[str, list[float]]:
         axes[name] = [round(start + i * step, 6) for i in range(count)]
     defaults = {} if text == DEFAULT_GRID else parse_grid(DEFAULT_GRID)
     grid = {name: axes.get(name) or defaults[name] for name in ("alpha", "beta", "gamma")}
-    from effspec.limits import check_grid
+    from effspec.core.limits import check_grid
 
     check_grid("--grid", {name: len(values) for name, values in grid.items()})  # before any point is built
     return grid
@@ -125,7 +125,7 @@ def enumerate_candidates(
     spec_path: Path, grid: dict[str, list[float]], ratio: float, ratio_tolerance: float, divisor: int
 ) -> tuple[list[Candidate], int]:
     """The grid points near the FLOPs ratio whose rounded phi = 1 model meets it; and the base's MACs."""
-    from effspec.scale import Family, Settings
+    from effspec.tools.scale import Family, Settings
 
     base_family = Family(spec_path, Settings(1.0, 1.0, 1.0, divisor, False))
     base_macs = base_family.at(0.0).macs
@@ -167,8 +167,8 @@ def candidate_spec_text(base: Path, out: Path, name: str, c: Candidate, divisor:
 
 
 def _write_atomic(path: Path, text: str | bytes) -> None:
-    """Every file of a search's folder, through effspec.output (atomic, unique temporary names)."""
-    from effspec.output import write_file
+    """Every file of a search's folder, through effspec.support.output (atomic, unique temporary names)."""
+    from effspec.support.output import write_file
 
     write_file(path, text, flag="", parents=True)
 
@@ -391,7 +391,7 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child
 
 def train_trial(settings: Settings, spec_path: Path, train_resolution: int, trial_dir: Path) -> dict[str, float]:
     """Compile the candidate, run its generated torch train.py, return val_top1 / val_loss / seconds."""
-    from effspec.pipeline import compile_specs
+    from effspec.emit.pipeline import compile_specs
 
     trial_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="effspec-search-") as tmp:
@@ -433,9 +433,9 @@ def train_trial(settings: Settings, spec_path: Path, train_resolution: int, tria
                 "--synthetic-val-size",
                 str(4 * settings.batch_size),
             ]
-        command += list(settings.train_args)  # data workers and threads: train.py's defaults (effspec.cpus)
+        command += list(settings.train_args)  # data workers and threads: train.py's defaults (effspec.support.cpus)
         started = time.perf_counter()
-        from effspec.output import open_append
+        from effspec.support.output import open_append
 
         with os.fdopen(open_append(trial_dir / "train.log"), "a", encoding="utf-8") as log:  # never via a link
             log.write("$ " + " ".join(command) + "\n")
@@ -529,7 +529,7 @@ def write_results(settings: Settings, rows: list[dict[str, Any]], base_name: str
 
 
 def plot_search(rows: list[dict[str, Any]], best: dict[str, Any], path: Path, base_name: str, ratio: float) -> Path:
-    from effspec.diagram import import_matplotlib
+    from effspec.tools.diagram import import_matplotlib
 
     figure_class = import_matplotlib("search.png")
     done = [r for r in rows if r["state"] == "complete" and r["val_top1"] != ""]
@@ -578,7 +578,7 @@ def plot_search(rows: list[dict[str, Any]], best: dict[str, Any], path: Path, ba
     ax.grid(True, alpha=0.3)
     ax.margins(x=0.15, y=0.3)
     fig.tight_layout()
-    from effspec.diagram import save_figure
+    from effspec.tools.diagram import save_figure
 
     return save_figure(fig, path, "")
 
@@ -599,8 +599,8 @@ def run(args: Any) -> int:
         raise UsageError(f"--data {args.data}: expected 'synthetic' or a directory with train/ and val/")
     grid = parse_grid(args.grid)
 
-    from effspec.loader import load_spec
-    from effspec.schema import CompoundScaling, ExplicitScaling
+    from effspec.core.loader import load_spec
+    from effspec.core.schema import CompoundScaling, ExplicitScaling
 
     loaded = load_spec(spec_path)
     base = loaded.spec
@@ -610,7 +610,7 @@ def run(args: Any) -> int:
     if divisor is None:
         divisor = base.scaling.resolution_divisor if isinstance(base.scaling, CompoundScaling) else 8
     out = Path(args.output)
-    from effspec.output import make_folder
+    from effspec.support.output import make_folder
 
     make_folder(out)  # before any work: a file in the way, a read-only or too long path is one line
     data = args.data if args.data == "synthetic" else str(Path(args.data).resolve())

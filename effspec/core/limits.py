@@ -1,6 +1,6 @@
 """Bounds on the scaled model, checked after scaling and BEFORE lowering builds anything.
 
-The schema bounds each field on its own (``effspec/schema.py``); a spec can still combine legal
+The schema bounds each field on its own (``effspec/core/schema.py``); a spec can still combine legal
 values into a network nobody can build (``depth: 64`` on ``repeats: 1000``, ``width: 64`` on
 16,384 channels). These checks cost O(stages): they compute the scaled block counts, channel
 widths and an estimate of the parameter count from the spec alone, and raise a SpecError naming
@@ -17,11 +17,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from effspec.errors import SpecError, UsageError
+from effspec.support.errors import SpecError, UsageError
 
 if TYPE_CHECKING:
-    from effspec.loader import LoadedSpec
-    from effspec.scaling import Multipliers
+    from effspec.core.loader import LoadedSpec
+    from effspec.core.scaling import Multipliers
 
 MAX_BLOCKS = 1000  # scaled blocks in the whole network (EfficientNetV2-L has 79)
 MAX_CHANNELS = 65_536  # any scaled width, expanded widths included (B7's widest is 3,840)
@@ -40,7 +40,7 @@ def _fail(loaded: LoadedSpec, path: tuple[object, ...], text: str, message: str)
 
 def check_limits(loaded: LoadedSpec, scaled: Multipliers) -> None:
     """Raise SpecError when the scaled model would exceed a limit; otherwise return quickly."""
-    from effspec.scaling import round_channels, stage_repeats
+    from effspec.core.scaling import round_channels, stage_repeats
 
     spec = loaded.spec
     defaults = spec.defaults

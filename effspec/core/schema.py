@@ -13,8 +13,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator
 
-from effspec.ir import BlockKind, Padding
-from effspec.limits import MAX_CLASSES, MAX_RESOLUTION  # one owner: the limits
+from effspec.core.ir import BlockKind, Padding
+from effspec.core.limits import MAX_CLASSES, MAX_RESOLUTION  # one owner: the limits
 
 Activation = Literal["swish", "silu", "relu", "relu6", "gelu", "hard_swish", "hard_sigmoid", "mish"]
 Gate = Literal["sigmoid", "hard_sigmoid"]
@@ -36,7 +36,7 @@ def _exact_int(value: Any) -> Any:
 
 Stride = Annotated[Literal[1, 2], BeforeValidator(_exact_int)]
 
-# Bounds on what a spec may ask for before scaling; effspec/limits.py bounds the scaled model.
+# Bounds on what a spec may ask for before scaling; effspec/core/limits.py bounds the scaled model.
 MAX_KERNEL = 31
 MAX_INPUT_CHANNELS = 64
 MAX_CHANNELS = 16384

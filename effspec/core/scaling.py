@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from effspec.schema import CompoundScaling, ExplicitScaling, Spec, Stage
+from effspec.core.schema import CompoundScaling, ExplicitScaling, Spec, Stage
 
 FLOPS_TARGET = 2.0
 FLOPS_TOLERANCE = 0.1

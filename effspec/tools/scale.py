@@ -23,8 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from effspec import output
-from effspec.errors import UsageError
+from effspec.support import output
+from effspec.support.errors import UsageError
 
 #: Default coefficients when the base spec has no compound scaling (EfficientNet's grid-search result).
 DEFAULT_COEFFICIENTS = (1.2, 1.1, 1.15)
@@ -67,7 +67,7 @@ class Family:
     """The base spec's architecture scaled by any phi (its own `scaling` section replaced)."""
 
     def __init__(self, spec_path: str | Path, settings: Settings) -> None:
-        from effspec.loader import load_spec
+        from effspec.core.loader import load_spec
 
         self.path = Path(spec_path)
         self.loaded = load_spec(self.path)
@@ -82,10 +82,10 @@ class Family:
         return other
 
     def _build(self, scaling: object) -> tuple[object, object]:
-        from effspec.analysis import analyze
-        from effspec.lower import lower
-        from effspec.scaling import resolve_multipliers
-        from effspec.verify import verify
+        from effspec.core.analysis import analyze
+        from effspec.core.lower import lower
+        from effspec.core.scaling import resolve_multipliers
+        from effspec.core.verify import verify
 
         spec = self.loaded.spec.model_copy(update={"scaling": scaling})
         loaded = dataclasses.replace(self.loaded, spec=spec)
@@ -93,7 +93,7 @@ class Family:
         return model, analyze(model)
 
     def compound(self, phi: float) -> object:
-        from effspec.schema import CompoundScaling
+        from effspec.core.schema import CompoundScaling
 
         s = self.settings
         return CompoundScaling(
@@ -113,7 +113,7 @@ class Family:
         return self._memo[phi]
 
     def explicit(self, phi: float, width: float, depth: float, resolution: int) -> Candidate:
-        from effspec.schema import ExplicitScaling
+        from effspec.core.schema import ExplicitScaling
 
         scaling = ExplicitScaling(method="explicit", width=width, depth=depth, resolution=resolution)
         model, report = self._build(scaling)
@@ -308,8 +308,8 @@ def measure_latency(model: object, backend: str, device: str, batch: int, repeat
     import tempfile
     import time
 
-    from effspec.modules import import_file
-    from effspec.pipeline import emit
+    from effspec.emit.modules import import_file
+    from effspec.emit.pipeline import emit
 
     files = emit(model, [backend])  # type: ignore[arg-type]
     (rel, texts), *_ = files.items()
@@ -464,7 +464,7 @@ def _check_against_schema(alpha: float, beta: float, gamma: float, divisor: int)
     """The flags as the scaling section they will become: the schema's bounds, its messages."""
     import pydantic
 
-    from effspec.schema import CompoundScaling
+    from effspec.core.schema import CompoundScaling
 
     try:
         CompoundScaling(method="compound", phi=0.0, alpha=alpha, beta=beta, gamma=gamma, resolution_divisor=divisor)
@@ -502,8 +502,8 @@ def run(args: object) -> int:  # noqa: C901 - one linear command
     if metric != "latency" and (a.backend or a.device or a.batch):  # type: ignore[attr-defined]
         raise UsageError("--backend, --device and --batch go with --target-latency")
 
-    from effspec.loader import load_spec, resolve
-    from effspec.schema import CompoundScaling, ExplicitScaling
+    from effspec.core.loader import load_spec, resolve
+    from effspec.core.schema import CompoundScaling, ExplicitScaling
 
     # The output is checked before any work: a folder, a FIFO, or one of the inputs (the spec, a base
     # in its extends chain) is refused at once.
@@ -611,7 +611,7 @@ def run(args: object) -> int:  # noqa: C901 - one linear command
     ]
     description = f"{family.loaded.spec.name} scaled to {shown_target} (phi {best.phi:g}) by effspec scale."
     text = render_spec(spec_path, out, name, scaling, comment, description)
-    from effspec.pipeline import build
+    from effspec.emit.pipeline import build
 
     with output.staged_file(out, inputs=inputs, parents=True) as tmp:
         tmp.write_text(text, encoding="utf-8")

@@ -1,0 +1,1 @@
+"""Emission: the backend registry, template rendering, the compile pipeline, generated modules."""

@@ -1,0 +1,1 @@
+"""Foundations every layer may use: errors, path naming, CPUs, the torchvision guard, atomic output."""

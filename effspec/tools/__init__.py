@@ -1,0 +1,1 @@
+"""User tools built on the compiler: scale, search, plot, diagram, info."""

@@ -19,6 +19,7 @@ from typing import Any, NoReturn
 
 from effspec.core.ir import ProgressiveStage, TrainingPlan
 from effspec.emit.modules import import_file, import_source
+from effspec.support.errors import TrainingError
 
 from .finetune import InitError, add_finetune_flags, check_finetune_args
 
@@ -31,10 +32,6 @@ AUGMENTATIONS = ("autoaugment", "randaugment", "none")
 MOMENTUM = 0.9  # rmsprop and sgd
 RMSPROP_DECAY = 0.9  # of the mean square
 RMSPROP_EPS = 0.001  # added inside the square root
-
-
-class TrainingError(Exception):
-    """A problem the user can fix (bad flag, missing data, wrong checkpoint): one line, exit 2."""
 
 
 @dataclass(frozen=True, kw_only=True)

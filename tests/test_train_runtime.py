@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, SPECS
 from effspec.backends.commands import split_backend
-from effspec.backends.imagefiles import image_kind, list_split
 from effspec.backends.recipe import (
     MINIMUMS,
     ProgressiveStage,
@@ -25,6 +24,7 @@ from effspec.backends.recipe import (
 from effspec.cli import main as effspec
 from effspec.emit.pipeline import build
 from effspec.emit.render import py_literal
+from effspec.support.images import image_kind, list_split
 
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(20)
 JPEG = b"\xff\xd8\xff\xe0" + bytes(20)

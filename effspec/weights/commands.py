@@ -49,7 +49,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         in_channels=args.in_channels,
         verify_sizes=(args.verify_size, args.verify_size + 1) if args.verify_size else None,
     )
-    from effspec.backends.finetune import resolve_name
+    from effspec.weights.locate import resolve_name
 
     source_path, implied = resolve_name(args.input)  # hf-hub:ORG/NAME, keras.applications:NAME, or a path
     if implied is not None and implied != args.source:

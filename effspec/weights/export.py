@@ -180,7 +180,7 @@ def _check_images(model: ir.Model, resolution: int, options: ExportOptions) -> n
 
 def _folder_images(folder: Path, model: ir.Model, resolution: int) -> np.ndarray:
     """Up to CALIBRATION_IMAGES images under ``folder``: resized, 0..1, normalized with the spec's mean/std."""
-    from effspec.backends.imagefiles import IMAGE_EXTENSIONS, Undecodable, open_image, report_undecodable
+    from effspec.support.images import IMAGE_EXTENSIONS, Undecodable, open_image, report_undecodable
 
     try:
         import PIL  # noqa: F401
@@ -431,10 +431,10 @@ def _export_keras(model, state, output, images, options, report, resolution) -> 
     set_keras_weights(manifest, net, torch_to_keras(manifest, state))
     names = ["logits"]
     if options.features:  # the backbone, with the classification model's weights layer by name
-        from effspec.equivalence.keras_side import build_backbone
+        from effspec.weights.generated import keras_backbone
 
         module = load_model_module(model, "keras")
-        net = build_backbone(module, net, options.output_stride, (size, size, channels))
+        net = keras_backbone(module, net, options.output_stride, (size, size, channels))
         names = list(net.output_names)
     nhwc = np.ascontiguousarray(images.transpose(0, 2, 3, 1))
     reference = net(nhwc, training=False)

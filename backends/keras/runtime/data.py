@@ -19,7 +19,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from ...imagefiles import LOCAL, FileSystem, first_decodable, list_split, open_image, read_local
+from effspec.support.images import LOCAL, FileSystem, first_decodable, list_split, open_image, read_local
+
 from ...recipe import ProgressiveStage, TrainingError
 
 

@@ -17,7 +17,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ...imagefiles import Listing, first_decodable, list_split, open_image, read_local
+from effspec.support.images import Listing, first_decodable, list_split, open_image, read_local
+
 from ...recipe import ProgressiveStage, TrainingError
 from .distributed import Runtime
 

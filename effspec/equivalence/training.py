@@ -300,68 +300,6 @@ class KerasRun:
         return self._canonical({name: averages[id(v)] for name, v in self.variables.items() if id(v) in averages})
 
 
-class UnbiasedVariance:
-    """Keras' batch norm moves its running variance with the biased batch variance b, torch (and TF1's
-    fused batch norm) with the unbiased b n / (n - 1). The running variance and its EMA are linear in
-    the batch terms, so the check follows Keras' run with torch's convention, step by step: it
-    compares like with like instead of loosening the budget (n = batch x H x W per batch norm)."""
-
-    def __init__(
-        self,
-        manifest: Manifest,
-        before: Mapping[str, np.ndarray],
-        counts: Mapping[str, int],
-        decay: float,
-        ema_decay: float,
-    ) -> None:
-        self.entries = [entry for entry in manifest if entry.kind == "bn_variance"]
-        self.factor = {}
-        for entry in self.entries:
-            count = counts.get(entry.layer)
-            if count is None:
-                raise UsageError(f"the torch model has no batch norm module named {entry.layer!r}")
-            if count < 2:
-                raise UsageError(
-                    f"{entry.layer} sees one value per channel at this size: raise --batch or --resolution"
-                )
-            self.factor[entry.name] = count / (count - 1)
-        self.decay = decay
-        self.ema_decay = ema_decay
-        self.raw = {e.name: before[e.name].astype(np.float64) for e in self.entries}
-        self.corrected = dict(self.raw)
-        self.ema: dict[str, np.ndarray] = {}
-
-    def follow(self, state: dict[str, np.ndarray], ema: dict[str, np.ndarray] | None, update: int) -> None:
-        from effspec.backends.torch.runtime.optim import ema_decay_at
-
-        average = ema_decay_at(self.ema_decay, update)
-        for entry in self.entries:
-            name = entry.name
-            raw = state[name].astype(np.float64)
-            batch_term = raw - self.decay * self.raw[name]
-            self.corrected[name] = self.decay * self.corrected[name] + batch_term * self.factor[name]
-            self.raw[name] = raw
-            state[name] = self.corrected[name]
-            if ema is not None:
-                previous = self.ema.get(name, self.corrected[name])
-                self.ema[name] = average * previous + (1.0 - average) * self.corrected[name]
-                ema[name] = self.ema[name]
-
-
-def _l2_term(manifest: Manifest, state: Mapping[str, np.ndarray], weight_decay: float) -> float:
-    """weight_decay / 2 x sum of squares of conv and dense kernels: the L2 loss the Keras trainer adds
-    for rmsprop and sgd (torch adds its gradient to the gradient, and reports the cross-entropy)."""
-    return (
-        weight_decay
-        / 2
-        * sum(
-            float(np.sum(np.square(state[e.name].astype(np.float64))))
-            for e in manifest
-            if len(e.shape) >= 2 and e.trainable
-        )
-    )
-
-
 def _groups(model: ir.Model, manifest: Manifest) -> list[tuple[str, list[Entry]]]:
     by_section = {section: [e for e in manifest if e.section == section] for section, _ in sections(model)}
     return list(by_section.items())
@@ -397,25 +335,19 @@ def run_train_check(spec: str | Path, settings: TrainSettings) -> TrainCheckResu
     net = torch_side.build_seeded(torch_module, settings.seed, np.concatenate([calibration, batches[0][0]]))
     reference = torch_side.float64_twin(net)
     before = torch_side.state_arrays(net)
-    counts = torch_side.batch_norm_counts(net, batches[0][0])
+    counts = torch_side.batch_norm_counts(net, batches[0][0])  # a clear error where n = 1
 
     runs = {"ref": TorchRun(reference, args, geometry), "torch": TorchRun(net, args, geometry)}
     keras_run = KerasRun(keras_module, manifest, before, model, settings, geometry)
-    variance = UnbiasedVariance(manifest, before, counts, model.batch_norm.momentum, args.ema_decay)
     stage = ProgressiveStage(image_size=resolution, randaugment_magnitude=0.0, mixup_alpha=0.0, dropout=0.0)
-    l2 = args.optimizer != "adamw" and args.weight_decay > 0
     groups = _groups(model, manifest)
     slots = SLOTS[args.optimizer]
     budgets = Budgets()
-    previous = {"ref": before, "torch": before, "keras": before}
 
     for step, (images, labels) in enumerate(batches, start=1):
         losses, rates, states, optimizer_states, emas = {}, {}, {}, {}, {}
         for name, run in runs.items():
-            loss, rate = run.step(images, labels, stage, step - 1)
-            if l2:
-                loss += _l2_term(manifest, previous[name], args.weight_decay)
-            losses[name], rates[name] = loss, rate
+            losses[name], rates[name] = run.step(images, labels, stage, step - 1)
             states[name] = run.state()
             optimizer_states[name] = {slot: run.slots(slot) for slot, _ in slots}
             emas[name] = run.ema()
@@ -423,8 +355,6 @@ def run_train_check(spec: str | Path, settings: TrainSettings) -> TrainCheckResu
         states["keras"] = keras_run.state()
         optimizer_states["keras"] = {slot: keras_run.slots(attribute) for slot, attribute in slots}
         emas["keras"] = keras_run.ema()
-        variance.follow(states["keras"], emas["keras"], step)
-        previous = states
 
         budgets.add(step, "loss", "", losses["ref"], losses["torch"], losses["keras"])
         budgets.add(step, "lr", "", rates["ref"], rates["torch"], rates["keras"])
@@ -462,12 +392,9 @@ def run_train_check(spec: str | Path, settings: TrainSettings) -> TrainCheckResu
         "and EMA, and the optimizer slots",
         f"budget at step k = max({BUDGET_MULTIPLE} x largest torch32 error so far, "
         f"{FLOOR_ULPS} k float32 ulps of scale)",
-        "Keras' biased running-variance batch term rescaled by n/(n-1) to torch's (and TF1's) unbiased one "
-        f"(n = batch x H x W per batch norm, {min(counts.values())}..{max(counts.values())})",
-    ) + (
-        ("loss: cross-entropy + weight_decay/2 x sum of squared kernels (what the Keras trainer reports)",)
-        if l2
-        else ()
+        "loss: the label-smoothed cross-entropy, as both trainers report it (weight decay is in the gradient)",
+        "batch-norm statistics compared as they are: both move the running variance with the unbiased batch "
+        f"variance (n = batch x H x W per batch norm, {min(counts.values())}..{max(counts.values())})",
     )
     return TrainCheckResult(
         spec=str(spec),

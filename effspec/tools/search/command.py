@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from effspec.support.errors import UsageError
 from effspec.tools.search.grid import Candidate, Grid, candidate_spec_text, enumerate_candidates, parse_grid, pick
-from effspec.tools.search.results import best_row, collect, write_atomic, write_results
+from effspec.tools.search.results import Row, best_row, collect, write_atomic, write_results
 from effspec.tools.search.study import Heartbeat, open_study, pop_trial, reap_dead_workers
 from effspec.tools.search.trials import Settings, train_trial
 
@@ -164,6 +164,11 @@ def run(args: argparse.Namespace) -> int:
     rows = collect(study, by_tag)
     for path in write_results(settings, rows, base.name):
         print(f"wrote {path}")
+    return _summary(ran, rows)
+
+
+def _summary(ran: int, rows: list[Row]) -> int:
+    """The study's state in two lines; 0 if a trial completed (or one still runs elsewhere), else 1."""
     states = [r["state"] for r in rows]
     print(
         f"{ran} trial(s) run by this worker; study: {states.count('complete')} complete, "

@@ -110,6 +110,18 @@ def test_an_l2_loss_term_in_one_trainer_fails_the_loss_at_the_first_step(monkeyp
     assert failed and (failed[0].step, failed[0].quantity) == (1, "loss")
 
 
+def test_dropout_and_drop_path_are_driven_by_the_same_masks(monkeypatch) -> None:
+    """The tiny spec's dropout and drop-path run in the check with shared masks: Keras left with
+    masks of all ones (nothing dropped) is caught at the first step."""
+    from effspec.equivalence import training
+
+    monkeypatch.setattr(training.SharedMasks, "assign_keras", lambda self: None)  # the variables stay 1
+    result = run(TINY, optimizer="sgd", steps=2, resolution=32)
+    assert "dropout 0.2 and drop-path" in result.recipe and "same masks" in result.recipe
+    failed = [row for row in result.rows if not row.row.ok]
+    assert failed and failed[0].step == 1 and failed[0].quantity == "loss"
+
+
 def test_the_budget_grows_with_the_step_and_with_float32s_own_error() -> None:
     from effspec.equivalence.budget import EPS32
     from effspec.equivalence.training import budget_at

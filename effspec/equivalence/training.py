@@ -5,9 +5,10 @@ and K steps of each trainer's own step run on the same seeded batches: the torch
 ``Trainer.step`` (optimizer, LambdaLR schedule, label-smoothed loss, EMA) and the Keras trainer's
 compiled model (``compile_model``: the same optimizer classes, schedule, loss and the EMA update its
 callback runs), with the spec's recipe: optimizer, warmup then exponential or cosine decay, weight
-decay, label smoothing, EMA of weights and batch-norm statistics, batch-norm momentum. Dropout and
-drop-path are off (their masks are random draws of each framework). A third run, the torch trainer
-in float64 from the same weights, is the reference.
+decay, label smoothing, EMA of weights and batch-norm statistics, batch-norm momentum, and the spec's
+dropout and drop-path driven by the same masks in every run (``SharedMasks``: each framework's own
+draws could not agree). A third run, the torch trainer in float64 from the same weights, is the
+reference.
 
 After every step the check compares the loss, the learning rate, every weight, every optimizer slot,
 the batch-norm running statistics and the EMA's weights and statistics, per section of the network
@@ -152,6 +153,83 @@ class Budgets:
         self.rows.append(StepRow(step, quantity, section, row))
 
 
+class SharedMasks:
+    """Dropout and drop-path with the same masks in all three runs.
+
+    The Keras model's Dropout layers are the ones that act (drop-path only on residual blocks, the
+    head's dropout); each pairs with the torch module of the same canonical name, whose rate must be
+    the same. Per step one seeded numpy draw per layer (kept with probability 1 - rate: per sample for
+    drop-path, per sample and feature for dropout) is what every run multiplies by, / (1 - rate)."""
+
+    def __init__(self, torch_module: Any, network: Any, batch: int, seed: int) -> None:
+        defaults = dict(torch_module.build_model().named_modules())
+        self.rates: dict[str, float] = {}
+        self.shapes: dict[str, tuple[int, ...]] = {}
+        self.keras_layers: dict[str, Any] = {}
+        for layer in network.layers:
+            if type(layer).__name__ != "Dropout" or layer.rate <= 0:
+                continue
+            block = layer.name.removesuffix("_drop_path").replace("_", ".")
+            name = "dropout" if layer.name == "head_dropout" else f"{block}.drop_path"
+            torch_rate = getattr(defaults.get(name), "rate", getattr(defaults.get(name), "p", None))
+            if torch_rate is None or abs(torch_rate - layer.rate) > 1e-12:
+                raise UsageError(f"Keras' {layer.name} drops with rate {layer.rate}, torch's {name} with {torch_rate}")
+            self.rates[name] = float(layer.rate)
+            features = int(layer.input.shape[-1])
+            self.shapes[name] = (batch, 1, 1, 1) if layer.noise_shape else (batch, features)
+            self.keras_layers[name] = layer
+        self.seed = seed
+        self.current: dict[str, np.ndarray] = {}
+
+    def draw(self, step: int) -> None:
+        rng = np.random.default_rng([self.seed, 9, step])
+        self.current = {
+            name: (rng.random(self.shapes[name]) >= self.rates[name]).astype(np.float64) for name in sorted(self.rates)
+        }
+
+    def drive_torch(self, net: Any) -> None:
+        import torch
+
+        for name, module in net.named_modules():
+            if name in self.rates:
+
+                def forward(x: Any, name: str = name, module: Any = module) -> Any:
+                    if not module.training:
+                        return x
+                    mask = torch.from_numpy(self.current[name]).to(x.dtype)
+                    return x * mask / (1.0 - self.rates[name])
+
+                module.forward = forward
+
+    def drive_keras(self) -> None:
+        import keras
+
+        self.variables: dict[str, Any] = {}
+        for name, layer in self.keras_layers.items():
+            variable = keras.Variable(
+                np.ones(self.shapes[name], np.float32), trainable=False, name=f"mask_{layer.name}"
+            )
+            self.variables[name] = variable
+
+            def call(inputs: Any, training: Any = None, variable: Any = variable, keep: float = 1 - layer.rate) -> Any:
+                return inputs * variable / keep if training else inputs
+
+            layer.call = call
+
+    def assign_keras(self) -> None:
+        for name, variable in self.variables.items():
+            variable.assign(self.current[name].astype(np.float32))
+
+    def describe(self) -> str:
+        if not self.rates:
+            return "no dropout or drop-path in this spec"
+        path = [rate for name, rate in self.rates.items() if name != "dropout"]
+        parts = [f"dropout {self.rates['dropout']:g}"] if "dropout" in self.rates else []
+        if path:
+            parts.append(f"drop-path on {len(path)} blocks ({min(path):.3g}..{max(path):.3g})")
+        return " and ".join(parts) + " driven by the same masks in every run"
+
+
 def recipe_args(model: ir.Model, settings: TrainSettings, torch_module: Any) -> argparse.Namespace:
     """The torch trainer's flags at their defaults (the spec's recipe), with the check's overrides."""
     from effspec.backends.recipe import recipe_from_model
@@ -163,7 +241,6 @@ def recipe_args(model: ir.Model, settings: TrainSettings, torch_module: Any) -> 
     if settings.schedule:
         argv += ["--schedule", settings.schedule]
     args = parse_args(recipe_from_model(model), torch_module, argv)
-    args.dropout, args.drop_path_rate = 0.0, 0.0
     return args
 
 
@@ -249,7 +326,7 @@ class KerasRun:
             argv += ["--schedule", settings.schedule]
         self.args = parse_args(recipe_from_model(model), argv)
         self.manifest = manifest
-        self.network = keras_side.build(module)
+        self.network = module.build_model()  # the spec's dropout and drop-path: SharedMasks drives them
         set_keras_weights(manifest, self.network, torch_to_keras(manifest, state))
         self.schedule = WarmupThenDecay(
             peak=geometry.peak,
@@ -339,12 +416,18 @@ def run_train_check(spec: str | Path, settings: TrainSettings) -> TrainCheckResu
 
     runs = {"ref": TorchRun(reference, args, geometry), "torch": TorchRun(net, args, geometry)}
     keras_run = KerasRun(keras_module, manifest, before, model, settings, geometry)
+    masks = SharedMasks(torch_module, keras_run.network, settings.batch, settings.seed)
+    masks.drive_torch(net)
+    masks.drive_torch(reference)
+    masks.drive_keras()
     stage = ProgressiveStage(image_size=resolution, randaugment_magnitude=0.0, mixup_alpha=0.0, dropout=0.0)
     groups = _groups(model, manifest)
     slots = SLOTS[args.optimizer]
     budgets = Budgets()
 
     for step, (images, labels) in enumerate(batches, start=1):
+        masks.draw(step)
+        masks.assign_keras()
         losses, rates, states, optimizer_states, emas = {}, {}, {}, {}, {}
         for name, run in runs.items():
             losses[name], rates[name] = run.step(images, labels, stage, step - 1)
@@ -385,7 +468,7 @@ def run_train_check(spec: str | Path, settings: TrainSettings) -> TrainCheckResu
             else f"cosine to 0 at step {geometry.total_steps}"
         )
         + f", weight decay {args.weight_decay:g}, label smoothing {args.label_smoothing:g}, "
-        f"EMA {args.ema_decay:g}, BN decay {model.batch_norm.momentum:g}; dropout and drop-path off"
+        f"EMA {args.ema_decay:g}, BN decay {model.batch_norm.momentum:g}; {masks.describe()}"
     )
     notes = (
         "rows: loss and lr per step; per section, the change since step 0 of the weights, batch-norm statistics "

@@ -18,18 +18,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from conftest import GOOD, ROOT, STAGE, spec_text, stage
 
 from effspec.cli import main
 
 TIMEOUT = 60  # seconds: far above any legitimate run; reaching it means a hang
-STAGE = "  - {block: mbconv, repeats: 1, kernel: 3, stride: 1, expansion: 1, channels: 16}\n"
-GOOD = "name: tiny\nstages:\n" + STAGE
-
-
-def stage(**fields: object) -> str:
-    values = {"block": "mbconv", "repeats": 1, "kernel": 3, "stride": 1, "expansion": 1, "channels": 16, **fields}
-    return "  - {" + ", ".join(f"{key}: {value}" for key, value in values.items()) + "}\n"
 
 
 def snapshot(root: Path, skip: tuple[str, ...] = ()) -> dict[str, tuple[object, ...]]:
@@ -128,12 +121,12 @@ def expect_error(
 
 def in_stage(case: str, field: str, value: object, words: str) -> tuple[str, str, str, str]:
     """A case whose one bad value is ``field`` of the only stage: the error points at line 3."""
-    return case, "name: x\nstages:\n" + stage(**{field: value}), "s.yaml:3:", f"stages[0].{field}: {words}"
+    return case, spec_text(stages=stage(**{field: value})), "s.yaml:3:", f"stages[0].{field}: {words}"
 
 
 def at_top(case: str, line: str, prefix: str, words: str) -> tuple[str, str, str, str]:
     """A case whose bad value is on ``line``, the spec's second line, before one good stage."""
-    return case, f"name: x\n{line}\nstages:\n" + STAGE, prefix, words
+    return case, spec_text(line), prefix, words
 
 
 # (id, spec text, message prefix "file:line:column: error: field", words in the message)
@@ -215,19 +208,19 @@ SPEC_CASES = [
     # Limits after scaling (effspec/core/limits.py): each field legal alone, the product too big.
     (
         "scaled-blocks",
-        "name: x\nscaling: {method: explicit, depth: 64}\nstages:\n" + stage(repeats=900),
+        spec_text("scaling: {method: explicit, depth: 64}", stages=stage(repeats=900)),
         "s.yaml:4:",
         "stages[0].repeats: expected at most 1,000 blocks in all after scaling",
     ),
     (
         "scaled-blocks-many-stages",
-        "name: x\nscaling: {method: explicit, depth: 2}\nstages:\n" + stage(repeats=300) * 2,
+        spec_text("scaling: {method: explicit, depth: 2}", stages=stage(repeats=300) * 2),
         "s.yaml:5:",
         "stages[1].repeats: expected at most 1,000 blocks",
     ),
     (
         "scaled-channels",
-        "name: x\nscaling: {method: explicit, width: 64}\nstages:\n" + stage(channels=16000),
+        spec_text("scaling: {method: explicit, width: 64}", stages=stage(channels=16000)),
         "s.yaml:4:",
         "stages[0].channels: expected at most 65,536 channels after scaling",
     ),
@@ -239,13 +232,13 @@ SPEC_CASES = [
     ),
     (
         "expanded-channels",
-        "name: x\nstages:\n" + stage(channels=16384) + stage(channels=16384, expansion=64),
+        spec_text(stages=stage(channels=16384) + stage(channels=16384, expansion=64)),
         "s.yaml:4:",
         "stages[1].expansion: expected at most 65,536 expanded channels",
     ),
     (
         "scaled-params",
-        "name: x\nstages:\n" + stage(channels=16384, expansion=4, repeats=10) * 2,
+        spec_text(stages=stage(channels=16384, expansion=4, repeats=10) * 2),
         "s.yaml:",
         "stages[0]: expected at most 4,000,000,000 parameters",
     ),
@@ -276,7 +269,7 @@ SPEC_CASES = [
         "expected one YAML document with a mapping, found 2 documents",
     ),
     at_top("complex-key", "? [a, b]\n: 1", "s.yaml:2:", "expected a plain key, found a complex key"),
-    ("integer-key", "name: x\n1: 2\nstages:\n" + STAGE, "s.yaml:2:1", "expected a string key, found 1"),
+    ("integer-key", spec_text("1: 2"), "s.yaml:2:1", "expected a string key, found 1"),
     ("tagged-key", "!foo name: x\nstages:\n" + STAGE, "s.yaml:1:1", "custom YAML tags are not allowed"),
     (
         "python-tag",
@@ -458,7 +451,7 @@ def test_fifo_and_devices_as_the_spec_itself(tmp_path: Path) -> None:
 
 def test_limits_fail_fast_in_a_real_process(tmp_path: Path) -> None:
     """`repeats: 1000000000000` once took minutes and gigabytes: now the schema stops it."""
-    (tmp_path / "s.yaml").write_text("name: x\nscaling: {method: explicit, depth: 64}\nstages:\n" + stage(repeats=1000))
+    (tmp_path / "s.yaml").write_text(spec_text("scaling: {method: explicit, depth: 64}", stages=stage(repeats=1000)))
     result = run_process(["info", "s.yaml", "--json"], tmp_path)
     assert result.returncode == 2 and result.stdout == ""
     assert "stages[0].repeats: expected at most 1,000 blocks" in one_line(result.stderr)
@@ -468,7 +461,7 @@ def test_info_json_never_prints_infinity(tmp_path: Path, capsys: pytest.CaptureF
     """The largest phi the schema allows still gives finite numbers (or a clean limit error)."""
     os.chdir(tmp_path)
     for phi in ("30", "29.999", "7"):
-        (tmp_path / "s.yaml").write_text(f"name: x\nscaling: {{method: compound, phi: {phi}}}\nstages:\n" + STAGE)
+        (tmp_path / "s.yaml").write_text(spec_text(f"scaling: {{method: compound, phi: {phi}}}"))
         code, out, err = run_main(["info", "s.yaml", "--json"], capsys)
         assert "Infinity" not in out and "NaN" not in out
         if code:
@@ -476,7 +469,7 @@ def test_info_json_never_prints_infinity(tmp_path: Path, capsys: pytest.CaptureF
 
 
 def test_an_unknown_key_that_is_not_an_identifier(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    text = "name: x\nhead: {num-classes: 10}\nstages:\n" + STAGE
+    text = spec_text("head: {num-classes: 10}")
     expect_error(
         tmp_path, capsys, {"s.yaml": text}, "s.yaml", "head.num-classes: unknown key 'num-classes'", "s.yaml:2:"
     )

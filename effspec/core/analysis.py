@@ -82,6 +82,15 @@ def block_variants(stage: ir.Stage) -> dict[str, str]:
     return {name: _runs(values) for name, values in facts.items() if len(set(values)) > 1}
 
 
+def _head_row(
+    name: str, kind: str, layer: ir.Layer, input_size: tuple[int, int], output_size: tuple[int, int], cost: Cost
+) -> StageReport:
+    """A row of the head: one layer, 1x1, stride 1, no expansion and no squeeze-excitation."""
+    return StageReport(
+        name, kind, 1, (1,), 1, 1, layer.in_channels, layer.out_channels, input_size, output_size, 0, cost
+    )
+
+
 def analyze(model: ir.Model) -> Report:
     stem = model.stem
     rows = [
@@ -125,56 +134,13 @@ def analyze(model: ir.Model) -> Report:
     size = (last.height, last.width)
     if head.conv is not None:
         conv = head.conv.conv
-        rows.append(
-            StageReport(
-                "head",
-                "conv-bn-act",
-                1,
-                (1,),
-                1,
-                1,
-                conv.in_channels,
-                conv.out_channels,
-                size,
-                size,
-                0,
-                Cost.of(head.conv.layers),
-            )
-        )
+        rows.append(_head_row("head", "conv-bn-act", conv, size, size, Cost.of(head.conv.layers)))
     if head.pooled_conv is not None:
         pooled = head.pooled_conv.conv
-        rows.append(
-            StageReport(
-                "pooled_conv",
-                "pool-conv-act",
-                1,
-                (1,),
-                1,
-                1,
-                pooled.in_channels,
-                pooled.out_channels,
-                size,
-                (1, 1),
-                0,
-                Cost.of((pooled,)),
-            )
-        )
+        rows.append(_head_row("pooled_conv", "pool-conv-act", pooled, size, (1, 1), Cost.of((pooled,))))
     classifier = head.classifier
-    rows.append(
-        StageReport(
-            "classifier",
-            "pool-dropout-fc" if head.pooled_conv is None else "dropout-fc",
-            1,
-            (1,),
-            1,
-            1,
-            classifier.in_channels,
-            head.num_classes,
-            size if head.pooled_conv is None else (1, 1),
-            (1, 1),
-            0,
-            Cost.of((classifier,)),
-        )
-    )
+    pooled_input = size if head.pooled_conv is None else (1, 1)
+    kind = "pool-dropout-fc" if head.pooled_conv is None else "dropout-fc"
+    rows.append(_head_row("classifier", kind, classifier, pooled_input, (1, 1), Cost.of((classifier,))))
     total = Cost.of(model.layers)
     return Report(model, tuple(rows), total, sum(layer.buffers for layer in model.layers))

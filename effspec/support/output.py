@@ -273,6 +273,20 @@ def write_file(
 
 
 @contextlib.contextmanager
+def _removed_on_failure(temp: Path, path: Path, remove: Callable[[Path], None]) -> Iterator[None]:
+    """The block that fills ``temp`` and puts it at ``path``: if it fails, ``remove(temp)`` and leave
+    ``path`` as it was; an OSError (a full disk) becomes the OutputError for ``path``."""
+    try:
+        yield
+    except OSError as exc:
+        remove(temp)
+        raise error(path, exc) from None
+    except BaseException:
+        remove(temp)
+        raise
+
+
+@contextlib.contextmanager
 def staged_file(
     path: Path | str,
     flag: str = "-o",
@@ -292,15 +306,9 @@ def staged_file(
         os.close(fd)
     except OSError as exc:
         raise error(path, exc) from None
-    try:
+    with _removed_on_failure(temp, path, _unlink):
         yield temp
         _commit(temp, path)
-    except OSError as exc:
-        _unlink(temp)
-        raise error(path, exc) from None
-    except BaseException:
-        _unlink(temp)
-        raise
 
 
 def open_append(path: Path | str) -> int:
@@ -403,18 +411,12 @@ def staged_folder(path: Path | str, flag: str = "-o", inputs: Iterable[Path | st
         os.mkdir(temp)  # mode 0o777 less the umask
     except OSError as exc:
         raise error(path, exc) from None
-    try:
+    with _removed_on_failure(temp, path, _remove_tree):
         yield temp
         names = sorted(_files_under(temp))
         with open(temp / WRITTEN_LIST, "w", encoding="utf-8") as handle:
             json.dump(names, handle, indent=0)
         _install_folder(temp, path, flag, inputs)
-    except OSError as exc:
-        _remove_tree(temp)
-        raise error(path, exc) from None
-    except BaseException:
-        _remove_tree(temp)
-        raise
 
 
 def _install_folder(temp: Path, path: Path, flag: str, inputs: Iterable[Path | str]) -> None:

@@ -11,9 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from effspec.core.analysis import Report, block_variants
 from effspec.support.errors import UsageError
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 FORMATS = (".svg", ".png", ".pdf")
 KIND_NAMES = {"mbconv": "MBConv", "fused_mbconv": "Fused-MBConv"}
@@ -26,7 +30,7 @@ COLORS = {
 }
 
 
-def import_matplotlib(what: str) -> object:
+def import_matplotlib(what: str) -> type[Figure]:
     """matplotlib's Figure class, or a one-line usage error naming the extra to install."""
     try:
         import matplotlib

@@ -10,6 +10,7 @@ panel plots top-1 against MACs (the paper's Figure 5). Figures come from effspec
 
 from __future__ import annotations
 
+import argparse
 import csv
 import io
 import json
@@ -21,6 +22,8 @@ from effspec.support.errors import UsageError
 from effspec.tools.diagram import FORMATS, import_matplotlib, save_figure
 from effspec.tools.scale import DEFAULT_COEFFICIENTS
 
+#: One colour a family, in order; tab20 takes over past eight families.
+PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
 FAMILY_EXCLUDE = {"name", "description", "extends", "scaling", "training"}
 
 
@@ -162,13 +165,13 @@ def draw(points: list[Point], path: Path, inputs: list[Path] | tuple[Path, ...] 
     panels = 3 if with_accuracy else 2
     family_count = len({p.family for p in points})
     legend_rows = math.ceil((family_count + 1) / 3)
-    fig = figure_class(figsize=(5.2 * panels, 4.4 + 0.22 * legend_rows), layout="constrained")  # type: ignore[operator]
+    fig = figure_class(figsize=(5.2 * panels, 4.4 + 0.22 * legend_rows), layout="constrained")
     axes = fig.subplots(1, panels)
     families: dict[tuple[object, ...], list[Point]] = {}
     for point in points:
         families.setdefault(point.family, []).append(point)
     offsets = [((-6, 6), "right"), ((6, -11), "left"), ((6, 5), "left"), ((-6, -11), "right")]
-    colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
+    colors: list[str | tuple[float, float, float, float]] = list(PALETTE)
     if family_count > len(colors):
         from matplotlib import colormaps
 
@@ -243,11 +246,11 @@ def draw(points: list[Point], path: Path, inputs: list[Path] | tuple[Path, ...] 
     return save_figure(fig, path, "-o", inputs)
 
 
-def run(args: object) -> int:
-    out = Path(args.output)  # type: ignore[attr-defined]
+def run(args: argparse.Namespace) -> int:
+    out = Path(args.output)
     if out.suffix.lower() not in FORMATS:
         raise UsageError(f"-o {out}: expected a file name ending in {', '.join(FORMATS)}")
-    paths = [Path(p) for p in args.specs]  # type: ignore[attr-defined]
+    paths = [Path(p) for p in args.specs]
     for p in paths:
         if not p.is_file():
             raise UsageError(f"spec not found: {p}")
@@ -255,16 +258,16 @@ def run(args: object) -> int:
     from effspec.support.output import check_early
 
     inputs = [source for p in paths for source in spec_inputs(p)]
-    if args.accuracy:  # type: ignore[attr-defined]
-        inputs.append(Path(args.accuracy))  # type: ignore[attr-defined]
+    if args.accuracy:
+        inputs.append(Path(args.accuracy))
     check_early(out, "-o", inputs)  # a folder, a FIFO or an input is refused before any work
     import_matplotlib("effspec plot")  # fail before any work when it is missing
     points = [load_point(p) for p in paths]
-    if args.accuracy:  # type: ignore[attr-defined]
-        points = read_accuracy(Path(args.accuracy), points)  # type: ignore[attr-defined]
+    if args.accuracy:
+        points = read_accuracy(Path(args.accuracy), points)
     draw(points, out, inputs)
-    for p in sorted(points, key=lambda p: (p.family != points[0].family, p.phi)):
-        top1 = f", top-1 {p.top1:.2f}%" if p.top1 is not None else ""
-        print(f"{p.name}: phi {p.phi:.2f}, {p.params:,} parameters, {p.macs:,} MACs{top1}")
+    for point in sorted(points, key=lambda q: (q.family != points[0].family, q.phi)):
+        top1 = f", top-1 {point.top1:.2f}%" if point.top1 is not None else ""
+        print(f"{point.name}: phi {point.phi:.2f}, {point.params:,} parameters, {point.macs:,} MACs{top1}")
     print(f"wrote {out}")
     return 0

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, cast
 
 from effspec.tools.search.results import Row, completed
 
@@ -12,7 +10,7 @@ from effspec.tools.search.results import Row, completed
 def plot_search(rows: list[Row], best: Row, path: Path, base_name: str, ratio: float) -> Path:
     from effspec.tools.diagram import import_matplotlib, save_figure
 
-    figure_class = cast(Callable[..., Any], import_matplotlib("search.png"))  # matplotlib's Figure
+    figure_class = import_matplotlib("search.png")
     done = completed(rows)
     fig = figure_class(figsize=(7.5, 5))
     ax = fig.add_subplot(1, 1, 1)

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 import pytest
 
 from effspec.core import ir
+from effspec.emit.modules import import_file
+
+if TYPE_CHECKING:
+    import numpy as np
 
 # No torchvision stand-in here: the product imports torchvision and timm through effspec.support.vision
 # (see its docstring), and tests that import them directly call the same functions.
@@ -27,6 +34,16 @@ SPECS = sorted((ROOT / "specs").glob("*.yaml"))
 #: One legal stage and the smallest legal spec, for the tests that write broken specs around them.
 STAGE = "  - {block: mbconv, repeats: 1, kernel: 3, stride: 1, expansion: 1, channels: 16}\n"
 GOOD = "name: tiny\nstages:\n" + STAGE
+
+
+#: Flag values both trainers (torch and Keras) refuse with "FLAG must be ...", exit 2.
+OUT_OF_RANGE = (
+    ("--batch-size", "0"),
+    ("--max-steps", "-1"),
+    ("--num-classes", "0"),
+    ("--train-resolution", "0"),
+    ("--synthetic-val-size", "0"),
+)
 
 
 def stage(**fields: object) -> str:
@@ -65,3 +82,34 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def communicate(process: subprocess.Popen, timeout: float) -> tuple[str, str]:
+    """(stdout, stderr) of ``process`` once it exits; killed when it outlives ``timeout`` seconds."""
+    try:
+        return process.communicate(timeout=timeout)
+    finally:
+        process.kill()
+
+
+def h5_arrays(path: Path) -> dict[str, np.ndarray]:
+    """Every array of an HDF5 file (a Keras .weights.h5), by its path inside the file."""
+    import h5py
+
+    found: dict[str, np.ndarray] = {}
+    with h5py.File(path, "r") as file:
+        file.visititems(lambda name, item: found.update({name: item[()]}) if isinstance(item, h5py.Dataset) else None)
+    return found
+
+
+_GENERATED: dict[Path, ModuleType] = {}
+
+
+def load_generated(folder: Path, spec_name: str) -> ModuleType:
+    """``folder``/<python_name>/model.py (generated/torch, generated/keras), imported once, as
+    "<backend>_generated_<python_name>", the way effspec imports generated code."""
+    python_name = spec_name.replace("-", "_")
+    path = folder / python_name / "model.py"
+    if path not in _GENERATED:
+        _GENERATED[path] = import_file(path, f"{folder.name}_generated_{python_name}")
+    return _GENERATED[path]

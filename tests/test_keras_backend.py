@@ -7,7 +7,6 @@ on resolution) and deferred variable initialization, so all 16 specs fit the tim
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
 import subprocess
@@ -16,7 +15,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-from conftest import ROOT, SPECS, stage_sizes
+from conftest import ROOT, SPECS, load_generated, stage_sizes
 from effspec.backends.common import description_lines
 from effspec.backends.keras.context import ACTIVATIONS
 from reference import REFERENCE
@@ -36,22 +35,6 @@ ATOL_PREPROCESSING = 1e-4  # (x - mean) / std folded into Normalization vs done 
 @pytest.fixture(scope="module")
 def generated() -> Path:
     return ROOT / "generated" / "keras"
-
-
-_MODULES: dict[str, ModuleType] = {}
-
-
-def load(generated: Path, spec_name: str) -> ModuleType:
-    """Import generated/keras/<python_name>/model.py under a unique module name."""
-    python_name = spec_name.replace("-", "_")
-    if python_name not in _MODULES:
-        path = generated / python_name / "model.py"
-        module_spec = importlib.util.spec_from_file_location(f"keras_generated_{python_name}", path)
-        assert module_spec is not None and module_spec.loader is not None
-        module = importlib.util.module_from_spec(module_spec)
-        module_spec.loader.exec_module(module)
-        _MODULES[python_name] = module
-    return _MODULES[python_name]
 
 
 def ir_model(spec_name: str) -> ir.Model:
@@ -75,7 +58,7 @@ def expected_weight_shapes(layer: ir.Layer) -> list[tuple[int, ...]]:
 
 @pytest.mark.parametrize("spec_name", SPEC_IDS)
 def test_trainable_params_and_layer_names_match_the_ir(generated: Path, spec_name: str) -> None:
-    module = load(generated, spec_name)
+    module = load_generated(generated, spec_name)
     model_ir = ir_model(spec_name)
     with keras.StatelessScope():  # defer random init: only shapes are needed here
         model = module.build_model(input_shape=(32, 32, 3))
@@ -127,7 +110,7 @@ def test_b0_equals_keras_applications_in_count_and_outputs(generated: Path) -> N
     keras.applications' B0 with weights=None scales by 1/255 and then applies an identity (not
     adapted) Normalization, so it gets raw 0..255 pixels and ours gets them divided by 255.
     """
-    module = load(generated, "efficientnet-b0")
+    module = load_generated(generated, "efficientnet-b0")
     ours = module.build_model(input_shape=(224, 224, 3))
     reference = keras.applications.EfficientNetB0(weights=None, classifier_activation=None)
     count = sum(math.prod(v.shape) for v in ours.trainable_weights)
@@ -160,7 +143,7 @@ def test_b0_equals_keras_applications_in_count_and_outputs(generated: Path) -> N
 @pytest.fixture(scope="module")
 def b0(generated: Path) -> tuple[ModuleType, keras.Model]:
     """B0 as the spec says (drop rates included), any input size."""
-    module = load(generated, "efficientnet-b0")
+    module = load_generated(generated, "efficientnet-b0")
     keras.utils.set_random_seed(0)
     return module, module.build_model()
 
@@ -197,7 +180,7 @@ def test_forward_at_nominal_size_with_stage_features(b0: tuple[ModuleType, keras
 )
 def test_forward_at_odd_and_even_sizes(generated: Path, spec_name: str, sizes: tuple[int, ...]) -> None:
     """input_shape=None takes any size; every stage has the TF-SAME (= ceil) size; logits finite."""
-    module = load(generated, spec_name)
+    module = load_generated(generated, spec_name)
     model_ir = ir_model(spec_name)
     model = ten_class_model(module)
     extractor = module.build_feature_extractor(model)
@@ -214,7 +197,7 @@ def test_forward_at_odd_and_even_sizes(generated: Path, spec_name: str, sizes: t
 
 @pytest.mark.parametrize("spec_name", ["efficientnet-b0", "efficientnetv2-b0", "custom-phi2-relu"])
 def test_gradients_reach_every_trainable_weight(generated: Path, spec_name: str) -> None:
-    module = load(generated, spec_name)
+    module = load_generated(generated, spec_name)
     model = ten_class_model(module)
     x = np.random.default_rng(1).normal(size=(2, 64, 64, 3)).astype("float32")
     labels = np.array([3, 7])

@@ -13,7 +13,7 @@ from types import ModuleType
 
 import numpy as np
 import pytest
-from conftest import ROOT
+from conftest import OUT_OF_RANGE, ROOT
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 keras = pytest.importorskip("keras")
@@ -109,13 +109,7 @@ def test_bad_input_exits_2_with_one_line(
         return lines[0]
 
     out = str(tmp_path / "out")
-    for flag, value in (
-        ("--batch-size", "0"),
-        ("--max-steps", "-1"),
-        ("--num-classes", "0"),
-        ("--train-resolution", "0"),
-        ("--synthetic-val-size", "0"),
-    ):
+    for flag, value in OUT_OF_RANGE:
         assert f"{flag} must be" in error(flag, value, "--output", out)
     blocker = tmp_path / "a-file"
     blocker.write_text("")

@@ -18,12 +18,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT
+from conftest import ROOT, h5_arrays
 
 if not os.environ.get("EFFSPEC_SCALEOUT"):  # minutes of CPU: .ci/run runs it after the main suite
     pytest.skip("set EFFSPEC_SCALEOUT=1 to run the scale-out tests", allow_module_level=True)
 pytest.importorskip("jax")
-h5py = pytest.importorskip("h5py")
+pytest.importorskip("h5py")
 
 SPEC = ROOT / "tests" / "data" / "keras_v1_tiny.yaml"  # MBConv + SE, 32 px
 STEPS = 6
@@ -63,13 +63,6 @@ def finish(process: subprocess.Popen, output: Path) -> str:
     return text
 
 
-def arrays(path: Path) -> dict[str, np.ndarray]:
-    found: dict[str, np.ndarray] = {}
-    with h5py.File(path, "r") as file:
-        file.visititems(lambda name, item: found.update({name: item[()]}) if isinstance(item, h5py.Dataset) else None)
-    return found
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, str]]:
     root = tmp_path_factory.mktemp("keras-jax")
@@ -97,12 +90,12 @@ def test_four_devices_resumed_equal_one_device(runs: dict[str, tuple[Path, str]]
     one, four = runs["one"][0], runs["four"][0]
     name = f"checkpoint/state-{STEPS:09d}.weights.h5"
     for file in ("model.weights.h5", name):
-        expected, actual = arrays(one / file), arrays(four / file)
+        expected, actual = h5_arrays(one / file), h5_arrays(four / file)
         assert expected.keys() == actual.keys() and expected
         worst = max(float(np.max(np.abs(actual[key] - expected[key]), initial=0.0)) for key in expected)
         assert worst <= ATOL, (file, worst)
     # Not just equal initial weights: batch-norm moving variances (initially 1) really moved.
-    final = arrays(one / "model.weights.h5")
+    final = h5_arrays(one / "model.weights.h5")
     moved = [
         float(np.max(np.abs(value - 1)))
         for key, value in final.items()

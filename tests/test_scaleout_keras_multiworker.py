@@ -19,12 +19,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, free_port
+from conftest import ROOT, free_port, h5_arrays
 
 if not os.environ.get("EFFSPEC_SCALEOUT"):  # minutes of CPU: .ci/run runs it after the main suite
     pytest.skip("set EFFSPEC_SCALEOUT=1 to run the scale-out tests", allow_module_level=True)
 pytest.importorskip("tensorflow")
-h5py = pytest.importorskip("h5py")
+pytest.importorskip("h5py")
 
 SPEC = ROOT / "tests" / "data" / "keras_v1_tiny.yaml"  # MBConv + SE, 32 px, batch 16
 FLAGS = [
@@ -70,13 +70,6 @@ def finish(process: subprocess.Popen, expect: int = 0) -> str:
     return out
 
 
-def arrays(path: Path) -> dict[str, np.ndarray]:
-    found: dict[str, np.ndarray] = {}
-    with h5py.File(path, "r") as file:
-        file.visititems(lambda name, item: found.update({name: item[()]}) if isinstance(item, h5py.Dataset) else None)
-    return found
-
-
 def test_two_workers_match_one_process_and_only_the_chief_writes(tmp_path: Path) -> None:
     steps = ("--steps-per-epoch", "4")
     one = start(tmp_path / "one", *steps, "--strategy", "one")
@@ -88,11 +81,11 @@ def test_two_workers_match_one_process_and_only_the_chief_writes(tmp_path: Path)
     assert not [name for name in WRITTEN if (tmp_path / "worker1" / name).exists()]
     name = "checkpoint/state-000000004.weights.h5"  # weights and RMSProp slots
     for file in ("model.weights.h5", name):
-        expected, actual = arrays(tmp_path / "one" / file), arrays(tmp_path / "worker0" / file)
+        expected, actual = h5_arrays(tmp_path / "one" / file), h5_arrays(tmp_path / "worker0" / file)
         assert expected.keys() == actual.keys() and expected
         worst = max(float(np.max(np.abs(actual[key] - expected[key]), initial=0.0)) for key in expected)
         assert worst <= ATOL, (file, worst)
-    final = arrays(tmp_path / "one" / "model.weights.h5")
+    final = h5_arrays(tmp_path / "one" / "model.weights.h5")
     moved = [
         float(np.max(np.abs(v - 1))) for k, v in final.items() if "batch_normalization" in k and k.endswith("vars/3")
     ]

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, communicate
 
 if not os.environ.get("EFFSPEC_SCALEOUT"):  # minutes of CPU: .ci/run runs it after the main suite
     pytest.skip("set EFFSPEC_SCALEOUT=1 to run the scale-out tests", allow_module_level=True)
@@ -61,10 +61,7 @@ def start(out: Path, storage: str) -> subprocess.Popen:
 
 
 def finish(process: subprocess.Popen) -> str:
-    try:
-        stdout, stderr = process.communicate(timeout=300)
-    finally:
-        process.kill()
+    stdout, stderr = communicate(process, 300)
     assert process.returncode == 0, stderr[-4000:]
     return stdout
 

@@ -18,6 +18,7 @@ import pytest
 from conftest import ROOT, free_port
 
 torch = pytest.importorskip("torch")
+from torch_helpers import worst_difference  # noqa: E402
 
 SPEC = ROOT / "tests" / "data" / "torch_v1_tiny.yaml"  # MBConv + SE, 32 px
 TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
@@ -77,12 +78,7 @@ def test_two_nodes_match_one_process(tmp_path: Path) -> None:
     one, two = checkpoint(tmp_path / "one"), checkpoint(written)
     assert (one["world_size"], two["world_size"]) == (1, 2)
     assert one["position"] == two["position"] == {"epoch": 2, "step": 0, "global_step": 8}
-    diffs = {
-        name: (one["model"][name].double() - two["model"][name].double()).abs().max().item()
-        for name in one["model"]
-        if one["model"][name].is_floating_point()
-    }
-    worst = max(diffs, key=diffs.get)
-    assert diffs[worst] < ATOL, f"{worst} differs by {diffs[worst]:.3g}"
+    worst, diff = worst_difference(one["model"], two["model"])
+    assert diff < ATOL, f"{worst} differs by {diff:.3g}"
     moved = max(state["momentum_buffer"].abs().max().item() for state in one["optimizer"]["state"].values())
     assert moved > 1e-4  # the runs really trained

@@ -24,12 +24,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, free_port
+from conftest import ROOT, communicate, free_port
 
 PYTHON = os.environ.get("EFFSPEC_XLA_PYTHON")
 if not PYTHON:
     pytest.skip("set EFFSPEC_XLA_PYTHON to tools/xla-env.sh's interpreter", allow_module_level=True)
 torch = pytest.importorskip("torch")
+from torch_helpers import worst_difference  # noqa: E402
 
 SPEC = ROOT / "tests" / "data" / "torch_v2_tiny.yaml"
 FLAGS = [
@@ -48,26 +49,13 @@ def start(output: Path, *flags: str, processes: int = 1, port: int = 0) -> subpr
 
 
 def finish(process: subprocess.Popen) -> str:
-    try:
-        out, _ = process.communicate(timeout=900)
-    finally:
-        process.kill()
+    out, _ = communicate(process, 900)
     assert process.returncode == 0, out[-4000:]
     return out
 
 
 def checkpoint(output: Path) -> dict:
     return torch.load(output / "checkpoint.pt", map_location="cpu", weights_only=True)
-
-
-def worst(one: dict, two: dict) -> tuple[str, float]:
-    diffs = {
-        name: (one[name].double() - two[name].double()).abs().max().item()
-        for name in one
-        if one[name].is_floating_point()
-    }
-    name = max(diffs, key=diffs.get)
-    return name, diffs[name]
 
 
 @pytest.fixture(scope="module")
@@ -95,16 +83,13 @@ def test_xla_checkpoint_resumes_to_the_same_weights(runs: dict[str, Path]) -> No
         ("model", straight["model"], resumed["model"]),
         ("ema", straight["ema"]["module"], resumed["ema"]["module"]),
     ):
-        name, diff = worst(expected, actual)
+        name, diff = worst_difference(expected, actual)
         assert diff == 0, f"{part}: {name} differs by {diff:.3g}"
 
 
 def test_torchrun_on_the_xla_cpu_runtime_stops_with_a_clear_error(tmp_path: Path) -> None:
     process = start(tmp_path / "two", processes=2, port=free_port())
-    try:
-        out, _ = process.communicate(timeout=600)
-    finally:
-        process.kill()
+    out, _ = communicate(process, 600)
     assert process.returncode != 0
     assert "torchrun started 2 processes but torch_xla's process group (PJRT_DEVICE=CPU) has 1" in out, out[-3000:]
     assert not (tmp_path / "two" / "checkpoint.pt").exists()

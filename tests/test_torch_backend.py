@@ -8,7 +8,6 @@ run on real models at small resolutions and on a tiny spec written here.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -18,7 +17,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-from conftest import ROOT, SPECS, stage_sizes
+from conftest import ROOT, SPECS, load_generated, stage_sizes
 from effspec.backends.common import description_lines
 from effspec.backends.torch.context import ACTIVATIONS
 from reference import REFERENCE
@@ -26,6 +25,7 @@ from torch_helpers import count_macs, randomize_batch_norm
 
 from effspec import __version__
 from effspec.core import ir
+from effspec.emit.modules import import_file
 from effspec.emit.pipeline import build, compile_specs
 from effspec.emit.render import py_literal
 
@@ -67,28 +67,9 @@ HOSTILE_DESCRIPTION = (
 )
 
 
-def _load(path: Path, module_name: str) -> ModuleType:
-    module_spec = importlib.util.spec_from_file_location(module_name, path)
-    assert module_spec is not None and module_spec.loader is not None
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def generated() -> Path:
     return ROOT / "generated" / "torch"
-
-
-_MODULES: dict[str, ModuleType] = {}
-
-
-def load(generated: Path, spec_name: str) -> ModuleType:
-    """Import <generated>/<python_name>/model.py under a unique module name."""
-    python_name = spec_name.replace("-", "_")
-    if python_name not in _MODULES:
-        _MODULES[python_name] = _load(generated / python_name / "model.py", f"torch_generated_{python_name}")
-    return _MODULES[python_name]
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +78,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[ModuleType, ir.Model
     spec = root / "tiny.yaml"
     spec.write_text(TINY_SPEC, encoding="utf-8")
     compile_specs([spec], ["torch"], root / "out")
-    module = _load(root / "out" / "torch" / "torch_backend_tiny" / "model.py", "torch_generated_tiny")
+    module = import_file(root / "out" / "torch" / "torch_backend_tiny" / "model.py", "torch_generated_tiny")
     return module, build(spec).model
 
 
@@ -134,7 +115,7 @@ def expected_state_dict(model: ir.Model) -> dict[str, tuple[int, ...]]:
 
 @pytest.mark.parametrize("spec_name", SPEC_IDS)
 def test_params_state_dict_and_macs_match_ir(generated: Path, spec_name: str) -> None:
-    module = load(generated, spec_name)
+    module = load_generated(generated, spec_name)
     model_ir = ir_model(spec_name)
     model = meta_model(module)
     params = sum(p.numel() for p in model.parameters())
@@ -149,7 +130,7 @@ def test_params_state_dict_and_macs_match_ir(generated: Path, spec_name: str) ->
 
 @pytest.mark.parametrize("spec_name", ["efficientnet-b0", "efficientnetv2-s", "custom-phi2-relu"])
 def test_batch_norm_settings_and_activations_follow_the_spec(generated: Path, spec_name: str) -> None:
-    module = load(generated, spec_name)
+    module = load_generated(generated, spec_name)
     model_ir = ir_model(spec_name)
     model = meta_model(module)
     norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
@@ -186,7 +167,7 @@ def test_batch_norm_settings_and_activations_follow_the_spec(generated: Path, sp
     ],
 )
 def test_forward_shapes(generated: Path, spec_name: str, sizes: list[tuple[int, int]]) -> None:
-    module = load(generated, spec_name)
+    module = load_generated(generated, spec_name)
     model_ir = ir_model(spec_name)
     torch.manual_seed(0)
     model = module.build_model(num_classes=7).eval()
@@ -221,7 +202,7 @@ def test_forward_shapes(generated: Path, spec_name: str, sizes: list[tuple[int, 
 def test_backward_gives_finite_gradients_for_every_parameter(
     generated: Path, tiny: tuple[ModuleType, ir.Model], spec_name: str, size: int
 ) -> None:
-    module = tiny[0] if spec_name == "tiny" else load(generated, spec_name)
+    module = tiny[0] if spec_name == "tiny" else load_generated(generated, spec_name)
     torch.manual_seed(0)
     model = module.build_model(num_classes=5, drop_path_rate=0.5).train()  # drop-path active
     loss = nn.functional.cross_entropy(model(torch.randn(2, 3, size, size)), torch.tensor([1, 3]))
@@ -278,7 +259,7 @@ def test_same_padding_matches_tensorflow(tiny: tuple[ModuleType, ir.Model], kern
 
 
 def test_fuse_for_inference_keeps_outputs_within_1e5(generated: Path) -> None:
-    module = load(generated, "efficientnet-b0")
+    module = load_generated(generated, "efficientnet-b0")
     torch.manual_seed(0)
     model = module.build_model()
     randomize_batch_norm(model)
@@ -356,7 +337,7 @@ def test_torch_compile_inductor(tiny: tuple[ModuleType, ir.Model]) -> None:
 
 
 def test_build_model_options(generated: Path) -> None:
-    module = load(generated, "efficientnetv2-b0")
+    module = load_generated(generated, "efficientnetv2-b0")
     model_ir = ir_model("efficientnetv2-b0")
     blocks = [block for stage in meta_model(module).blocks for block in stage]
     assert [b.drop_path.rate for b in blocks] == [block.drop_path_rate for block in model_ir.blocks]
@@ -401,7 +382,7 @@ def test_drop_path_only_in_training(tiny: tuple[ModuleType, ir.Model]) -> None:
 
 
 def test_initialization_follows_the_tf_reference(generated: Path) -> None:
-    module = load(generated, "efficientnet-b0")
+    module = load_generated(generated, "efficientnet-b0")
     torch.manual_seed(0)
     model = module.build_model()
     head = model.head.conv.weight  # 1280 x 320 x 1 x 1: fan_out 1280
@@ -427,7 +408,7 @@ def test_header_names_spec_and_hash_without_timestamp(generated: Path) -> None:
         "# Spec: specs/efficientnet-b0.yaml",
         f"# Spec sha256: {sha}",
     ]
-    module = load(generated, "efficientnet-b0")
+    module = load_generated(generated, "efficientnet-b0")
     assert (module.SPEC_NAME, module.SPEC_PATH, module.SPEC_SHA256) == (
         "efficientnet-b0",
         "specs/efficientnet-b0.yaml",
@@ -463,7 +444,7 @@ def test_hostile_description_is_only_data(tmp_path: Path) -> None:
     assert model_ir.description == HOSTILE_DESCRIPTION
     compile_specs([spec], ["torch"], tmp_path / "out")
     path = tmp_path / "out" / "torch" / "hostile" / "model.py"
-    module = _load(path, "torch_generated_hostile")
+    module = import_file(path, "torch_generated_hostile")
     assert module.DESCRIPTION == HOSTILE_DESCRIPTION
     result = subprocess.run([RUFF, "check", "--isolated", "--select", "E,F,W,I,B,UP", str(path)], capture_output=True)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -26,10 +26,11 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-from conftest import ROOT, free_port
+from conftest import OUT_OF_RANGE, ROOT, free_port
 
 torch = pytest.importorskip("torch")
 from effspec.backends.torch.runtime.optim import LrSchedule, RMSpropTF, parameter_groups  # noqa: E402
+from torch_helpers import worst_difference  # noqa: E402
 
 PYTHON = sys.executable
 TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
@@ -138,13 +139,8 @@ def test_two_processes_match_one_on_the_same_global_batch(scripts, trains, tmp_p
     one, two = checkpoint(tmp_path / "one"), checkpoint(tmp_path / "two")
     assert (one["world_size"], two["world_size"]) == (1, 2)
     assert one["position"] == two["position"] == {"epoch": 2, "step": 0, "global_step": 8}
-    diffs = {
-        name: (one["model"][name].double() - two["model"][name].double()).abs().max().item()
-        for name in one["model"]
-        if one["model"][name].is_floating_point()
-    }
-    worst = max(diffs, key=diffs.get)
-    assert diffs[worst] < 1e-5, f"{worst} differs by {diffs[worst]:.3g}"
+    worst, diff = worst_difference(one["model"], two["model"])
+    assert diff < 1e-5, f"{worst} differs by {diff:.3g}"
     moved = max(state["momentum_buffer"].abs().max().item() for state in one["optimizer"]["state"].values())
     assert moved > 1e-4  # the runs really trained: equal weights are not just equal initial weights
 
@@ -359,15 +355,7 @@ def test_bad_input_exits_2_with_one_line(trains, tmp_path: Path, capsys: pytest.
     blocker.write_text("")
     assert "is a file, not a directory" in error("--output", str(blocker))
     assert "cannot create it" in error("--output", str(blocker / "below"))
-    for flag, value in (
-        ("--batch-size", "0"),
-        ("--max-steps", "-1"),
-        ("--num-classes", "0"),
-        ("--train-resolution", "0"),
-        ("--synthetic-val-size", "0"),
-        ("--epochs", "0"),
-        ("--ema-decay", "1.5"),
-    ):
+    for flag, value in (*OUT_OF_RANGE, ("--epochs", "0"), ("--ema-decay", "1.5")):
         assert error(flag, value, "--output", out).startswith(f"train.py: error: {flag} must be")
     assert "invalid int value" in error("--batch-size", "many", "--output", out)
 

@@ -1,4 +1,4 @@
-"""torch helpers shared by the backend and property tests."""
+"""torch helpers shared by the backend, property, training and scale-out tests."""
 
 from __future__ import annotations
 
@@ -38,3 +38,14 @@ def randomize_batch_norm(model: nn.Module, seed: int = 0) -> None:
                 module.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
                 module.weight.copy_(torch.rand(n, generator=generator) + 0.5)
                 module.bias.copy_(torch.randn(n, generator=generator) * 0.1)
+
+
+def worst_difference(one: dict[str, torch.Tensor], two: dict[str, torch.Tensor]) -> tuple[str, float]:
+    """The floating-point entry of two state dicts that differs most, and its largest absolute difference."""
+    diffs = {
+        name: (one[name].double() - two[name].double()).abs().max().item()
+        for name in one
+        if one[name].is_floating_point()
+    }
+    name = max(diffs, key=diffs.__getitem__)
+    return name, diffs[name]

@@ -12,7 +12,6 @@ script for the whole table (both pretrained files, both directions, frozen-then-
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import sys
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_train_real_data import finish, start, top1
+from test_train_real_data import finish, skip_unless_installed, start, top1
 
 PRETRAIN_EPOCHS = 10  # 28 steps each (901 images, batch 32): 280
 PRETRAIN = [
@@ -99,9 +98,7 @@ def finetune(data: Path, out: Path, runs: dict[str, tuple[str, list[str]]]) -> d
 
 @pytest.fixture(scope="module")
 def split(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    for module in ("sklearn", "torch", "tensorflow", "PIL"):  # not imported here: the runs are subprocesses
-        if importlib.util.find_spec(module) is None:
-            pytest.skip(f"{module} is not installed")
+    skip_unless_installed()
     return write_split(tmp_path_factory.mktemp("digits-split"))
 
 

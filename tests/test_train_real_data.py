@@ -91,11 +91,16 @@ def finish(process: subprocess.Popen, output: Path) -> None:
     assert code == 0, log[-3000:]
 
 
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    for module in ("sklearn", "torch", "tensorflow", "PIL"):  # not imported here: the runs are subprocesses
+def skip_unless_installed() -> None:
+    """Skip when what the runs need is missing (not imported here: the runs are subprocesses)."""
+    for module in ("sklearn", "torch", "tensorflow", "PIL"):
         if importlib.util.find_spec(module) is None:
             pytest.skip(f"{module} is not installed")
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    skip_unless_installed()
     return write_digits(tmp_path_factory.mktemp("digits"))
 
 

@@ -121,7 +121,7 @@ def _append(path: str, text: str) -> None:
     from effspec.support.errors import EffspecError
     from effspec.support.output import open_append
 
-    from ...recipe import TrainingError
+    from ...runtime_shared import TrainingError
 
     try:
         with os.fdopen(open_append(path), "a", encoding="utf-8") as file:

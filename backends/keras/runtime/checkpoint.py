@@ -19,7 +19,7 @@ import tensorflow as tf
 from effspec.support.errors import EffspecError
 from effspec.support.output import clean_stale, staged_file, write_file
 
-from ...recipe import TrainingError
+from ...runtime_shared import TrainingError
 
 
 def write_json(path: str, record: dict[str, Any]) -> None:

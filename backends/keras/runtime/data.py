@@ -20,7 +20,8 @@ import numpy as np
 import tensorflow as tf
 
 from ...imagefiles import LOCAL, FileSystem, first_decodable, list_split, open_image, read_local
-from ...recipe import ProgressiveStage, TrainingError
+from ...recipe import ProgressiveStage
+from ...runtime_shared import TrainingError
 
 
 def _gfile_head(path: str) -> bytes:

@@ -14,7 +14,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from ...recipe import TrainingError
+from ...runtime_shared import TrainingError
 
 
 def on_jax() -> bool:

@@ -9,7 +9,7 @@ from types import ModuleType
 import keras
 
 from ...finetune import InitError, Phase, keras_manifest, phase_at, prepare
-from ...recipe import TrainingError
+from ...runtime_shared import TrainingError
 
 
 def initialize(network: keras.Model, args: argparse.Namespace, net: ModuleType, verbose: bool) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from ...recipe import TrainingError
+from ...runtime_shared import TrainingError
 from .distributed import Runtime
 
 CHECKPOINT_FORMAT = 1

@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from ...imagefiles import Listing, first_decodable, list_split, open_image, read_local
-from ...recipe import ProgressiveStage, TrainingError
+from ...recipe import ProgressiveStage
+from ...runtime_shared import TrainingError
 from .distributed import Runtime
 
 Batch = tuple[torch.Tensor, torch.Tensor]

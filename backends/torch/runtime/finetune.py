@@ -12,7 +12,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ...finetune import InitError, Phase, phase_at, prepare
-from ...recipe import TrainingError
+from ...runtime_shared import TrainingError
 
 
 def initialize(model: nn.Module, args: argparse.Namespace, net: ModuleType, verbose: bool) -> None:

@@ -61,7 +61,7 @@ class MetricsLog:
         from effspec.support.errors import EffspecError
         from effspec.support.output import write_file
 
-        from ...recipe import TrainingError, check_log
+        from ...runtime_shared import TrainingError, check_log
 
         rows: list[dict[str, str]] = []
         if resume_step is not None and path.is_file():

@@ -132,7 +132,7 @@ def add_recipe_flags(parser: argparse.ArgumentParser, recipe: Recipe, *, keras: 
         "--drop-path-rate",
         type=float,
         default=recipe.drop_path_rate,
-        help="stochastic depth of the last block (block i of N: rate x i / N)",
+        help="stochastic depth: each block drops its residual branch with this x its depth_fraction (model.py)",
     )
     reg.add_argument(
         "--augmentation",

@@ -11,10 +11,10 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from effspec.core.ir import ProgressiveStage
+from effspec.support.errors import TrainingError
 
 from .finetune import InitError, add_finetune_flags, check_finetune_args
 from .recipe import AUGMENTATIONS, MOMENTUM, OPTIMIZERS, RMSPROP_DECAY, RMSPROP_EPS, SCHEDULES, Recipe
-from .runtime_shared import TrainingError
 
 
 class OneLineParser(argparse.ArgumentParser):

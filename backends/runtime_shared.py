@@ -10,12 +10,9 @@ from types import ModuleType
 from typing import Any
 
 from effspec.emit.modules import import_file, import_source
+from effspec.support.errors import TrainingError
 
 from .recipe import Recipe
-
-
-class TrainingError(Exception):
-    """A problem the user can fix (bad flag, missing data, wrong checkpoint): one line, exit 2."""
 
 
 def load_module(path: Path, name: str) -> ModuleType:

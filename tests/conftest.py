@@ -24,6 +24,21 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = sorted((ROOT / "specs").glob("*.yaml"))
 
+#: One legal stage and the smallest legal spec, for the tests that write broken specs around them.
+STAGE = "  - {block: mbconv, repeats: 1, kernel: 3, stride: 1, expansion: 1, channels: 16}\n"
+GOOD = "name: tiny\nstages:\n" + STAGE
+
+
+def stage(**fields: object) -> str:
+    """STAGE with ``fields`` changed (in place) or added (at the end), written as flow YAML."""
+    values = {"block": "mbconv", "repeats": 1, "kernel": 3, "stride": 1, "expansion": 1, "channels": 16, **fields}
+    return "  - {" + ", ".join(f"{key}: {value}" for key, value in values.items()) + "}\n"
+
+
+def spec_text(*lines: str, stages: str = STAGE) -> str:
+    """A spec named x: ``lines`` (top-level YAML, from line 2 on), then ``stages``."""
+    return "name: x\n" + "".join(line + "\n" for line in lines) + "stages:\n" + stages
+
 
 @pytest.fixture(autouse=True)
 def _run_from_repo_root(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -93,7 +93,8 @@ def _odd_folder(root: Path) -> dict[str, str]:
 
 def test_3_every_odd_image_decodes_to_rgb_or_is_undecodable(tmp_path: Path) -> None:
     import numpy as np
-    from effspec.backends.imagefiles import Undecodable, open_image
+
+    from effspec.support.images import Undecodable, open_image
 
     expected = _odd_folder(tmp_path)
     for name, kind in expected.items():
@@ -115,9 +116,10 @@ def test_3_torch_and_keras_trainers_read_the_same_samples_from_a_damaged_folder(
     import numpy as np
 
     pytest.importorskip("tensorflow")
-    from effspec.backends.imagefiles import list_split
     from effspec.backends.keras.runtime import data as keras_data
     from effspec.backends.torch.runtime import data as torch_data
+
+    from effspec.support.images import list_split
 
     for label in ("a", "b"):
         _odd_folder(tmp_path / "train" / label)

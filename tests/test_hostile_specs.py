@@ -18,18 +18,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from conftest import GOOD, ROOT, STAGE, spec_text, stage
 
 from effspec.cli import main
 
 TIMEOUT = 60  # seconds: far above any legitimate run; reaching it means a hang
-STAGE = "  - {block: mbconv, repeats: 1, kernel: 3, stride: 1, expansion: 1, channels: 16}\n"
-GOOD = "name: tiny\nstages:\n" + STAGE
-
-
-def stage(**fields: object) -> str:
-    values = {"block": "mbconv", "repeats": 1, "kernel": 3, "stride": 1, "expansion": 1, "channels": 16, **fields}
-    return "  - {" + ", ".join(f"{key}: {value}" for key, value in values.items()) + "}\n"
 
 
 def snapshot(root: Path, skip: tuple[str, ...] = ()) -> dict[str, tuple[object, ...]]:
@@ -126,164 +119,77 @@ def expect_error(
     return line
 
 
+def in_stage(case: str, field: str, value: object, words: str) -> tuple[str, str, str, str]:
+    """A case whose one bad value is ``field`` of the only stage: the error points at line 3."""
+    return case, spec_text(stages=stage(**{field: value})), "s.yaml:3:", f"stages[0].{field}: {words}"
+
+
+def at_top(case: str, line: str, prefix: str, words: str) -> tuple[str, str, str, str]:
+    """A case whose bad value is on ``line``, the spec's second line, before one good stage."""
+    return case, spec_text(line), prefix, words
+
+
 # (id, spec text, message prefix "file:line:column: error: field", words in the message)
 SPEC_CASES = [
-    (
-        "repeats-huge",
-        "name: x\nstages:\n" + stage(repeats=10**12),
-        "s.yaml:3:",
-        "stages[0].repeats: expected a value <= 1000",
-    ),
-    (
-        "repeats-true",
-        "name: x\nstages:\n" + stage(repeats="true"),
-        "s.yaml:3:",
-        "stages[0].repeats: expected an integer, found true",
-    ),
-    (
-        "repeats-float",
-        "name: x\nstages:\n" + stage(repeats="1.0"),
-        "s.yaml:3:",
-        "stages[0].repeats: expected an integer, found 1.0",
-    ),
-    (
-        "repeats-string",
-        "name: x\nstages:\n" + stage(repeats='"1"'),
-        "s.yaml:3:",
-        "stages[0].repeats: expected an integer, found '1'",
-    ),
-    ("kernel-true", "name: x\nstages:\n" + stage(kernel="true"), "s.yaml:3:", "stages[0].kernel: expected an integer"),
-    (
-        "kernel-huge",
-        "name: x\nstages:\n" + stage(kernel=1000001),
-        "s.yaml:3:",
-        "stages[0].kernel: expected a value <= 31",
-    ),
-    (
-        "stride-true",
-        "name: x\nstages:\n" + stage(stride="true"),
-        "s.yaml:3:",
-        "stages[0].stride: expected 1 or 2, found true",
-    ),
-    (
-        "stride-float",
-        "name: x\nstages:\n" + stage(stride="2.0"),
-        "s.yaml:3:",
-        "stages[0].stride: expected 1 or 2, found 2.0",
-    ),
-    (
-        "channels-float",
-        "name: x\nstages:\n" + stage(channels="1e9"),
-        "s.yaml:3:",
-        "stages[0].channels: expected an integer",
-    ),
-    (
-        "channels-huge",
-        "name: x\nstages:\n" + stage(channels=10**9),
-        "s.yaml:3:",
-        "stages[0].channels: expected a value <= 16384",
-    ),
-    (
-        "expansion-huge",
-        "name: x\nstages:\n" + stage(expansion=1000),
-        "s.yaml:3:",
-        "stages[0].expansion: expected a value <= 64",
-    ),
-    (
-        "stem-kernel-even",
-        "name: x\nstem: {kernel: 30}\nstages:\n" + STAGE,
-        "s.yaml:2:",
-        "stem.kernel: expected an odd kernel size",
-    ),
-    (
-        "phi-huge",
-        "name: x\nscaling: {method: compound, phi: 10000}\nstages:\n" + STAGE,
-        "s.yaml:2:34",
-        "scaling.phi: expected a value <= 30",
-    ),
-    (
-        "phi-inf",
-        "name: x\nscaling: {method: compound, phi: .inf}\nstages:\n" + STAGE,
-        "s.yaml:2:34",
-        "scaling.phi: expected a finite number",
-    ),
-    (
-        "phi-nan",
-        "name: x\nscaling: {method: compound, phi: .nan}\nstages:\n" + STAGE,
-        "s.yaml:2:34",
-        "scaling.phi: expected a finite number",
-    ),
-    (
+    in_stage("repeats-huge", "repeats", 10**12, "expected a value <= 1000"),
+    in_stage("repeats-true", "repeats", "true", "expected an integer, found true"),
+    in_stage("repeats-float", "repeats", "1.0", "expected an integer, found 1.0"),
+    in_stage("repeats-string", "repeats", '"1"', "expected an integer, found '1'"),
+    in_stage("kernel-true", "kernel", "true", "expected an integer"),
+    in_stage("kernel-huge", "kernel", 1000001, "expected a value <= 31"),
+    in_stage("stride-true", "stride", "true", "expected 1 or 2, found true"),
+    in_stage("stride-float", "stride", "2.0", "expected 1 or 2, found 2.0"),
+    in_stage("channels-float", "channels", "1e9", "expected an integer"),
+    in_stage("channels-huge", "channels", 10**9, "expected a value <= 16384"),
+    in_stage("expansion-huge", "expansion", 1000, "expected a value <= 64"),
+    at_top("stem-kernel-even", "stem: {kernel: 30}", "s.yaml:2:", "stem.kernel: expected an odd kernel size"),
+    at_top("phi-huge", "scaling: {method: compound, phi: 10000}", "s.yaml:2:34", "scaling.phi: expected a value <= 30"),
+    at_top("phi-inf", "scaling: {method: compound, phi: .inf}", "s.yaml:2:34", "scaling.phi: expected a finite number"),
+    at_top("phi-nan", "scaling: {method: compound, phi: .nan}", "s.yaml:2:34", "scaling.phi: expected a finite number"),
+    at_top(
         "phi-minus-inf",
-        "name: x\nscaling: {method: compound, phi: -.inf}\nstages:\n" + STAGE,
+        "scaling: {method: compound, phi: -.inf}",
         "s.yaml:2:34",
         "scaling.phi: expected a finite number",
     ),
-    (
+    at_top(
         "phi-string",
-        "name: x\nscaling: {method: compound, phi: '2'}\nstages:\n" + STAGE,
+        "scaling: {method: compound, phi: '2'}",
         "s.yaml:2:34",
         "scaling.phi: expected a number, found '2'",
     ),
-    (
+    at_top(
         "alpha-huge",
-        "name: x\nscaling: {method: compound, phi: 2, alpha: 1.0e+300}\nstages:\n" + STAGE,
+        "scaling: {method: compound, phi: 2, alpha: 1.0e+300}",
         "s.yaml:2:",
         "scaling.alpha: expected a value <= 4",
     ),
-    (
-        "width-inf",
-        "name: x\nscaling: {method: explicit, width: .inf}\nstages:\n" + STAGE,
-        "s.yaml:2:",
-        "scaling.width: expected a finite number",
+    at_top(
+        "width-inf", "scaling: {method: explicit, width: .inf}", "s.yaml:2:", "scaling.width: expected a finite number"
     ),
-    (
-        "depth-nan",
-        "name: x\nscaling: {method: explicit, depth: .nan}\nstages:\n" + STAGE,
-        "s.yaml:2:",
-        "scaling.depth: expected a finite number",
+    at_top(
+        "depth-nan", "scaling: {method: explicit, depth: .nan}", "s.yaml:2:", "scaling.depth: expected a finite number"
     ),
-    (
+    at_top(
         "width-bool",
-        "name: x\nscaling: {method: explicit, width: true}\nstages:\n" + STAGE,
+        "scaling: {method: explicit, width: true}",
         "s.yaml:2:",
         "scaling.width: expected a number, found true",
     ),
-    (
-        "mean-nan",
-        "name: x\ninput: {mean: [.nan, 0.5, 0.5]}\nstages:\n" + STAGE,
-        "s.yaml:2:",
-        "input.mean[0]: expected a finite number",
+    at_top("mean-nan", "input: {mean: [.nan, 0.5, 0.5]}", "s.yaml:2:", "input.mean[0]: expected a finite number"),
+    at_top("std-inf", "input: {std: [.inf, 0.5, 0.5]}", "s.yaml:2:", "input.std[0]: expected a finite number"),
+    at_top("lr-inf", "training: {lr_per_256: .inf}", "s.yaml:2:", "training.lr_per_256: expected a finite number"),
+    at_top(
+        "resolution-huge", "input: {resolution: 1000000000}", "s.yaml:2:", "input.resolution: expected a value <= 8192"
     ),
-    (
-        "std-inf",
-        "name: x\ninput: {std: [.inf, 0.5, 0.5]}\nstages:\n" + STAGE,
-        "s.yaml:2:",
-        "input.std[0]: expected a finite number",
-    ),
-    (
-        "lr-inf",
-        "name: x\ntraining: {lr_per_256: .inf}\nstages:\n" + STAGE,
-        "s.yaml:2:",
-        "training.lr_per_256: expected a finite number",
-    ),
-    (
-        "resolution-huge",
-        "name: x\ninput: {resolution: 1000000000}\nstages:\n" + STAGE,
-        "s.yaml:2:",
-        "input.resolution: expected a value <= 8192",
-    ),
-    (
+    at_top(
         "explicit-resolution-huge",
-        "name: x\nscaling: {method: explicit, resolution: 100000}\nstages:\n" + STAGE,
+        "scaling: {method: explicit, resolution: 100000}",
         "s.yaml:2:",
         "scaling.resolution: expected a value <= 8192",
     ),
-    (
-        "classes-huge",
-        "name: x\nhead: {num_classes: 1000000000}\nstages:\n" + STAGE,
-        "s.yaml:2:",
-        "head.num_classes: expected a value <= 100000",
+    at_top(
+        "classes-huge", "head: {num_classes: 1000000000}", "s.yaml:2:", "head.num_classes: expected a value <= 100000"
     ),
     (
         "progressive-stages-huge",
@@ -302,43 +208,43 @@ SPEC_CASES = [
     # Limits after scaling (effspec/core/limits.py): each field legal alone, the product too big.
     (
         "scaled-blocks",
-        "name: x\nscaling: {method: explicit, depth: 64}\nstages:\n" + stage(repeats=900),
+        spec_text("scaling: {method: explicit, depth: 64}", stages=stage(repeats=900)),
         "s.yaml:4:",
         "stages[0].repeats: expected at most 1,000 blocks in all after scaling",
     ),
     (
         "scaled-blocks-many-stages",
-        "name: x\nscaling: {method: explicit, depth: 2}\nstages:\n" + stage(repeats=300) * 2,
+        spec_text("scaling: {method: explicit, depth: 2}", stages=stage(repeats=300) * 2),
         "s.yaml:5:",
         "stages[1].repeats: expected at most 1,000 blocks",
     ),
     (
         "scaled-channels",
-        "name: x\nscaling: {method: explicit, width: 64}\nstages:\n" + stage(channels=16000),
+        spec_text("scaling: {method: explicit, width: 64}", stages=stage(channels=16000)),
         "s.yaml:4:",
         "stages[0].channels: expected at most 65,536 channels after scaling",
     ),
-    (
+    at_top(
         "scaled-head",
-        "name: x\nscaling: {method: explicit, width: 60}\nhead: {channels: 16000}\nstages:\n" + STAGE,
+        "scaling: {method: explicit, width: 60}\nhead: {channels: 16000}",
         "s.yaml:3:",
         "head.channels: expected at most 65,536 channels",
     ),
     (
         "expanded-channels",
-        "name: x\nstages:\n" + stage(channels=16384) + stage(channels=16384, expansion=64),
+        spec_text(stages=stage(channels=16384) + stage(channels=16384, expansion=64)),
         "s.yaml:4:",
         "stages[1].expansion: expected at most 65,536 expanded channels",
     ),
     (
         "scaled-params",
-        "name: x\nstages:\n" + stage(channels=16384, expansion=4, repeats=10) * 2,
+        spec_text(stages=stage(channels=16384, expansion=4, repeats=10) * 2),
         "s.yaml:",
         "stages[0]: expected at most 4,000,000,000 parameters",
     ),
-    (
+    at_top(
         "scaled-resolution",
-        "name: x\nscaling: {method: compound, phi: 30, gamma: 4}\nstages:\n" + STAGE,
+        "scaling: {method: compound, phi: 30, gamma: 4}",
         "s.yaml:2:34",
         "scaling.phi: expected a scaled resolution between 1 and 8192",
     ),
@@ -362,13 +268,8 @@ SPEC_CASES = [
         "s.yaml:1:1",
         "expected one YAML document with a mapping, found 2 documents",
     ),
-    (
-        "complex-key",
-        "name: x\n? [a, b]\n: 1\nstages:\n" + STAGE,
-        "s.yaml:2:",
-        "expected a plain key, found a complex key",
-    ),
-    ("integer-key", "name: x\n1: 2\nstages:\n" + STAGE, "s.yaml:2:1", "expected a string key, found 1"),
+    at_top("complex-key", "? [a, b]\n: 1", "s.yaml:2:", "expected a plain key, found a complex key"),
+    ("integer-key", spec_text("1: 2"), "s.yaml:2:1", "expected a string key, found 1"),
     ("tagged-key", "!foo name: x\nstages:\n" + STAGE, "s.yaml:1:1", "custom YAML tags are not allowed"),
     (
         "python-tag",
@@ -383,11 +284,8 @@ SPEC_CASES = [
         "name: expected a string, number, true/false or null, found a YAML timestamp",
     ),
     ("binary", "name: !!binary aGVsbG8=\nstages:\n" + STAGE, "s.yaml:1:7", "found a YAML binary"),
-    (
-        "bad-explicit-float",
-        "name: x\ninput: {resolution: !!float abc}\nstages:\n" + STAGE,
-        "s.yaml:2:21",
-        "input.resolution: cannot read value",
+    at_top(
+        "bad-explicit-float", "input: {resolution: !!float abc}", "s.yaml:2:21", "input.resolution: cannot read value"
     ),
     (
         "description-huge",
@@ -553,7 +451,7 @@ def test_fifo_and_devices_as_the_spec_itself(tmp_path: Path) -> None:
 
 def test_limits_fail_fast_in_a_real_process(tmp_path: Path) -> None:
     """`repeats: 1000000000000` once took minutes and gigabytes: now the schema stops it."""
-    (tmp_path / "s.yaml").write_text("name: x\nscaling: {method: explicit, depth: 64}\nstages:\n" + stage(repeats=1000))
+    (tmp_path / "s.yaml").write_text(spec_text("scaling: {method: explicit, depth: 64}", stages=stage(repeats=1000)))
     result = run_process(["info", "s.yaml", "--json"], tmp_path)
     assert result.returncode == 2 and result.stdout == ""
     assert "stages[0].repeats: expected at most 1,000 blocks" in one_line(result.stderr)
@@ -563,7 +461,7 @@ def test_info_json_never_prints_infinity(tmp_path: Path, capsys: pytest.CaptureF
     """The largest phi the schema allows still gives finite numbers (or a clean limit error)."""
     os.chdir(tmp_path)
     for phi in ("30", "29.999", "7"):
-        (tmp_path / "s.yaml").write_text(f"name: x\nscaling: {{method: compound, phi: {phi}}}\nstages:\n" + STAGE)
+        (tmp_path / "s.yaml").write_text(spec_text(f"scaling: {{method: compound, phi: {phi}}}"))
         code, out, err = run_main(["info", "s.yaml", "--json"], capsys)
         assert "Infinity" not in out and "NaN" not in out
         if code:
@@ -571,7 +469,7 @@ def test_info_json_never_prints_infinity(tmp_path: Path, capsys: pytest.CaptureF
 
 
 def test_an_unknown_key_that_is_not_an_identifier(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    text = "name: x\nhead: {num-classes: 10}\nstages:\n" + STAGE
+    text = spec_text("head: {num-classes: 10}")
     expect_error(
         tmp_path, capsys, {"s.yaml": text}, "s.yaml", "head.num-classes: unknown key 'num-classes'", "s.yaml:2:"
     )

@@ -8,174 +8,123 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from conftest import GOOD, ROOT, STAGE, spec_text, stage
 
 from effspec.cli import main
 
-STAGE = "  - {block: mbconv, repeats: 1, kernel: 3, stride: 1, expansion: 1, channels: 16}\n"
-GOOD = "name: tiny\nstages:\n" + STAGE
+
+def one_spec(case: str, text: str, where: str, field: str, words: str) -> tuple[object, ...]:
+    """A case with one file, s.yaml, compiled: the table's row for it."""
+    return case, {"s.yaml": text}, "s.yaml", where, field, words
+
 
 # (case id, {file name: text}, the spec to compile, expected "file:line:column", field path, words in the message)
 CASES = [
-    ("yaml-syntax", {"s.yaml": "name: x\nstages: [ {block: mbconv\n"}, "s.yaml", "s.yaml:3:1", "", "YAML syntax error"),
-    ("bad-indentation", {"s.yaml": "name: x\n  stages: 1\n"}, "s.yaml", "s.yaml:2:9", "", "YAML syntax error"),
-    (
-        "duplicate-key",
-        {"s.yaml": "name: x\nname: y\nstages:\n" + STAGE},
-        "s.yaml",
-        "s.yaml:2:1",
-        "name",
-        "duplicate key",
-    ),
-    ("unknown-top-key", {"s.yaml": GOOD + "hed: {channels: 8}\n"}, "s.yaml", "s.yaml:4:6", "hed", "unknown key 'hed'"),
-    (
+    one_spec("yaml-syntax", "name: x\nstages: [ {block: mbconv\n", "s.yaml:3:1", "", "YAML syntax error"),
+    one_spec("bad-indentation", "name: x\n  stages: 1\n", "s.yaml:2:9", "", "YAML syntax error"),
+    one_spec("duplicate-key", spec_text("name: y"), "s.yaml:2:1", "name", "duplicate key"),
+    one_spec("unknown-top-key", GOOD + "hed: {channels: 8}\n", "s.yaml:4:6", "hed", "unknown key 'hed'"),
+    one_spec(
         "unknown-stage-key",
-        {
-            "s.yaml": "name: x\nstages:\n  - {block: mbconv, repeats: 1, kernel: 3, stride: 1, expansion: 1, channels: 16, kernal: 3}\n"
-        },
-        "s.yaml",
+        spec_text(stages=stage(kernal=3)),
         "s.yaml:3:91",
         "stages[0].kernal",
         "unknown key 'kernal'",
     ),
-    (
+    one_spec(
         "wrong-type",
-        {
-            "s.yaml": "name: x\nstages:\n  - {block: mbconv, repeats: two, kernel: 3, stride: 1, expansion: 1, channels: 16}\n"
-        },
-        "s.yaml",
+        spec_text(stages=stage(repeats="two")),
         "s.yaml:3:30",
         "stages[0].repeats",
         "expected an integer, found 'two'",
     ),
-    (
-        "stages-not-a-list",
-        {"s.yaml": "name: x\nstages: {block: mbconv}\n"},
-        "s.yaml",
-        "s.yaml:2:9",
-        "stages",
-        "expected a list",
-    ),
-    (
+    one_spec("stages-not-a-list", "name: x\nstages: {block: mbconv}\n", "s.yaml:2:9", "stages", "expected a list"),
+    one_spec(
         "zero-repeats",
-        {
-            "s.yaml": "name: x\nstages:\n  - {block: mbconv, repeats: 0, kernel: 3, stride: 1, expansion: 1, channels: 16}\n"
-        },
-        "s.yaml",
+        spec_text(stages=stage(repeats=0)),
         "s.yaml:3:30",
         "stages[0].repeats",
         "expected a value > 0, found 0",
     ),
-    (
+    one_spec(
         "negative-channels",
-        {
-            "s.yaml": "name: x\nstages:\n  - {block: mbconv, repeats: 1, kernel: 3, stride: 1, expansion: 1, channels: -16}\n"
-        },
-        "s.yaml",
+        spec_text(stages=stage(channels=-16)),
         "s.yaml:3:79",
         "stages[0].channels",
         "expected a value > 0, found -16",
     ),
-    (
+    one_spec(
         "even-kernel",
-        {
-            "s.yaml": "name: x\nstages:\n  - {block: mbconv, repeats: 1, kernel: 4, stride: 1, expansion: 1, channels: 16}\n"
-        },
-        "s.yaml",
+        spec_text(stages=stage(kernel=4)),
         "s.yaml:3:41",
         "stages[0].kernel",
         "expected an odd kernel size, found 4",
     ),
-    (
+    one_spec(
         "stride-3",
-        {
-            "s.yaml": "name: x\nstages:\n  - block: mbconv\n    repeats: 1\n    kernel: 3\n    stride: 3\n    expansion: 1\n    channels: 16\n"
-        },
-        "s.yaml",
+        "name: x\nstages:\n  - block: mbconv\n    repeats: 1\n    kernel: 3\n    stride: 3\n    expansion: 1\n    channels: 16\n",
         "s.yaml:6:13",
         "stages[0].stride",
         "expected 1 or 2, found 3",
     ),
-    ("empty-stages", {"s.yaml": "name: x\nstages: []\n"}, "s.yaml", "s.yaml:2:9", "stages", "expected at least 1 item"),
-    ("missing-stages", {"s.yaml": "name: x\n"}, "s.yaml", "s.yaml:1:1", "stages", "required field is missing"),
-    (
+    one_spec("empty-stages", "name: x\nstages: []\n", "s.yaml:2:9", "stages", "expected at least 1 item"),
+    one_spec("missing-stages", "name: x\n", "s.yaml:1:1", "stages", "required field is missing"),
+    one_spec(
         "unknown-block",
-        {
-            "s.yaml": "name: x\nstages:\n  - {block: resnet, repeats: 1, kernel: 3, stride: 1, expansion: 1, channels: 16}\n"
-        },
-        "s.yaml",
+        spec_text(stages=stage(block="resnet")),
         "s.yaml:3:13",
         "stages[0].block",
         "expected 'mbconv' or 'fused_mbconv', found 'resnet'",
     ),
-    (
+    one_spec(
         "unknown-activation",
-        {"s.yaml": "name: x\ndefaults: {activation: swishy}\nstages:\n" + STAGE},
-        "s.yaml",
+        spec_text("defaults: {activation: swishy}"),
         "s.yaml:2:24",
         "defaults.activation",
         "found 'swishy'",
     ),
-    (
+    one_spec(
         "unknown-padding",
-        {"s.yaml": "name: x\ndefaults: {padding: reflect}\nstages:\n" + STAGE},
-        "s.yaml",
+        spec_text("defaults: {padding: reflect}"),
         "s.yaml:2:21",
         "defaults.padding",
         "expected 'same' or 'symmetric'",
     ),
-    (
+    one_spec(
         "se-ratio-too-big",
-        {"s.yaml": "name: x\ndefaults: {se_ratio: 1.5}\nstages:\n" + STAGE},
-        "s.yaml",
+        spec_text("defaults: {se_ratio: 1.5}"),
         "s.yaml:2:22",
         "defaults.se_ratio",
         "expected a value < 1, found 1.5",
     ),
-    (
+    one_spec(
         "bn-momentum-out-of-range",
-        {"s.yaml": "name: x\ndefaults: {batch_norm: {momentum: 1.0}}\nstages:\n" + STAGE},
-        "s.yaml",
+        spec_text("defaults: {batch_norm: {momentum: 1.0}}"),
         "s.yaml:2:35",
         "defaults.batch_norm.momentum",
         "expected a value < 1",
     ),
-    (
-        "bad-name",
-        {"s.yaml": 'name: "x\'); import os"\nstages:\n' + STAGE},
-        "s.yaml",
-        "s.yaml:1:7",
-        "name",
-        "expected lowercase letters",
+    one_spec(
+        "bad-name", 'name: "x\'); import os"\nstages:\n' + STAGE, "s.yaml:1:7", "name", "expected lowercase letters"
     ),
-    (
-        "mean-length",
-        {"s.yaml": "name: x\ninput: {mean: [0.5, 0.5]}\nstages:\n" + STAGE},
-        "s.yaml",
-        "s.yaml:2:15",
-        "input.mean",
-        "expected 3 values",
-    ),
-    (
+    one_spec("mean-length", spec_text("input: {mean: [0.5, 0.5]}"), "s.yaml:2:15", "input.mean", "expected 3 values"),
+    one_spec(
         "zero-resolution",
-        {"s.yaml": "name: x\ninput: {resolution: 0}\nstages:\n" + STAGE},
-        "s.yaml",
+        spec_text("input: {resolution: 0}"),
         "s.yaml:2:21",
         "input.resolution",
         "expected a value > 0, found 0",
     ),
-    (
+    one_spec(
         "unknown-scaling-method",
-        {"s.yaml": "name: x\nscaling: {method: magic, phi: 1}\nstages:\n" + STAGE},
-        "s.yaml",
+        spec_text("scaling: {method: magic, phi: 1}"),
         "s.yaml:2:19",
         "scaling.method",
         "expected method 'compound' or 'explicit', found 'magic'",
     ),
-    (
+    one_spec(
         "compound-unknown-key",
-        {"s.yaml": "name: x\nscaling: {method: compound, phi: 1, width: 2}\nstages:\n" + STAGE},
-        "s.yaml",
+        spec_text("scaling: {method: compound, phi: 1, width: 2}"),
         "s.yaml:2:44",
         "scaling.width",
         "unknown key 'width'",
@@ -208,23 +157,19 @@ CASES = [
         "stages[0].kernel",
         "expected an odd kernel size, found 2 (inherited from base.yaml:3:41)",
     ),
-    ("not-a-mapping", {"s.yaml": "- 1\n- 2\n"}, "s.yaml", "s.yaml:1:1", "", "expected a mapping"),
-    ("empty-file", {"s.yaml": ""}, "s.yaml", "s.yaml:1:1", "", "expected one YAML document"),
-    (
+    one_spec("not-a-mapping", "- 1\n- 2\n", "s.yaml:1:1", "", "expected a mapping"),
+    one_spec("empty-file", "", "s.yaml:1:1", "", "expected one YAML document"),
+    one_spec(
         "custom-tag",
-        {"s.yaml": "name: !!python/object:os.system x\nstages:\n" + STAGE},
-        "s.yaml",
+        "name: !!python/object:os.system x\nstages:\n" + STAGE,
         "s.yaml:1:7",
         "name",
         "tags are not allowed",
     ),
-    (
+    one_spec(
         "spatial-collapse",
-        {
-            "s.yaml": "name: x\ninput: {resolution: 8}\nstages:\n"
-            + "  - {block: mbconv, repeats: 1, kernel: 3, stride: 2, expansion: 1, channels: 16}\n" * 4
-        },
-        "s.yaml",
+        "name: x\ninput: {resolution: 8}\nstages:\n"
+        + "  - {block: mbconv, repeats: 1, kernel: 3, stride: 2, expansion: 1, channels: 16}\n" * 4,
         "s.yaml:6:52",
         "stages[2].stride",
         "spatial size collapses",
@@ -295,9 +240,7 @@ def test_the_table_covers_twenty_kinds_of_error(tmp_path: Path, monkeypatch: pyt
 
 def test_error_is_one_line_from_the_real_process(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
-    bad.write_text(
-        "name: x\nstages:\n  - {block: mbconv, repeats: 1, kernel: 4, stride: 1, expansion: 1, channels: 16}\n"
-    )
+    bad.write_text(spec_text(stages=stage(kernel=4)))
     result = subprocess.run(
         [sys.executable, "-m", "effspec.cli", "compile", "bad.yaml", "-o", str(tmp_path / "out")],
         cwd=tmp_path,

@@ -105,3 +105,21 @@ def test_measure_latency_times_the_generated_torch_model() -> None:
 def test_latency_needs_a_backend(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = _scale(tmp_path, capsys, str(B0), "--target-latency", "20")
     assert code == 2 and "--backend" in err
+
+
+def test_each_scaled_model_carries_its_own_spec_sha256(tmp_path: Path) -> None:
+    """The family's model at phi is the base with that scaling section: its sha256 is that spec's,
+    the one `effspec compile` gives a file that extends the base with the same section."""
+    import os
+
+    from effspec.core.loader import load_spec
+
+    family = Family(TINY, Settings(*DEFAULT_COEFFICIENTS, 8, False))
+    model = family.model_of(family.at(1.0))
+    child = tmp_path / "child.yaml"
+    extends = Path(os.path.relpath(TINY, tmp_path)).as_posix()
+    child.write_text(
+        f"extends: {extends}\nscaling: {{method: compound, phi: 1, alpha: 1.2, beta: 1.1, gamma: 1.15, "
+        "resolution_divisor: 8}\n"
+    )
+    assert model.spec_sha256 == load_spec(child).sha256 != family.loaded.sha256

@@ -78,6 +78,50 @@ def test_keras_sgd_with_the_rate_inside_its_momentum_fails_at_the_first_rate_cha
     assert all(row.row.ok for row in result.rows if row.step == 1 and row.quantity == "weights")
 
 
+def test_keras_own_batch_norm_update_fails_at_the_first_step(monkeypatch) -> None:
+    """Keras' BatchNormalization moves its running variance with the biased batch variance; the
+    generated BatchNorm (torch's and TF1's unbiased one) is what makes the statistics agree."""
+    import keras
+
+    from effspec.emit.pipeline import build
+    from effspec.weights.generated import load_model_module
+
+    module = load_model_module(build(TINY).model, "keras")
+    monkeypatch.setattr(module.BatchNorm, "call", keras.layers.BatchNormalization.call)
+    result = run(TINY, optimizer="sgd", steps=2, resolution=32)
+    failed = [row for row in result.rows if not row.row.ok]
+    assert failed and min(row.step for row in failed) == 1
+    assert {row.quantity for row in failed if row.step == 1} <= {"bn variance", "ema bn variance"}
+
+
+def test_an_l2_loss_term_in_one_trainer_fails_the_loss_at_the_first_step(monkeypatch) -> None:
+    """The Keras trainer used to add weight_decay / 2 x sum(w^2) to its loss (same gradient), so its
+    reported loss was not torch's cross-entropy: caught on the loss at step 1."""
+    import keras
+    from effspec.backends.keras.runtime import optim
+
+    def as_loss_term(self, variables, decay) -> None:
+        for variable in variables:
+            variable.regularizer = keras.regularizers.L2(decay / 2)
+
+    monkeypatch.setattr(optim.WeightAverage, "decay_in_gradient", as_loss_term)
+    result = run(TINY, optimizer="rmsprop", steps=2, resolution=32)
+    failed = [row for row in result.rows if not row.row.ok]
+    assert failed and (failed[0].step, failed[0].quantity) == (1, "loss")
+
+
+def test_dropout_and_drop_path_are_driven_by_the_same_masks(monkeypatch) -> None:
+    """The tiny spec's dropout and drop-path run in the check with shared masks: Keras left with
+    masks of all ones (nothing dropped) is caught at the first step."""
+    from effspec.equivalence import training
+
+    monkeypatch.setattr(training.SharedMasks, "assign_keras", lambda self: None)  # the variables stay 1
+    result = run(TINY, optimizer="sgd", steps=2, resolution=32)
+    assert "dropout 0.2 and drop-path" in result.recipe and "same masks" in result.recipe
+    failed = [row for row in result.rows if not row.row.ok]
+    assert failed and failed[0].step == 1 and failed[0].quantity == "loss"
+
+
 def test_the_budget_grows_with_the_step_and_with_float32s_own_error() -> None:
     from effspec.equivalence.budget import EPS32
     from effspec.equivalence.training import budget_at
@@ -183,3 +227,31 @@ def test_the_random_crops_follow_the_same_distribution() -> None:
     area = [np.mean(b[:, 0] * b[:, 1]) / (height * width) for b in (torch_boxes, keras_boxes)]
     ratio = [np.mean(np.log(b[:, 1] / b[:, 0])) for b in (torch_boxes, keras_boxes)]
     assert abs(area[0] - area[1]) < 0.01 and abs(ratio[0] - ratio[1]) < 0.01, (area, ratio)
+
+
+@pytest.mark.parametrize("size", [24, 12])
+def test_synthetic_data_is_the_same_in_both_trainers(size: int) -> None:
+    """--data synthetic: one generator (backends/synthetic.py), so the same seed gives the same labels
+    and, through each trainer's own resize and normalization, the same input tensors."""
+    import argparse
+    from types import SimpleNamespace
+
+    import torch
+    from effspec.backends.keras.runtime.data import Data, resized, synthetic_splits
+    from effspec.backends.torch.runtime.data import SyntheticImages
+
+    net = SimpleNamespace(MEAN=(0.485, 0.456, 0.406), STD=(0.229, 0.224, 0.225))
+    torch_set = SyntheticImages(12, 4, 5, 3, torch.device("cpu"), net)
+    train, val = synthetic_splits(12, 4, 5, 3)
+    assert torch_set.labels.tolist() == [*train.labels.tolist(), *val.labels.tolist()]
+    assert len(set(train.labels.tolist())) > 1
+
+    args = argparse.Namespace(steps_per_epoch=0, batch_size=4, eval_resolution=size, num_classes=5)
+    data = Data(args, net, train, val, static=False)
+    keras_val = np.concatenate([np.asarray(x) for x, _ in data.val()])
+    torch_val, _ = torch_set.batch(list(range(12, 16)), size)
+    np.testing.assert_allclose(keras_val, torch_val.permute(0, 2, 3, 1).numpy(), atol=1e-5)
+
+    keras_train = np.stack([np.asarray(data.normalize(resized(image, size))) for image in train.images[:4]])
+    torch_train, _ = torch_set.batch([0, 1, 2, 3], size)
+    np.testing.assert_allclose(keras_train, torch_train.permute(0, 2, 3, 1).numpy(), atol=1e-5)

@@ -11,13 +11,13 @@ import pytest
 from conftest import ROOT, SPECS
 from effspec.backends.commands import split_backend
 from effspec.backends.common import recipe_source
-from effspec.backends.imagefiles import image_kind, list_split
 from effspec.backends.recipe import ProgressiveStage, Recipe, recipe_from_model
 from effspec.backends.runtime_args import MINIMUMS, check_numbers, stage_index
-from effspec.backends.runtime_shared import TrainingError
 
 from effspec.cli import main as effspec
 from effspec.emit.pipeline import build
+from effspec.support.errors import TrainingError
+from effspec.support.images import image_kind, list_split
 
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(20)
 JPEG = b"\xff\xd8\xff\xe0" + bytes(20)

@@ -33,7 +33,7 @@ from effspec.support.errors import Location, SpecError, SpecErrors, format_path
 from effspec.support.paths import display_path, safe_resolve, shipped_spec, shipped_spec_names
 
 if TYPE_CHECKING:
-    from effspec.core.schema import Spec
+    from effspec.core.schema import CompoundScaling, ExplicitScaling, Spec
 
 MAX_EXTENDS = 16
 MAX_ERRORS = 20  # validation errors reported per file; more are counted on one last line
@@ -406,9 +406,19 @@ def validate(resolved: Resolved) -> LoadedSpec:
         if total == 1:
             raise errors[0] from None
         raise SpecErrors(errors, total) from None
+    return LoadedSpec(spec, resolved.display, _sha256(spec), resolved.positions)
+
+
+def _sha256(spec: Spec) -> str:
     canonical = json.dumps(spec.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
-    digest = hashlib.sha256(canonical.encode("utf-8")).hexdigest()
-    return LoadedSpec(spec, resolved.display, digest, resolved.positions)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def with_scaling(loaded: LoadedSpec, scaling: CompoundScaling | ExplicitScaling) -> LoadedSpec:
+    """``loaded`` with its ``scaling`` section replaced (what `effspec scale` and `effspec search` try):
+    the sha256 is the new spec's own; positions and path stay the base's (the new section has no file)."""
+    spec = loaded.spec.model_copy(update={"scaling": scaling})
+    return LoadedSpec(spec, loaded.path, _sha256(spec), loaded.positions)
 
 
 def load_spec(path: str | Path) -> LoadedSpec:

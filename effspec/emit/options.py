@@ -1,8 +1,19 @@
-"""Command-line options shared by the commands that build a model (info, check, export)."""
+"""Command-line options and argument types shared by the commands (info, check, export, scale, search)."""
 
 from __future__ import annotations
 
 import argparse
+
+
+def positive_int(text: str) -> int:
+    """argparse ``type=`` for counts and sizes: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, found {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, found {text}")
+    return value
 
 
 def add_backbone_options(parser: argparse.ArgumentParser, features_help: str) -> None:

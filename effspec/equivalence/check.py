@@ -86,14 +86,6 @@ def feature_rows(
     return rows, f"backbone at output stride {output_stride}: levels at reductions {reductions}"
 
 
-def keras_variance_as_torch(after: np.ndarray, before: np.ndarray, decay: float, count: int) -> np.ndarray:
-    """Keras updates ``v <- d v + (1 - d) b`` with the biased batch variance ``b``; torch uses the
-    unbiased ``b n / (n - 1)``. Rescale Keras' batch term so both follow torch's convention."""
-    before = before.astype(np.float64)
-    batch_term = after.astype(np.float64) - decay * before
-    return decay * before + batch_term * count / (count - 1)
-
-
 def train_rows(
     model: ir.Model,
     manifest: Manifest,
@@ -177,19 +169,6 @@ def run_check(spec: str | Path, settings: Settings) -> CheckResult:
         torch_side.train_step(reference_net, images, labels, LEARNING_RATE)
         keras_side.train_step(keras_model, images, labels, LEARNING_RATE)
         keras_after = keras_to_torch(manifest, keras_layer_weights(keras_model))
-        decay = model.batch_norm.momentum
-        for entry in manifest:
-            if entry.kind == "bn_variance":
-                count = counts.get(entry.layer)
-                if count is None:
-                    raise UsageError(f"the torch model has no batch norm module named {entry.layer!r}")
-                if count < 2:
-                    raise UsageError(
-                        f"{entry.layer} sees one value per channel at this size: raise --batch or --resolution"
-                    )
-                keras_after[entry.name] = keras_variance_as_torch(
-                    keras_after[entry.name], before[entry.name], decay, count
-                )
         rows = train_rows(
             model,
             manifest,
@@ -198,12 +177,11 @@ def run_check(spec: str | Path, settings: Settings) -> CheckResult:
             torch_side.state_arrays(net),
             keras_after,
         )
-        smallest = min(counts.values())
         notes = (
             f"one SGD step, lr {LEARNING_RATE}, no momentum or weight decay, dropout and drop-path off; "
             "rows compare the change of each tensor",
-            f"Keras' biased running-variance update rescaled by n/(n-1) to torch's unbiased one "
-            f"(n = batch x H x W per batch norm, {smallest}..{max(counts.values())}); BN decay {decay}",
+            f"running variances moved with the unbiased batch variance in both (n = batch x H x W per batch "
+            f"norm, {min(counts.values())}..{max(counts.values())}); BN decay {model.batch_norm.momentum}",
         )
     if settings.weights is not None:
         notes = (f"weights from {settings.weights} (not seeded)", *notes)

@@ -14,24 +14,12 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from effspec.support.errors import UsageError  # noqa: E402
+from effspec.weights.generated import keras_backbone as build_backbone  # noqa: E402, F401 - check.py's name
 
 
 def build(module: ModuleType) -> keras.Model:
     """The generated model with dropout and drop-path off (so train steps are deterministic)."""
     return module.build_model(dropout=0.0, drop_path_rate=0.0)
-
-
-def build_backbone(
-    module: ModuleType, model: keras.Model, output_stride: int, input_shape: tuple | None = None
-) -> keras.Model:
-    """The generated backbone (all levels) at ``output_stride`` with ``model``'s weights, layer by name."""
-    backbone = module.build_model(
-        drop_path_rate=0.0, features_only=True, output_stride=output_stride, input_shape=input_shape
-    )
-    for layer in backbone.layers:
-        if layer.weights:
-            layer.set_weights(model.get_layer(layer.name).get_weights())
-    return backbone
 
 
 def feature_maps(model: keras.Model, images: np.ndarray) -> list[np.ndarray]:

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from effspec.support.errors import UsageError
+
 
 def build_seeded(module: ModuleType, seed: int, calibration: np.ndarray) -> nn.Module:
     """The generated model initialized from ``seed``, dropout and drop-path off, in eval mode.
@@ -143,4 +145,7 @@ def batch_norm_counts(net: nn.Module, images: np.ndarray) -> dict[str, int]:
     finally:
         for hook in hooks:
             hook.remove()
+    for name, count in counts.items():
+        if count < 2:  # torch refuses to train such a batch norm
+            raise UsageError(f"{name} sees one value per channel at this size: raise --batch or --resolution")
     return counts

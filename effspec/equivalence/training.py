@@ -5,9 +5,10 @@ and K steps of each trainer's own step run on the same seeded batches: the torch
 ``Trainer.step`` (optimizer, LambdaLR schedule, label-smoothed loss, EMA) and the Keras trainer's
 compiled model (``compile_model``: the same optimizer classes, schedule, loss and the EMA update its
 callback runs), with the spec's recipe: optimizer, warmup then exponential or cosine decay, weight
-decay, label smoothing, EMA of weights and batch-norm statistics, batch-norm momentum. Dropout and
-drop-path are off (their masks are random draws of each framework). A third run, the torch trainer
-in float64 from the same weights, is the reference.
+decay, label smoothing, EMA of weights and batch-norm statistics, batch-norm momentum, and the spec's
+dropout and drop-path driven by the same masks in every run (``SharedMasks``: each framework's own
+draws could not agree). A third run, the torch trainer in float64 from the same weights, is the
+reference.
 
 After every step the check compares the loss, the learning rate, every weight, every optimizer slot,
 the batch-norm running statistics and the EMA's weights and statistics, per section of the network
@@ -152,6 +153,83 @@ class Budgets:
         self.rows.append(StepRow(step, quantity, section, row))
 
 
+class SharedMasks:
+    """Dropout and drop-path with the same masks in all three runs.
+
+    The Keras model's Dropout layers are the ones that act (drop-path only on residual blocks, the
+    head's dropout); each pairs with the torch module of the same canonical name, whose rate must be
+    the same. Per step one seeded numpy draw per layer (kept with probability 1 - rate: per sample for
+    drop-path, per sample and feature for dropout) is what every run multiplies by, / (1 - rate)."""
+
+    def __init__(self, torch_module: Any, network: Any, batch: int, seed: int) -> None:
+        defaults = dict(torch_module.build_model().named_modules())
+        self.rates: dict[str, float] = {}
+        self.shapes: dict[str, tuple[int, ...]] = {}
+        self.keras_layers: dict[str, Any] = {}
+        for layer in network.layers:
+            if type(layer).__name__ != "Dropout" or layer.rate <= 0:
+                continue
+            block = layer.name.removesuffix("_drop_path").replace("_", ".")
+            name = "dropout" if layer.name == "head_dropout" else f"{block}.drop_path"
+            torch_rate = getattr(defaults.get(name), "rate", getattr(defaults.get(name), "p", None))
+            if torch_rate is None or abs(torch_rate - layer.rate) > 1e-12:
+                raise UsageError(f"Keras' {layer.name} drops with rate {layer.rate}, torch's {name} with {torch_rate}")
+            self.rates[name] = float(layer.rate)
+            features = int(layer.input.shape[-1])
+            self.shapes[name] = (batch, 1, 1, 1) if layer.noise_shape else (batch, features)
+            self.keras_layers[name] = layer
+        self.seed = seed
+        self.current: dict[str, np.ndarray] = {}
+
+    def draw(self, step: int) -> None:
+        rng = np.random.default_rng([self.seed, 9, step])
+        self.current = {
+            name: (rng.random(self.shapes[name]) >= self.rates[name]).astype(np.float64) for name in sorted(self.rates)
+        }
+
+    def drive_torch(self, net: Any) -> None:
+        import torch
+
+        for name, module in net.named_modules():
+            if name in self.rates:
+
+                def forward(x: Any, name: str = name, module: Any = module) -> Any:
+                    if not module.training:
+                        return x
+                    mask = torch.from_numpy(self.current[name]).to(x.dtype)
+                    return x * mask / (1.0 - self.rates[name])
+
+                module.forward = forward
+
+    def drive_keras(self) -> None:
+        import keras
+
+        self.variables: dict[str, Any] = {}
+        for name, layer in self.keras_layers.items():
+            variable = keras.Variable(
+                np.ones(self.shapes[name], np.float32), trainable=False, name=f"mask_{layer.name}"
+            )
+            self.variables[name] = variable
+
+            def call(inputs: Any, training: Any = None, variable: Any = variable, keep: float = 1 - layer.rate) -> Any:
+                return inputs * variable / keep if training else inputs
+
+            layer.call = call
+
+    def assign_keras(self) -> None:
+        for name, variable in self.variables.items():
+            variable.assign(self.current[name].astype(np.float32))
+
+    def describe(self) -> str:
+        if not self.rates:
+            return "no dropout or drop-path in this spec"
+        path = [rate for name, rate in self.rates.items() if name != "dropout"]
+        parts = [f"dropout {self.rates['dropout']:g}"] if "dropout" in self.rates else []
+        if path:
+            parts.append(f"drop-path on {len(path)} blocks ({min(path):.3g}..{max(path):.3g})")
+        return " and ".join(parts) + " driven by the same masks in every run"
+
+
 def recipe_args(model: ir.Model, settings: TrainSettings, torch_module: Any) -> argparse.Namespace:
     """The torch trainer's flags at their defaults (the spec's recipe), with the check's overrides."""
     from effspec.backends.recipe import recipe_from_model
@@ -163,7 +241,6 @@ def recipe_args(model: ir.Model, settings: TrainSettings, torch_module: Any) -> 
     if settings.schedule:
         argv += ["--schedule", settings.schedule]
     args = parse_args(recipe_from_model(model), torch_module, argv)
-    args.dropout, args.drop_path_rate = 0.0, 0.0
     return args
 
 
@@ -249,7 +326,7 @@ class KerasRun:
             argv += ["--schedule", settings.schedule]
         self.args = parse_args(recipe_from_model(model), argv)
         self.manifest = manifest
-        self.network = keras_side.build(module)
+        self.network = module.build_model()  # the spec's dropout and drop-path: SharedMasks drives them
         set_keras_weights(manifest, self.network, torch_to_keras(manifest, state))
         self.schedule = WarmupThenDecay(
             peak=geometry.peak,
@@ -300,68 +377,6 @@ class KerasRun:
         return self._canonical({name: averages[id(v)] for name, v in self.variables.items() if id(v) in averages})
 
 
-class UnbiasedVariance:
-    """Keras' batch norm moves its running variance with the biased batch variance b, torch (and TF1's
-    fused batch norm) with the unbiased b n / (n - 1). The running variance and its EMA are linear in
-    the batch terms, so the check follows Keras' run with torch's convention, step by step: it
-    compares like with like instead of loosening the budget (n = batch x H x W per batch norm)."""
-
-    def __init__(
-        self,
-        manifest: Manifest,
-        before: Mapping[str, np.ndarray],
-        counts: Mapping[str, int],
-        decay: float,
-        ema_decay: float,
-    ) -> None:
-        self.entries = [entry for entry in manifest if entry.kind == "bn_variance"]
-        self.factor = {}
-        for entry in self.entries:
-            count = counts.get(entry.layer)
-            if count is None:
-                raise UsageError(f"the torch model has no batch norm module named {entry.layer!r}")
-            if count < 2:
-                raise UsageError(
-                    f"{entry.layer} sees one value per channel at this size: raise --batch or --resolution"
-                )
-            self.factor[entry.name] = count / (count - 1)
-        self.decay = decay
-        self.ema_decay = ema_decay
-        self.raw = {e.name: before[e.name].astype(np.float64) for e in self.entries}
-        self.corrected = dict(self.raw)
-        self.ema: dict[str, np.ndarray] = {}
-
-    def follow(self, state: dict[str, np.ndarray], ema: dict[str, np.ndarray] | None, update: int) -> None:
-        from effspec.backends.torch.runtime.optim import ema_decay_at
-
-        average = ema_decay_at(self.ema_decay, update)
-        for entry in self.entries:
-            name = entry.name
-            raw = state[name].astype(np.float64)
-            batch_term = raw - self.decay * self.raw[name]
-            self.corrected[name] = self.decay * self.corrected[name] + batch_term * self.factor[name]
-            self.raw[name] = raw
-            state[name] = self.corrected[name]
-            if ema is not None:
-                previous = self.ema.get(name, self.corrected[name])
-                self.ema[name] = average * previous + (1.0 - average) * self.corrected[name]
-                ema[name] = self.ema[name]
-
-
-def _l2_term(manifest: Manifest, state: Mapping[str, np.ndarray], weight_decay: float) -> float:
-    """weight_decay / 2 x sum of squares of conv and dense kernels: the L2 loss the Keras trainer adds
-    for rmsprop and sgd (torch adds its gradient to the gradient, and reports the cross-entropy)."""
-    return (
-        weight_decay
-        / 2
-        * sum(
-            float(np.sum(np.square(state[e.name].astype(np.float64))))
-            for e in manifest
-            if len(e.shape) >= 2 and e.trainable
-        )
-    )
-
-
 def _groups(model: ir.Model, manifest: Manifest) -> list[tuple[str, list[Entry]]]:
     by_section = {section: [e for e in manifest if e.section == section] for section, _ in sections(model)}
     return list(by_section.items())
@@ -397,25 +412,25 @@ def run_train_check(spec: str | Path, settings: TrainSettings) -> TrainCheckResu
     net = torch_side.build_seeded(torch_module, settings.seed, np.concatenate([calibration, batches[0][0]]))
     reference = torch_side.float64_twin(net)
     before = torch_side.state_arrays(net)
-    counts = torch_side.batch_norm_counts(net, batches[0][0])
+    counts = torch_side.batch_norm_counts(net, batches[0][0])  # a clear error where n = 1
 
     runs = {"ref": TorchRun(reference, args, geometry), "torch": TorchRun(net, args, geometry)}
     keras_run = KerasRun(keras_module, manifest, before, model, settings, geometry)
-    variance = UnbiasedVariance(manifest, before, counts, model.batch_norm.momentum, args.ema_decay)
+    masks = SharedMasks(torch_module, keras_run.network, settings.batch, settings.seed)
+    masks.drive_torch(net)
+    masks.drive_torch(reference)
+    masks.drive_keras()
     stage = ProgressiveStage(image_size=resolution, randaugment_magnitude=0.0, mixup_alpha=0.0, dropout=0.0)
-    l2 = args.optimizer != "adamw" and args.weight_decay > 0
     groups = _groups(model, manifest)
     slots = SLOTS[args.optimizer]
     budgets = Budgets()
-    previous = {"ref": before, "torch": before, "keras": before}
 
     for step, (images, labels) in enumerate(batches, start=1):
+        masks.draw(step)
+        masks.assign_keras()
         losses, rates, states, optimizer_states, emas = {}, {}, {}, {}, {}
         for name, run in runs.items():
-            loss, rate = run.step(images, labels, stage, step - 1)
-            if l2:
-                loss += _l2_term(manifest, previous[name], args.weight_decay)
-            losses[name], rates[name] = loss, rate
+            losses[name], rates[name] = run.step(images, labels, stage, step - 1)
             states[name] = run.state()
             optimizer_states[name] = {slot: run.slots(slot) for slot, _ in slots}
             emas[name] = run.ema()
@@ -423,8 +438,6 @@ def run_train_check(spec: str | Path, settings: TrainSettings) -> TrainCheckResu
         states["keras"] = keras_run.state()
         optimizer_states["keras"] = {slot: keras_run.slots(attribute) for slot, attribute in slots}
         emas["keras"] = keras_run.ema()
-        variance.follow(states["keras"], emas["keras"], step)
-        previous = states
 
         budgets.add(step, "loss", "", losses["ref"], losses["torch"], losses["keras"])
         budgets.add(step, "lr", "", rates["ref"], rates["torch"], rates["keras"])
@@ -455,19 +468,16 @@ def run_train_check(spec: str | Path, settings: TrainSettings) -> TrainCheckResu
             else f"cosine to 0 at step {geometry.total_steps}"
         )
         + f", weight decay {args.weight_decay:g}, label smoothing {args.label_smoothing:g}, "
-        f"EMA {args.ema_decay:g}, BN decay {model.batch_norm.momentum:g}; dropout and drop-path off"
+        f"EMA {args.ema_decay:g}, BN decay {model.batch_norm.momentum:g}; {masks.describe()}"
     )
     notes = (
         "rows: loss and lr per step; per section, the change since step 0 of the weights, batch-norm statistics "
         "and EMA, and the optimizer slots",
         f"budget at step k = max({BUDGET_MULTIPLE} x largest torch32 error so far, "
         f"{FLOOR_ULPS} k float32 ulps of scale)",
-        "Keras' biased running-variance batch term rescaled by n/(n-1) to torch's (and TF1's) unbiased one "
-        f"(n = batch x H x W per batch norm, {min(counts.values())}..{max(counts.values())})",
-    ) + (
-        ("loss: cross-entropy + weight_decay/2 x sum of squared kernels (what the Keras trainer reports)",)
-        if l2
-        else ()
+        "loss: the label-smoothed cross-entropy, as both trainers report it (weight decay is in the gradient)",
+        "batch-norm statistics compared as they are: both move the running variance with the unbiased batch "
+        f"variance (n = batch x H x W per batch norm, {min(counts.values())}..{max(counts.values())})",
     )
     return TrainCheckResult(
         spec=str(spec),

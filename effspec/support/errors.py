@@ -107,3 +107,7 @@ def format_path(parts: tuple[object, ...]) -> str:
         else:
             text += f".{part}" if text else str(part)
     return text
+
+
+class TrainingError(Exception):
+    """A trainer's error: a problem the user can fix (bad flag, missing data, wrong checkpoint): one line, exit 2."""

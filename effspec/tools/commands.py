@@ -7,17 +7,8 @@ from __future__ import annotations
 
 import argparse
 
+from effspec.emit.options import positive_int
 from effspec.emit.registry import BUILTIN_BACKENDS
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, found {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, found {text}")
-    return value
 
 
 def _coefficient(text: str) -> float:
@@ -60,13 +51,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     target.add_argument("--target-latency", metavar="MS", help="milliseconds per forward pass (measured)")
     p.add_argument("--backend", choices=BUILTIN_BACKENDS, help="latency: the generated model to time")
     p.add_argument("--device", choices=("cpu", "cuda"), help="latency: where to time it (default cpu)")
-    p.add_argument("--batch", type=_positive_int, help="latency: images per forward pass (default 1)")
+    p.add_argument("--batch", type=positive_int, help="latency: images per forward pass (default 1)")
     p.add_argument("--alpha", type=_coefficient, help="depth coefficient (default: the spec's, else 1.2)")
     p.add_argument("--beta", type=_coefficient, help="width coefficient (default: the spec's, else 1.1)")
     p.add_argument("--gamma", type=_coefficient, help="resolution coefficient (default: the spec's, else 1.15)")
     p.add_argument(
         "--resolution-divisor",
-        type=_positive_int,
+        type=positive_int,
         help="round the resolution to a multiple of this (default: the spec's, else 8)",
     )
     p.add_argument(
@@ -114,11 +105,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         help="START:STOP:STEP per coefficient (default: %(default)s)",
     )
     p.add_argument("--data", required=True, metavar="DIR|synthetic", help="ImageFolder root (train/, val/)")
-    p.add_argument("--trials", type=_positive_int, default=8, help="candidates to train in all (default 8)")
-    p.add_argument("--trial-steps", type=_positive_int, default=100, help="training steps per trial (default 100)")
-    p.add_argument("--resolution", type=_positive_int, help="proxy base resolution: trials train at R x gamma")
-    p.add_argument("--resolution-divisor", type=_positive_int, help="as in scale (default: the spec's, else 8)")
-    p.add_argument("--batch-size", type=_positive_int, default=16, help="global batch per step (default 16)")
+    p.add_argument("--trials", type=positive_int, default=8, help="candidates to train in all (default 8)")
+    p.add_argument("--trial-steps", type=positive_int, default=100, help="training steps per trial (default 100)")
+    p.add_argument("--resolution", type=positive_int, help="proxy base resolution: trials train at R x gamma")
+    p.add_argument("--resolution-divisor", type=positive_int, help="as in scale (default: the spec's, else 8)")
+    p.add_argument("--batch-size", type=positive_int, default=16, help="global batch per step (default 16)")
     p.add_argument("--backend", choices=("torch",), default="torch", help="the trainer (torch)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="train.py --device")
     p.add_argument("--seed", type=int, default=0, help="the same seed for every trial")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from effspec.emit.options import add_backbone_options
+from effspec.emit.options import add_backbone_options, positive_int
 from effspec.emit.registry import BUILTIN_BACKENDS as FRAMEWORKS
 from effspec.support.errors import UsageError
 
@@ -16,18 +16,8 @@ IMPORT_SOURCES = ("keras-applications", "timm", "torchvision")
 EXPORT_FORMATS = ("onnx", "tflite", "torchscript", "saved_model")
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
-    return value
-
-
 def _batch(text: str) -> int | None:
-    return None if text == "dynamic" else _positive(text)
+    return None if text == "dynamic" else positive_int(text)
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
@@ -49,7 +39,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         in_channels=args.in_channels,
         verify_sizes=(args.verify_size, args.verify_size + 1) if args.verify_size else None,
     )
-    from effspec.backends.finetune import resolve_name
+    from effspec.weights.locate import resolve_name
 
     source_path, implied = resolve_name(args.input)  # hf-hub:ORG/NAME, keras.applications:NAME, or a path
     if implied is not None and implied != args.source:
@@ -135,13 +125,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--verify-size",
-        type=_positive,
+        type=positive_int,
         metavar="N",
         help="--verify at N x N and (N+1) x (N+1) (default: the spec's resolution, at most 128, and one more)",
     )
     p.add_argument(
         "--in-channels",
-        type=_positive,
+        type=positive_int,
         metavar="N",
         help="adapt a 3-channel stem to the spec's N input channels (1: summed; more: repeated and rescaled)",
     )
@@ -166,7 +156,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("spec", metavar="SPEC")
     p.add_argument("--format", choices=EXPORT_FORMATS, required=True)
     p.add_argument("--weights", metavar="FILE", help="torch (.pt/.safetensors/...) or Keras (.weights.h5) weights")
-    p.add_argument("--resolution", type=_positive, metavar="N", help="input size (default: the spec's)")
+    p.add_argument("--resolution", type=positive_int, metavar="N", help="input size (default: the spec's)")
     p.add_argument("--batch", type=_batch, default=1, metavar="N|dynamic", help="batch size, or dynamic (default: 1)")
     p.add_argument(
         "--dynamic-size",

@@ -12,6 +12,7 @@ import shutil
 import tempfile
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 from effspec.core import ir
 from effspec.emit.modules import import_file
@@ -48,3 +49,15 @@ def load_model_module(model: ir.Model, backend: str) -> ModuleType:
         raise UsageError(str(exc)) from None
     _LOADED[key] = module
     return module
+
+
+def keras_backbone(module: ModuleType, model: Any, output_stride: int, input_shape: tuple | None = None) -> Any:
+    """The generated backbone (all levels) at ``output_stride`` with ``model``'s weights, layer by name
+    (``model``: the generated keras.Model; Keras is imported by the generated module, not here)."""
+    backbone = module.build_model(
+        drop_path_rate=0.0, features_only=True, output_stride=output_stride, input_shape=input_shape
+    )
+    for layer in backbone.layers:
+        if layer.weights:
+            layer.set_weights(model.get_layer(layer.name).get_weights())
+    return backbone

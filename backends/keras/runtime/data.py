@@ -19,9 +19,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from ...imagefiles import LOCAL, FileSystem, first_decodable, list_split, open_image, read_local
+from effspec.support.errors import TrainingError
+from effspec.support.images import LOCAL, FileSystem, first_decodable, list_split, open_image, read_local
+
 from ...recipe import ProgressiveStage
-from ...runtime_shared import TrainingError
+from ...synthetic import synthetic_images
 
 
 def _gfile_head(path: str) -> bytes:
@@ -36,7 +38,7 @@ GFILE = FileSystem(listdir=tf.io.gfile.listdir, isdir=tf.io.gfile.isdir, head=_g
 class Split:
     """Training or validation examples: in-memory uint8 images or image file paths."""
 
-    images: np.ndarray  # (N, H, W, 3) uint8 (synthetic), or (N,) file paths
+    images: np.ndarray  # (N, H, W, 3) float32 0..255 (synthetic), or (N,) file paths
     labels: np.ndarray  # (N,) int32
     decoded: bool  # True: `images` holds pixels
 
@@ -44,12 +46,21 @@ class Split:
         return len(self.labels)
 
 
-def synthetic_split(count: int, size: int, num_classes: int, seed: int) -> Split:
-    """Seeded uniform-noise images with random labels (only memorizable)."""
-    rng = np.random.default_rng(seed)
-    images = rng.integers(0, 256, size=(count, size, size, 3), dtype=np.uint8)
-    labels = rng.integers(0, num_classes, size=count, dtype=np.int32)
-    return Split(images, labels, decoded=True)
+def synthetic_splits(train_count: int, val_count: int, num_classes: int, seed: int) -> tuple[Split, Split]:
+    """``--data synthetic`` (backends/synthetic.py: the torch trainer's very images and labels), as
+    0..255 pixels at their stored size; batches resize them to the size they need."""
+    images, labels = synthetic_images(train_count, val_count, num_classes, seed)
+    images, labels = images * np.float32(255.0), labels.astype(np.int32)
+    train = Split(images[:train_count], labels[:train_count], decoded=True)
+    return train, Split(images[train_count:], labels[train_count:], decoded=True)
+
+
+def resized(image: tf.Tensor, size: int) -> tf.Tensor:
+    """A synthetic image at ``size``: bilinear, half-pixel centres, no antialiasing (torch's
+    F.interpolate(mode="bilinear"), which the torch trainer applies to the same images)."""
+    if image.shape[0] == size:
+        return image
+    return tf.image.resize(image, (size, size), method="bilinear")
 
 
 def folder_split(directory: str, classes: tuple[str, ...] | None = None) -> tuple[Split, tuple[str, ...]]:
@@ -200,10 +211,7 @@ class Data:
             index = order[position % count]
             seed = tf.stack([tf.constant(epoch_seed, tf.int64), position])
             if split.decoded:
-                image = tf.cast(images[index], tf.float32)
-                if image.shape[0] != stage.image_size:
-                    image = tf.image.resize(image, (stage.image_size, stage.image_size), method="bilinear")
-                label = labels[index]
+                image, label = resized(tf.cast(images[index], tf.float32), stage.image_size), labels[index]
             else:
                 image, label = decode_sample(split, index)
                 if args.random_crop:
@@ -239,7 +247,7 @@ class Data:
 
             def example(index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
                 if split.decoded:
-                    image, label = tf.cast(images[index], tf.float32), labels[index]
+                    image, label = resized(tf.cast(images[index], tf.float32), size), labels[index]
                 else:
                     image, label = decode_sample(split, index)
                     image = center_crop(image, size, self.args.crop_fraction)
@@ -280,9 +288,7 @@ def open_data(args: argparse.Namespace, net: ModuleType, stages: tuple[Progressi
     """
     if args.data == "synthetic":
         args.num_classes = args.num_classes or net.NUM_CLASSES
-        size = max(stage.image_size for stage in stages)
-        train = synthetic_split(args.synthetic_train_size, size, args.num_classes, args.seed)
-        val = synthetic_split(args.synthetic_val_size, args.eval_resolution, args.num_classes, args.seed + 1)
+        train, val = synthetic_splits(args.synthetic_train_size, args.synthetic_val_size, args.num_classes, args.seed)
         return Data(args, net, train, val, static)
     root = args.data.rstrip("/")
     if not tf.io.gfile.isdir(root):

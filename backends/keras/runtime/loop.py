@@ -14,9 +14,11 @@ from typing import Any
 
 import keras
 
+from effspec.support.errors import TrainingError
+
 from ...recipe import ProgressiveStage, Recipe
 from ...runtime_args import check_numbers, stage_index, training_stages
-from ...runtime_shared import TrainingError, check_model, prepare_output, run_summary
+from ...runtime_shared import check_model, prepare_output, run_summary
 from .args import parse_args
 from .callbacks import Callbacks, head_dropout
 from .checkpoint import Checkpoint, resume_directory, save_weights, write_json

@@ -121,8 +121,23 @@ class WeightAverage:
         scales = {v.path: float(scale(v.path.split("/")[0])) for v in model.trainable_variables}
         self.lr_scales = {path: value for path, value in scales.items() if value != 1.0}
 
+    l2_decay: float = 0.0
+    l2_paths: frozenset[str] = frozenset()
+
+    def decay_in_gradient(self, variables: list[Any], decay: float) -> None:
+        """rmsprop and sgd's weight decay: gradient += decay x w for ``variables``, as torch's optimizers
+        (and the reference's loss term decay / 2 x sum(w^2), whose gradient this is) do. In the gradient,
+        not in the loss, so the reported loss is the cross-entropy alone in both trainers."""
+        self.l2_decay = decay
+        self.l2_paths = frozenset(v.path for v in variables)
+
     def _backend_update_step(self, grads: list[Any], trainable_variables: list[Any], learning_rate: Any) -> None:
         """Each multiplier's variables stepped at learning_rate x multiplier (torch: a parameter group each)."""
+        if self.l2_decay > 0:
+            grads = [
+                ops.add(g, ops.multiply(ops.cast(v, g.dtype), self.l2_decay)) if v.path in self.l2_paths else g
+                for g, v in zip(grads, trainable_variables, strict=True)
+            ]
         if not self.lr_scales:
             return super()._backend_update_step(grads, trainable_variables, learning_rate)  # type: ignore[misc]
         groups: dict[float, tuple[list[Any], list[Any]]] = {}
@@ -217,13 +232,12 @@ def make_optimizer(
         decayed = {id(v) for v in decayed_variables(model)}
         optimizer.exclude_from_weight_decay(var_list=[v for v in model.trainable_variables if id(v) not in decayed])
     else:
-        if args.weight_decay > 0:  # as the reference: loss += weight_decay * sum(w^2) / 2
-            for variable in decayed_variables(model):
-                variable.regularizer = keras.regularizers.L2(args.weight_decay / 2)
         if args.optimizer == "sgd":
             optimizer = SGD(schedule, momentum=args.momentum, nesterov=True)
         else:
             optimizer = RMSpropTF(schedule, rho=args.rmsprop_decay, momentum=args.momentum, epsilon=args.rmsprop_eps)
+        if args.weight_decay > 0:
+            optimizer.decay_in_gradient(decayed_variables(model), args.weight_decay)
     optimizer.track_average(model, args.ema_decay)
     if getattr(args, "lr_pretrained", 1.0) != 1.0:
         optimizer.scale_learning_rates(model, lambda layer: finetune.lr_scale(args, layer))

@@ -17,9 +17,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ...imagefiles import Listing, first_decodable, list_split, open_image, read_local
+from effspec.support.errors import TrainingError
+from effspec.support.images import Listing, first_decodable, list_split, open_image, read_local
+
 from ...recipe import ProgressiveStage
-from ...runtime_shared import TrainingError
+from ...synthetic import synthetic_images
 from .distributed import Runtime
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -51,20 +53,15 @@ def mixup(
 
 
 class SyntheticImages:
-    """Seeded in-memory images that a model can learn: no download, fully repeatable.
+    """``--data synthetic`` (backends/synthetic.py: the Keras trainer's very images and labels), held
+    at their stored size and resized (bilinear, on the training device) to the size a batch asks for."""
 
-    Image i is its class's fixed random pattern plus its own noise, stored at 16x16 and resized
-    (bilinear, on the training device) to the size a batch asks for.
-    """
-
-    def __init__(self, count: int, num_classes: int, seed: int, device: torch.device, net: ModuleType) -> None:
-        generator = torch.Generator().manual_seed(seed)
-        patterns = torch.rand(num_classes, 3, 4, 4, generator=generator)
-        patterns = F.interpolate(patterns, size=(16, 16), mode="bilinear")
-        labels = torch.randint(num_classes, (count,), generator=generator)
-        noise = torch.rand(count, 3, 16, 16, generator=generator)
-        self.sources = (0.6 * patterns[labels] + 0.4 * noise).to(device)
-        self.labels = labels.to(device)
+    def __init__(
+        self, train_count: int, val_count: int, num_classes: int, seed: int, device: torch.device, net: ModuleType
+    ) -> None:
+        images, labels = synthetic_images(train_count, val_count, num_classes, seed)
+        self.sources = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous().to(device)
+        self.labels = torch.from_numpy(labels).to(device)
         self.mean = torch.tensor(net.MEAN, device=device).view(1, -1, 1, 1)
         self.std = torch.tensor(net.STD, device=device).view(1, -1, 1, 1)
 
@@ -186,13 +183,15 @@ def use_cpus(args: argparse.Namespace) -> None:
     --threads is not, is left to decide the threads."""
     import os
 
-    from effspec.support.cpus import split_cpus
+    from effspec.support.cpus import free_cpus, split_cpus
 
     processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
     threads, args.workers = split_cpus(processes, args.workers if args.data != "synthetic" else 0)
     if args.threads is None and os.environ.get("OMP_NUM_THREADS"):
         args.threads = torch.get_num_threads()
         return
+    if args.threads is None and processes == 1:  # not the CPUs another process keeps busy (torchrun's
+        threads = min(threads, free_cpus())  # ranks, starting together, would count each other)
     args.threads = args.threads or threads
     torch.set_num_threads(args.threads)
 
@@ -211,7 +210,9 @@ class Data:
         if args.data == "synthetic":
             self.num_classes = args.num_classes or net.NUM_CLASSES
             total = args.synthetic_train_size + args.synthetic_val_size
-            self.synthetic = SyntheticImages(total, self.num_classes, args.seed, runtime.device, net)
+            self.synthetic = SyntheticImages(
+                args.synthetic_train_size, args.synthetic_val_size, self.num_classes, args.seed, runtime.device, net
+            )
             self.train_count = args.synthetic_train_size
             val_indices = list(range(self.train_count, total))
         else:

@@ -17,9 +17,11 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from effspec.support.errors import TrainingError
+
 from ...recipe import ProgressiveStage, Recipe
 from ...runtime_args import check_numbers, stage_index, training_stages
-from ...runtime_shared import TrainingError, check_model, prepare_output, run_summary
+from ...runtime_shared import check_model, prepare_output, run_summary
 from .args import parse_args
 from .checkpoint import (
     CHECKPOINT_FORMAT,

@@ -65,6 +65,11 @@ def application_for(model: ir.Model, requested: str | None) -> str:
     return name
 
 
+def _kind(layer) -> str:
+    """The Keras layer class a layer is, or extends (the generated BatchNorm is a BatchNormalization)."""
+    return next(cls.__name__ for cls in type(layer).__mro__ if cls.__module__.startswith("keras."))
+
+
 def _describe(layer) -> str:
     shapes = ", ".join("x".join(str(d) for d in w.shape) for w in layer.weights)
     return f"{layer.name} ({type(layer).__name__}: {shapes})"
@@ -134,7 +139,7 @@ def import_application(model: ir.Model, generated, path: Path, requested: str | 
     layers = {layer.name: layer.get_weights() for layer in generated.layers if layer.weights}
     for their_layer, our_layer in zip(theirs, ours, strict=True):
         weights = their_layer.get_weights()
-        same_kind = type(their_layer).__name__ == type(our_layer).__name__
+        same_kind = _kind(their_layer) == _kind(our_layer)
         if not same_kind or [w.shape for w in weights] != [tuple(w.shape) for w in our_layer.weights]:
             raise ConversionError(
                 f"{model.name} does not match keras.applications {name}: "

@@ -554,14 +554,46 @@ def convolve(
     )
 
 
+@keras.saving.register_keras_serializable(package="effspec")
+class BatchNorm(layers.BatchNormalization):
+    """Keras' batch norm, but its running variance moves with the unbiased batch variance
+    (n / (n - 1) times the biased one it normalizes with, n values per channel), as
+    torch's and the TF reference's fused batch norm do; Keras' own moves it with the
+    biased one."""
+
+    def call(
+        self,
+        inputs: keras.KerasTensor,
+        training: bool | None = None,
+        mask: keras.KerasTensor | None = None,
+    ) -> keras.KerasTensor:
+        if not (training and self.trainable) or mask is not None or self.renorm:
+            return super().call(inputs, training=training, mask=mask)
+        ops = keras.ops
+        x = ops.cast(inputs, keras.backend.result_type(inputs.dtype, "float32"))
+        axes = self._reduction_axes
+        mean, variance = ops.moments(x, axes=axes, synchronized=self.synchronized)
+        count = ops.cast(ops.size(x) // ops.shape(x)[self.axis], x.dtype)
+        unbiased = variance * count / ops.maximum(count - 1.0, 1.0)
+        decay = self.momentum
+        moving_mean = ops.cast(self.moving_mean, x.dtype)
+        moving_variance = ops.cast(self.moving_variance, x.dtype)
+        self.moving_mean.assign(moving_mean * decay + mean * (1.0 - decay))
+        self.moving_variance.assign(moving_variance * decay + unbiased * (1.0 - decay))
+        gamma = ops.cast(self.gamma, x.dtype) if self.scale else None
+        beta = ops.cast(self.beta, x.dtype) if self.center else None
+        outputs = ops.batch_normalization(
+            x, mean, variance, self.axis, offset=beta, scale=gamma, epsilon=self.epsilon
+        )
+        return ops.cast(outputs, self.compute_dtype)
+
+
 def conv_bn_act(
     x: keras.KerasTensor, config: ConvBnActConfig, name: str
 ) -> keras.KerasTensor:
     """Conv (or depthwise conv) -> batch norm -> activation: {name}_conv, _bn, _act."""
     x = convolve(x, config, name)
-    x = layers.BatchNormalization(
-        momentum=BN_MOMENTUM, epsilon=BN_EPS, name=f"{name}_bn"
-    )(x)
+    x = BatchNorm(momentum=BN_MOMENTUM, epsilon=BN_EPS, name=f"{name}_bn")(x)
     if config.activation is not None:
         x = layers.Activation(ACTIVATIONS[config.activation], name=f"{name}_act")(x)
     return x

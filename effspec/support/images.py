@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .runtime_shared import TrainingError
+from effspec.support.errors import TrainingError
 
 MAX_PIXELS = 10_000 * 10_000  # a larger header is refused before any pixel is inflated
 

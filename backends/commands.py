@@ -38,7 +38,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise UsageError(f"train: unknown backend {backend!r}. Known: {', '.join(BACKENDS)}")
     from effspec.emit.pipeline import build, emit
 
-    from .recipe import module_from_source, recipe_from_model
+    from .recipe import recipe_from_model
+    from .runtime_shared import module_from_source
 
     compiled = build(args.spec)
     model = compiled.model

@@ -356,7 +356,8 @@ def test_8_crop_and_flip_flags_in_both_trainers_help() -> None:
     (today's random crop and flip) and their help are the same in both."""
     import argparse
 
-    from effspec.backends.recipe import add_recipe_flags, recipe_from_model
+    from effspec.backends.recipe import recipe_from_model
+    from effspec.backends.runtime_args import add_recipe_flags
 
     recipe = recipe_from_model(build(TINY).model)
     for keras in (False, True):

@@ -247,7 +247,8 @@ def test_search_refuses_a_foreign_study_of_the_same_name(work: Path, capsys: pyt
 def test_keras_checkpoint_record_naming_a_fifo_or_damaged(work: Path) -> None:
     keras = pytest.importorskip("keras")
     from effspec.backends.keras.runtime.checkpoint import Checkpoint
-    from effspec.backends.recipe import TrainingError
+
+    from effspec.support.errors import TrainingError
 
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     folder = work / "checkpoint"
@@ -329,8 +330,9 @@ def test_a_full_disk_while_checkpointing_keeps_the_previous_checkpoint(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     torch = pytest.importorskip("torch")
-    from effspec.backends.recipe import TrainingError
     from effspec.backends.torch.runtime import checkpoint
+
+    from effspec.support.errors import TrainingError
 
     path = tmp_path / "checkpoint.pt"
     checkpoint.save_checkpoint(path, {"step": 1})

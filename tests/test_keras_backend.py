@@ -16,7 +16,6 @@ from types import ModuleType
 
 import pytest
 from conftest import ROOT, SPECS, load_generated, stage_sizes
-from effspec.backends.common import description_lines
 from effspec.backends.keras.context import ACTIVATIONS
 from reference import REFERENCE
 
@@ -310,23 +309,6 @@ def test_generated_module_imports_with_keras_alone(generated: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split()[-3:] == ["efficientnet-b0", "224", "blocks_6_0_project_bn"]
-
-
-@pytest.mark.parametrize(
-    "text",
-    [
-        "short",
-        "",
-        "a " * 200,
-        "x" * 300,
-        "\x00\x01" * 90 + "\U000e0001" * 30,
-        'quotes \' and " and """ and \\ and\nnewlines\r\tand unicode \u00e9\u2028 ' * 5,
-    ],
-)
-def test_description_pieces_rejoin_and_fit_a_line(text: str) -> None:
-    pieces = description_lines(text)
-    assert "".join(pieces) == text
-    assert all(len(repr(piece)) <= 84 for piece in pieces)
 
 
 def test_a_long_free_text_description_stays_a_formatted_string(tmp_path: Path) -> None:

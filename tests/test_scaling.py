@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from effspec.core.scaling import drop_path_rates, round_channels, round_repeats, scaled_resolution
+from effspec.core.scaling import depth_fractions, drop_path_rate, round_channels, round_repeats, scaled_resolution
 from effspec.emit.pipeline import build
 
 
@@ -41,8 +41,8 @@ def test_scaled_resolution() -> None:
 
 
 def test_drop_path_over_scaled_block_count() -> None:
-    rates = drop_path_rates(0.2, 4)
-    assert rates == [0.0, 0.05, 0.1, 0.15]
+    assert depth_fractions(4) == [0.0, 0.25, 0.5, 0.75]
+    assert [drop_path_rate(0.2, f) for f in depth_fractions(4)] == pytest.approx([0.0, 0.05, 0.1, 0.15])
     model = build("specs/efficientnet-b7.yaml").model
     blocks = model.blocks
     assert len(blocks) == 55  # B7 has 55 blocks after ceil(3.1 * repeats)

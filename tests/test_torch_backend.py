@@ -18,7 +18,6 @@ from types import ModuleType
 
 import pytest
 from conftest import ROOT, SPECS, load_generated, stage_sizes
-from effspec.backends.common import description_lines
 from effspec.backends.torch.context import ACTIVATIONS
 from reference import REFERENCE
 from torch_helpers import count_macs, randomize_batch_norm
@@ -27,7 +26,6 @@ from effspec import __version__
 from effspec.core import ir
 from effspec.emit.modules import import_file
 from effspec.emit.pipeline import build, compile_specs
-from effspec.emit.render import py_literal
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
@@ -448,13 +446,6 @@ def test_hostile_description_is_only_data(tmp_path: Path) -> None:
     assert module.DESCRIPTION == HOSTILE_DESCRIPTION
     result = subprocess.run([RUFF, "check", "--isolated", "--select", "E,F,W,I,B,UP", str(path)], capture_output=True)
     assert result.returncode == 0, result.stdout + result.stderr
-
-
-def test_description_pieces_join_back_and_fit() -> None:
-    for text in ("short", HOSTILE_DESCRIPTION, "\x00\t" * 200, "w" * 500):
-        pieces = description_lines(text)
-        assert "".join(pieces) == text
-        assert len(pieces) == 1 or all(len(py_literal(piece)) <= 80 for piece in pieces)
 
 
 def test_activation_table_covers_the_spec_language() -> None:

@@ -10,20 +10,13 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, SPECS
 from effspec.backends.commands import split_backend
-from effspec.backends.recipe import (
-    MINIMUMS,
-    ProgressiveStage,
-    Recipe,
-    TrainingError,
-    check_numbers,
-    recipe_from_model,
-    recipe_source,
-    stage_index,
-)
+from effspec.backends.common import recipe_source
+from effspec.backends.recipe import ProgressiveStage, Recipe, recipe_from_model
+from effspec.backends.runtime_args import MINIMUMS, check_numbers, stage_index
 
 from effspec.cli import main as effspec
 from effspec.emit.pipeline import build
-from effspec.emit.render import py_literal
+from effspec.support.errors import TrainingError
 from effspec.support.images import image_kind, list_split
 
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(20)
@@ -34,9 +27,9 @@ JPEG = b"\xff\xd8\xff\xe0" + bytes(20)
 def test_recipe_printed_in_train_py_reads_back_as_the_spec_recipe(spec: Path) -> None:
     recipe = recipe_from_model(build(spec).model)
     namespace: dict[str, object] = {"Recipe": Recipe, "ProgressiveStage": ProgressiveStage}
-    exec(recipe_source(recipe, py_literal), namespace)
+    exec(recipe_source(recipe), namespace)
     assert namespace["RECIPE"] == recipe
-    assert all(len(line) <= 88 for line in recipe_source(recipe, py_literal).splitlines())
+    assert all(len(line) <= 88 for line in recipe_source(recipe).splitlines())
 
 
 def test_unknown_recipe_choice_is_refused() -> None:

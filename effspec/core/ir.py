@@ -197,7 +197,8 @@ class Block:
     kernels: tuple[int, ...]  # the depthwise (or fused) kernel; several for a mixed depthwise conv
     stride: int
     residual: bool
-    drop_path_rate: float
+    depth_fraction: float  # global_index / the model's block count (core.scaling.depth_fractions)
+    drop_path_rate: float  # the model's drop_path_rate x depth_fraction (core.scaling.drop_path_rate)
     input: Shape
     output: Shape
     expand: ConvBnAct | None  # mbconv 1x1 expansion, or fused k x k conv (the only conv when expansion 1)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, fields, replace
 
 from effspec.core import ir
 from effspec.core.loader import LoadedSpec
-from effspec.core.scaling import Multipliers, drop_path_rates, round_channels, stage_repeats
+from effspec.core.scaling import Multipliers, depth_fractions, drop_path_rate, round_channels, stage_repeats
 from effspec.core.schema import BlockOverride, Spec, Stage, Training
 from effspec.support.errors import SpecError
 
@@ -157,7 +157,7 @@ def _block(
     global_index: int,
     in_channels: int,
     out_channels: int,
-    drop_path_rate: float,
+    depth_fraction: float,
     input_shape: ir.Shape,
     stride: int,
     dilation: int,
@@ -251,7 +251,8 @@ def _block(
         kernels=kernels,
         stride=stride,
         residual=residual,
-        drop_path_rate=drop_path_rate,
+        depth_fraction=depth_fraction,
+        drop_path_rate=drop_path_rate(scaled.drop_path_rate, depth_fraction),
         input=input_shape,
         output=shape,
         expand=expand,
@@ -330,7 +331,7 @@ def _body(
     spec = loaded.spec
     d = spec.defaults
     repeats = [stage_repeats(stage, scaled.depth, d.repeat_rounding) for stage in spec.stages]
-    rates = drop_path_rates(scaled.drop_path_rate, sum(repeats))
+    fractions = depth_fractions(sum(repeats))
     reduction, dilation = stem.stride, 1
     body = [_BodyOutput("stem", 0, stem.out_channels, reduction, stem.bn.output)]
     stages: list[ir.Stage] = []
@@ -353,7 +354,7 @@ def _body(
                     global_index,
                     in_channels,
                     out_channels,
-                    rates[global_index],
+                    fractions[global_index],
                     shape,
                     stride,
                     dilation,

@@ -53,11 +53,16 @@ def scaled_resolution(base: int, gamma: float, phi: float, divisor: int = 1) -> 
     return max(divisor, int(round(base * gamma**phi / divisor)) * divisor)
 
 
-def drop_path_rates(base_rate: float, total_blocks: int) -> list[float]:
-    """Stochastic depth: block i of N (global index over the SCALED count) gets base * i / N.
+def depth_fractions(total_blocks: int) -> list[float]:
+    """Each block's depth fraction: block i of N (global index over the SCALED count) is at i / N."""
+    return [index / total_blocks for index in range(total_blocks)]
 
-    Rounded to 12 decimals, far below any effect, so generated tables print 0.15, not 0.15000000000000002."""
-    return [round(base_rate * index / total_blocks, 12) for index in range(total_blocks)]
+
+def drop_path_rate(base_rate: float, depth_fraction: float) -> float:
+    """Stochastic depth, the one rule: a block at depth fraction i / N drops its residual branch with
+    probability base * i / N. Generated models print each block's fraction (``BlockConfig.depth_fraction``)
+    and multiply the rate chosen at build time by it, this same product."""
+    return base_rate * depth_fraction
 
 
 def flops_ratio(scaling: CompoundScaling) -> float:

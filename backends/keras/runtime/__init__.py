@@ -46,7 +46,10 @@ def _import_tensorflow_once() -> None:
 
 _import_tensorflow_once()
 
-from ...recipe import ProgressiveStage, Recipe, TrainingError, load_module  # noqa: E402
+from effspec.support.errors import TrainingError  # noqa: E402
+
+from ...recipe import ProgressiveStage, Recipe  # noqa: E402
+from ...runtime_shared import load_module  # noqa: E402
 from .args import build_parser, parse_args  # noqa: E402
 from .loop import main  # noqa: E402
 

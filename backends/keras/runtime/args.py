@@ -6,7 +6,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from ...recipe import HelpFormatter, OneLineParser, Recipe, add_recipe_flags
+from ...recipe import Recipe
+from ...runtime_args import HelpFormatter, OneLineParser, add_recipe_flags
 
 USAGE = """\
 One command for every scale (--batch-size is the GLOBAL batch, split over replicas):

@@ -118,10 +118,8 @@ def _append(path: str, text: str) -> None:
         return
     import os
 
-    from effspec.support.errors import EffspecError
+    from effspec.support.errors import EffspecError, TrainingError
     from effspec.support.output import open_append
-
-    from ...recipe import TrainingError
 
     try:
         with os.fdopen(open_append(path), "a", encoding="utf-8") as file:

@@ -16,10 +16,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from effspec.support.errors import EffspecError
+from effspec.support.errors import EffspecError, TrainingError
 from effspec.support.output import clean_stale, staged_file, write_file
-
-from ...recipe import TrainingError
 
 
 def write_json(path: str, record: dict[str, Any]) -> None:

@@ -19,9 +19,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from effspec.support.errors import TrainingError
 from effspec.support.images import LOCAL, FileSystem, first_decodable, list_split, open_image, read_local
 
-from ...recipe import ProgressiveStage, TrainingError
+from ...recipe import ProgressiveStage
 from ...synthetic import synthetic_images
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from ...recipe import TrainingError
+from effspec.support.errors import TrainingError
 
 
 def on_jax() -> bool:

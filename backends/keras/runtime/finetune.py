@@ -8,8 +8,9 @@ from types import ModuleType
 
 import keras
 
+from effspec.support.errors import TrainingError
+
 from ...finetune import InitError, Phase, keras_manifest, phase_at, prepare
-from ...recipe import TrainingError
 
 
 def initialize(network: keras.Model, args: argparse.Namespace, net: ModuleType, verbose: bool) -> None:

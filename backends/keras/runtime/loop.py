@@ -14,18 +14,11 @@ from typing import Any
 
 import keras
 
-from ...recipe import (
-    ProgressiveStage,
-    Recipe,
-    TrainingError,
-    build_network,
-    check_model,
-    check_numbers,
-    prepare_output,
-    run_summary,
-    stage_index,
-    training_stages,
-)
+from effspec.support.errors import TrainingError
+
+from ...recipe import ProgressiveStage, Recipe
+from ...runtime_args import check_numbers, stage_index, training_stages
+from ...runtime_shared import check_model, prepare_output, run_summary
 from .args import parse_args
 from .callbacks import Callbacks, head_dropout
 from .checkpoint import Checkpoint, resume_directory, save_weights, write_json
@@ -76,7 +69,7 @@ def export_final_weights(args: argparse.Namespace, net: ModuleType, model: keras
     """The model's weights alone (no optimizer state): the weight average when there is one."""
     if args.ema_decay > 0:
         model.optimizer.swap_average()
-    export = build_network(net, args.num_classes, args.dropout, args.drop_path_rate)
+    export = net.build_model(num_classes=args.num_classes, dropout=args.dropout, drop_path_rate=args.drop_path_rate)
     export.set_weights(model.get_weights())
     save_weights(export, path)  # atomic (effspec.support.output)
 
@@ -113,7 +106,7 @@ def train(args: argparse.Namespace, recipe: Recipe, net: ModuleType) -> dict[str
     with strategy.scope():
         with remat_scope(args):
             dropout = max(stage.dropout for stage in stages)  # each stage then sets its own
-            network = build_network(net, args.num_classes, dropout, args.drop_path_rate)
+            network = net.build_model(num_classes=args.num_classes, dropout=dropout, drop_path_rate=args.drop_path_rate)
         if args.init is not None and source is None:  # a resumed run has its weights
             initialize(network, args, net, is_chief(strategy))
         if sync_batch_norm(args, strategy):

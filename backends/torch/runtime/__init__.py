@@ -7,7 +7,10 @@ over processes, autocast), ``recompute`` (--grad-checkpointing), ``logs`` and ``
 
 from __future__ import annotations
 
-from ...recipe import ProgressiveStage, Recipe, TrainingError, load_module
+from effspec.support.errors import TrainingError
+
+from ...recipe import ProgressiveStage, Recipe
+from ...runtime_shared import load_module
 from .args import build_parser, parse_args
 from .loop import main
 

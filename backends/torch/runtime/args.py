@@ -7,7 +7,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 
-from ...recipe import HelpFormatter, OneLineParser, Recipe, add_recipe_flags
+from ...recipe import Recipe
+from ...runtime_args import HelpFormatter, OneLineParser, add_recipe_flags
 
 USAGE = """\
 One command for every scale (--batch-size is the GLOBAL batch; each process takes

@@ -11,7 +11,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from ...recipe import TrainingError
+from effspec.support.errors import TrainingError
+
 from .distributed import Runtime
 
 CHECKPOINT_FORMAT = 1

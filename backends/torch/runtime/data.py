@@ -17,9 +17,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from effspec.support.errors import TrainingError
 from effspec.support.images import Listing, first_decodable, list_split, open_image, read_local
 
-from ...recipe import ProgressiveStage, TrainingError
+from ...recipe import ProgressiveStage
 from ...synthetic import synthetic_images
 from .distributed import Runtime
 

@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ...recipe import TrainingError
+from effspec.support.errors import TrainingError
 
 
 @dataclass

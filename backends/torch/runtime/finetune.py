@@ -11,8 +11,9 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from effspec.support.errors import TrainingError
+
 from ...finetune import InitError, Phase, phase_at, prepare
-from ...recipe import TrainingError
 
 
 def initialize(model: nn.Module, args: argparse.Namespace, net: ModuleType, verbose: bool) -> None:

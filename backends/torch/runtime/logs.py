@@ -58,10 +58,10 @@ class MetricsLog:
         """A fresh file, or on --resume the rows up to the checkpoint's step."""
         import io
 
-        from effspec.support.errors import EffspecError
+        from effspec.support.errors import EffspecError, TrainingError
         from effspec.support.output import write_file
 
-        from ...recipe import TrainingError, check_log
+        from ...runtime_shared import check_log
 
         rows: list[dict[str, str]] = []
         if resume_step is not None and path.is_file():

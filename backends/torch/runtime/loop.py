@@ -17,18 +17,11 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from ...recipe import (
-    ProgressiveStage,
-    Recipe,
-    TrainingError,
-    build_network,
-    check_model,
-    check_numbers,
-    prepare_output,
-    run_summary,
-    stage_index,
-    training_stages,
-)
+from effspec.support.errors import TrainingError
+
+from ...recipe import ProgressiveStage, Recipe
+from ...runtime_args import check_numbers, stage_index, training_stages
+from ...runtime_shared import check_model, prepare_output, run_summary
 from .args import parse_args
 from .checkpoint import (
     CHECKPOINT_FORMAT,
@@ -227,7 +220,7 @@ def build(
     around them."""
     torch.manual_seed(args.seed)  # the same initial weights on every process
     dropout = max(stage.dropout for stage in stages)  # each stage then sets its own
-    model = build_network(net, args.num_classes, dropout, args.drop_path_rate)
+    model = net.build_model(num_classes=args.num_classes, dropout=dropout, drop_path_rate=args.drop_path_rate)
     if init:
         initialize(model, args, net, runtime.is_main)
     model.to(runtime.device)

@@ -24,21 +24,20 @@ from dataclasses import dataclass, replace
 import keras
 from keras import layers
 
+# The spec's strings, each whole on one line however long (never wrapped).
+# fmt: off
 SPEC_NAME = "efficientnet-b2"
 SPEC_PATH = "specs/efficientnet-b2.yaml"
 SPEC_SHA256 = "d5c0ae3b85682f6b354d223cc3d94b766cfcdbedd026fbf55e5c1f7e0b975218"
-DESCRIPTION = (
-    "EfficientNet-B2, the official hand-picked coefficients (width 1.1, depth 1.2, "
-    "resolution 260)."
-)
+DESCRIPTION = "EfficientNet-B2, the official hand-picked coefficients (width 1.1, depth 1.2, resolution 260)."
+# fmt: on
 RESOLUTION = 260  # nominal input size; any size works
 INPUT_CHANNELS = 3
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 NUM_CLASSES = 1000
 DROPOUT = 0.3  # before the classifier
-DROP_PATH_RATE = 0.2  # stochastic depth: block i of N gets rate * i / N
-PADDING = "same"  # the spec's mode; each conv below carries its resolved padding
+DROP_PATH_RATE = 0.2  # stochastic depth: x each block's depth_fraction
 BN_EPS = 0.001
 BN_MOMENTUM = 0.99  # running-average decay, as the spec states it
 PARAMS = 9109994  # trainable parameters with NUM_CLASSES classes
@@ -116,13 +115,13 @@ class BlockConfig:
     """One MBConv or Fused-MBConv block: its parts run in the order expand ->
     depthwise -> se -> project (None: absent), then the residual add."""
 
-    kind: str  # "mbconv" or "fused_mbconv"
     expand: ConvBnActConfig | None
     depthwise: ConvBnActConfig | None
     se: SqueezeExciteConfig | None
     project: ConvBnActConfig | None
     residual: bool  # add the block's input to its output
-    drop_path_rate: float  # stochastic depth of the residual branch, training only
+    # Block i of N has i / N: its stochastic depth (training only) is the model's rate x this
+    depth_fraction: float
 
 
 @dataclass(frozen=True)
@@ -159,233 +158,220 @@ class OutputStride:
     convs: tuple[DilatedConv, ...]
 
 
-# The compiler decided every number below: widths, strides, padding, residuals, rates.
+@dataclass(frozen=True)
+class PooledConvConfig:
+    """A 1x1 conv with bias (no batch norm) on the pooled features -> activation."""
+
+    in_channels: int
+    out_channels: int
+    activation: str | None
+
+
+# The compiler decided every number below: widths, strides, padding, residuals, depths.
 # One line per part, one BlockConfig per block, one tuple per stage (blocks.i.j is
 # block j of stage i).
 # ruff: noqa: E501
 # fmt: off
 STEM = ConvBnActConfig(3, 32, kernel=3, stride=2, groups=1, depthwise=False, padding=SamePadding(260, 0, 1), activation="swish")
 HEAD = ConvBnActConfig(352, 1408, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish")
+POOLED_CONV = None  # no 1x1 conv after the pool
 STAGES = (
     (  # blocks.0: 2 x mbconv -> 16 channels at 130x130
         BlockConfig(  # blocks.0.0
-            kind="mbconv",
             expand=None,
             depthwise=ConvBnActConfig(32, 32, kernel=3, stride=1, groups=32, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(32, 8, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(32, 16, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.0,
+            depth_fraction=0.0,
         ),
         BlockConfig(  # blocks.0.1
-            kind="mbconv",
             expand=None,
             depthwise=ConvBnActConfig(16, 16, kernel=3, stride=1, groups=16, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(16, 4, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(16, 16, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.008695652174,
+            depth_fraction=0.043478260869565216,
         ),
     ),
     (  # blocks.1: 3 x mbconv -> 24 channels at 65x65
         BlockConfig(  # blocks.1.0
-            kind="mbconv",
             expand=ConvBnActConfig(16, 96, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(96, 96, kernel=3, stride=2, groups=96, depthwise=True, padding=SamePadding(130, 0, 1), activation="swish"),
             se=SqueezeExciteConfig(96, 4, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(96, 24, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.017391304348,
+            depth_fraction=0.08695652173913043,
         ),
         BlockConfig(  # blocks.1.1
-            kind="mbconv",
             expand=ConvBnActConfig(24, 144, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(144, 144, kernel=3, stride=1, groups=144, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(144, 6, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(144, 24, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.026086956522,
+            depth_fraction=0.13043478260869565,
         ),
         BlockConfig(  # blocks.1.2
-            kind="mbconv",
             expand=ConvBnActConfig(24, 144, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(144, 144, kernel=3, stride=1, groups=144, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(144, 6, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(144, 24, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.034782608696,
+            depth_fraction=0.17391304347826086,
         ),
     ),
     (  # blocks.2: 3 x mbconv -> 48 channels at 33x33
         BlockConfig(  # blocks.2.0
-            kind="mbconv",
             expand=ConvBnActConfig(24, 144, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(144, 144, kernel=5, stride=2, groups=144, depthwise=True, padding=SamePadding(65, 2, 2), activation="swish"),
             se=SqueezeExciteConfig(144, 6, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(144, 48, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.04347826087,
+            depth_fraction=0.21739130434782608,
         ),
         BlockConfig(  # blocks.2.1
-            kind="mbconv",
             expand=ConvBnActConfig(48, 288, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(288, 288, kernel=5, stride=1, groups=288, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(288, 12, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(288, 48, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.052173913043,
+            depth_fraction=0.2608695652173913,
         ),
         BlockConfig(  # blocks.2.2
-            kind="mbconv",
             expand=ConvBnActConfig(48, 288, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(288, 288, kernel=5, stride=1, groups=288, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(288, 12, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(288, 48, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.060869565217,
+            depth_fraction=0.30434782608695654,
         ),
     ),
     (  # blocks.3: 4 x mbconv -> 88 channels at 17x17
         BlockConfig(  # blocks.3.0
-            kind="mbconv",
             expand=ConvBnActConfig(48, 288, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(288, 288, kernel=3, stride=2, groups=288, depthwise=True, padding=SamePadding(33, 1, 1), activation="swish"),
             se=SqueezeExciteConfig(288, 12, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(288, 88, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.069565217391,
+            depth_fraction=0.34782608695652173,
         ),
         BlockConfig(  # blocks.3.1
-            kind="mbconv",
             expand=ConvBnActConfig(88, 528, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(528, 528, kernel=3, stride=1, groups=528, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(528, 22, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(528, 88, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.078260869565,
+            depth_fraction=0.391304347826087,
         ),
         BlockConfig(  # blocks.3.2
-            kind="mbconv",
             expand=ConvBnActConfig(88, 528, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(528, 528, kernel=3, stride=1, groups=528, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(528, 22, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(528, 88, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.086956521739,
+            depth_fraction=0.43478260869565216,
         ),
         BlockConfig(  # blocks.3.3
-            kind="mbconv",
             expand=ConvBnActConfig(88, 528, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(528, 528, kernel=3, stride=1, groups=528, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(528, 22, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(528, 88, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.095652173913,
+            depth_fraction=0.4782608695652174,
         ),
     ),
     (  # blocks.4: 4 x mbconv -> 120 channels at 17x17
         BlockConfig(  # blocks.4.0
-            kind="mbconv",
             expand=ConvBnActConfig(88, 528, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(528, 528, kernel=5, stride=1, groups=528, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(528, 22, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(528, 120, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.104347826087,
+            depth_fraction=0.5217391304347826,
         ),
         BlockConfig(  # blocks.4.1
-            kind="mbconv",
             expand=ConvBnActConfig(120, 720, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(720, 720, kernel=5, stride=1, groups=720, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(720, 30, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(720, 120, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.113043478261,
+            depth_fraction=0.5652173913043478,
         ),
         BlockConfig(  # blocks.4.2
-            kind="mbconv",
             expand=ConvBnActConfig(120, 720, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(720, 720, kernel=5, stride=1, groups=720, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(720, 30, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(720, 120, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.121739130435,
+            depth_fraction=0.6086956521739131,
         ),
         BlockConfig(  # blocks.4.3
-            kind="mbconv",
             expand=ConvBnActConfig(120, 720, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(720, 720, kernel=5, stride=1, groups=720, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(720, 30, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(720, 120, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.130434782609,
+            depth_fraction=0.6521739130434783,
         ),
     ),
     (  # blocks.5: 5 x mbconv -> 208 channels at 9x9
         BlockConfig(  # blocks.5.0
-            kind="mbconv",
             expand=ConvBnActConfig(120, 720, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(720, 720, kernel=5, stride=2, groups=720, depthwise=True, padding=SamePadding(17, 2, 2), activation="swish"),
             se=SqueezeExciteConfig(720, 30, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(720, 208, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.139130434783,
+            depth_fraction=0.6956521739130435,
         ),
         BlockConfig(  # blocks.5.1
-            kind="mbconv",
             expand=ConvBnActConfig(208, 1248, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1248, 1248, kernel=5, stride=1, groups=1248, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(1248, 52, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1248, 208, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.147826086957,
+            depth_fraction=0.7391304347826086,
         ),
         BlockConfig(  # blocks.5.2
-            kind="mbconv",
             expand=ConvBnActConfig(208, 1248, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1248, 1248, kernel=5, stride=1, groups=1248, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(1248, 52, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1248, 208, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.15652173913,
+            depth_fraction=0.782608695652174,
         ),
         BlockConfig(  # blocks.5.3
-            kind="mbconv",
             expand=ConvBnActConfig(208, 1248, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1248, 1248, kernel=5, stride=1, groups=1248, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(1248, 52, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1248, 208, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.165217391304,
+            depth_fraction=0.8260869565217391,
         ),
         BlockConfig(  # blocks.5.4
-            kind="mbconv",
             expand=ConvBnActConfig(208, 1248, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1248, 1248, kernel=5, stride=1, groups=1248, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(1248, 52, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1248, 208, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.173913043478,
+            depth_fraction=0.8695652173913043,
         ),
     ),
     (  # blocks.6: 2 x mbconv -> 352 channels at 9x9
         BlockConfig(  # blocks.6.0
-            kind="mbconv",
             expand=ConvBnActConfig(208, 1248, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1248, 1248, kernel=3, stride=1, groups=1248, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(1248, 52, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1248, 352, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.182608695652,
+            depth_fraction=0.9130434782608695,
         ),
         BlockConfig(  # blocks.6.1
-            kind="mbconv",
             expand=ConvBnActConfig(352, 2112, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(2112, 2112, kernel=3, stride=1, groups=2112, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(2112, 88, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(2112, 352, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.191304347826,
+            depth_fraction=0.9565217391304348,
         ),
     ),
 )
@@ -543,10 +529,52 @@ def conv(
     )(x)
 
 
+@keras.saving.register_keras_serializable(package="effspec")
+class ChannelSplit(layers.Layer):
+    """Split the channels into consecutive parts of the given sizes."""
+
+    def __init__(self, sizes: tuple[int, ...], **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self.sizes = tuple(sizes)
+
+    def call(self, x: keras.KerasTensor) -> list[keras.KerasTensor]:
+        bounds, total = [], 0
+        for size in self.sizes[:-1]:
+            total += size
+            bounds.append(total)
+        return keras.ops.split(x, bounds, axis=-1)
+
+    def compute_output_shape(self, shape: tuple[int | None, ...]) -> list[tuple]:
+        return [(*shape[:-1], size) for size in self.sizes]
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "sizes": self.sizes}
+
+
 def convolve(
     x: keras.KerasTensor, config: ConvBnActConfig, name: str
 ) -> keras.KerasTensor:
     """The conv of conv_bn_act, as its config describes it: {name}_conv."""
+    if isinstance(config.kernel, tuple):
+        # A depthwise conv split across kernels: {name}_conv_0, _conv_1, ... then concat
+        parts = ChannelSplit(config.groups, name=f"{name}_split")(x)
+        splits = zip(parts, config.groups, config.kernel, config.padding, strict=True)
+        outputs = []
+        for i, (part, size, kernel, padding) in enumerate(splits):
+            part_name = f"{name}_conv_{i}"
+            part = conv(
+                part,
+                size,
+                kernel,
+                config.stride,
+                size,
+                True,
+                padding,
+                part_name,
+                config.dilation,
+            )
+            outputs.append(part)
+        return layers.Concatenate(name=f"{name}_concat")(outputs)
     return conv(
         x,
         config.out_channels,
@@ -668,8 +696,8 @@ def build_model(
     Args:
         num_classes: classifier outputs.
         dropout: dropout before the classifier; None keeps DROPOUT.
-        drop_path_rate: stochastic-depth base rate (block i of N gets rate * i / N);
-            None keeps the spec's per-block rates.
+        drop_path_rate: stochastic-depth rate, times each block's depth_fraction;
+            None keeps DROP_PATH_RATE.
         include_preprocessing: normalize with MEAN/STD inside the model, so it takes
             raw 0..1 pixels.
         input_shape: (height, width, channels); None accepts any spatial size.
@@ -681,6 +709,8 @@ def build_model(
     levels = feature_info(out_indices, output_stride)
     stages = stages_at(output_stride)
     dropout = DROPOUT if dropout is None else dropout
+    if drop_path_rate is None:
+        drop_path_rate = DROP_PATH_RATE
     if input_shape is None:
         input_shape = (None, None, INPUT_CHANNELS)
     inputs = keras.Input(shape=input_shape, name="image")
@@ -696,21 +726,28 @@ def build_model(
     maps = []
     if features_only and 0 in taps:
         maps.append(layers.Identity(name=taps[0])(x))
-    num_blocks = sum(len(stage) for stage in stages)
-    block_index = 0
     for stage_index, stage in enumerate(stages[:depth]):
         for index, config in enumerate(stage):
-            rate = config.drop_path_rate
-            if drop_path_rate is not None:
-                rate = drop_path_rate * block_index / num_blocks
+            rate = drop_path_rate * config.depth_fraction
             x = block(x, config, rate, name=f"blocks_{stage_index}_{index}")
-            block_index += 1
         if features_only and stage_index + 1 in taps:
             maps.append(layers.Identity(name=taps[stage_index + 1])(x))
     if features_only:
         return features_model(inputs, x, maps, levels)
-    x = conv_bn_act(x, HEAD, name="head")
-    x = layers.GlobalAveragePooling2D(name="head_pool")(x)
+    if HEAD is not None:  # else the last stage feeds the pool
+        x = conv_bn_act(x, HEAD, name="head")
+    if POOLED_CONV is None:
+        x = layers.GlobalAveragePooling2D(name="head_pool")(x)
+    else:
+        x = layers.GlobalAveragePooling2D(keepdims=True, name="head_pool")(x)
+        x = layers.Conv2D(
+            POOLED_CONV.out_channels,
+            1,
+            activation=ACTIVATIONS[POOLED_CONV.activation],
+            kernel_initializer=conv_kernel_initializer(),
+            name="pooled_conv",
+        )(x)
+        x = layers.Flatten(name="pooled_flatten")(x)
     if dropout > 0:
         x = layers.Dropout(dropout, name="head_dropout")(x)
     outputs = layers.Dense(
@@ -734,7 +771,7 @@ def features_model(
 ) -> keras.Model:
     """The backbone: ``maps`` (and the head conv's output on ``x`` where the head is a
     level) as outputs named by level, with ``feature_info``."""
-    if levels[-1].module == "head":
+    if HEAD is not None and levels[-1].module == "head":
         x = conv_bn_act(x, HEAD, name="head")
         maps.append(layers.Identity(name=levels[-1].name)(x))
     model = keras.Model(

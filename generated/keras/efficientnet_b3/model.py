@@ -24,21 +24,20 @@ from dataclasses import dataclass, replace
 import keras
 from keras import layers
 
+# The spec's strings, each whole on one line however long (never wrapped).
+# fmt: off
 SPEC_NAME = "efficientnet-b3"
 SPEC_PATH = "specs/efficientnet-b3.yaml"
 SPEC_SHA256 = "a57ad49cee57130bb301794d2051eec34deb46bb9d65e19af3cde813d509b0c7"
-DESCRIPTION = (
-    "EfficientNet-B3, the official hand-picked coefficients (width 1.2, depth 1.4, "
-    "resolution 300)."
-)
+DESCRIPTION = "EfficientNet-B3, the official hand-picked coefficients (width 1.2, depth 1.4, resolution 300)."
+# fmt: on
 RESOLUTION = 300  # nominal input size; any size works
 INPUT_CHANNELS = 3
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 NUM_CLASSES = 1000
 DROPOUT = 0.3  # before the classifier
-DROP_PATH_RATE = 0.2  # stochastic depth: block i of N gets rate * i / N
-PADDING = "same"  # the spec's mode; each conv below carries its resolved padding
+DROP_PATH_RATE = 0.2  # stochastic depth: x each block's depth_fraction
 BN_EPS = 0.001
 BN_MOMENTUM = 0.99  # running-average decay, as the spec states it
 PARAMS = 12233232  # trainable parameters with NUM_CLASSES classes
@@ -116,13 +115,13 @@ class BlockConfig:
     """One MBConv or Fused-MBConv block: its parts run in the order expand ->
     depthwise -> se -> project (None: absent), then the residual add."""
 
-    kind: str  # "mbconv" or "fused_mbconv"
     expand: ConvBnActConfig | None
     depthwise: ConvBnActConfig | None
     se: SqueezeExciteConfig | None
     project: ConvBnActConfig | None
     residual: bool  # add the block's input to its output
-    drop_path_rate: float  # stochastic depth of the residual branch, training only
+    # Block i of N has i / N: its stochastic depth (training only) is the model's rate x this
+    depth_fraction: float
 
 
 @dataclass(frozen=True)
@@ -159,260 +158,244 @@ class OutputStride:
     convs: tuple[DilatedConv, ...]
 
 
-# The compiler decided every number below: widths, strides, padding, residuals, rates.
+@dataclass(frozen=True)
+class PooledConvConfig:
+    """A 1x1 conv with bias (no batch norm) on the pooled features -> activation."""
+
+    in_channels: int
+    out_channels: int
+    activation: str | None
+
+
+# The compiler decided every number below: widths, strides, padding, residuals, depths.
 # One line per part, one BlockConfig per block, one tuple per stage (blocks.i.j is
 # block j of stage i).
 # ruff: noqa: E501
 # fmt: off
 STEM = ConvBnActConfig(3, 40, kernel=3, stride=2, groups=1, depthwise=False, padding=SamePadding(300, 0, 1), activation="swish")
 HEAD = ConvBnActConfig(384, 1536, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish")
+POOLED_CONV = None  # no 1x1 conv after the pool
 STAGES = (
     (  # blocks.0: 2 x mbconv -> 24 channels at 150x150
         BlockConfig(  # blocks.0.0
-            kind="mbconv",
             expand=None,
             depthwise=ConvBnActConfig(40, 40, kernel=3, stride=1, groups=40, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(40, 10, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(40, 24, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.0,
+            depth_fraction=0.0,
         ),
         BlockConfig(  # blocks.0.1
-            kind="mbconv",
             expand=None,
             depthwise=ConvBnActConfig(24, 24, kernel=3, stride=1, groups=24, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(24, 6, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(24, 24, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.007692307692,
+            depth_fraction=0.038461538461538464,
         ),
     ),
     (  # blocks.1: 3 x mbconv -> 32 channels at 75x75
         BlockConfig(  # blocks.1.0
-            kind="mbconv",
             expand=ConvBnActConfig(24, 144, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(144, 144, kernel=3, stride=2, groups=144, depthwise=True, padding=SamePadding(150, 0, 1), activation="swish"),
             se=SqueezeExciteConfig(144, 6, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(144, 32, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.015384615385,
+            depth_fraction=0.07692307692307693,
         ),
         BlockConfig(  # blocks.1.1
-            kind="mbconv",
             expand=ConvBnActConfig(32, 192, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(192, 192, kernel=3, stride=1, groups=192, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(192, 8, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(192, 32, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.023076923077,
+            depth_fraction=0.11538461538461539,
         ),
         BlockConfig(  # blocks.1.2
-            kind="mbconv",
             expand=ConvBnActConfig(32, 192, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(192, 192, kernel=3, stride=1, groups=192, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(192, 8, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(192, 32, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.030769230769,
+            depth_fraction=0.15384615384615385,
         ),
     ),
     (  # blocks.2: 3 x mbconv -> 48 channels at 38x38
         BlockConfig(  # blocks.2.0
-            kind="mbconv",
             expand=ConvBnActConfig(32, 192, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(192, 192, kernel=5, stride=2, groups=192, depthwise=True, padding=SamePadding(75, 2, 2), activation="swish"),
             se=SqueezeExciteConfig(192, 8, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(192, 48, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.038461538462,
+            depth_fraction=0.19230769230769232,
         ),
         BlockConfig(  # blocks.2.1
-            kind="mbconv",
             expand=ConvBnActConfig(48, 288, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(288, 288, kernel=5, stride=1, groups=288, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(288, 12, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(288, 48, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.046153846154,
+            depth_fraction=0.23076923076923078,
         ),
         BlockConfig(  # blocks.2.2
-            kind="mbconv",
             expand=ConvBnActConfig(48, 288, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(288, 288, kernel=5, stride=1, groups=288, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(288, 12, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(288, 48, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.053846153846,
+            depth_fraction=0.2692307692307692,
         ),
     ),
     (  # blocks.3: 5 x mbconv -> 96 channels at 19x19
         BlockConfig(  # blocks.3.0
-            kind="mbconv",
             expand=ConvBnActConfig(48, 288, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(288, 288, kernel=3, stride=2, groups=288, depthwise=True, padding=SamePadding(38, 0, 1), activation="swish"),
             se=SqueezeExciteConfig(288, 12, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(288, 96, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.061538461538,
+            depth_fraction=0.3076923076923077,
         ),
         BlockConfig(  # blocks.3.1
-            kind="mbconv",
             expand=ConvBnActConfig(96, 576, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(576, 576, kernel=3, stride=1, groups=576, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(576, 24, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(576, 96, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.069230769231,
+            depth_fraction=0.34615384615384615,
         ),
         BlockConfig(  # blocks.3.2
-            kind="mbconv",
             expand=ConvBnActConfig(96, 576, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(576, 576, kernel=3, stride=1, groups=576, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(576, 24, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(576, 96, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.076923076923,
+            depth_fraction=0.38461538461538464,
         ),
         BlockConfig(  # blocks.3.3
-            kind="mbconv",
             expand=ConvBnActConfig(96, 576, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(576, 576, kernel=3, stride=1, groups=576, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(576, 24, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(576, 96, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.084615384615,
+            depth_fraction=0.4230769230769231,
         ),
         BlockConfig(  # blocks.3.4
-            kind="mbconv",
             expand=ConvBnActConfig(96, 576, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(576, 576, kernel=3, stride=1, groups=576, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(576, 24, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(576, 96, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.092307692308,
+            depth_fraction=0.46153846153846156,
         ),
     ),
     (  # blocks.4: 5 x mbconv -> 136 channels at 19x19
         BlockConfig(  # blocks.4.0
-            kind="mbconv",
             expand=ConvBnActConfig(96, 576, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(576, 576, kernel=5, stride=1, groups=576, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(576, 24, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(576, 136, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.1,
+            depth_fraction=0.5,
         ),
         BlockConfig(  # blocks.4.1
-            kind="mbconv",
             expand=ConvBnActConfig(136, 816, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(816, 816, kernel=5, stride=1, groups=816, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(816, 34, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(816, 136, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.107692307692,
+            depth_fraction=0.5384615384615384,
         ),
         BlockConfig(  # blocks.4.2
-            kind="mbconv",
             expand=ConvBnActConfig(136, 816, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(816, 816, kernel=5, stride=1, groups=816, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(816, 34, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(816, 136, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.115384615385,
+            depth_fraction=0.5769230769230769,
         ),
         BlockConfig(  # blocks.4.3
-            kind="mbconv",
             expand=ConvBnActConfig(136, 816, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(816, 816, kernel=5, stride=1, groups=816, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(816, 34, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(816, 136, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.123076923077,
+            depth_fraction=0.6153846153846154,
         ),
         BlockConfig(  # blocks.4.4
-            kind="mbconv",
             expand=ConvBnActConfig(136, 816, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(816, 816, kernel=5, stride=1, groups=816, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(816, 34, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(816, 136, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.130769230769,
+            depth_fraction=0.6538461538461539,
         ),
     ),
     (  # blocks.5: 6 x mbconv -> 232 channels at 10x10
         BlockConfig(  # blocks.5.0
-            kind="mbconv",
             expand=ConvBnActConfig(136, 816, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(816, 816, kernel=5, stride=2, groups=816, depthwise=True, padding=SamePadding(19, 2, 2), activation="swish"),
             se=SqueezeExciteConfig(816, 34, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(816, 232, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.138461538462,
+            depth_fraction=0.6923076923076923,
         ),
         BlockConfig(  # blocks.5.1
-            kind="mbconv",
             expand=ConvBnActConfig(232, 1392, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1392, 1392, kernel=5, stride=1, groups=1392, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(1392, 58, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1392, 232, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.146153846154,
+            depth_fraction=0.7307692307692307,
         ),
         BlockConfig(  # blocks.5.2
-            kind="mbconv",
             expand=ConvBnActConfig(232, 1392, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1392, 1392, kernel=5, stride=1, groups=1392, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(1392, 58, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1392, 232, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.153846153846,
+            depth_fraction=0.7692307692307693,
         ),
         BlockConfig(  # blocks.5.3
-            kind="mbconv",
             expand=ConvBnActConfig(232, 1392, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1392, 1392, kernel=5, stride=1, groups=1392, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(1392, 58, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1392, 232, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.161538461538,
+            depth_fraction=0.8076923076923077,
         ),
         BlockConfig(  # blocks.5.4
-            kind="mbconv",
             expand=ConvBnActConfig(232, 1392, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1392, 1392, kernel=5, stride=1, groups=1392, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(1392, 58, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1392, 232, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.169230769231,
+            depth_fraction=0.8461538461538461,
         ),
         BlockConfig(  # blocks.5.5
-            kind="mbconv",
             expand=ConvBnActConfig(232, 1392, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1392, 1392, kernel=5, stride=1, groups=1392, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(1392, 58, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1392, 232, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.176923076923,
+            depth_fraction=0.8846153846153846,
         ),
     ),
     (  # blocks.6: 2 x mbconv -> 384 channels at 10x10
         BlockConfig(  # blocks.6.0
-            kind="mbconv",
             expand=ConvBnActConfig(232, 1392, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1392, 1392, kernel=3, stride=1, groups=1392, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(1392, 58, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1392, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.184615384615,
+            depth_fraction=0.9230769230769231,
         ),
         BlockConfig(  # blocks.6.1
-            kind="mbconv",
             expand=ConvBnActConfig(384, 2304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(2304, 2304, kernel=3, stride=1, groups=2304, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(2304, 96, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(2304, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.192307692308,
+            depth_fraction=0.9615384615384616,
         ),
     ),
 )
@@ -574,10 +557,52 @@ def conv(
     )(x)
 
 
+@keras.saving.register_keras_serializable(package="effspec")
+class ChannelSplit(layers.Layer):
+    """Split the channels into consecutive parts of the given sizes."""
+
+    def __init__(self, sizes: tuple[int, ...], **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self.sizes = tuple(sizes)
+
+    def call(self, x: keras.KerasTensor) -> list[keras.KerasTensor]:
+        bounds, total = [], 0
+        for size in self.sizes[:-1]:
+            total += size
+            bounds.append(total)
+        return keras.ops.split(x, bounds, axis=-1)
+
+    def compute_output_shape(self, shape: tuple[int | None, ...]) -> list[tuple]:
+        return [(*shape[:-1], size) for size in self.sizes]
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "sizes": self.sizes}
+
+
 def convolve(
     x: keras.KerasTensor, config: ConvBnActConfig, name: str
 ) -> keras.KerasTensor:
     """The conv of conv_bn_act, as its config describes it: {name}_conv."""
+    if isinstance(config.kernel, tuple):
+        # A depthwise conv split across kernels: {name}_conv_0, _conv_1, ... then concat
+        parts = ChannelSplit(config.groups, name=f"{name}_split")(x)
+        splits = zip(parts, config.groups, config.kernel, config.padding, strict=True)
+        outputs = []
+        for i, (part, size, kernel, padding) in enumerate(splits):
+            part_name = f"{name}_conv_{i}"
+            part = conv(
+                part,
+                size,
+                kernel,
+                config.stride,
+                size,
+                True,
+                padding,
+                part_name,
+                config.dilation,
+            )
+            outputs.append(part)
+        return layers.Concatenate(name=f"{name}_concat")(outputs)
     return conv(
         x,
         config.out_channels,
@@ -699,8 +724,8 @@ def build_model(
     Args:
         num_classes: classifier outputs.
         dropout: dropout before the classifier; None keeps DROPOUT.
-        drop_path_rate: stochastic-depth base rate (block i of N gets rate * i / N);
-            None keeps the spec's per-block rates.
+        drop_path_rate: stochastic-depth rate, times each block's depth_fraction;
+            None keeps DROP_PATH_RATE.
         include_preprocessing: normalize with MEAN/STD inside the model, so it takes
             raw 0..1 pixels.
         input_shape: (height, width, channels); None accepts any spatial size.
@@ -712,6 +737,8 @@ def build_model(
     levels = feature_info(out_indices, output_stride)
     stages = stages_at(output_stride)
     dropout = DROPOUT if dropout is None else dropout
+    if drop_path_rate is None:
+        drop_path_rate = DROP_PATH_RATE
     if input_shape is None:
         input_shape = (None, None, INPUT_CHANNELS)
     inputs = keras.Input(shape=input_shape, name="image")
@@ -727,21 +754,28 @@ def build_model(
     maps = []
     if features_only and 0 in taps:
         maps.append(layers.Identity(name=taps[0])(x))
-    num_blocks = sum(len(stage) for stage in stages)
-    block_index = 0
     for stage_index, stage in enumerate(stages[:depth]):
         for index, config in enumerate(stage):
-            rate = config.drop_path_rate
-            if drop_path_rate is not None:
-                rate = drop_path_rate * block_index / num_blocks
+            rate = drop_path_rate * config.depth_fraction
             x = block(x, config, rate, name=f"blocks_{stage_index}_{index}")
-            block_index += 1
         if features_only and stage_index + 1 in taps:
             maps.append(layers.Identity(name=taps[stage_index + 1])(x))
     if features_only:
         return features_model(inputs, x, maps, levels)
-    x = conv_bn_act(x, HEAD, name="head")
-    x = layers.GlobalAveragePooling2D(name="head_pool")(x)
+    if HEAD is not None:  # else the last stage feeds the pool
+        x = conv_bn_act(x, HEAD, name="head")
+    if POOLED_CONV is None:
+        x = layers.GlobalAveragePooling2D(name="head_pool")(x)
+    else:
+        x = layers.GlobalAveragePooling2D(keepdims=True, name="head_pool")(x)
+        x = layers.Conv2D(
+            POOLED_CONV.out_channels,
+            1,
+            activation=ACTIVATIONS[POOLED_CONV.activation],
+            kernel_initializer=conv_kernel_initializer(),
+            name="pooled_conv",
+        )(x)
+        x = layers.Flatten(name="pooled_flatten")(x)
     if dropout > 0:
         x = layers.Dropout(dropout, name="head_dropout")(x)
     outputs = layers.Dense(
@@ -765,7 +799,7 @@ def features_model(
 ) -> keras.Model:
     """The backbone: ``maps`` (and the head conv's output on ``x`` where the head is a
     level) as outputs named by level, with ``feature_info``."""
-    if levels[-1].module == "head":
+    if HEAD is not None and levels[-1].module == "head":
         x = conv_bn_act(x, HEAD, name="head")
         maps.append(layers.Identity(name=levels[-1].name)(x))
     model = keras.Model(

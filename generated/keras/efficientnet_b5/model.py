@@ -24,21 +24,20 @@ from dataclasses import dataclass, replace
 import keras
 from keras import layers
 
+# The spec's strings, each whole on one line however long (never wrapped).
+# fmt: off
 SPEC_NAME = "efficientnet-b5"
 SPEC_PATH = "specs/efficientnet-b5.yaml"
 SPEC_SHA256 = "5425a9d3432e464403742e1419e19c9c4aebe4eeb6f12d2697368a2a5ca0ce02"
-DESCRIPTION = (
-    "EfficientNet-B5, the official hand-picked coefficients (width 1.6, depth 2.2, "
-    "resolution 456)."
-)
+DESCRIPTION = "EfficientNet-B5, the official hand-picked coefficients (width 1.6, depth 2.2, resolution 456)."
+# fmt: on
 RESOLUTION = 456  # nominal input size; any size works
 INPUT_CHANNELS = 3
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 NUM_CLASSES = 1000
 DROPOUT = 0.4  # before the classifier
-DROP_PATH_RATE = 0.2  # stochastic depth: block i of N gets rate * i / N
-PADDING = "same"  # the spec's mode; each conv below carries its resolved padding
+DROP_PATH_RATE = 0.2  # stochastic depth: x each block's depth_fraction
 BN_EPS = 0.001
 BN_MOMENTUM = 0.99  # running-average decay, as the spec states it
 PARAMS = 30389784  # trainable parameters with NUM_CLASSES classes
@@ -116,13 +115,13 @@ class BlockConfig:
     """One MBConv or Fused-MBConv block: its parts run in the order expand ->
     depthwise -> se -> project (None: absent), then the residual add."""
 
-    kind: str  # "mbconv" or "fused_mbconv"
     expand: ConvBnActConfig | None
     depthwise: ConvBnActConfig | None
     se: SqueezeExciteConfig | None
     project: ConvBnActConfig | None
     residual: bool  # add the block's input to its output
-    drop_path_rate: float  # stochastic depth of the residual branch, training only
+    # Block i of N has i / N: its stochastic depth (training only) is the model's rate x this
+    depth_fraction: float
 
 
 @dataclass(frozen=True)
@@ -159,377 +158,348 @@ class OutputStride:
     convs: tuple[DilatedConv, ...]
 
 
-# The compiler decided every number below: widths, strides, padding, residuals, rates.
+@dataclass(frozen=True)
+class PooledConvConfig:
+    """A 1x1 conv with bias (no batch norm) on the pooled features -> activation."""
+
+    in_channels: int
+    out_channels: int
+    activation: str | None
+
+
+# The compiler decided every number below: widths, strides, padding, residuals, depths.
 # One line per part, one BlockConfig per block, one tuple per stage (blocks.i.j is
 # block j of stage i).
 # ruff: noqa: E501
 # fmt: off
 STEM = ConvBnActConfig(3, 48, kernel=3, stride=2, groups=1, depthwise=False, padding=SamePadding(456, 0, 1), activation="swish")
 HEAD = ConvBnActConfig(512, 2048, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish")
+POOLED_CONV = None  # no 1x1 conv after the pool
 STAGES = (
     (  # blocks.0: 3 x mbconv -> 24 channels at 228x228
         BlockConfig(  # blocks.0.0
-            kind="mbconv",
             expand=None,
             depthwise=ConvBnActConfig(48, 48, kernel=3, stride=1, groups=48, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(48, 12, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(48, 24, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.0,
+            depth_fraction=0.0,
         ),
         BlockConfig(  # blocks.0.1
-            kind="mbconv",
             expand=None,
             depthwise=ConvBnActConfig(24, 24, kernel=3, stride=1, groups=24, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(24, 6, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(24, 24, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.005128205128,
+            depth_fraction=0.02564102564102564,
         ),
         BlockConfig(  # blocks.0.2
-            kind="mbconv",
             expand=None,
             depthwise=ConvBnActConfig(24, 24, kernel=3, stride=1, groups=24, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(24, 6, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(24, 24, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.010256410256,
+            depth_fraction=0.05128205128205128,
         ),
     ),
     (  # blocks.1: 5 x mbconv -> 40 channels at 114x114
         BlockConfig(  # blocks.1.0
-            kind="mbconv",
             expand=ConvBnActConfig(24, 144, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(144, 144, kernel=3, stride=2, groups=144, depthwise=True, padding=SamePadding(228, 0, 1), activation="swish"),
             se=SqueezeExciteConfig(144, 6, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(144, 40, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.015384615385,
+            depth_fraction=0.07692307692307693,
         ),
         BlockConfig(  # blocks.1.1
-            kind="mbconv",
             expand=ConvBnActConfig(40, 240, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(240, 240, kernel=3, stride=1, groups=240, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(240, 10, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(240, 40, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.020512820513,
+            depth_fraction=0.10256410256410256,
         ),
         BlockConfig(  # blocks.1.2
-            kind="mbconv",
             expand=ConvBnActConfig(40, 240, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(240, 240, kernel=3, stride=1, groups=240, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(240, 10, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(240, 40, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.025641025641,
+            depth_fraction=0.1282051282051282,
         ),
         BlockConfig(  # blocks.1.3
-            kind="mbconv",
             expand=ConvBnActConfig(40, 240, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(240, 240, kernel=3, stride=1, groups=240, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(240, 10, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(240, 40, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.030769230769,
+            depth_fraction=0.15384615384615385,
         ),
         BlockConfig(  # blocks.1.4
-            kind="mbconv",
             expand=ConvBnActConfig(40, 240, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(240, 240, kernel=3, stride=1, groups=240, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(240, 10, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(240, 40, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.035897435897,
+            depth_fraction=0.1794871794871795,
         ),
     ),
     (  # blocks.2: 5 x mbconv -> 64 channels at 57x57
         BlockConfig(  # blocks.2.0
-            kind="mbconv",
             expand=ConvBnActConfig(40, 240, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(240, 240, kernel=5, stride=2, groups=240, depthwise=True, padding=SamePadding(114, 1, 2), activation="swish"),
             se=SqueezeExciteConfig(240, 10, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(240, 64, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.041025641026,
+            depth_fraction=0.20512820512820512,
         ),
         BlockConfig(  # blocks.2.1
-            kind="mbconv",
             expand=ConvBnActConfig(64, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(384, 384, kernel=5, stride=1, groups=384, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(384, 16, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(384, 64, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.046153846154,
+            depth_fraction=0.23076923076923078,
         ),
         BlockConfig(  # blocks.2.2
-            kind="mbconv",
             expand=ConvBnActConfig(64, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(384, 384, kernel=5, stride=1, groups=384, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(384, 16, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(384, 64, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.051282051282,
+            depth_fraction=0.2564102564102564,
         ),
         BlockConfig(  # blocks.2.3
-            kind="mbconv",
             expand=ConvBnActConfig(64, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(384, 384, kernel=5, stride=1, groups=384, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(384, 16, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(384, 64, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.05641025641,
+            depth_fraction=0.28205128205128205,
         ),
         BlockConfig(  # blocks.2.4
-            kind="mbconv",
             expand=ConvBnActConfig(64, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(384, 384, kernel=5, stride=1, groups=384, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(384, 16, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(384, 64, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.061538461538,
+            depth_fraction=0.3076923076923077,
         ),
     ),
     (  # blocks.3: 7 x mbconv -> 128 channels at 29x29
         BlockConfig(  # blocks.3.0
-            kind="mbconv",
             expand=ConvBnActConfig(64, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(384, 384, kernel=3, stride=2, groups=384, depthwise=True, padding=SamePadding(57, 1, 1), activation="swish"),
             se=SqueezeExciteConfig(384, 16, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(384, 128, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.066666666667,
+            depth_fraction=0.3333333333333333,
         ),
         BlockConfig(  # blocks.3.1
-            kind="mbconv",
             expand=ConvBnActConfig(128, 768, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(768, 768, kernel=3, stride=1, groups=768, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(768, 32, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(768, 128, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.071794871795,
+            depth_fraction=0.358974358974359,
         ),
         BlockConfig(  # blocks.3.2
-            kind="mbconv",
             expand=ConvBnActConfig(128, 768, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(768, 768, kernel=3, stride=1, groups=768, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(768, 32, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(768, 128, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.076923076923,
+            depth_fraction=0.38461538461538464,
         ),
         BlockConfig(  # blocks.3.3
-            kind="mbconv",
             expand=ConvBnActConfig(128, 768, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(768, 768, kernel=3, stride=1, groups=768, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(768, 32, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(768, 128, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.082051282051,
+            depth_fraction=0.41025641025641024,
         ),
         BlockConfig(  # blocks.3.4
-            kind="mbconv",
             expand=ConvBnActConfig(128, 768, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(768, 768, kernel=3, stride=1, groups=768, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(768, 32, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(768, 128, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.087179487179,
+            depth_fraction=0.4358974358974359,
         ),
         BlockConfig(  # blocks.3.5
-            kind="mbconv",
             expand=ConvBnActConfig(128, 768, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(768, 768, kernel=3, stride=1, groups=768, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(768, 32, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(768, 128, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.092307692308,
+            depth_fraction=0.46153846153846156,
         ),
         BlockConfig(  # blocks.3.6
-            kind="mbconv",
             expand=ConvBnActConfig(128, 768, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(768, 768, kernel=3, stride=1, groups=768, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(768, 32, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(768, 128, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.097435897436,
+            depth_fraction=0.48717948717948717,
         ),
     ),
     (  # blocks.4: 7 x mbconv -> 176 channels at 29x29
         BlockConfig(  # blocks.4.0
-            kind="mbconv",
             expand=ConvBnActConfig(128, 768, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(768, 768, kernel=5, stride=1, groups=768, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(768, 32, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(768, 176, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.102564102564,
+            depth_fraction=0.5128205128205128,
         ),
         BlockConfig(  # blocks.4.1
-            kind="mbconv",
             expand=ConvBnActConfig(176, 1056, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1056, 1056, kernel=5, stride=1, groups=1056, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(1056, 44, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1056, 176, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.107692307692,
+            depth_fraction=0.5384615384615384,
         ),
         BlockConfig(  # blocks.4.2
-            kind="mbconv",
             expand=ConvBnActConfig(176, 1056, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1056, 1056, kernel=5, stride=1, groups=1056, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(1056, 44, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1056, 176, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.112820512821,
+            depth_fraction=0.5641025641025641,
         ),
         BlockConfig(  # blocks.4.3
-            kind="mbconv",
             expand=ConvBnActConfig(176, 1056, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1056, 1056, kernel=5, stride=1, groups=1056, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(1056, 44, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1056, 176, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.117948717949,
+            depth_fraction=0.5897435897435898,
         ),
         BlockConfig(  # blocks.4.4
-            kind="mbconv",
             expand=ConvBnActConfig(176, 1056, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1056, 1056, kernel=5, stride=1, groups=1056, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(1056, 44, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1056, 176, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.123076923077,
+            depth_fraction=0.6153846153846154,
         ),
         BlockConfig(  # blocks.4.5
-            kind="mbconv",
             expand=ConvBnActConfig(176, 1056, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1056, 1056, kernel=5, stride=1, groups=1056, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(1056, 44, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1056, 176, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.128205128205,
+            depth_fraction=0.6410256410256411,
         ),
         BlockConfig(  # blocks.4.6
-            kind="mbconv",
             expand=ConvBnActConfig(176, 1056, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1056, 1056, kernel=5, stride=1, groups=1056, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(1056, 44, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1056, 176, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.133333333333,
+            depth_fraction=0.6666666666666666,
         ),
     ),
     (  # blocks.5: 9 x mbconv -> 304 channels at 15x15
         BlockConfig(  # blocks.5.0
-            kind="mbconv",
             expand=ConvBnActConfig(176, 1056, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1056, 1056, kernel=5, stride=2, groups=1056, depthwise=True, padding=SamePadding(29, 2, 2), activation="swish"),
             se=SqueezeExciteConfig(1056, 44, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1056, 304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.138461538462,
+            depth_fraction=0.6923076923076923,
         ),
         BlockConfig(  # blocks.5.1
-            kind="mbconv",
             expand=ConvBnActConfig(304, 1824, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1824, 1824, kernel=5, stride=1, groups=1824, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(1824, 76, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1824, 304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.14358974359,
+            depth_fraction=0.717948717948718,
         ),
         BlockConfig(  # blocks.5.2
-            kind="mbconv",
             expand=ConvBnActConfig(304, 1824, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1824, 1824, kernel=5, stride=1, groups=1824, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(1824, 76, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1824, 304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.148717948718,
+            depth_fraction=0.7435897435897436,
         ),
         BlockConfig(  # blocks.5.3
-            kind="mbconv",
             expand=ConvBnActConfig(304, 1824, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1824, 1824, kernel=5, stride=1, groups=1824, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(1824, 76, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1824, 304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.153846153846,
+            depth_fraction=0.7692307692307693,
         ),
         BlockConfig(  # blocks.5.4
-            kind="mbconv",
             expand=ConvBnActConfig(304, 1824, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1824, 1824, kernel=5, stride=1, groups=1824, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(1824, 76, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1824, 304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.158974358974,
+            depth_fraction=0.7948717948717948,
         ),
         BlockConfig(  # blocks.5.5
-            kind="mbconv",
             expand=ConvBnActConfig(304, 1824, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1824, 1824, kernel=5, stride=1, groups=1824, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(1824, 76, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1824, 304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.164102564103,
+            depth_fraction=0.8205128205128205,
         ),
         BlockConfig(  # blocks.5.6
-            kind="mbconv",
             expand=ConvBnActConfig(304, 1824, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1824, 1824, kernel=5, stride=1, groups=1824, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(1824, 76, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1824, 304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.169230769231,
+            depth_fraction=0.8461538461538461,
         ),
         BlockConfig(  # blocks.5.7
-            kind="mbconv",
             expand=ConvBnActConfig(304, 1824, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1824, 1824, kernel=5, stride=1, groups=1824, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(1824, 76, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1824, 304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.174358974359,
+            depth_fraction=0.8717948717948718,
         ),
         BlockConfig(  # blocks.5.8
-            kind="mbconv",
             expand=ConvBnActConfig(304, 1824, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1824, 1824, kernel=5, stride=1, groups=1824, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(1824, 76, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1824, 304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.179487179487,
+            depth_fraction=0.8974358974358975,
         ),
     ),
     (  # blocks.6: 3 x mbconv -> 512 channels at 15x15
         BlockConfig(  # blocks.6.0
-            kind="mbconv",
             expand=ConvBnActConfig(304, 1824, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1824, 1824, kernel=3, stride=1, groups=1824, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(1824, 76, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1824, 512, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.184615384615,
+            depth_fraction=0.9230769230769231,
         ),
         BlockConfig(  # blocks.6.1
-            kind="mbconv",
             expand=ConvBnActConfig(512, 3072, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(3072, 3072, kernel=3, stride=1, groups=3072, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(3072, 128, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(3072, 512, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.189743589744,
+            depth_fraction=0.9487179487179487,
         ),
         BlockConfig(  # blocks.6.2
-            kind="mbconv",
             expand=ConvBnActConfig(512, 3072, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(3072, 3072, kernel=3, stride=1, groups=3072, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(3072, 128, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(3072, 512, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.194871794872,
+            depth_fraction=0.9743589743589743,
         ),
     ),
 )
@@ -703,10 +673,52 @@ def conv(
     )(x)
 
 
+@keras.saving.register_keras_serializable(package="effspec")
+class ChannelSplit(layers.Layer):
+    """Split the channels into consecutive parts of the given sizes."""
+
+    def __init__(self, sizes: tuple[int, ...], **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self.sizes = tuple(sizes)
+
+    def call(self, x: keras.KerasTensor) -> list[keras.KerasTensor]:
+        bounds, total = [], 0
+        for size in self.sizes[:-1]:
+            total += size
+            bounds.append(total)
+        return keras.ops.split(x, bounds, axis=-1)
+
+    def compute_output_shape(self, shape: tuple[int | None, ...]) -> list[tuple]:
+        return [(*shape[:-1], size) for size in self.sizes]
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "sizes": self.sizes}
+
+
 def convolve(
     x: keras.KerasTensor, config: ConvBnActConfig, name: str
 ) -> keras.KerasTensor:
     """The conv of conv_bn_act, as its config describes it: {name}_conv."""
+    if isinstance(config.kernel, tuple):
+        # A depthwise conv split across kernels: {name}_conv_0, _conv_1, ... then concat
+        parts = ChannelSplit(config.groups, name=f"{name}_split")(x)
+        splits = zip(parts, config.groups, config.kernel, config.padding, strict=True)
+        outputs = []
+        for i, (part, size, kernel, padding) in enumerate(splits):
+            part_name = f"{name}_conv_{i}"
+            part = conv(
+                part,
+                size,
+                kernel,
+                config.stride,
+                size,
+                True,
+                padding,
+                part_name,
+                config.dilation,
+            )
+            outputs.append(part)
+        return layers.Concatenate(name=f"{name}_concat")(outputs)
     return conv(
         x,
         config.out_channels,
@@ -828,8 +840,8 @@ def build_model(
     Args:
         num_classes: classifier outputs.
         dropout: dropout before the classifier; None keeps DROPOUT.
-        drop_path_rate: stochastic-depth base rate (block i of N gets rate * i / N);
-            None keeps the spec's per-block rates.
+        drop_path_rate: stochastic-depth rate, times each block's depth_fraction;
+            None keeps DROP_PATH_RATE.
         include_preprocessing: normalize with MEAN/STD inside the model, so it takes
             raw 0..1 pixels.
         input_shape: (height, width, channels); None accepts any spatial size.
@@ -841,6 +853,8 @@ def build_model(
     levels = feature_info(out_indices, output_stride)
     stages = stages_at(output_stride)
     dropout = DROPOUT if dropout is None else dropout
+    if drop_path_rate is None:
+        drop_path_rate = DROP_PATH_RATE
     if input_shape is None:
         input_shape = (None, None, INPUT_CHANNELS)
     inputs = keras.Input(shape=input_shape, name="image")
@@ -856,21 +870,28 @@ def build_model(
     maps = []
     if features_only and 0 in taps:
         maps.append(layers.Identity(name=taps[0])(x))
-    num_blocks = sum(len(stage) for stage in stages)
-    block_index = 0
     for stage_index, stage in enumerate(stages[:depth]):
         for index, config in enumerate(stage):
-            rate = config.drop_path_rate
-            if drop_path_rate is not None:
-                rate = drop_path_rate * block_index / num_blocks
+            rate = drop_path_rate * config.depth_fraction
             x = block(x, config, rate, name=f"blocks_{stage_index}_{index}")
-            block_index += 1
         if features_only and stage_index + 1 in taps:
             maps.append(layers.Identity(name=taps[stage_index + 1])(x))
     if features_only:
         return features_model(inputs, x, maps, levels)
-    x = conv_bn_act(x, HEAD, name="head")
-    x = layers.GlobalAveragePooling2D(name="head_pool")(x)
+    if HEAD is not None:  # else the last stage feeds the pool
+        x = conv_bn_act(x, HEAD, name="head")
+    if POOLED_CONV is None:
+        x = layers.GlobalAveragePooling2D(name="head_pool")(x)
+    else:
+        x = layers.GlobalAveragePooling2D(keepdims=True, name="head_pool")(x)
+        x = layers.Conv2D(
+            POOLED_CONV.out_channels,
+            1,
+            activation=ACTIVATIONS[POOLED_CONV.activation],
+            kernel_initializer=conv_kernel_initializer(),
+            name="pooled_conv",
+        )(x)
+        x = layers.Flatten(name="pooled_flatten")(x)
     if dropout > 0:
         x = layers.Dropout(dropout, name="head_dropout")(x)
     outputs = layers.Dense(
@@ -894,7 +915,7 @@ def features_model(
 ) -> keras.Model:
     """The backbone: ``maps`` (and the head conv's output on ``x`` where the head is a
     level) as outputs named by level, with ``feature_info``."""
-    if levels[-1].module == "head":
+    if HEAD is not None and levels[-1].module == "head":
         x = conv_bn_act(x, HEAD, name="head")
         maps.append(layers.Identity(name=levels[-1].name)(x))
     model = keras.Model(

@@ -24,21 +24,20 @@ from dataclasses import dataclass, replace
 import keras
 from keras import layers
 
+# The spec's strings, each whole on one line however long (never wrapped).
+# fmt: off
 SPEC_NAME = "efficientnet-b6"
 SPEC_PATH = "specs/efficientnet-b6.yaml"
 SPEC_SHA256 = "6328e9b9ed20234aa2f1e90c136050c818601f0e709c9c8c18a9bd2c720f06e5"
-DESCRIPTION = (
-    "EfficientNet-B6, the official hand-picked coefficients (width 1.8, depth 2.6, "
-    "resolution 528)."
-)
+DESCRIPTION = "EfficientNet-B6, the official hand-picked coefficients (width 1.8, depth 2.6, resolution 528)."
+# fmt: on
 RESOLUTION = 528  # nominal input size; any size works
 INPUT_CHANNELS = 3
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 NUM_CLASSES = 1000
 DROPOUT = 0.5  # before the classifier
-DROP_PATH_RATE = 0.2  # stochastic depth: block i of N gets rate * i / N
-PADDING = "same"  # the spec's mode; each conv below carries its resolved padding
+DROP_PATH_RATE = 0.2  # stochastic depth: x each block's depth_fraction
 BN_EPS = 0.001
 BN_MOMENTUM = 0.99  # running-average decay, as the spec states it
 PARAMS = 43040704  # trainable parameters with NUM_CLASSES classes
@@ -116,13 +115,13 @@ class BlockConfig:
     """One MBConv or Fused-MBConv block: its parts run in the order expand ->
     depthwise -> se -> project (None: absent), then the residual add."""
 
-    kind: str  # "mbconv" or "fused_mbconv"
     expand: ConvBnActConfig | None
     depthwise: ConvBnActConfig | None
     se: SqueezeExciteConfig | None
     project: ConvBnActConfig | None
     residual: bool  # add the block's input to its output
-    drop_path_rate: float  # stochastic depth of the residual branch, training only
+    # Block i of N has i / N: its stochastic depth (training only) is the model's rate x this
+    depth_fraction: float
 
 
 @dataclass(frozen=True)
@@ -159,431 +158,396 @@ class OutputStride:
     convs: tuple[DilatedConv, ...]
 
 
-# The compiler decided every number below: widths, strides, padding, residuals, rates.
+@dataclass(frozen=True)
+class PooledConvConfig:
+    """A 1x1 conv with bias (no batch norm) on the pooled features -> activation."""
+
+    in_channels: int
+    out_channels: int
+    activation: str | None
+
+
+# The compiler decided every number below: widths, strides, padding, residuals, depths.
 # One line per part, one BlockConfig per block, one tuple per stage (blocks.i.j is
 # block j of stage i).
 # ruff: noqa: E501
 # fmt: off
 STEM = ConvBnActConfig(3, 56, kernel=3, stride=2, groups=1, depthwise=False, padding=SamePadding(528, 0, 1), activation="swish")
 HEAD = ConvBnActConfig(576, 2304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish")
+POOLED_CONV = None  # no 1x1 conv after the pool
 STAGES = (
     (  # blocks.0: 3 x mbconv -> 32 channels at 264x264
         BlockConfig(  # blocks.0.0
-            kind="mbconv",
             expand=None,
             depthwise=ConvBnActConfig(56, 56, kernel=3, stride=1, groups=56, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(56, 14, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(56, 32, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.0,
+            depth_fraction=0.0,
         ),
         BlockConfig(  # blocks.0.1
-            kind="mbconv",
             expand=None,
             depthwise=ConvBnActConfig(32, 32, kernel=3, stride=1, groups=32, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(32, 8, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(32, 32, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.004444444444,
+            depth_fraction=0.022222222222222223,
         ),
         BlockConfig(  # blocks.0.2
-            kind="mbconv",
             expand=None,
             depthwise=ConvBnActConfig(32, 32, kernel=3, stride=1, groups=32, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(32, 8, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(32, 32, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.008888888889,
+            depth_fraction=0.044444444444444446,
         ),
     ),
     (  # blocks.1: 6 x mbconv -> 40 channels at 132x132
         BlockConfig(  # blocks.1.0
-            kind="mbconv",
             expand=ConvBnActConfig(32, 192, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(192, 192, kernel=3, stride=2, groups=192, depthwise=True, padding=SamePadding(264, 0, 1), activation="swish"),
             se=SqueezeExciteConfig(192, 8, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(192, 40, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.013333333333,
+            depth_fraction=0.06666666666666667,
         ),
         BlockConfig(  # blocks.1.1
-            kind="mbconv",
             expand=ConvBnActConfig(40, 240, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(240, 240, kernel=3, stride=1, groups=240, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(240, 10, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(240, 40, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.017777777778,
+            depth_fraction=0.08888888888888889,
         ),
         BlockConfig(  # blocks.1.2
-            kind="mbconv",
             expand=ConvBnActConfig(40, 240, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(240, 240, kernel=3, stride=1, groups=240, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(240, 10, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(240, 40, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.022222222222,
+            depth_fraction=0.1111111111111111,
         ),
         BlockConfig(  # blocks.1.3
-            kind="mbconv",
             expand=ConvBnActConfig(40, 240, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(240, 240, kernel=3, stride=1, groups=240, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(240, 10, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(240, 40, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.026666666667,
+            depth_fraction=0.13333333333333333,
         ),
         BlockConfig(  # blocks.1.4
-            kind="mbconv",
             expand=ConvBnActConfig(40, 240, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(240, 240, kernel=3, stride=1, groups=240, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(240, 10, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(240, 40, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.031111111111,
+            depth_fraction=0.15555555555555556,
         ),
         BlockConfig(  # blocks.1.5
-            kind="mbconv",
             expand=ConvBnActConfig(40, 240, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(240, 240, kernel=3, stride=1, groups=240, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(240, 10, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(240, 40, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.035555555556,
+            depth_fraction=0.17777777777777778,
         ),
     ),
     (  # blocks.2: 6 x mbconv -> 72 channels at 66x66
         BlockConfig(  # blocks.2.0
-            kind="mbconv",
             expand=ConvBnActConfig(40, 240, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(240, 240, kernel=5, stride=2, groups=240, depthwise=True, padding=SamePadding(132, 1, 2), activation="swish"),
             se=SqueezeExciteConfig(240, 10, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(240, 72, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.04,
+            depth_fraction=0.2,
         ),
         BlockConfig(  # blocks.2.1
-            kind="mbconv",
             expand=ConvBnActConfig(72, 432, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(432, 432, kernel=5, stride=1, groups=432, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(432, 18, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(432, 72, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.044444444444,
+            depth_fraction=0.2222222222222222,
         ),
         BlockConfig(  # blocks.2.2
-            kind="mbconv",
             expand=ConvBnActConfig(72, 432, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(432, 432, kernel=5, stride=1, groups=432, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(432, 18, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(432, 72, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.048888888889,
+            depth_fraction=0.24444444444444444,
         ),
         BlockConfig(  # blocks.2.3
-            kind="mbconv",
             expand=ConvBnActConfig(72, 432, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(432, 432, kernel=5, stride=1, groups=432, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(432, 18, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(432, 72, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.053333333333,
+            depth_fraction=0.26666666666666666,
         ),
         BlockConfig(  # blocks.2.4
-            kind="mbconv",
             expand=ConvBnActConfig(72, 432, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(432, 432, kernel=5, stride=1, groups=432, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(432, 18, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(432, 72, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.057777777778,
+            depth_fraction=0.28888888888888886,
         ),
         BlockConfig(  # blocks.2.5
-            kind="mbconv",
             expand=ConvBnActConfig(72, 432, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(432, 432, kernel=5, stride=1, groups=432, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(432, 18, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(432, 72, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.062222222222,
+            depth_fraction=0.3111111111111111,
         ),
     ),
     (  # blocks.3: 8 x mbconv -> 144 channels at 33x33
         BlockConfig(  # blocks.3.0
-            kind="mbconv",
             expand=ConvBnActConfig(72, 432, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(432, 432, kernel=3, stride=2, groups=432, depthwise=True, padding=SamePadding(66, 0, 1), activation="swish"),
             se=SqueezeExciteConfig(432, 18, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(432, 144, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.066666666667,
+            depth_fraction=0.3333333333333333,
         ),
         BlockConfig(  # blocks.3.1
-            kind="mbconv",
             expand=ConvBnActConfig(144, 864, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(864, 864, kernel=3, stride=1, groups=864, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(864, 36, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(864, 144, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.071111111111,
+            depth_fraction=0.35555555555555557,
         ),
         BlockConfig(  # blocks.3.2
-            kind="mbconv",
             expand=ConvBnActConfig(144, 864, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(864, 864, kernel=3, stride=1, groups=864, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(864, 36, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(864, 144, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.075555555556,
+            depth_fraction=0.37777777777777777,
         ),
         BlockConfig(  # blocks.3.3
-            kind="mbconv",
             expand=ConvBnActConfig(144, 864, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(864, 864, kernel=3, stride=1, groups=864, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(864, 36, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(864, 144, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.08,
+            depth_fraction=0.4,
         ),
         BlockConfig(  # blocks.3.4
-            kind="mbconv",
             expand=ConvBnActConfig(144, 864, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(864, 864, kernel=3, stride=1, groups=864, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(864, 36, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(864, 144, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.084444444444,
+            depth_fraction=0.4222222222222222,
         ),
         BlockConfig(  # blocks.3.5
-            kind="mbconv",
             expand=ConvBnActConfig(144, 864, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(864, 864, kernel=3, stride=1, groups=864, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(864, 36, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(864, 144, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.088888888889,
+            depth_fraction=0.4444444444444444,
         ),
         BlockConfig(  # blocks.3.6
-            kind="mbconv",
             expand=ConvBnActConfig(144, 864, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(864, 864, kernel=3, stride=1, groups=864, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(864, 36, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(864, 144, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.093333333333,
+            depth_fraction=0.4666666666666667,
         ),
         BlockConfig(  # blocks.3.7
-            kind="mbconv",
             expand=ConvBnActConfig(144, 864, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(864, 864, kernel=3, stride=1, groups=864, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(864, 36, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(864, 144, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.097777777778,
+            depth_fraction=0.4888888888888889,
         ),
     ),
     (  # blocks.4: 8 x mbconv -> 200 channels at 33x33
         BlockConfig(  # blocks.4.0
-            kind="mbconv",
             expand=ConvBnActConfig(144, 864, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(864, 864, kernel=5, stride=1, groups=864, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(864, 36, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(864, 200, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.102222222222,
+            depth_fraction=0.5111111111111111,
         ),
         BlockConfig(  # blocks.4.1
-            kind="mbconv",
             expand=ConvBnActConfig(200, 1200, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1200, 1200, kernel=5, stride=1, groups=1200, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(1200, 50, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1200, 200, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.106666666667,
+            depth_fraction=0.5333333333333333,
         ),
         BlockConfig(  # blocks.4.2
-            kind="mbconv",
             expand=ConvBnActConfig(200, 1200, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1200, 1200, kernel=5, stride=1, groups=1200, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(1200, 50, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1200, 200, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.111111111111,
+            depth_fraction=0.5555555555555556,
         ),
         BlockConfig(  # blocks.4.3
-            kind="mbconv",
             expand=ConvBnActConfig(200, 1200, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1200, 1200, kernel=5, stride=1, groups=1200, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(1200, 50, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1200, 200, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.115555555556,
+            depth_fraction=0.5777777777777777,
         ),
         BlockConfig(  # blocks.4.4
-            kind="mbconv",
             expand=ConvBnActConfig(200, 1200, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1200, 1200, kernel=5, stride=1, groups=1200, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(1200, 50, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1200, 200, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.12,
+            depth_fraction=0.6,
         ),
         BlockConfig(  # blocks.4.5
-            kind="mbconv",
             expand=ConvBnActConfig(200, 1200, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1200, 1200, kernel=5, stride=1, groups=1200, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(1200, 50, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1200, 200, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.124444444444,
+            depth_fraction=0.6222222222222222,
         ),
         BlockConfig(  # blocks.4.6
-            kind="mbconv",
             expand=ConvBnActConfig(200, 1200, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1200, 1200, kernel=5, stride=1, groups=1200, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(1200, 50, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1200, 200, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.128888888889,
+            depth_fraction=0.6444444444444445,
         ),
         BlockConfig(  # blocks.4.7
-            kind="mbconv",
             expand=ConvBnActConfig(200, 1200, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1200, 1200, kernel=5, stride=1, groups=1200, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(1200, 50, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1200, 200, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.133333333333,
+            depth_fraction=0.6666666666666666,
         ),
     ),
     (  # blocks.5: 11 x mbconv -> 344 channels at 17x17
         BlockConfig(  # blocks.5.0
-            kind="mbconv",
             expand=ConvBnActConfig(200, 1200, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1200, 1200, kernel=5, stride=2, groups=1200, depthwise=True, padding=SamePadding(33, 2, 2), activation="swish"),
             se=SqueezeExciteConfig(1200, 50, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1200, 344, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.137777777778,
+            depth_fraction=0.6888888888888889,
         ),
         BlockConfig(  # blocks.5.1
-            kind="mbconv",
             expand=ConvBnActConfig(344, 2064, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(2064, 2064, kernel=5, stride=1, groups=2064, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(2064, 86, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(2064, 344, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.142222222222,
+            depth_fraction=0.7111111111111111,
         ),
         BlockConfig(  # blocks.5.2
-            kind="mbconv",
             expand=ConvBnActConfig(344, 2064, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(2064, 2064, kernel=5, stride=1, groups=2064, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(2064, 86, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(2064, 344, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.146666666667,
+            depth_fraction=0.7333333333333333,
         ),
         BlockConfig(  # blocks.5.3
-            kind="mbconv",
             expand=ConvBnActConfig(344, 2064, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(2064, 2064, kernel=5, stride=1, groups=2064, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(2064, 86, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(2064, 344, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.151111111111,
+            depth_fraction=0.7555555555555555,
         ),
         BlockConfig(  # blocks.5.4
-            kind="mbconv",
             expand=ConvBnActConfig(344, 2064, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(2064, 2064, kernel=5, stride=1, groups=2064, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(2064, 86, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(2064, 344, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.155555555556,
+            depth_fraction=0.7777777777777778,
         ),
         BlockConfig(  # blocks.5.5
-            kind="mbconv",
             expand=ConvBnActConfig(344, 2064, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(2064, 2064, kernel=5, stride=1, groups=2064, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(2064, 86, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(2064, 344, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.16,
+            depth_fraction=0.8,
         ),
         BlockConfig(  # blocks.5.6
-            kind="mbconv",
             expand=ConvBnActConfig(344, 2064, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(2064, 2064, kernel=5, stride=1, groups=2064, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(2064, 86, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(2064, 344, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.164444444444,
+            depth_fraction=0.8222222222222222,
         ),
         BlockConfig(  # blocks.5.7
-            kind="mbconv",
             expand=ConvBnActConfig(344, 2064, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(2064, 2064, kernel=5, stride=1, groups=2064, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(2064, 86, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(2064, 344, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.168888888889,
+            depth_fraction=0.8444444444444444,
         ),
         BlockConfig(  # blocks.5.8
-            kind="mbconv",
             expand=ConvBnActConfig(344, 2064, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(2064, 2064, kernel=5, stride=1, groups=2064, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(2064, 86, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(2064, 344, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.173333333333,
+            depth_fraction=0.8666666666666667,
         ),
         BlockConfig(  # blocks.5.9
-            kind="mbconv",
             expand=ConvBnActConfig(344, 2064, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(2064, 2064, kernel=5, stride=1, groups=2064, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(2064, 86, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(2064, 344, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.177777777778,
+            depth_fraction=0.8888888888888888,
         ),
         BlockConfig(  # blocks.5.10
-            kind="mbconv",
             expand=ConvBnActConfig(344, 2064, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(2064, 2064, kernel=5, stride=1, groups=2064, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(2064, 86, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(2064, 344, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.182222222222,
+            depth_fraction=0.9111111111111111,
         ),
     ),
     (  # blocks.6: 3 x mbconv -> 576 channels at 17x17
         BlockConfig(  # blocks.6.0
-            kind="mbconv",
             expand=ConvBnActConfig(344, 2064, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(2064, 2064, kernel=3, stride=1, groups=2064, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(2064, 86, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(2064, 576, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.186666666667,
+            depth_fraction=0.9333333333333333,
         ),
         BlockConfig(  # blocks.6.1
-            kind="mbconv",
             expand=ConvBnActConfig(576, 3456, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(3456, 3456, kernel=3, stride=1, groups=3456, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(3456, 144, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(3456, 576, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.191111111111,
+            depth_fraction=0.9555555555555556,
         ),
         BlockConfig(  # blocks.6.2
-            kind="mbconv",
             expand=ConvBnActConfig(576, 3456, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(3456, 3456, kernel=3, stride=1, groups=3456, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(3456, 144, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(3456, 576, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.195555555556,
+            depth_fraction=0.9777777777777777,
         ),
     ),
 )
@@ -763,10 +727,52 @@ def conv(
     )(x)
 
 
+@keras.saving.register_keras_serializable(package="effspec")
+class ChannelSplit(layers.Layer):
+    """Split the channels into consecutive parts of the given sizes."""
+
+    def __init__(self, sizes: tuple[int, ...], **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self.sizes = tuple(sizes)
+
+    def call(self, x: keras.KerasTensor) -> list[keras.KerasTensor]:
+        bounds, total = [], 0
+        for size in self.sizes[:-1]:
+            total += size
+            bounds.append(total)
+        return keras.ops.split(x, bounds, axis=-1)
+
+    def compute_output_shape(self, shape: tuple[int | None, ...]) -> list[tuple]:
+        return [(*shape[:-1], size) for size in self.sizes]
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "sizes": self.sizes}
+
+
 def convolve(
     x: keras.KerasTensor, config: ConvBnActConfig, name: str
 ) -> keras.KerasTensor:
     """The conv of conv_bn_act, as its config describes it: {name}_conv."""
+    if isinstance(config.kernel, tuple):
+        # A depthwise conv split across kernels: {name}_conv_0, _conv_1, ... then concat
+        parts = ChannelSplit(config.groups, name=f"{name}_split")(x)
+        splits = zip(parts, config.groups, config.kernel, config.padding, strict=True)
+        outputs = []
+        for i, (part, size, kernel, padding) in enumerate(splits):
+            part_name = f"{name}_conv_{i}"
+            part = conv(
+                part,
+                size,
+                kernel,
+                config.stride,
+                size,
+                True,
+                padding,
+                part_name,
+                config.dilation,
+            )
+            outputs.append(part)
+        return layers.Concatenate(name=f"{name}_concat")(outputs)
     return conv(
         x,
         config.out_channels,
@@ -888,8 +894,8 @@ def build_model(
     Args:
         num_classes: classifier outputs.
         dropout: dropout before the classifier; None keeps DROPOUT.
-        drop_path_rate: stochastic-depth base rate (block i of N gets rate * i / N);
-            None keeps the spec's per-block rates.
+        drop_path_rate: stochastic-depth rate, times each block's depth_fraction;
+            None keeps DROP_PATH_RATE.
         include_preprocessing: normalize with MEAN/STD inside the model, so it takes
             raw 0..1 pixels.
         input_shape: (height, width, channels); None accepts any spatial size.
@@ -901,6 +907,8 @@ def build_model(
     levels = feature_info(out_indices, output_stride)
     stages = stages_at(output_stride)
     dropout = DROPOUT if dropout is None else dropout
+    if drop_path_rate is None:
+        drop_path_rate = DROP_PATH_RATE
     if input_shape is None:
         input_shape = (None, None, INPUT_CHANNELS)
     inputs = keras.Input(shape=input_shape, name="image")
@@ -916,21 +924,28 @@ def build_model(
     maps = []
     if features_only and 0 in taps:
         maps.append(layers.Identity(name=taps[0])(x))
-    num_blocks = sum(len(stage) for stage in stages)
-    block_index = 0
     for stage_index, stage in enumerate(stages[:depth]):
         for index, config in enumerate(stage):
-            rate = config.drop_path_rate
-            if drop_path_rate is not None:
-                rate = drop_path_rate * block_index / num_blocks
+            rate = drop_path_rate * config.depth_fraction
             x = block(x, config, rate, name=f"blocks_{stage_index}_{index}")
-            block_index += 1
         if features_only and stage_index + 1 in taps:
             maps.append(layers.Identity(name=taps[stage_index + 1])(x))
     if features_only:
         return features_model(inputs, x, maps, levels)
-    x = conv_bn_act(x, HEAD, name="head")
-    x = layers.GlobalAveragePooling2D(name="head_pool")(x)
+    if HEAD is not None:  # else the last stage feeds the pool
+        x = conv_bn_act(x, HEAD, name="head")
+    if POOLED_CONV is None:
+        x = layers.GlobalAveragePooling2D(name="head_pool")(x)
+    else:
+        x = layers.GlobalAveragePooling2D(keepdims=True, name="head_pool")(x)
+        x = layers.Conv2D(
+            POOLED_CONV.out_channels,
+            1,
+            activation=ACTIVATIONS[POOLED_CONV.activation],
+            kernel_initializer=conv_kernel_initializer(),
+            name="pooled_conv",
+        )(x)
+        x = layers.Flatten(name="pooled_flatten")(x)
     if dropout > 0:
         x = layers.Dropout(dropout, name="head_dropout")(x)
     outputs = layers.Dense(
@@ -954,7 +969,7 @@ def features_model(
 ) -> keras.Model:
     """The backbone: ``maps`` (and the head conv's output on ``x`` where the head is a
     level) as outputs named by level, with ``feature_info``."""
-    if levels[-1].module == "head":
+    if HEAD is not None and levels[-1].module == "head":
         x = conv_bn_act(x, HEAD, name="head")
         maps.append(layers.Identity(name=levels[-1].name)(x))
     model = keras.Model(

@@ -24,21 +24,20 @@ from dataclasses import dataclass, replace
 import keras
 from keras import layers
 
+# The spec's strings, each whole on one line however long (never wrapped).
+# fmt: off
 SPEC_NAME = "efficientnet-b7"
 SPEC_PATH = "specs/efficientnet-b7.yaml"
 SPEC_SHA256 = "9d06eb6d0a49c5d3401c7ec235d67074e33787ed793725230e949d551100d979"
-DESCRIPTION = (
-    "EfficientNet-B7, the official hand-picked coefficients (width 2.0, depth 3.1, "
-    "resolution 600)."
-)
+DESCRIPTION = "EfficientNet-B7, the official hand-picked coefficients (width 2.0, depth 3.1, resolution 600)."
+# fmt: on
 RESOLUTION = 600  # nominal input size; any size works
 INPUT_CHANNELS = 3
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 NUM_CLASSES = 1000
 DROPOUT = 0.5  # before the classifier
-DROP_PATH_RATE = 0.2  # stochastic depth: block i of N gets rate * i / N
-PADDING = "same"  # the spec's mode; each conv below carries its resolved padding
+DROP_PATH_RATE = 0.2  # stochastic depth: x each block's depth_fraction
 BN_EPS = 0.001
 BN_MOMENTUM = 0.99  # running-average decay, as the spec states it
 PARAMS = 66347960  # trainable parameters with NUM_CLASSES classes
@@ -116,13 +115,13 @@ class BlockConfig:
     """One MBConv or Fused-MBConv block: its parts run in the order expand ->
     depthwise -> se -> project (None: absent), then the residual add."""
 
-    kind: str  # "mbconv" or "fused_mbconv"
     expand: ConvBnActConfig | None
     depthwise: ConvBnActConfig | None
     se: SqueezeExciteConfig | None
     project: ConvBnActConfig | None
     residual: bool  # add the block's input to its output
-    drop_path_rate: float  # stochastic depth of the residual branch, training only
+    # Block i of N has i / N: its stochastic depth (training only) is the model's rate x this
+    depth_fraction: float
 
 
 @dataclass(frozen=True)
@@ -159,521 +158,476 @@ class OutputStride:
     convs: tuple[DilatedConv, ...]
 
 
-# The compiler decided every number below: widths, strides, padding, residuals, rates.
+@dataclass(frozen=True)
+class PooledConvConfig:
+    """A 1x1 conv with bias (no batch norm) on the pooled features -> activation."""
+
+    in_channels: int
+    out_channels: int
+    activation: str | None
+
+
+# The compiler decided every number below: widths, strides, padding, residuals, depths.
 # One line per part, one BlockConfig per block, one tuple per stage (blocks.i.j is
 # block j of stage i).
 # ruff: noqa: E501
 # fmt: off
 STEM = ConvBnActConfig(3, 64, kernel=3, stride=2, groups=1, depthwise=False, padding=SamePadding(600, 0, 1), activation="swish")
 HEAD = ConvBnActConfig(640, 2560, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish")
+POOLED_CONV = None  # no 1x1 conv after the pool
 STAGES = (
     (  # blocks.0: 4 x mbconv -> 32 channels at 300x300
         BlockConfig(  # blocks.0.0
-            kind="mbconv",
             expand=None,
             depthwise=ConvBnActConfig(64, 64, kernel=3, stride=1, groups=64, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(64, 16, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(64, 32, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.0,
+            depth_fraction=0.0,
         ),
         BlockConfig(  # blocks.0.1
-            kind="mbconv",
             expand=None,
             depthwise=ConvBnActConfig(32, 32, kernel=3, stride=1, groups=32, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(32, 8, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(32, 32, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.003636363636,
+            depth_fraction=0.01818181818181818,
         ),
         BlockConfig(  # blocks.0.2
-            kind="mbconv",
             expand=None,
             depthwise=ConvBnActConfig(32, 32, kernel=3, stride=1, groups=32, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(32, 8, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(32, 32, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.007272727273,
+            depth_fraction=0.03636363636363636,
         ),
         BlockConfig(  # blocks.0.3
-            kind="mbconv",
             expand=None,
             depthwise=ConvBnActConfig(32, 32, kernel=3, stride=1, groups=32, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(32, 8, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(32, 32, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.010909090909,
+            depth_fraction=0.05454545454545454,
         ),
     ),
     (  # blocks.1: 7 x mbconv -> 48 channels at 150x150
         BlockConfig(  # blocks.1.0
-            kind="mbconv",
             expand=ConvBnActConfig(32, 192, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(192, 192, kernel=3, stride=2, groups=192, depthwise=True, padding=SamePadding(300, 0, 1), activation="swish"),
             se=SqueezeExciteConfig(192, 8, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(192, 48, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.014545454545,
+            depth_fraction=0.07272727272727272,
         ),
         BlockConfig(  # blocks.1.1
-            kind="mbconv",
             expand=ConvBnActConfig(48, 288, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(288, 288, kernel=3, stride=1, groups=288, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(288, 12, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(288, 48, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.018181818182,
+            depth_fraction=0.09090909090909091,
         ),
         BlockConfig(  # blocks.1.2
-            kind="mbconv",
             expand=ConvBnActConfig(48, 288, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(288, 288, kernel=3, stride=1, groups=288, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(288, 12, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(288, 48, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.021818181818,
+            depth_fraction=0.10909090909090909,
         ),
         BlockConfig(  # blocks.1.3
-            kind="mbconv",
             expand=ConvBnActConfig(48, 288, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(288, 288, kernel=3, stride=1, groups=288, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(288, 12, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(288, 48, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.025454545455,
+            depth_fraction=0.12727272727272726,
         ),
         BlockConfig(  # blocks.1.4
-            kind="mbconv",
             expand=ConvBnActConfig(48, 288, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(288, 288, kernel=3, stride=1, groups=288, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(288, 12, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(288, 48, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.029090909091,
+            depth_fraction=0.14545454545454545,
         ),
         BlockConfig(  # blocks.1.5
-            kind="mbconv",
             expand=ConvBnActConfig(48, 288, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(288, 288, kernel=3, stride=1, groups=288, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(288, 12, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(288, 48, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.032727272727,
+            depth_fraction=0.16363636363636364,
         ),
         BlockConfig(  # blocks.1.6
-            kind="mbconv",
             expand=ConvBnActConfig(48, 288, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(288, 288, kernel=3, stride=1, groups=288, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(288, 12, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(288, 48, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.036363636364,
+            depth_fraction=0.18181818181818182,
         ),
     ),
     (  # blocks.2: 7 x mbconv -> 80 channels at 75x75
         BlockConfig(  # blocks.2.0
-            kind="mbconv",
             expand=ConvBnActConfig(48, 288, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(288, 288, kernel=5, stride=2, groups=288, depthwise=True, padding=SamePadding(150, 1, 2), activation="swish"),
             se=SqueezeExciteConfig(288, 12, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(288, 80, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.04,
+            depth_fraction=0.2,
         ),
         BlockConfig(  # blocks.2.1
-            kind="mbconv",
             expand=ConvBnActConfig(80, 480, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(480, 480, kernel=5, stride=1, groups=480, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(480, 20, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(480, 80, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.043636363636,
+            depth_fraction=0.21818181818181817,
         ),
         BlockConfig(  # blocks.2.2
-            kind="mbconv",
             expand=ConvBnActConfig(80, 480, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(480, 480, kernel=5, stride=1, groups=480, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(480, 20, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(480, 80, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.047272727273,
+            depth_fraction=0.23636363636363636,
         ),
         BlockConfig(  # blocks.2.3
-            kind="mbconv",
             expand=ConvBnActConfig(80, 480, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(480, 480, kernel=5, stride=1, groups=480, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(480, 20, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(480, 80, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.050909090909,
+            depth_fraction=0.2545454545454545,
         ),
         BlockConfig(  # blocks.2.4
-            kind="mbconv",
             expand=ConvBnActConfig(80, 480, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(480, 480, kernel=5, stride=1, groups=480, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(480, 20, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(480, 80, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.054545454545,
+            depth_fraction=0.2727272727272727,
         ),
         BlockConfig(  # blocks.2.5
-            kind="mbconv",
             expand=ConvBnActConfig(80, 480, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(480, 480, kernel=5, stride=1, groups=480, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(480, 20, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(480, 80, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.058181818182,
+            depth_fraction=0.2909090909090909,
         ),
         BlockConfig(  # blocks.2.6
-            kind="mbconv",
             expand=ConvBnActConfig(80, 480, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(480, 480, kernel=5, stride=1, groups=480, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(480, 20, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(480, 80, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.061818181818,
+            depth_fraction=0.3090909090909091,
         ),
     ),
     (  # blocks.3: 10 x mbconv -> 160 channels at 38x38
         BlockConfig(  # blocks.3.0
-            kind="mbconv",
             expand=ConvBnActConfig(80, 480, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(480, 480, kernel=3, stride=2, groups=480, depthwise=True, padding=SamePadding(75, 1, 1), activation="swish"),
             se=SqueezeExciteConfig(480, 20, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(480, 160, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.065454545455,
+            depth_fraction=0.32727272727272727,
         ),
         BlockConfig(  # blocks.3.1
-            kind="mbconv",
             expand=ConvBnActConfig(160, 960, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(960, 960, kernel=3, stride=1, groups=960, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(960, 40, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(960, 160, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.069090909091,
+            depth_fraction=0.34545454545454546,
         ),
         BlockConfig(  # blocks.3.2
-            kind="mbconv",
             expand=ConvBnActConfig(160, 960, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(960, 960, kernel=3, stride=1, groups=960, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(960, 40, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(960, 160, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.072727272727,
+            depth_fraction=0.36363636363636365,
         ),
         BlockConfig(  # blocks.3.3
-            kind="mbconv",
             expand=ConvBnActConfig(160, 960, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(960, 960, kernel=3, stride=1, groups=960, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(960, 40, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(960, 160, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.076363636364,
+            depth_fraction=0.38181818181818183,
         ),
         BlockConfig(  # blocks.3.4
-            kind="mbconv",
             expand=ConvBnActConfig(160, 960, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(960, 960, kernel=3, stride=1, groups=960, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(960, 40, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(960, 160, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.08,
+            depth_fraction=0.4,
         ),
         BlockConfig(  # blocks.3.5
-            kind="mbconv",
             expand=ConvBnActConfig(160, 960, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(960, 960, kernel=3, stride=1, groups=960, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(960, 40, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(960, 160, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.083636363636,
+            depth_fraction=0.41818181818181815,
         ),
         BlockConfig(  # blocks.3.6
-            kind="mbconv",
             expand=ConvBnActConfig(160, 960, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(960, 960, kernel=3, stride=1, groups=960, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(960, 40, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(960, 160, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.087272727273,
+            depth_fraction=0.43636363636363634,
         ),
         BlockConfig(  # blocks.3.7
-            kind="mbconv",
             expand=ConvBnActConfig(160, 960, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(960, 960, kernel=3, stride=1, groups=960, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(960, 40, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(960, 160, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.090909090909,
+            depth_fraction=0.45454545454545453,
         ),
         BlockConfig(  # blocks.3.8
-            kind="mbconv",
             expand=ConvBnActConfig(160, 960, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(960, 960, kernel=3, stride=1, groups=960, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(960, 40, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(960, 160, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.094545454545,
+            depth_fraction=0.4727272727272727,
         ),
         BlockConfig(  # blocks.3.9
-            kind="mbconv",
             expand=ConvBnActConfig(160, 960, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(960, 960, kernel=3, stride=1, groups=960, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(960, 40, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(960, 160, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.098181818182,
+            depth_fraction=0.4909090909090909,
         ),
     ),
     (  # blocks.4: 10 x mbconv -> 224 channels at 38x38
         BlockConfig(  # blocks.4.0
-            kind="mbconv",
             expand=ConvBnActConfig(160, 960, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(960, 960, kernel=5, stride=1, groups=960, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(960, 40, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(960, 224, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.101818181818,
+            depth_fraction=0.509090909090909,
         ),
         BlockConfig(  # blocks.4.1
-            kind="mbconv",
             expand=ConvBnActConfig(224, 1344, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1344, 1344, kernel=5, stride=1, groups=1344, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(1344, 56, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1344, 224, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.105454545455,
+            depth_fraction=0.5272727272727272,
         ),
         BlockConfig(  # blocks.4.2
-            kind="mbconv",
             expand=ConvBnActConfig(224, 1344, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1344, 1344, kernel=5, stride=1, groups=1344, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(1344, 56, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1344, 224, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.109090909091,
+            depth_fraction=0.5454545454545454,
         ),
         BlockConfig(  # blocks.4.3
-            kind="mbconv",
             expand=ConvBnActConfig(224, 1344, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1344, 1344, kernel=5, stride=1, groups=1344, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(1344, 56, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1344, 224, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.112727272727,
+            depth_fraction=0.5636363636363636,
         ),
         BlockConfig(  # blocks.4.4
-            kind="mbconv",
             expand=ConvBnActConfig(224, 1344, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1344, 1344, kernel=5, stride=1, groups=1344, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(1344, 56, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1344, 224, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.116363636364,
+            depth_fraction=0.5818181818181818,
         ),
         BlockConfig(  # blocks.4.5
-            kind="mbconv",
             expand=ConvBnActConfig(224, 1344, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1344, 1344, kernel=5, stride=1, groups=1344, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(1344, 56, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1344, 224, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.12,
+            depth_fraction=0.6,
         ),
         BlockConfig(  # blocks.4.6
-            kind="mbconv",
             expand=ConvBnActConfig(224, 1344, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1344, 1344, kernel=5, stride=1, groups=1344, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(1344, 56, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1344, 224, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.123636363636,
+            depth_fraction=0.6181818181818182,
         ),
         BlockConfig(  # blocks.4.7
-            kind="mbconv",
             expand=ConvBnActConfig(224, 1344, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1344, 1344, kernel=5, stride=1, groups=1344, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(1344, 56, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1344, 224, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.127272727273,
+            depth_fraction=0.6363636363636364,
         ),
         BlockConfig(  # blocks.4.8
-            kind="mbconv",
             expand=ConvBnActConfig(224, 1344, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1344, 1344, kernel=5, stride=1, groups=1344, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(1344, 56, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1344, 224, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.130909090909,
+            depth_fraction=0.6545454545454545,
         ),
         BlockConfig(  # blocks.4.9
-            kind="mbconv",
             expand=ConvBnActConfig(224, 1344, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1344, 1344, kernel=5, stride=1, groups=1344, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(1344, 56, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1344, 224, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.134545454545,
+            depth_fraction=0.6727272727272727,
         ),
     ),
     (  # blocks.5: 13 x mbconv -> 384 channels at 19x19
         BlockConfig(  # blocks.5.0
-            kind="mbconv",
             expand=ConvBnActConfig(224, 1344, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1344, 1344, kernel=5, stride=2, groups=1344, depthwise=True, padding=SamePadding(38, 1, 2), activation="swish"),
             se=SqueezeExciteConfig(1344, 56, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1344, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.138181818182,
+            depth_fraction=0.6909090909090909,
         ),
         BlockConfig(  # blocks.5.1
-            kind="mbconv",
             expand=ConvBnActConfig(384, 2304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(2304, 2304, kernel=5, stride=1, groups=2304, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(2304, 96, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(2304, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.141818181818,
+            depth_fraction=0.7090909090909091,
         ),
         BlockConfig(  # blocks.5.2
-            kind="mbconv",
             expand=ConvBnActConfig(384, 2304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(2304, 2304, kernel=5, stride=1, groups=2304, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(2304, 96, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(2304, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.145454545455,
+            depth_fraction=0.7272727272727273,
         ),
         BlockConfig(  # blocks.5.3
-            kind="mbconv",
             expand=ConvBnActConfig(384, 2304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(2304, 2304, kernel=5, stride=1, groups=2304, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(2304, 96, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(2304, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.149090909091,
+            depth_fraction=0.7454545454545455,
         ),
         BlockConfig(  # blocks.5.4
-            kind="mbconv",
             expand=ConvBnActConfig(384, 2304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(2304, 2304, kernel=5, stride=1, groups=2304, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(2304, 96, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(2304, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.152727272727,
+            depth_fraction=0.7636363636363637,
         ),
         BlockConfig(  # blocks.5.5
-            kind="mbconv",
             expand=ConvBnActConfig(384, 2304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(2304, 2304, kernel=5, stride=1, groups=2304, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(2304, 96, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(2304, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.156363636364,
+            depth_fraction=0.7818181818181819,
         ),
         BlockConfig(  # blocks.5.6
-            kind="mbconv",
             expand=ConvBnActConfig(384, 2304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(2304, 2304, kernel=5, stride=1, groups=2304, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(2304, 96, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(2304, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.16,
+            depth_fraction=0.8,
         ),
         BlockConfig(  # blocks.5.7
-            kind="mbconv",
             expand=ConvBnActConfig(384, 2304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(2304, 2304, kernel=5, stride=1, groups=2304, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(2304, 96, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(2304, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.163636363636,
+            depth_fraction=0.8181818181818182,
         ),
         BlockConfig(  # blocks.5.8
-            kind="mbconv",
             expand=ConvBnActConfig(384, 2304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(2304, 2304, kernel=5, stride=1, groups=2304, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(2304, 96, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(2304, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.167272727273,
+            depth_fraction=0.8363636363636363,
         ),
         BlockConfig(  # blocks.5.9
-            kind="mbconv",
             expand=ConvBnActConfig(384, 2304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(2304, 2304, kernel=5, stride=1, groups=2304, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(2304, 96, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(2304, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.170909090909,
+            depth_fraction=0.8545454545454545,
         ),
         BlockConfig(  # blocks.5.10
-            kind="mbconv",
             expand=ConvBnActConfig(384, 2304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(2304, 2304, kernel=5, stride=1, groups=2304, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(2304, 96, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(2304, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.174545454545,
+            depth_fraction=0.8727272727272727,
         ),
         BlockConfig(  # blocks.5.11
-            kind="mbconv",
             expand=ConvBnActConfig(384, 2304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(2304, 2304, kernel=5, stride=1, groups=2304, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(2304, 96, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(2304, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.178181818182,
+            depth_fraction=0.8909090909090909,
         ),
         BlockConfig(  # blocks.5.12
-            kind="mbconv",
             expand=ConvBnActConfig(384, 2304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(2304, 2304, kernel=5, stride=1, groups=2304, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(2304, 96, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(2304, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.181818181818,
+            depth_fraction=0.9090909090909091,
         ),
     ),
     (  # blocks.6: 4 x mbconv -> 640 channels at 19x19
         BlockConfig(  # blocks.6.0
-            kind="mbconv",
             expand=ConvBnActConfig(384, 2304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(2304, 2304, kernel=3, stride=1, groups=2304, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(2304, 96, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(2304, 640, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.185454545455,
+            depth_fraction=0.9272727272727272,
         ),
         BlockConfig(  # blocks.6.1
-            kind="mbconv",
             expand=ConvBnActConfig(640, 3840, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(3840, 3840, kernel=3, stride=1, groups=3840, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(3840, 160, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(3840, 640, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.189090909091,
+            depth_fraction=0.9454545454545454,
         ),
         BlockConfig(  # blocks.6.2
-            kind="mbconv",
             expand=ConvBnActConfig(640, 3840, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(3840, 3840, kernel=3, stride=1, groups=3840, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(3840, 160, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(3840, 640, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.192727272727,
+            depth_fraction=0.9636363636363636,
         ),
         BlockConfig(  # blocks.6.3
-            kind="mbconv",
             expand=ConvBnActConfig(640, 3840, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(3840, 3840, kernel=3, stride=1, groups=3840, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(3840, 160, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(3840, 640, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.196363636364,
+            depth_fraction=0.9818181818181818,
         ),
     ),
 )
@@ -863,10 +817,52 @@ def conv(
     )(x)
 
 
+@keras.saving.register_keras_serializable(package="effspec")
+class ChannelSplit(layers.Layer):
+    """Split the channels into consecutive parts of the given sizes."""
+
+    def __init__(self, sizes: tuple[int, ...], **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self.sizes = tuple(sizes)
+
+    def call(self, x: keras.KerasTensor) -> list[keras.KerasTensor]:
+        bounds, total = [], 0
+        for size in self.sizes[:-1]:
+            total += size
+            bounds.append(total)
+        return keras.ops.split(x, bounds, axis=-1)
+
+    def compute_output_shape(self, shape: tuple[int | None, ...]) -> list[tuple]:
+        return [(*shape[:-1], size) for size in self.sizes]
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "sizes": self.sizes}
+
+
 def convolve(
     x: keras.KerasTensor, config: ConvBnActConfig, name: str
 ) -> keras.KerasTensor:
     """The conv of conv_bn_act, as its config describes it: {name}_conv."""
+    if isinstance(config.kernel, tuple):
+        # A depthwise conv split across kernels: {name}_conv_0, _conv_1, ... then concat
+        parts = ChannelSplit(config.groups, name=f"{name}_split")(x)
+        splits = zip(parts, config.groups, config.kernel, config.padding, strict=True)
+        outputs = []
+        for i, (part, size, kernel, padding) in enumerate(splits):
+            part_name = f"{name}_conv_{i}"
+            part = conv(
+                part,
+                size,
+                kernel,
+                config.stride,
+                size,
+                True,
+                padding,
+                part_name,
+                config.dilation,
+            )
+            outputs.append(part)
+        return layers.Concatenate(name=f"{name}_concat")(outputs)
     return conv(
         x,
         config.out_channels,
@@ -988,8 +984,8 @@ def build_model(
     Args:
         num_classes: classifier outputs.
         dropout: dropout before the classifier; None keeps DROPOUT.
-        drop_path_rate: stochastic-depth base rate (block i of N gets rate * i / N);
-            None keeps the spec's per-block rates.
+        drop_path_rate: stochastic-depth rate, times each block's depth_fraction;
+            None keeps DROP_PATH_RATE.
         include_preprocessing: normalize with MEAN/STD inside the model, so it takes
             raw 0..1 pixels.
         input_shape: (height, width, channels); None accepts any spatial size.
@@ -1001,6 +997,8 @@ def build_model(
     levels = feature_info(out_indices, output_stride)
     stages = stages_at(output_stride)
     dropout = DROPOUT if dropout is None else dropout
+    if drop_path_rate is None:
+        drop_path_rate = DROP_PATH_RATE
     if input_shape is None:
         input_shape = (None, None, INPUT_CHANNELS)
     inputs = keras.Input(shape=input_shape, name="image")
@@ -1016,21 +1014,28 @@ def build_model(
     maps = []
     if features_only and 0 in taps:
         maps.append(layers.Identity(name=taps[0])(x))
-    num_blocks = sum(len(stage) for stage in stages)
-    block_index = 0
     for stage_index, stage in enumerate(stages[:depth]):
         for index, config in enumerate(stage):
-            rate = config.drop_path_rate
-            if drop_path_rate is not None:
-                rate = drop_path_rate * block_index / num_blocks
+            rate = drop_path_rate * config.depth_fraction
             x = block(x, config, rate, name=f"blocks_{stage_index}_{index}")
-            block_index += 1
         if features_only and stage_index + 1 in taps:
             maps.append(layers.Identity(name=taps[stage_index + 1])(x))
     if features_only:
         return features_model(inputs, x, maps, levels)
-    x = conv_bn_act(x, HEAD, name="head")
-    x = layers.GlobalAveragePooling2D(name="head_pool")(x)
+    if HEAD is not None:  # else the last stage feeds the pool
+        x = conv_bn_act(x, HEAD, name="head")
+    if POOLED_CONV is None:
+        x = layers.GlobalAveragePooling2D(name="head_pool")(x)
+    else:
+        x = layers.GlobalAveragePooling2D(keepdims=True, name="head_pool")(x)
+        x = layers.Conv2D(
+            POOLED_CONV.out_channels,
+            1,
+            activation=ACTIVATIONS[POOLED_CONV.activation],
+            kernel_initializer=conv_kernel_initializer(),
+            name="pooled_conv",
+        )(x)
+        x = layers.Flatten(name="pooled_flatten")(x)
     if dropout > 0:
         x = layers.Dropout(dropout, name="head_dropout")(x)
     outputs = layers.Dense(
@@ -1054,7 +1059,7 @@ def features_model(
 ) -> keras.Model:
     """The backbone: ``maps`` (and the head conv's output on ``x`` where the head is a
     level) as outputs named by level, with ``feature_info``."""
-    if levels[-1].module == "head":
+    if HEAD is not None and levels[-1].module == "head":
         x = conv_bn_act(x, HEAD, name="head")
         maps.append(layers.Identity(name=levels[-1].name)(x))
     model = keras.Model(

@@ -24,21 +24,20 @@ from dataclasses import dataclass, replace
 import keras
 from keras import layers
 
+# The spec's strings, each whole on one line however long (never wrapped).
+# fmt: off
 SPEC_NAME = "efficientnet-edgetpu-l"
 SPEC_PATH = "specs/efficientnet-edgetpu-l.yaml"
 SPEC_SHA256 = "95243579bb782285ea4aa6251ece07220d0dd6e30f624367c68f3e4a32bd8019"
-DESCRIPTION = (
-    "EfficientNet-EdgeTPU-L (timm tf_efficientnet_el), width 1.2, depth 1.4, "
-    "resolution 300."
-)
+DESCRIPTION = "EfficientNet-EdgeTPU-L (timm tf_efficientnet_el), width 1.2, depth 1.4, resolution 300."
+# fmt: on
 RESOLUTION = 300  # nominal input size; any size works
 INPUT_CHANNELS = 3
 MEAN = (0.5, 0.5, 0.5)
 STD = (0.5, 0.5, 0.5)
 NUM_CLASSES = 1000
 DROPOUT = 0.3  # before the classifier
-DROP_PATH_RATE = 0.2  # stochastic depth: block i of N gets rate * i / N
-PADDING = "same"  # the spec's mode; each conv below carries its resolved padding
+DROP_PATH_RATE = 0.2  # stochastic depth: x each block's depth_fraction
 BN_EPS = 0.001
 BN_MOMENTUM = 0.99  # running-average decay, as the spec states it
 PARAMS = 10589712  # trainable parameters with NUM_CLASSES classes
@@ -115,13 +114,13 @@ class BlockConfig:
     """One MBConv or Fused-MBConv block: its parts run in the order expand ->
     depthwise -> se -> project (None: absent), then the residual add."""
 
-    kind: str  # "mbconv" or "fused_mbconv"
     expand: ConvBnActConfig | None
     depthwise: ConvBnActConfig | None
     se: SqueezeExciteConfig | None
     project: ConvBnActConfig | None
     residual: bool  # add the block's input to its output
-    drop_path_rate: float  # stochastic depth of the residual branch, training only
+    # Block i of N has i / N: its stochastic depth (training only) is the model's rate x this
+    depth_fraction: float
 
 
 @dataclass(frozen=True)
@@ -158,267 +157,250 @@ class OutputStride:
     convs: tuple[DilatedConv, ...]
 
 
-# The compiler decided every number below: widths, strides, padding, residuals, rates.
+@dataclass(frozen=True)
+class PooledConvConfig:
+    """A 1x1 conv with bias (no batch norm) on the pooled features -> activation."""
+
+    in_channels: int
+    out_channels: int
+    activation: str | None
+
+
+# The compiler decided every number below: widths, strides, padding, residuals, depths.
 # One line per part, one BlockConfig per block, one tuple per stage (blocks.i.j is
 # block j of stage i).
 # ruff: noqa: E501
 # fmt: off
 STEM = ConvBnActConfig(3, 40, kernel=3, stride=2, groups=1, depthwise=False, padding=SamePadding(300, 0, 1), activation="relu")
 HEAD = ConvBnActConfig(232, 1536, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="relu")
+POOLED_CONV = None  # no 1x1 conv after the pool
 STAGES = (
     (  # blocks.0: 2 x fused_mbconv -> 32 channels at 150x150
         BlockConfig(  # blocks.0.0
-            kind="fused_mbconv",
             expand=ConvBnActConfig(40, 128, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="relu"),
             depthwise=None,
             se=None,
             project=ConvBnActConfig(128, 32, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.0,
+            depth_fraction=0.0,
         ),
         BlockConfig(  # blocks.0.1
-            kind="fused_mbconv",
             expand=ConvBnActConfig(32, 128, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="relu"),
             depthwise=None,
             se=None,
             project=ConvBnActConfig(128, 32, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.007407407407,
+            depth_fraction=0.037037037037037035,
         ),
     ),
     (  # blocks.1: 3 x fused_mbconv -> 40 channels at 75x75
         BlockConfig(  # blocks.1.0
-            kind="fused_mbconv",
             expand=ConvBnActConfig(32, 256, kernel=3, stride=2, groups=1, depthwise=False, padding=SamePadding(150, 0, 1), activation="relu"),
             depthwise=None,
             se=None,
             project=ConvBnActConfig(256, 40, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.014814814815,
+            depth_fraction=0.07407407407407407,
         ),
         BlockConfig(  # blocks.1.1
-            kind="fused_mbconv",
             expand=ConvBnActConfig(40, 320, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="relu"),
             depthwise=None,
             se=None,
             project=ConvBnActConfig(320, 40, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.022222222222,
+            depth_fraction=0.1111111111111111,
         ),
         BlockConfig(  # blocks.1.2
-            kind="fused_mbconv",
             expand=ConvBnActConfig(40, 320, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="relu"),
             depthwise=None,
             se=None,
             project=ConvBnActConfig(320, 40, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.02962962963,
+            depth_fraction=0.14814814814814814,
         ),
     ),
     (  # blocks.2: 6 x fused_mbconv -> 56 channels at 38x38
         BlockConfig(  # blocks.2.0
-            kind="fused_mbconv",
             expand=ConvBnActConfig(40, 320, kernel=3, stride=2, groups=1, depthwise=False, padding=SamePadding(75, 1, 1), activation="relu"),
             depthwise=None,
             se=None,
             project=ConvBnActConfig(320, 56, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.037037037037,
+            depth_fraction=0.18518518518518517,
         ),
         BlockConfig(  # blocks.2.1
-            kind="fused_mbconv",
             expand=ConvBnActConfig(56, 448, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="relu"),
             depthwise=None,
             se=None,
             project=ConvBnActConfig(448, 56, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.044444444444,
+            depth_fraction=0.2222222222222222,
         ),
         BlockConfig(  # blocks.2.2
-            kind="fused_mbconv",
             expand=ConvBnActConfig(56, 448, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="relu"),
             depthwise=None,
             se=None,
             project=ConvBnActConfig(448, 56, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.051851851852,
+            depth_fraction=0.25925925925925924,
         ),
         BlockConfig(  # blocks.2.3
-            kind="fused_mbconv",
             expand=ConvBnActConfig(56, 448, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="relu"),
             depthwise=None,
             se=None,
             project=ConvBnActConfig(448, 56, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.059259259259,
+            depth_fraction=0.2962962962962963,
         ),
         BlockConfig(  # blocks.2.4
-            kind="fused_mbconv",
             expand=ConvBnActConfig(56, 448, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="relu"),
             depthwise=None,
             se=None,
             project=ConvBnActConfig(448, 56, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.066666666667,
+            depth_fraction=0.3333333333333333,
         ),
         BlockConfig(  # blocks.2.5
-            kind="fused_mbconv",
             expand=ConvBnActConfig(56, 448, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="relu"),
             depthwise=None,
             se=None,
             project=ConvBnActConfig(448, 56, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.074074074074,
+            depth_fraction=0.37037037037037035,
         ),
     ),
     (  # blocks.3: 7 x mbconv -> 112 channels at 19x19
         BlockConfig(  # blocks.3.0
-            kind="mbconv",
             expand=ConvBnActConfig(56, 448, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="relu"),
             depthwise=ConvBnActConfig(448, 448, kernel=5, stride=2, groups=448, depthwise=True, padding=SamePadding(38, 1, 2), activation="relu"),
             se=None,
             project=ConvBnActConfig(448, 112, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.081481481481,
+            depth_fraction=0.4074074074074074,
         ),
         BlockConfig(  # blocks.3.1
-            kind="mbconv",
             expand=ConvBnActConfig(112, 896, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="relu"),
             depthwise=ConvBnActConfig(896, 896, kernel=5, stride=1, groups=896, depthwise=True, padding=2, activation="relu"),
             se=None,
             project=ConvBnActConfig(896, 112, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.088888888889,
+            depth_fraction=0.4444444444444444,
         ),
         BlockConfig(  # blocks.3.2
-            kind="mbconv",
             expand=ConvBnActConfig(112, 896, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="relu"),
             depthwise=ConvBnActConfig(896, 896, kernel=5, stride=1, groups=896, depthwise=True, padding=2, activation="relu"),
             se=None,
             project=ConvBnActConfig(896, 112, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.096296296296,
+            depth_fraction=0.48148148148148145,
         ),
         BlockConfig(  # blocks.3.3
-            kind="mbconv",
             expand=ConvBnActConfig(112, 896, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="relu"),
             depthwise=ConvBnActConfig(896, 896, kernel=5, stride=1, groups=896, depthwise=True, padding=2, activation="relu"),
             se=None,
             project=ConvBnActConfig(896, 112, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.103703703704,
+            depth_fraction=0.5185185185185185,
         ),
         BlockConfig(  # blocks.3.4
-            kind="mbconv",
             expand=ConvBnActConfig(112, 896, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="relu"),
             depthwise=ConvBnActConfig(896, 896, kernel=5, stride=1, groups=896, depthwise=True, padding=2, activation="relu"),
             se=None,
             project=ConvBnActConfig(896, 112, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.111111111111,
+            depth_fraction=0.5555555555555556,
         ),
         BlockConfig(  # blocks.3.5
-            kind="mbconv",
             expand=ConvBnActConfig(112, 896, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="relu"),
             depthwise=ConvBnActConfig(896, 896, kernel=5, stride=1, groups=896, depthwise=True, padding=2, activation="relu"),
             se=None,
             project=ConvBnActConfig(896, 112, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.118518518519,
+            depth_fraction=0.5925925925925926,
         ),
         BlockConfig(  # blocks.3.6
-            kind="mbconv",
             expand=ConvBnActConfig(112, 896, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="relu"),
             depthwise=ConvBnActConfig(896, 896, kernel=5, stride=1, groups=896, depthwise=True, padding=2, activation="relu"),
             se=None,
             project=ConvBnActConfig(896, 112, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.125925925926,
+            depth_fraction=0.6296296296296297,
         ),
     ),
     (  # blocks.4: 6 x mbconv -> 176 channels at 19x19
         BlockConfig(  # blocks.4.0
-            kind="mbconv",
             expand=ConvBnActConfig(112, 896, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="relu"),
             depthwise=ConvBnActConfig(896, 896, kernel=5, stride=1, groups=896, depthwise=True, padding=2, activation="relu"),
             se=None,
             project=ConvBnActConfig(896, 176, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.133333333333,
+            depth_fraction=0.6666666666666666,
         ),
         BlockConfig(  # blocks.4.1
-            kind="mbconv",
             expand=ConvBnActConfig(176, 1408, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="relu"),
             depthwise=ConvBnActConfig(1408, 1408, kernel=5, stride=1, groups=1408, depthwise=True, padding=2, activation="relu"),
             se=None,
             project=ConvBnActConfig(1408, 176, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.140740740741,
+            depth_fraction=0.7037037037037037,
         ),
         BlockConfig(  # blocks.4.2
-            kind="mbconv",
             expand=ConvBnActConfig(176, 1408, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="relu"),
             depthwise=ConvBnActConfig(1408, 1408, kernel=5, stride=1, groups=1408, depthwise=True, padding=2, activation="relu"),
             se=None,
             project=ConvBnActConfig(1408, 176, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.148148148148,
+            depth_fraction=0.7407407407407407,
         ),
         BlockConfig(  # blocks.4.3
-            kind="mbconv",
             expand=ConvBnActConfig(176, 1408, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="relu"),
             depthwise=ConvBnActConfig(1408, 1408, kernel=5, stride=1, groups=1408, depthwise=True, padding=2, activation="relu"),
             se=None,
             project=ConvBnActConfig(1408, 176, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.155555555556,
+            depth_fraction=0.7777777777777778,
         ),
         BlockConfig(  # blocks.4.4
-            kind="mbconv",
             expand=ConvBnActConfig(176, 1408, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="relu"),
             depthwise=ConvBnActConfig(1408, 1408, kernel=5, stride=1, groups=1408, depthwise=True, padding=2, activation="relu"),
             se=None,
             project=ConvBnActConfig(1408, 176, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.162962962963,
+            depth_fraction=0.8148148148148148,
         ),
         BlockConfig(  # blocks.4.5
-            kind="mbconv",
             expand=ConvBnActConfig(176, 1408, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="relu"),
             depthwise=ConvBnActConfig(1408, 1408, kernel=5, stride=1, groups=1408, depthwise=True, padding=2, activation="relu"),
             se=None,
             project=ConvBnActConfig(1408, 176, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.17037037037,
+            depth_fraction=0.8518518518518519,
         ),
     ),
     (  # blocks.5: 3 x mbconv -> 232 channels at 10x10
         BlockConfig(  # blocks.5.0
-            kind="mbconv",
             expand=ConvBnActConfig(176, 1408, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="relu"),
             depthwise=ConvBnActConfig(1408, 1408, kernel=5, stride=2, groups=1408, depthwise=True, padding=SamePadding(19, 2, 2), activation="relu"),
             se=None,
             project=ConvBnActConfig(1408, 232, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.177777777778,
+            depth_fraction=0.8888888888888888,
         ),
         BlockConfig(  # blocks.5.1
-            kind="mbconv",
             expand=ConvBnActConfig(232, 1856, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="relu"),
             depthwise=ConvBnActConfig(1856, 1856, kernel=5, stride=1, groups=1856, depthwise=True, padding=2, activation="relu"),
             se=None,
             project=ConvBnActConfig(1856, 232, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.185185185185,
+            depth_fraction=0.9259259259259259,
         ),
         BlockConfig(  # blocks.5.2
-            kind="mbconv",
             expand=ConvBnActConfig(232, 1856, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="relu"),
             depthwise=ConvBnActConfig(1856, 1856, kernel=5, stride=1, groups=1856, depthwise=True, padding=2, activation="relu"),
             se=None,
             project=ConvBnActConfig(1856, 232, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.192592592593,
+            depth_fraction=0.9629629629629629,
         ),
     ),
 )
@@ -573,10 +555,52 @@ def conv(
     )(x)
 
 
+@keras.saving.register_keras_serializable(package="effspec")
+class ChannelSplit(layers.Layer):
+    """Split the channels into consecutive parts of the given sizes."""
+
+    def __init__(self, sizes: tuple[int, ...], **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self.sizes = tuple(sizes)
+
+    def call(self, x: keras.KerasTensor) -> list[keras.KerasTensor]:
+        bounds, total = [], 0
+        for size in self.sizes[:-1]:
+            total += size
+            bounds.append(total)
+        return keras.ops.split(x, bounds, axis=-1)
+
+    def compute_output_shape(self, shape: tuple[int | None, ...]) -> list[tuple]:
+        return [(*shape[:-1], size) for size in self.sizes]
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "sizes": self.sizes}
+
+
 def convolve(
     x: keras.KerasTensor, config: ConvBnActConfig, name: str
 ) -> keras.KerasTensor:
     """The conv of conv_bn_act, as its config describes it: {name}_conv."""
+    if isinstance(config.kernel, tuple):
+        # A depthwise conv split across kernels: {name}_conv_0, _conv_1, ... then concat
+        parts = ChannelSplit(config.groups, name=f"{name}_split")(x)
+        splits = zip(parts, config.groups, config.kernel, config.padding, strict=True)
+        outputs = []
+        for i, (part, size, kernel, padding) in enumerate(splits):
+            part_name = f"{name}_conv_{i}"
+            part = conv(
+                part,
+                size,
+                kernel,
+                config.stride,
+                size,
+                True,
+                padding,
+                part_name,
+                config.dilation,
+            )
+            outputs.append(part)
+        return layers.Concatenate(name=f"{name}_concat")(outputs)
     return conv(
         x,
         config.out_channels,
@@ -698,8 +722,8 @@ def build_model(
     Args:
         num_classes: classifier outputs.
         dropout: dropout before the classifier; None keeps DROPOUT.
-        drop_path_rate: stochastic-depth base rate (block i of N gets rate * i / N);
-            None keeps the spec's per-block rates.
+        drop_path_rate: stochastic-depth rate, times each block's depth_fraction;
+            None keeps DROP_PATH_RATE.
         include_preprocessing: normalize with MEAN/STD inside the model, so it takes
             raw 0..1 pixels.
         input_shape: (height, width, channels); None accepts any spatial size.
@@ -711,6 +735,8 @@ def build_model(
     levels = feature_info(out_indices, output_stride)
     stages = stages_at(output_stride)
     dropout = DROPOUT if dropout is None else dropout
+    if drop_path_rate is None:
+        drop_path_rate = DROP_PATH_RATE
     if input_shape is None:
         input_shape = (None, None, INPUT_CHANNELS)
     inputs = keras.Input(shape=input_shape, name="image")
@@ -726,21 +752,28 @@ def build_model(
     maps = []
     if features_only and 0 in taps:
         maps.append(layers.Identity(name=taps[0])(x))
-    num_blocks = sum(len(stage) for stage in stages)
-    block_index = 0
     for stage_index, stage in enumerate(stages[:depth]):
         for index, config in enumerate(stage):
-            rate = config.drop_path_rate
-            if drop_path_rate is not None:
-                rate = drop_path_rate * block_index / num_blocks
+            rate = drop_path_rate * config.depth_fraction
             x = block(x, config, rate, name=f"blocks_{stage_index}_{index}")
-            block_index += 1
         if features_only and stage_index + 1 in taps:
             maps.append(layers.Identity(name=taps[stage_index + 1])(x))
     if features_only:
         return features_model(inputs, x, maps, levels)
-    x = conv_bn_act(x, HEAD, name="head")
-    x = layers.GlobalAveragePooling2D(name="head_pool")(x)
+    if HEAD is not None:  # else the last stage feeds the pool
+        x = conv_bn_act(x, HEAD, name="head")
+    if POOLED_CONV is None:
+        x = layers.GlobalAveragePooling2D(name="head_pool")(x)
+    else:
+        x = layers.GlobalAveragePooling2D(keepdims=True, name="head_pool")(x)
+        x = layers.Conv2D(
+            POOLED_CONV.out_channels,
+            1,
+            activation=ACTIVATIONS[POOLED_CONV.activation],
+            kernel_initializer=conv_kernel_initializer(),
+            name="pooled_conv",
+        )(x)
+        x = layers.Flatten(name="pooled_flatten")(x)
     if dropout > 0:
         x = layers.Dropout(dropout, name="head_dropout")(x)
     outputs = layers.Dense(
@@ -764,7 +797,7 @@ def features_model(
 ) -> keras.Model:
     """The backbone: ``maps`` (and the head conv's output on ``x`` where the head is a
     level) as outputs named by level, with ``feature_info``."""
-    if levels[-1].module == "head":
+    if HEAD is not None and levels[-1].module == "head":
         x = conv_bn_act(x, HEAD, name="head")
         maps.append(layers.Identity(name=levels[-1].name)(x))
     model = keras.Model(

@@ -24,21 +24,20 @@ from dataclasses import dataclass, replace
 import keras
 from keras import layers
 
+# The spec's strings, each whole on one line however long (never wrapped).
+# fmt: off
 SPEC_NAME = "efficientnet-lite3"
 SPEC_PATH = "specs/efficientnet-lite3.yaml"
 SPEC_SHA256 = "128c8f7a65390cbb4b786807f54b9cba3e36acb9d55841393191097301ef13ae"
-DESCRIPTION = (
-    "EfficientNet-Lite3 (timm tf_efficientnet_lite3), width 1.2, depth 1.4, "
-    "resolution 300."
-)
+DESCRIPTION = "EfficientNet-Lite3 (timm tf_efficientnet_lite3), width 1.2, depth 1.4, resolution 300."
+# fmt: on
 RESOLUTION = 300  # nominal input size; any size works
 INPUT_CHANNELS = 3
 MEAN = (0.5, 0.5, 0.5)
 STD = (0.5, 0.5, 0.5)
 NUM_CLASSES = 1000
 DROPOUT = 0.3  # before the classifier
-DROP_PATH_RATE = 0.2  # stochastic depth: block i of N gets rate * i / N
-PADDING = "same"  # the spec's mode; each conv below carries its resolved padding
+DROP_PATH_RATE = 0.2  # stochastic depth: x each block's depth_fraction
 BN_EPS = 0.001
 BN_MOMENTUM = 0.99  # running-average decay, as the spec states it
 PARAMS = 8197096  # trainable parameters with NUM_CLASSES classes
@@ -116,13 +115,13 @@ class BlockConfig:
     """One MBConv or Fused-MBConv block: its parts run in the order expand ->
     depthwise -> se -> project (None: absent), then the residual add."""
 
-    kind: str  # "mbconv" or "fused_mbconv"
     expand: ConvBnActConfig | None
     depthwise: ConvBnActConfig | None
     se: SqueezeExciteConfig | None
     project: ConvBnActConfig | None
     residual: bool  # add the block's input to its output
-    drop_path_rate: float  # stochastic depth of the residual branch, training only
+    # Block i of N has i / N: its stochastic depth (training only) is the model's rate x this
+    depth_fraction: float
 
 
 @dataclass(frozen=True)
@@ -159,242 +158,228 @@ class OutputStride:
     convs: tuple[DilatedConv, ...]
 
 
-# The compiler decided every number below: widths, strides, padding, residuals, rates.
+@dataclass(frozen=True)
+class PooledConvConfig:
+    """A 1x1 conv with bias (no batch norm) on the pooled features -> activation."""
+
+    in_channels: int
+    out_channels: int
+    activation: str | None
+
+
+# The compiler decided every number below: widths, strides, padding, residuals, depths.
 # One line per part, one BlockConfig per block, one tuple per stage (blocks.i.j is
 # block j of stage i).
 # ruff: noqa: E501
 # fmt: off
 STEM = ConvBnActConfig(3, 32, kernel=3, stride=2, groups=1, depthwise=False, padding=SamePadding(300, 0, 1), activation="relu6")
 HEAD = ConvBnActConfig(384, 1280, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="relu6")
+POOLED_CONV = None  # no 1x1 conv after the pool
 STAGES = (
     (  # blocks.0: 1 x mbconv -> 24 channels at 150x150
         BlockConfig(  # blocks.0.0
-            kind="mbconv",
             expand=None,
             depthwise=ConvBnActConfig(32, 32, kernel=3, stride=1, groups=32, depthwise=True, padding=1, activation="relu6"),
             se=None,
             project=ConvBnActConfig(32, 24, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.0,
+            depth_fraction=0.0,
         ),
     ),
     (  # blocks.1: 3 x mbconv -> 32 channels at 75x75
         BlockConfig(  # blocks.1.0
-            kind="mbconv",
             expand=ConvBnActConfig(24, 144, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="relu6"),
             depthwise=ConvBnActConfig(144, 144, kernel=3, stride=2, groups=144, depthwise=True, padding=SamePadding(150, 0, 1), activation="relu6"),
             se=None,
             project=ConvBnActConfig(144, 32, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.008333333333,
+            depth_fraction=0.041666666666666664,
         ),
         BlockConfig(  # blocks.1.1
-            kind="mbconv",
             expand=ConvBnActConfig(32, 192, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="relu6"),
             depthwise=ConvBnActConfig(192, 192, kernel=3, stride=1, groups=192, depthwise=True, padding=1, activation="relu6"),
             se=None,
             project=ConvBnActConfig(192, 32, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.016666666667,
+            depth_fraction=0.08333333333333333,
         ),
         BlockConfig(  # blocks.1.2
-            kind="mbconv",
             expand=ConvBnActConfig(32, 192, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="relu6"),
             depthwise=ConvBnActConfig(192, 192, kernel=3, stride=1, groups=192, depthwise=True, padding=1, activation="relu6"),
             se=None,
             project=ConvBnActConfig(192, 32, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.025,
+            depth_fraction=0.125,
         ),
     ),
     (  # blocks.2: 3 x mbconv -> 48 channels at 38x38
         BlockConfig(  # blocks.2.0
-            kind="mbconv",
             expand=ConvBnActConfig(32, 192, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="relu6"),
             depthwise=ConvBnActConfig(192, 192, kernel=5, stride=2, groups=192, depthwise=True, padding=SamePadding(75, 2, 2), activation="relu6"),
             se=None,
             project=ConvBnActConfig(192, 48, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.033333333333,
+            depth_fraction=0.16666666666666666,
         ),
         BlockConfig(  # blocks.2.1
-            kind="mbconv",
             expand=ConvBnActConfig(48, 288, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="relu6"),
             depthwise=ConvBnActConfig(288, 288, kernel=5, stride=1, groups=288, depthwise=True, padding=2, activation="relu6"),
             se=None,
             project=ConvBnActConfig(288, 48, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.041666666667,
+            depth_fraction=0.20833333333333334,
         ),
         BlockConfig(  # blocks.2.2
-            kind="mbconv",
             expand=ConvBnActConfig(48, 288, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="relu6"),
             depthwise=ConvBnActConfig(288, 288, kernel=5, stride=1, groups=288, depthwise=True, padding=2, activation="relu6"),
             se=None,
             project=ConvBnActConfig(288, 48, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.05,
+            depth_fraction=0.25,
         ),
     ),
     (  # blocks.3: 5 x mbconv -> 96 channels at 19x19
         BlockConfig(  # blocks.3.0
-            kind="mbconv",
             expand=ConvBnActConfig(48, 288, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="relu6"),
             depthwise=ConvBnActConfig(288, 288, kernel=3, stride=2, groups=288, depthwise=True, padding=SamePadding(38, 0, 1), activation="relu6"),
             se=None,
             project=ConvBnActConfig(288, 96, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.058333333333,
+            depth_fraction=0.2916666666666667,
         ),
         BlockConfig(  # blocks.3.1
-            kind="mbconv",
             expand=ConvBnActConfig(96, 576, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="relu6"),
             depthwise=ConvBnActConfig(576, 576, kernel=3, stride=1, groups=576, depthwise=True, padding=1, activation="relu6"),
             se=None,
             project=ConvBnActConfig(576, 96, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.066666666667,
+            depth_fraction=0.3333333333333333,
         ),
         BlockConfig(  # blocks.3.2
-            kind="mbconv",
             expand=ConvBnActConfig(96, 576, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="relu6"),
             depthwise=ConvBnActConfig(576, 576, kernel=3, stride=1, groups=576, depthwise=True, padding=1, activation="relu6"),
             se=None,
             project=ConvBnActConfig(576, 96, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.075,
+            depth_fraction=0.375,
         ),
         BlockConfig(  # blocks.3.3
-            kind="mbconv",
             expand=ConvBnActConfig(96, 576, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="relu6"),
             depthwise=ConvBnActConfig(576, 576, kernel=3, stride=1, groups=576, depthwise=True, padding=1, activation="relu6"),
             se=None,
             project=ConvBnActConfig(576, 96, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.083333333333,
+            depth_fraction=0.4166666666666667,
         ),
         BlockConfig(  # blocks.3.4
-            kind="mbconv",
             expand=ConvBnActConfig(96, 576, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="relu6"),
             depthwise=ConvBnActConfig(576, 576, kernel=3, stride=1, groups=576, depthwise=True, padding=1, activation="relu6"),
             se=None,
             project=ConvBnActConfig(576, 96, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.091666666667,
+            depth_fraction=0.4583333333333333,
         ),
     ),
     (  # blocks.4: 5 x mbconv -> 136 channels at 19x19
         BlockConfig(  # blocks.4.0
-            kind="mbconv",
             expand=ConvBnActConfig(96, 576, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="relu6"),
             depthwise=ConvBnActConfig(576, 576, kernel=5, stride=1, groups=576, depthwise=True, padding=2, activation="relu6"),
             se=None,
             project=ConvBnActConfig(576, 136, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.1,
+            depth_fraction=0.5,
         ),
         BlockConfig(  # blocks.4.1
-            kind="mbconv",
             expand=ConvBnActConfig(136, 816, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="relu6"),
             depthwise=ConvBnActConfig(816, 816, kernel=5, stride=1, groups=816, depthwise=True, padding=2, activation="relu6"),
             se=None,
             project=ConvBnActConfig(816, 136, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.108333333333,
+            depth_fraction=0.5416666666666666,
         ),
         BlockConfig(  # blocks.4.2
-            kind="mbconv",
             expand=ConvBnActConfig(136, 816, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="relu6"),
             depthwise=ConvBnActConfig(816, 816, kernel=5, stride=1, groups=816, depthwise=True, padding=2, activation="relu6"),
             se=None,
             project=ConvBnActConfig(816, 136, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.116666666667,
+            depth_fraction=0.5833333333333334,
         ),
         BlockConfig(  # blocks.4.3
-            kind="mbconv",
             expand=ConvBnActConfig(136, 816, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="relu6"),
             depthwise=ConvBnActConfig(816, 816, kernel=5, stride=1, groups=816, depthwise=True, padding=2, activation="relu6"),
             se=None,
             project=ConvBnActConfig(816, 136, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.125,
+            depth_fraction=0.625,
         ),
         BlockConfig(  # blocks.4.4
-            kind="mbconv",
             expand=ConvBnActConfig(136, 816, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="relu6"),
             depthwise=ConvBnActConfig(816, 816, kernel=5, stride=1, groups=816, depthwise=True, padding=2, activation="relu6"),
             se=None,
             project=ConvBnActConfig(816, 136, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.133333333333,
+            depth_fraction=0.6666666666666666,
         ),
     ),
     (  # blocks.5: 6 x mbconv -> 232 channels at 10x10
         BlockConfig(  # blocks.5.0
-            kind="mbconv",
             expand=ConvBnActConfig(136, 816, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="relu6"),
             depthwise=ConvBnActConfig(816, 816, kernel=5, stride=2, groups=816, depthwise=True, padding=SamePadding(19, 2, 2), activation="relu6"),
             se=None,
             project=ConvBnActConfig(816, 232, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.141666666667,
+            depth_fraction=0.7083333333333334,
         ),
         BlockConfig(  # blocks.5.1
-            kind="mbconv",
             expand=ConvBnActConfig(232, 1392, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="relu6"),
             depthwise=ConvBnActConfig(1392, 1392, kernel=5, stride=1, groups=1392, depthwise=True, padding=2, activation="relu6"),
             se=None,
             project=ConvBnActConfig(1392, 232, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.15,
+            depth_fraction=0.75,
         ),
         BlockConfig(  # blocks.5.2
-            kind="mbconv",
             expand=ConvBnActConfig(232, 1392, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="relu6"),
             depthwise=ConvBnActConfig(1392, 1392, kernel=5, stride=1, groups=1392, depthwise=True, padding=2, activation="relu6"),
             se=None,
             project=ConvBnActConfig(1392, 232, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.158333333333,
+            depth_fraction=0.7916666666666666,
         ),
         BlockConfig(  # blocks.5.3
-            kind="mbconv",
             expand=ConvBnActConfig(232, 1392, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="relu6"),
             depthwise=ConvBnActConfig(1392, 1392, kernel=5, stride=1, groups=1392, depthwise=True, padding=2, activation="relu6"),
             se=None,
             project=ConvBnActConfig(1392, 232, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.166666666667,
+            depth_fraction=0.8333333333333334,
         ),
         BlockConfig(  # blocks.5.4
-            kind="mbconv",
             expand=ConvBnActConfig(232, 1392, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="relu6"),
             depthwise=ConvBnActConfig(1392, 1392, kernel=5, stride=1, groups=1392, depthwise=True, padding=2, activation="relu6"),
             se=None,
             project=ConvBnActConfig(1392, 232, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.175,
+            depth_fraction=0.875,
         ),
         BlockConfig(  # blocks.5.5
-            kind="mbconv",
             expand=ConvBnActConfig(232, 1392, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="relu6"),
             depthwise=ConvBnActConfig(1392, 1392, kernel=5, stride=1, groups=1392, depthwise=True, padding=2, activation="relu6"),
             se=None,
             project=ConvBnActConfig(1392, 232, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.183333333333,
+            depth_fraction=0.9166666666666666,
         ),
     ),
     (  # blocks.6: 1 x mbconv -> 384 channels at 10x10
         BlockConfig(  # blocks.6.0
-            kind="mbconv",
             expand=ConvBnActConfig(232, 1392, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="relu6"),
             depthwise=ConvBnActConfig(1392, 1392, kernel=3, stride=1, groups=1392, depthwise=True, padding=1, activation="relu6"),
             se=None,
             project=ConvBnActConfig(1392, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.191666666667,
+            depth_fraction=0.9583333333333334,
         ),
     ),
 )
@@ -554,10 +539,52 @@ def conv(
     )(x)
 
 
+@keras.saving.register_keras_serializable(package="effspec")
+class ChannelSplit(layers.Layer):
+    """Split the channels into consecutive parts of the given sizes."""
+
+    def __init__(self, sizes: tuple[int, ...], **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self.sizes = tuple(sizes)
+
+    def call(self, x: keras.KerasTensor) -> list[keras.KerasTensor]:
+        bounds, total = [], 0
+        for size in self.sizes[:-1]:
+            total += size
+            bounds.append(total)
+        return keras.ops.split(x, bounds, axis=-1)
+
+    def compute_output_shape(self, shape: tuple[int | None, ...]) -> list[tuple]:
+        return [(*shape[:-1], size) for size in self.sizes]
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "sizes": self.sizes}
+
+
 def convolve(
     x: keras.KerasTensor, config: ConvBnActConfig, name: str
 ) -> keras.KerasTensor:
     """The conv of conv_bn_act, as its config describes it: {name}_conv."""
+    if isinstance(config.kernel, tuple):
+        # A depthwise conv split across kernels: {name}_conv_0, _conv_1, ... then concat
+        parts = ChannelSplit(config.groups, name=f"{name}_split")(x)
+        splits = zip(parts, config.groups, config.kernel, config.padding, strict=True)
+        outputs = []
+        for i, (part, size, kernel, padding) in enumerate(splits):
+            part_name = f"{name}_conv_{i}"
+            part = conv(
+                part,
+                size,
+                kernel,
+                config.stride,
+                size,
+                True,
+                padding,
+                part_name,
+                config.dilation,
+            )
+            outputs.append(part)
+        return layers.Concatenate(name=f"{name}_concat")(outputs)
     return conv(
         x,
         config.out_channels,
@@ -679,8 +706,8 @@ def build_model(
     Args:
         num_classes: classifier outputs.
         dropout: dropout before the classifier; None keeps DROPOUT.
-        drop_path_rate: stochastic-depth base rate (block i of N gets rate * i / N);
-            None keeps the spec's per-block rates.
+        drop_path_rate: stochastic-depth rate, times each block's depth_fraction;
+            None keeps DROP_PATH_RATE.
         include_preprocessing: normalize with MEAN/STD inside the model, so it takes
             raw 0..1 pixels.
         input_shape: (height, width, channels); None accepts any spatial size.
@@ -692,6 +719,8 @@ def build_model(
     levels = feature_info(out_indices, output_stride)
     stages = stages_at(output_stride)
     dropout = DROPOUT if dropout is None else dropout
+    if drop_path_rate is None:
+        drop_path_rate = DROP_PATH_RATE
     if input_shape is None:
         input_shape = (None, None, INPUT_CHANNELS)
     inputs = keras.Input(shape=input_shape, name="image")
@@ -707,21 +736,28 @@ def build_model(
     maps = []
     if features_only and 0 in taps:
         maps.append(layers.Identity(name=taps[0])(x))
-    num_blocks = sum(len(stage) for stage in stages)
-    block_index = 0
     for stage_index, stage in enumerate(stages[:depth]):
         for index, config in enumerate(stage):
-            rate = config.drop_path_rate
-            if drop_path_rate is not None:
-                rate = drop_path_rate * block_index / num_blocks
+            rate = drop_path_rate * config.depth_fraction
             x = block(x, config, rate, name=f"blocks_{stage_index}_{index}")
-            block_index += 1
         if features_only and stage_index + 1 in taps:
             maps.append(layers.Identity(name=taps[stage_index + 1])(x))
     if features_only:
         return features_model(inputs, x, maps, levels)
-    x = conv_bn_act(x, HEAD, name="head")
-    x = layers.GlobalAveragePooling2D(name="head_pool")(x)
+    if HEAD is not None:  # else the last stage feeds the pool
+        x = conv_bn_act(x, HEAD, name="head")
+    if POOLED_CONV is None:
+        x = layers.GlobalAveragePooling2D(name="head_pool")(x)
+    else:
+        x = layers.GlobalAveragePooling2D(keepdims=True, name="head_pool")(x)
+        x = layers.Conv2D(
+            POOLED_CONV.out_channels,
+            1,
+            activation=ACTIVATIONS[POOLED_CONV.activation],
+            kernel_initializer=conv_kernel_initializer(),
+            name="pooled_conv",
+        )(x)
+        x = layers.Flatten(name="pooled_flatten")(x)
     if dropout > 0:
         x = layers.Dropout(dropout, name="head_dropout")(x)
     outputs = layers.Dense(
@@ -745,7 +781,7 @@ def features_model(
 ) -> keras.Model:
     """The backbone: ``maps`` (and the head conv's output on ``x`` where the head is a
     level) as outputs named by level, with ``feature_info``."""
-    if levels[-1].module == "head":
+    if HEAD is not None and levels[-1].module == "head":
         x = conv_bn_act(x, HEAD, name="head")
         maps.append(layers.Identity(name=levels[-1].name)(x))
     model = keras.Model(

@@ -24,18 +24,20 @@ from dataclasses import dataclass, replace
 import keras
 from keras import layers
 
+# The spec's strings, each whole on one line however long (never wrapped).
+# fmt: off
 SPEC_NAME = "efficientnetv2-b2"
 SPEC_PATH = "specs/efficientnetv2-b2.yaml"
 SPEC_SHA256 = "53ec7fc9a9f97112f8e17ab5072790777a3e09b8f2f1242efca2da5aa4c6bda6"
 DESCRIPTION = "EfficientNetV2-B2 (width 1.1, depth 1.2; train 208, eval 260)."
+# fmt: on
 RESOLUTION = 260  # nominal input size; any size works
 INPUT_CHANNELS = 3
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 NUM_CLASSES = 1000
 DROPOUT = 0.3  # before the classifier
-DROP_PATH_RATE = 0.2  # stochastic depth: block i of N gets rate * i / N
-PADDING = "same"  # the spec's mode; each conv below carries its resolved padding
+DROP_PATH_RATE = 0.2  # stochastic depth: x each block's depth_fraction
 BN_EPS = 0.001
 BN_MOMENTUM = 0.9  # running-average decay, as the spec states it
 PARAMS = 10096086  # trainable parameters with NUM_CLASSES classes
@@ -112,13 +114,13 @@ class BlockConfig:
     """One MBConv or Fused-MBConv block: its parts run in the order expand ->
     depthwise -> se -> project (None: absent), then the residual add."""
 
-    kind: str  # "mbconv" or "fused_mbconv"
     expand: ConvBnActConfig | None
     depthwise: ConvBnActConfig | None
     se: SqueezeExciteConfig | None
     project: ConvBnActConfig | None
     residual: bool  # add the block's input to its output
-    drop_path_rate: float  # stochastic depth of the residual branch, training only
+    # Block i of N has i / N: its stochastic depth (training only) is the model's rate x this
+    depth_fraction: float
 
 
 @dataclass(frozen=True)
@@ -155,276 +157,258 @@ class OutputStride:
     convs: tuple[DilatedConv, ...]
 
 
-# The compiler decided every number below: widths, strides, padding, residuals, rates.
+@dataclass(frozen=True)
+class PooledConvConfig:
+    """A 1x1 conv with bias (no batch norm) on the pooled features -> activation."""
+
+    in_channels: int
+    out_channels: int
+    activation: str | None
+
+
+# The compiler decided every number below: widths, strides, padding, residuals, depths.
 # One line per part, one BlockConfig per block, one tuple per stage (blocks.i.j is
 # block j of stage i).
 # ruff: noqa: E501
 # fmt: off
 STEM = ConvBnActConfig(3, 32, kernel=3, stride=2, groups=1, depthwise=False, padding=SamePadding(260, 0, 1), activation="swish")
 HEAD = ConvBnActConfig(208, 1408, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish")
+POOLED_CONV = None  # no 1x1 conv after the pool
 STAGES = (
     (  # blocks.0: 2 x fused_mbconv -> 16 channels at 130x130
         BlockConfig(  # blocks.0.0
-            kind="fused_mbconv",
             expand=ConvBnActConfig(32, 16, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="swish"),
             depthwise=None,
             se=None,
             project=None,
             residual=False,
-            drop_path_rate=0.0,
+            depth_fraction=0.0,
         ),
         BlockConfig(  # blocks.0.1
-            kind="fused_mbconv",
             expand=ConvBnActConfig(16, 16, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="swish"),
             depthwise=None,
             se=None,
             project=None,
             residual=True,
-            drop_path_rate=0.007142857143,
+            depth_fraction=0.03571428571428571,
         ),
     ),
     (  # blocks.1: 3 x fused_mbconv -> 32 channels at 65x65
         BlockConfig(  # blocks.1.0
-            kind="fused_mbconv",
             expand=ConvBnActConfig(16, 64, kernel=3, stride=2, groups=1, depthwise=False, padding=SamePadding(130, 0, 1), activation="swish"),
             depthwise=None,
             se=None,
             project=ConvBnActConfig(64, 32, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.014285714286,
+            depth_fraction=0.07142857142857142,
         ),
         BlockConfig(  # blocks.1.1
-            kind="fused_mbconv",
             expand=ConvBnActConfig(32, 128, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="swish"),
             depthwise=None,
             se=None,
             project=ConvBnActConfig(128, 32, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.021428571429,
+            depth_fraction=0.10714285714285714,
         ),
         BlockConfig(  # blocks.1.2
-            kind="fused_mbconv",
             expand=ConvBnActConfig(32, 128, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="swish"),
             depthwise=None,
             se=None,
             project=ConvBnActConfig(128, 32, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.028571428571,
+            depth_fraction=0.14285714285714285,
         ),
     ),
     (  # blocks.2: 3 x fused_mbconv -> 56 channels at 33x33
         BlockConfig(  # blocks.2.0
-            kind="fused_mbconv",
             expand=ConvBnActConfig(32, 128, kernel=3, stride=2, groups=1, depthwise=False, padding=SamePadding(65, 1, 1), activation="swish"),
             depthwise=None,
             se=None,
             project=ConvBnActConfig(128, 56, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.035714285714,
+            depth_fraction=0.17857142857142858,
         ),
         BlockConfig(  # blocks.2.1
-            kind="fused_mbconv",
             expand=ConvBnActConfig(56, 224, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="swish"),
             depthwise=None,
             se=None,
             project=ConvBnActConfig(224, 56, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.042857142857,
+            depth_fraction=0.21428571428571427,
         ),
         BlockConfig(  # blocks.2.2
-            kind="fused_mbconv",
             expand=ConvBnActConfig(56, 224, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="swish"),
             depthwise=None,
             se=None,
             project=ConvBnActConfig(224, 56, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.05,
+            depth_fraction=0.25,
         ),
     ),
     (  # blocks.3: 4 x mbconv -> 104 channels at 17x17
         BlockConfig(  # blocks.3.0
-            kind="mbconv",
             expand=ConvBnActConfig(56, 224, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(224, 224, kernel=3, stride=2, groups=224, depthwise=True, padding=SamePadding(33, 1, 1), activation="swish"),
             se=SqueezeExciteConfig(224, 14, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(224, 104, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.057142857143,
+            depth_fraction=0.2857142857142857,
         ),
         BlockConfig(  # blocks.3.1
-            kind="mbconv",
             expand=ConvBnActConfig(104, 416, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(416, 416, kernel=3, stride=1, groups=416, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(416, 26, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(416, 104, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.064285714286,
+            depth_fraction=0.32142857142857145,
         ),
         BlockConfig(  # blocks.3.2
-            kind="mbconv",
             expand=ConvBnActConfig(104, 416, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(416, 416, kernel=3, stride=1, groups=416, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(416, 26, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(416, 104, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.071428571429,
+            depth_fraction=0.35714285714285715,
         ),
         BlockConfig(  # blocks.3.3
-            kind="mbconv",
             expand=ConvBnActConfig(104, 416, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(416, 416, kernel=3, stride=1, groups=416, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(416, 26, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(416, 104, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.078571428571,
+            depth_fraction=0.39285714285714285,
         ),
     ),
     (  # blocks.4: 6 x mbconv -> 120 channels at 17x17
         BlockConfig(  # blocks.4.0
-            kind="mbconv",
             expand=ConvBnActConfig(104, 624, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(624, 624, kernel=3, stride=1, groups=624, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(624, 26, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(624, 120, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.085714285714,
+            depth_fraction=0.42857142857142855,
         ),
         BlockConfig(  # blocks.4.1
-            kind="mbconv",
             expand=ConvBnActConfig(120, 720, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(720, 720, kernel=3, stride=1, groups=720, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(720, 30, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(720, 120, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.092857142857,
+            depth_fraction=0.4642857142857143,
         ),
         BlockConfig(  # blocks.4.2
-            kind="mbconv",
             expand=ConvBnActConfig(120, 720, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(720, 720, kernel=3, stride=1, groups=720, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(720, 30, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(720, 120, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.1,
+            depth_fraction=0.5,
         ),
         BlockConfig(  # blocks.4.3
-            kind="mbconv",
             expand=ConvBnActConfig(120, 720, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(720, 720, kernel=3, stride=1, groups=720, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(720, 30, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(720, 120, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.107142857143,
+            depth_fraction=0.5357142857142857,
         ),
         BlockConfig(  # blocks.4.4
-            kind="mbconv",
             expand=ConvBnActConfig(120, 720, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(720, 720, kernel=3, stride=1, groups=720, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(720, 30, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(720, 120, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.114285714286,
+            depth_fraction=0.5714285714285714,
         ),
         BlockConfig(  # blocks.4.5
-            kind="mbconv",
             expand=ConvBnActConfig(120, 720, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(720, 720, kernel=3, stride=1, groups=720, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(720, 30, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(720, 120, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.121428571429,
+            depth_fraction=0.6071428571428571,
         ),
     ),
     (  # blocks.5: 10 x mbconv -> 208 channels at 9x9
         BlockConfig(  # blocks.5.0
-            kind="mbconv",
             expand=ConvBnActConfig(120, 720, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(720, 720, kernel=3, stride=2, groups=720, depthwise=True, padding=SamePadding(17, 1, 1), activation="swish"),
             se=SqueezeExciteConfig(720, 30, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(720, 208, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.128571428571,
+            depth_fraction=0.6428571428571429,
         ),
         BlockConfig(  # blocks.5.1
-            kind="mbconv",
             expand=ConvBnActConfig(208, 1248, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1248, 1248, kernel=3, stride=1, groups=1248, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(1248, 52, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1248, 208, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.135714285714,
+            depth_fraction=0.6785714285714286,
         ),
         BlockConfig(  # blocks.5.2
-            kind="mbconv",
             expand=ConvBnActConfig(208, 1248, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1248, 1248, kernel=3, stride=1, groups=1248, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(1248, 52, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1248, 208, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.142857142857,
+            depth_fraction=0.7142857142857143,
         ),
         BlockConfig(  # blocks.5.3
-            kind="mbconv",
             expand=ConvBnActConfig(208, 1248, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1248, 1248, kernel=3, stride=1, groups=1248, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(1248, 52, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1248, 208, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.15,
+            depth_fraction=0.75,
         ),
         BlockConfig(  # blocks.5.4
-            kind="mbconv",
             expand=ConvBnActConfig(208, 1248, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1248, 1248, kernel=3, stride=1, groups=1248, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(1248, 52, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1248, 208, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.157142857143,
+            depth_fraction=0.7857142857142857,
         ),
         BlockConfig(  # blocks.5.5
-            kind="mbconv",
             expand=ConvBnActConfig(208, 1248, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1248, 1248, kernel=3, stride=1, groups=1248, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(1248, 52, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1248, 208, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.164285714286,
+            depth_fraction=0.8214285714285714,
         ),
         BlockConfig(  # blocks.5.6
-            kind="mbconv",
             expand=ConvBnActConfig(208, 1248, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1248, 1248, kernel=3, stride=1, groups=1248, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(1248, 52, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1248, 208, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.171428571429,
+            depth_fraction=0.8571428571428571,
         ),
         BlockConfig(  # blocks.5.7
-            kind="mbconv",
             expand=ConvBnActConfig(208, 1248, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1248, 1248, kernel=3, stride=1, groups=1248, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(1248, 52, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1248, 208, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.178571428571,
+            depth_fraction=0.8928571428571429,
         ),
         BlockConfig(  # blocks.5.8
-            kind="mbconv",
             expand=ConvBnActConfig(208, 1248, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1248, 1248, kernel=3, stride=1, groups=1248, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(1248, 52, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1248, 208, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.185714285714,
+            depth_fraction=0.9285714285714286,
         ),
         BlockConfig(  # blocks.5.9
-            kind="mbconv",
             expand=ConvBnActConfig(208, 1248, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1248, 1248, kernel=3, stride=1, groups=1248, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(1248, 52, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1248, 208, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.192857142857,
+            depth_fraction=0.9642857142857143,
         ),
     ),
 )
@@ -590,10 +574,52 @@ def conv(
     )(x)
 
 
+@keras.saving.register_keras_serializable(package="effspec")
+class ChannelSplit(layers.Layer):
+    """Split the channels into consecutive parts of the given sizes."""
+
+    def __init__(self, sizes: tuple[int, ...], **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self.sizes = tuple(sizes)
+
+    def call(self, x: keras.KerasTensor) -> list[keras.KerasTensor]:
+        bounds, total = [], 0
+        for size in self.sizes[:-1]:
+            total += size
+            bounds.append(total)
+        return keras.ops.split(x, bounds, axis=-1)
+
+    def compute_output_shape(self, shape: tuple[int | None, ...]) -> list[tuple]:
+        return [(*shape[:-1], size) for size in self.sizes]
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "sizes": self.sizes}
+
+
 def convolve(
     x: keras.KerasTensor, config: ConvBnActConfig, name: str
 ) -> keras.KerasTensor:
     """The conv of conv_bn_act, as its config describes it: {name}_conv."""
+    if isinstance(config.kernel, tuple):
+        # A depthwise conv split across kernels: {name}_conv_0, _conv_1, ... then concat
+        parts = ChannelSplit(config.groups, name=f"{name}_split")(x)
+        splits = zip(parts, config.groups, config.kernel, config.padding, strict=True)
+        outputs = []
+        for i, (part, size, kernel, padding) in enumerate(splits):
+            part_name = f"{name}_conv_{i}"
+            part = conv(
+                part,
+                size,
+                kernel,
+                config.stride,
+                size,
+                True,
+                padding,
+                part_name,
+                config.dilation,
+            )
+            outputs.append(part)
+        return layers.Concatenate(name=f"{name}_concat")(outputs)
     return conv(
         x,
         config.out_channels,
@@ -715,8 +741,8 @@ def build_model(
     Args:
         num_classes: classifier outputs.
         dropout: dropout before the classifier; None keeps DROPOUT.
-        drop_path_rate: stochastic-depth base rate (block i of N gets rate * i / N);
-            None keeps the spec's per-block rates.
+        drop_path_rate: stochastic-depth rate, times each block's depth_fraction;
+            None keeps DROP_PATH_RATE.
         include_preprocessing: normalize with MEAN/STD inside the model, so it takes
             raw 0..1 pixels.
         input_shape: (height, width, channels); None accepts any spatial size.
@@ -728,6 +754,8 @@ def build_model(
     levels = feature_info(out_indices, output_stride)
     stages = stages_at(output_stride)
     dropout = DROPOUT if dropout is None else dropout
+    if drop_path_rate is None:
+        drop_path_rate = DROP_PATH_RATE
     if input_shape is None:
         input_shape = (None, None, INPUT_CHANNELS)
     inputs = keras.Input(shape=input_shape, name="image")
@@ -743,21 +771,28 @@ def build_model(
     maps = []
     if features_only and 0 in taps:
         maps.append(layers.Identity(name=taps[0])(x))
-    num_blocks = sum(len(stage) for stage in stages)
-    block_index = 0
     for stage_index, stage in enumerate(stages[:depth]):
         for index, config in enumerate(stage):
-            rate = config.drop_path_rate
-            if drop_path_rate is not None:
-                rate = drop_path_rate * block_index / num_blocks
+            rate = drop_path_rate * config.depth_fraction
             x = block(x, config, rate, name=f"blocks_{stage_index}_{index}")
-            block_index += 1
         if features_only and stage_index + 1 in taps:
             maps.append(layers.Identity(name=taps[stage_index + 1])(x))
     if features_only:
         return features_model(inputs, x, maps, levels)
-    x = conv_bn_act(x, HEAD, name="head")
-    x = layers.GlobalAveragePooling2D(name="head_pool")(x)
+    if HEAD is not None:  # else the last stage feeds the pool
+        x = conv_bn_act(x, HEAD, name="head")
+    if POOLED_CONV is None:
+        x = layers.GlobalAveragePooling2D(name="head_pool")(x)
+    else:
+        x = layers.GlobalAveragePooling2D(keepdims=True, name="head_pool")(x)
+        x = layers.Conv2D(
+            POOLED_CONV.out_channels,
+            1,
+            activation=ACTIVATIONS[POOLED_CONV.activation],
+            kernel_initializer=conv_kernel_initializer(),
+            name="pooled_conv",
+        )(x)
+        x = layers.Flatten(name="pooled_flatten")(x)
     if dropout > 0:
         x = layers.Dropout(dropout, name="head_dropout")(x)
     outputs = layers.Dense(
@@ -781,7 +816,7 @@ def features_model(
 ) -> keras.Model:
     """The backbone: ``maps`` (and the head conv's output on ``x`` where the head is a
     level) as outputs named by level, with ``feature_info``."""
-    if levels[-1].module == "head":
+    if HEAD is not None and levels[-1].module == "head":
         x = conv_bn_act(x, HEAD, name="head")
         maps.append(layers.Identity(name=levels[-1].name)(x))
     model = keras.Model(

@@ -24,20 +24,20 @@ from dataclasses import dataclass, replace
 import keras
 from keras import layers
 
+# The spec's strings, each whole on one line however long (never wrapped).
+# fmt: off
 SPEC_NAME = "efficientnetv2-m"
 SPEC_PATH = "specs/efficientnetv2-m.yaml"
 SPEC_SHA256 = "4282848d0618e291f233781e4aab013925e75480e7f92e56e9a928c91b72c5a3"
-DESCRIPTION = (
-    "EfficientNetV2-M (paper Table 4 scaled up; stages as in the reference code)."
-)
+DESCRIPTION = "EfficientNetV2-M (paper Table 4 scaled up; stages as in the reference code)."
+# fmt: on
 RESOLUTION = 480  # nominal input size; any size works
 INPUT_CHANNELS = 3
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 NUM_CLASSES = 1000
 DROPOUT = 0.3  # before the classifier
-DROP_PATH_RATE = 0.2  # stochastic depth: block i of N gets rate * i / N
-PADDING = "same"  # the spec's mode; each conv below carries its resolved padding
+DROP_PATH_RATE = 0.2  # stochastic depth: x each block's depth_fraction
 BN_EPS = 0.001
 BN_MOMENTUM = 0.9  # running-average decay, as the spec states it
 PARAMS = 54139356  # trainable parameters with NUM_CLASSES classes
@@ -115,13 +115,13 @@ class BlockConfig:
     """One MBConv or Fused-MBConv block: its parts run in the order expand ->
     depthwise -> se -> project (None: absent), then the residual add."""
 
-    kind: str  # "mbconv" or "fused_mbconv"
     expand: ConvBnActConfig | None
     depthwise: ConvBnActConfig | None
     se: SqueezeExciteConfig | None
     project: ConvBnActConfig | None
     residual: bool  # add the block's input to its output
-    drop_path_rate: float  # stochastic depth of the residual branch, training only
+    # Block i of N has i / N: its stochastic depth (training only) is the model's rate x this
+    depth_fraction: float
 
 
 @dataclass(frozen=True)
@@ -158,539 +158,492 @@ class OutputStride:
     convs: tuple[DilatedConv, ...]
 
 
-# The compiler decided every number below: widths, strides, padding, residuals, rates.
+@dataclass(frozen=True)
+class PooledConvConfig:
+    """A 1x1 conv with bias (no batch norm) on the pooled features -> activation."""
+
+    in_channels: int
+    out_channels: int
+    activation: str | None
+
+
+# The compiler decided every number below: widths, strides, padding, residuals, depths.
 # One line per part, one BlockConfig per block, one tuple per stage (blocks.i.j is
 # block j of stage i).
 # ruff: noqa: E501
 # fmt: off
 STEM = ConvBnActConfig(3, 24, kernel=3, stride=2, groups=1, depthwise=False, padding=SamePadding(480, 0, 1), activation="swish")
 HEAD = ConvBnActConfig(512, 1280, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish")
+POOLED_CONV = None  # no 1x1 conv after the pool
 STAGES = (
     (  # blocks.0: 3 x fused_mbconv -> 24 channels at 240x240
         BlockConfig(  # blocks.0.0
-            kind="fused_mbconv",
             expand=ConvBnActConfig(24, 24, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="swish"),
             depthwise=None,
             se=None,
             project=None,
             residual=True,
-            drop_path_rate=0.0,
+            depth_fraction=0.0,
         ),
         BlockConfig(  # blocks.0.1
-            kind="fused_mbconv",
             expand=ConvBnActConfig(24, 24, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="swish"),
             depthwise=None,
             se=None,
             project=None,
             residual=True,
-            drop_path_rate=0.00350877193,
+            depth_fraction=0.017543859649122806,
         ),
         BlockConfig(  # blocks.0.2
-            kind="fused_mbconv",
             expand=ConvBnActConfig(24, 24, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="swish"),
             depthwise=None,
             se=None,
             project=None,
             residual=True,
-            drop_path_rate=0.00701754386,
+            depth_fraction=0.03508771929824561,
         ),
     ),
     (  # blocks.1: 5 x fused_mbconv -> 48 channels at 120x120
         BlockConfig(  # blocks.1.0
-            kind="fused_mbconv",
             expand=ConvBnActConfig(24, 96, kernel=3, stride=2, groups=1, depthwise=False, padding=SamePadding(240, 0, 1), activation="swish"),
             depthwise=None,
             se=None,
             project=ConvBnActConfig(96, 48, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.010526315789,
+            depth_fraction=0.05263157894736842,
         ),
         BlockConfig(  # blocks.1.1
-            kind="fused_mbconv",
             expand=ConvBnActConfig(48, 192, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="swish"),
             depthwise=None,
             se=None,
             project=ConvBnActConfig(192, 48, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.014035087719,
+            depth_fraction=0.07017543859649122,
         ),
         BlockConfig(  # blocks.1.2
-            kind="fused_mbconv",
             expand=ConvBnActConfig(48, 192, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="swish"),
             depthwise=None,
             se=None,
             project=ConvBnActConfig(192, 48, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.017543859649,
+            depth_fraction=0.08771929824561403,
         ),
         BlockConfig(  # blocks.1.3
-            kind="fused_mbconv",
             expand=ConvBnActConfig(48, 192, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="swish"),
             depthwise=None,
             se=None,
             project=ConvBnActConfig(192, 48, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.021052631579,
+            depth_fraction=0.10526315789473684,
         ),
         BlockConfig(  # blocks.1.4
-            kind="fused_mbconv",
             expand=ConvBnActConfig(48, 192, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="swish"),
             depthwise=None,
             se=None,
             project=ConvBnActConfig(192, 48, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.024561403509,
+            depth_fraction=0.12280701754385964,
         ),
     ),
     (  # blocks.2: 5 x fused_mbconv -> 80 channels at 60x60
         BlockConfig(  # blocks.2.0
-            kind="fused_mbconv",
             expand=ConvBnActConfig(48, 192, kernel=3, stride=2, groups=1, depthwise=False, padding=SamePadding(120, 0, 1), activation="swish"),
             depthwise=None,
             se=None,
             project=ConvBnActConfig(192, 80, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.028070175439,
+            depth_fraction=0.14035087719298245,
         ),
         BlockConfig(  # blocks.2.1
-            kind="fused_mbconv",
             expand=ConvBnActConfig(80, 320, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="swish"),
             depthwise=None,
             se=None,
             project=ConvBnActConfig(320, 80, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.031578947368,
+            depth_fraction=0.15789473684210525,
         ),
         BlockConfig(  # blocks.2.2
-            kind="fused_mbconv",
             expand=ConvBnActConfig(80, 320, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="swish"),
             depthwise=None,
             se=None,
             project=ConvBnActConfig(320, 80, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.035087719298,
+            depth_fraction=0.17543859649122806,
         ),
         BlockConfig(  # blocks.2.3
-            kind="fused_mbconv",
             expand=ConvBnActConfig(80, 320, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="swish"),
             depthwise=None,
             se=None,
             project=ConvBnActConfig(320, 80, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.038596491228,
+            depth_fraction=0.19298245614035087,
         ),
         BlockConfig(  # blocks.2.4
-            kind="fused_mbconv",
             expand=ConvBnActConfig(80, 320, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="swish"),
             depthwise=None,
             se=None,
             project=ConvBnActConfig(320, 80, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.042105263158,
+            depth_fraction=0.21052631578947367,
         ),
     ),
     (  # blocks.3: 7 x mbconv -> 160 channels at 30x30
         BlockConfig(  # blocks.3.0
-            kind="mbconv",
             expand=ConvBnActConfig(80, 320, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(320, 320, kernel=3, stride=2, groups=320, depthwise=True, padding=SamePadding(60, 0, 1), activation="swish"),
             se=SqueezeExciteConfig(320, 20, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(320, 160, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.045614035088,
+            depth_fraction=0.22807017543859648,
         ),
         BlockConfig(  # blocks.3.1
-            kind="mbconv",
             expand=ConvBnActConfig(160, 640, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(640, 640, kernel=3, stride=1, groups=640, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(640, 40, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(640, 160, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.049122807018,
+            depth_fraction=0.24561403508771928,
         ),
         BlockConfig(  # blocks.3.2
-            kind="mbconv",
             expand=ConvBnActConfig(160, 640, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(640, 640, kernel=3, stride=1, groups=640, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(640, 40, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(640, 160, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.052631578947,
+            depth_fraction=0.2631578947368421,
         ),
         BlockConfig(  # blocks.3.3
-            kind="mbconv",
             expand=ConvBnActConfig(160, 640, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(640, 640, kernel=3, stride=1, groups=640, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(640, 40, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(640, 160, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.056140350877,
+            depth_fraction=0.2807017543859649,
         ),
         BlockConfig(  # blocks.3.4
-            kind="mbconv",
             expand=ConvBnActConfig(160, 640, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(640, 640, kernel=3, stride=1, groups=640, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(640, 40, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(640, 160, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.059649122807,
+            depth_fraction=0.2982456140350877,
         ),
         BlockConfig(  # blocks.3.5
-            kind="mbconv",
             expand=ConvBnActConfig(160, 640, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(640, 640, kernel=3, stride=1, groups=640, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(640, 40, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(640, 160, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.063157894737,
+            depth_fraction=0.3157894736842105,
         ),
         BlockConfig(  # blocks.3.6
-            kind="mbconv",
             expand=ConvBnActConfig(160, 640, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(640, 640, kernel=3, stride=1, groups=640, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(640, 40, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(640, 160, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.066666666667,
+            depth_fraction=0.3333333333333333,
         ),
     ),
     (  # blocks.4: 14 x mbconv -> 176 channels at 30x30
         BlockConfig(  # blocks.4.0
-            kind="mbconv",
             expand=ConvBnActConfig(160, 960, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(960, 960, kernel=3, stride=1, groups=960, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(960, 40, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(960, 176, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.070175438596,
+            depth_fraction=0.3508771929824561,
         ),
         BlockConfig(  # blocks.4.1
-            kind="mbconv",
             expand=ConvBnActConfig(176, 1056, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1056, 1056, kernel=3, stride=1, groups=1056, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(1056, 44, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1056, 176, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.073684210526,
+            depth_fraction=0.3684210526315789,
         ),
         BlockConfig(  # blocks.4.2
-            kind="mbconv",
             expand=ConvBnActConfig(176, 1056, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1056, 1056, kernel=3, stride=1, groups=1056, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(1056, 44, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1056, 176, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.077192982456,
+            depth_fraction=0.38596491228070173,
         ),
         BlockConfig(  # blocks.4.3
-            kind="mbconv",
             expand=ConvBnActConfig(176, 1056, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1056, 1056, kernel=3, stride=1, groups=1056, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(1056, 44, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1056, 176, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.080701754386,
+            depth_fraction=0.40350877192982454,
         ),
         BlockConfig(  # blocks.4.4
-            kind="mbconv",
             expand=ConvBnActConfig(176, 1056, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1056, 1056, kernel=3, stride=1, groups=1056, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(1056, 44, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1056, 176, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.084210526316,
+            depth_fraction=0.42105263157894735,
         ),
         BlockConfig(  # blocks.4.5
-            kind="mbconv",
             expand=ConvBnActConfig(176, 1056, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1056, 1056, kernel=3, stride=1, groups=1056, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(1056, 44, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1056, 176, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.087719298246,
+            depth_fraction=0.43859649122807015,
         ),
         BlockConfig(  # blocks.4.6
-            kind="mbconv",
             expand=ConvBnActConfig(176, 1056, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1056, 1056, kernel=3, stride=1, groups=1056, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(1056, 44, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1056, 176, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.091228070175,
+            depth_fraction=0.45614035087719296,
         ),
         BlockConfig(  # blocks.4.7
-            kind="mbconv",
             expand=ConvBnActConfig(176, 1056, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1056, 1056, kernel=3, stride=1, groups=1056, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(1056, 44, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1056, 176, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.094736842105,
+            depth_fraction=0.47368421052631576,
         ),
         BlockConfig(  # blocks.4.8
-            kind="mbconv",
             expand=ConvBnActConfig(176, 1056, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1056, 1056, kernel=3, stride=1, groups=1056, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(1056, 44, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1056, 176, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.098245614035,
+            depth_fraction=0.49122807017543857,
         ),
         BlockConfig(  # blocks.4.9
-            kind="mbconv",
             expand=ConvBnActConfig(176, 1056, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1056, 1056, kernel=3, stride=1, groups=1056, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(1056, 44, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1056, 176, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.101754385965,
+            depth_fraction=0.5087719298245614,
         ),
         BlockConfig(  # blocks.4.10
-            kind="mbconv",
             expand=ConvBnActConfig(176, 1056, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1056, 1056, kernel=3, stride=1, groups=1056, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(1056, 44, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1056, 176, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.105263157895,
+            depth_fraction=0.5263157894736842,
         ),
         BlockConfig(  # blocks.4.11
-            kind="mbconv",
             expand=ConvBnActConfig(176, 1056, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1056, 1056, kernel=3, stride=1, groups=1056, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(1056, 44, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1056, 176, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.108771929825,
+            depth_fraction=0.543859649122807,
         ),
         BlockConfig(  # blocks.4.12
-            kind="mbconv",
             expand=ConvBnActConfig(176, 1056, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1056, 1056, kernel=3, stride=1, groups=1056, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(1056, 44, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1056, 176, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.112280701754,
+            depth_fraction=0.5614035087719298,
         ),
         BlockConfig(  # blocks.4.13
-            kind="mbconv",
             expand=ConvBnActConfig(176, 1056, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1056, 1056, kernel=3, stride=1, groups=1056, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(1056, 44, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1056, 176, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.115789473684,
+            depth_fraction=0.5789473684210527,
         ),
     ),
     (  # blocks.5: 18 x mbconv -> 304 channels at 15x15
         BlockConfig(  # blocks.5.0
-            kind="mbconv",
             expand=ConvBnActConfig(176, 1056, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1056, 1056, kernel=3, stride=2, groups=1056, depthwise=True, padding=SamePadding(30, 0, 1), activation="swish"),
             se=SqueezeExciteConfig(1056, 44, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1056, 304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.119298245614,
+            depth_fraction=0.5964912280701754,
         ),
         BlockConfig(  # blocks.5.1
-            kind="mbconv",
             expand=ConvBnActConfig(304, 1824, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1824, 1824, kernel=3, stride=1, groups=1824, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(1824, 76, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1824, 304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.122807017544,
+            depth_fraction=0.6140350877192983,
         ),
         BlockConfig(  # blocks.5.2
-            kind="mbconv",
             expand=ConvBnActConfig(304, 1824, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1824, 1824, kernel=3, stride=1, groups=1824, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(1824, 76, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1824, 304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.126315789474,
+            depth_fraction=0.631578947368421,
         ),
         BlockConfig(  # blocks.5.3
-            kind="mbconv",
             expand=ConvBnActConfig(304, 1824, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1824, 1824, kernel=3, stride=1, groups=1824, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(1824, 76, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1824, 304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.129824561404,
+            depth_fraction=0.6491228070175439,
         ),
         BlockConfig(  # blocks.5.4
-            kind="mbconv",
             expand=ConvBnActConfig(304, 1824, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1824, 1824, kernel=3, stride=1, groups=1824, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(1824, 76, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1824, 304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.133333333333,
+            depth_fraction=0.6666666666666666,
         ),
         BlockConfig(  # blocks.5.5
-            kind="mbconv",
             expand=ConvBnActConfig(304, 1824, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1824, 1824, kernel=3, stride=1, groups=1824, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(1824, 76, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1824, 304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.136842105263,
+            depth_fraction=0.6842105263157895,
         ),
         BlockConfig(  # blocks.5.6
-            kind="mbconv",
             expand=ConvBnActConfig(304, 1824, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1824, 1824, kernel=3, stride=1, groups=1824, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(1824, 76, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1824, 304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.140350877193,
+            depth_fraction=0.7017543859649122,
         ),
         BlockConfig(  # blocks.5.7
-            kind="mbconv",
             expand=ConvBnActConfig(304, 1824, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1824, 1824, kernel=3, stride=1, groups=1824, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(1824, 76, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1824, 304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.143859649123,
+            depth_fraction=0.7192982456140351,
         ),
         BlockConfig(  # blocks.5.8
-            kind="mbconv",
             expand=ConvBnActConfig(304, 1824, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1824, 1824, kernel=3, stride=1, groups=1824, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(1824, 76, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1824, 304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.147368421053,
+            depth_fraction=0.7368421052631579,
         ),
         BlockConfig(  # blocks.5.9
-            kind="mbconv",
             expand=ConvBnActConfig(304, 1824, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1824, 1824, kernel=3, stride=1, groups=1824, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(1824, 76, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1824, 304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.150877192982,
+            depth_fraction=0.7543859649122807,
         ),
         BlockConfig(  # blocks.5.10
-            kind="mbconv",
             expand=ConvBnActConfig(304, 1824, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1824, 1824, kernel=3, stride=1, groups=1824, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(1824, 76, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1824, 304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.154385964912,
+            depth_fraction=0.7719298245614035,
         ),
         BlockConfig(  # blocks.5.11
-            kind="mbconv",
             expand=ConvBnActConfig(304, 1824, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1824, 1824, kernel=3, stride=1, groups=1824, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(1824, 76, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1824, 304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.157894736842,
+            depth_fraction=0.7894736842105263,
         ),
         BlockConfig(  # blocks.5.12
-            kind="mbconv",
             expand=ConvBnActConfig(304, 1824, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1824, 1824, kernel=3, stride=1, groups=1824, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(1824, 76, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1824, 304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.161403508772,
+            depth_fraction=0.8070175438596491,
         ),
         BlockConfig(  # blocks.5.13
-            kind="mbconv",
             expand=ConvBnActConfig(304, 1824, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1824, 1824, kernel=3, stride=1, groups=1824, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(1824, 76, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1824, 304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.164912280702,
+            depth_fraction=0.8245614035087719,
         ),
         BlockConfig(  # blocks.5.14
-            kind="mbconv",
             expand=ConvBnActConfig(304, 1824, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1824, 1824, kernel=3, stride=1, groups=1824, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(1824, 76, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1824, 304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.168421052632,
+            depth_fraction=0.8421052631578947,
         ),
         BlockConfig(  # blocks.5.15
-            kind="mbconv",
             expand=ConvBnActConfig(304, 1824, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1824, 1824, kernel=3, stride=1, groups=1824, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(1824, 76, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1824, 304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.171929824561,
+            depth_fraction=0.8596491228070176,
         ),
         BlockConfig(  # blocks.5.16
-            kind="mbconv",
             expand=ConvBnActConfig(304, 1824, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1824, 1824, kernel=3, stride=1, groups=1824, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(1824, 76, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1824, 304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.175438596491,
+            depth_fraction=0.8771929824561403,
         ),
         BlockConfig(  # blocks.5.17
-            kind="mbconv",
             expand=ConvBnActConfig(304, 1824, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1824, 1824, kernel=3, stride=1, groups=1824, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(1824, 76, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1824, 304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.178947368421,
+            depth_fraction=0.8947368421052632,
         ),
     ),
     (  # blocks.6: 5 x mbconv -> 512 channels at 15x15
         BlockConfig(  # blocks.6.0
-            kind="mbconv",
             expand=ConvBnActConfig(304, 1824, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1824, 1824, kernel=3, stride=1, groups=1824, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(1824, 76, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1824, 512, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.182456140351,
+            depth_fraction=0.9122807017543859,
         ),
         BlockConfig(  # blocks.6.1
-            kind="mbconv",
             expand=ConvBnActConfig(512, 3072, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(3072, 3072, kernel=3, stride=1, groups=3072, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(3072, 128, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(3072, 512, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.185964912281,
+            depth_fraction=0.9298245614035088,
         ),
         BlockConfig(  # blocks.6.2
-            kind="mbconv",
             expand=ConvBnActConfig(512, 3072, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(3072, 3072, kernel=3, stride=1, groups=3072, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(3072, 128, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(3072, 512, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.189473684211,
+            depth_fraction=0.9473684210526315,
         ),
         BlockConfig(  # blocks.6.3
-            kind="mbconv",
             expand=ConvBnActConfig(512, 3072, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(3072, 3072, kernel=3, stride=1, groups=3072, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(3072, 128, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(3072, 512, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.19298245614,
+            depth_fraction=0.9649122807017544,
         ),
         BlockConfig(  # blocks.6.4
-            kind="mbconv",
             expand=ConvBnActConfig(512, 3072, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(3072, 3072, kernel=3, stride=1, groups=3072, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(3072, 128, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(3072, 512, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.19649122807,
+            depth_fraction=0.9824561403508771,
         ),
     ),
 )
@@ -893,10 +846,52 @@ def conv(
     )(x)
 
 
+@keras.saving.register_keras_serializable(package="effspec")
+class ChannelSplit(layers.Layer):
+    """Split the channels into consecutive parts of the given sizes."""
+
+    def __init__(self, sizes: tuple[int, ...], **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self.sizes = tuple(sizes)
+
+    def call(self, x: keras.KerasTensor) -> list[keras.KerasTensor]:
+        bounds, total = [], 0
+        for size in self.sizes[:-1]:
+            total += size
+            bounds.append(total)
+        return keras.ops.split(x, bounds, axis=-1)
+
+    def compute_output_shape(self, shape: tuple[int | None, ...]) -> list[tuple]:
+        return [(*shape[:-1], size) for size in self.sizes]
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "sizes": self.sizes}
+
+
 def convolve(
     x: keras.KerasTensor, config: ConvBnActConfig, name: str
 ) -> keras.KerasTensor:
     """The conv of conv_bn_act, as its config describes it: {name}_conv."""
+    if isinstance(config.kernel, tuple):
+        # A depthwise conv split across kernels: {name}_conv_0, _conv_1, ... then concat
+        parts = ChannelSplit(config.groups, name=f"{name}_split")(x)
+        splits = zip(parts, config.groups, config.kernel, config.padding, strict=True)
+        outputs = []
+        for i, (part, size, kernel, padding) in enumerate(splits):
+            part_name = f"{name}_conv_{i}"
+            part = conv(
+                part,
+                size,
+                kernel,
+                config.stride,
+                size,
+                True,
+                padding,
+                part_name,
+                config.dilation,
+            )
+            outputs.append(part)
+        return layers.Concatenate(name=f"{name}_concat")(outputs)
     return conv(
         x,
         config.out_channels,
@@ -1018,8 +1013,8 @@ def build_model(
     Args:
         num_classes: classifier outputs.
         dropout: dropout before the classifier; None keeps DROPOUT.
-        drop_path_rate: stochastic-depth base rate (block i of N gets rate * i / N);
-            None keeps the spec's per-block rates.
+        drop_path_rate: stochastic-depth rate, times each block's depth_fraction;
+            None keeps DROP_PATH_RATE.
         include_preprocessing: normalize with MEAN/STD inside the model, so it takes
             raw 0..1 pixels.
         input_shape: (height, width, channels); None accepts any spatial size.
@@ -1031,6 +1026,8 @@ def build_model(
     levels = feature_info(out_indices, output_stride)
     stages = stages_at(output_stride)
     dropout = DROPOUT if dropout is None else dropout
+    if drop_path_rate is None:
+        drop_path_rate = DROP_PATH_RATE
     if input_shape is None:
         input_shape = (None, None, INPUT_CHANNELS)
     inputs = keras.Input(shape=input_shape, name="image")
@@ -1046,21 +1043,28 @@ def build_model(
     maps = []
     if features_only and 0 in taps:
         maps.append(layers.Identity(name=taps[0])(x))
-    num_blocks = sum(len(stage) for stage in stages)
-    block_index = 0
     for stage_index, stage in enumerate(stages[:depth]):
         for index, config in enumerate(stage):
-            rate = config.drop_path_rate
-            if drop_path_rate is not None:
-                rate = drop_path_rate * block_index / num_blocks
+            rate = drop_path_rate * config.depth_fraction
             x = block(x, config, rate, name=f"blocks_{stage_index}_{index}")
-            block_index += 1
         if features_only and stage_index + 1 in taps:
             maps.append(layers.Identity(name=taps[stage_index + 1])(x))
     if features_only:
         return features_model(inputs, x, maps, levels)
-    x = conv_bn_act(x, HEAD, name="head")
-    x = layers.GlobalAveragePooling2D(name="head_pool")(x)
+    if HEAD is not None:  # else the last stage feeds the pool
+        x = conv_bn_act(x, HEAD, name="head")
+    if POOLED_CONV is None:
+        x = layers.GlobalAveragePooling2D(name="head_pool")(x)
+    else:
+        x = layers.GlobalAveragePooling2D(keepdims=True, name="head_pool")(x)
+        x = layers.Conv2D(
+            POOLED_CONV.out_channels,
+            1,
+            activation=ACTIVATIONS[POOLED_CONV.activation],
+            kernel_initializer=conv_kernel_initializer(),
+            name="pooled_conv",
+        )(x)
+        x = layers.Flatten(name="pooled_flatten")(x)
     if dropout > 0:
         x = layers.Dropout(dropout, name="head_dropout")(x)
     outputs = layers.Dense(
@@ -1084,7 +1088,7 @@ def features_model(
 ) -> keras.Model:
     """The backbone: ``maps`` (and the head conv's output on ``x`` where the head is a
     level) as outputs named by level, with ``feature_info``."""
-    if levels[-1].module == "head":
+    if HEAD is not None and levels[-1].module == "head":
         x = conv_bn_act(x, HEAD, name="head")
         maps.append(layers.Identity(name=levels[-1].name)(x))
     model = keras.Model(

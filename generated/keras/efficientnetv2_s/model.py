@@ -24,21 +24,20 @@ from dataclasses import dataclass, replace
 import keras
 from keras import layers
 
+# The spec's strings, each whole on one line however long (never wrapped).
+# fmt: off
 SPEC_NAME = "efficientnetv2-s"
 SPEC_PATH = "specs/efficientnetv2-s.yaml"
 SPEC_SHA256 = "88671bff2df1e0b34a51d5c8e5964562bb6f58e7aee8ff34cf4d8f07041d7d7c"
-DESCRIPTION = (
-    "EfficientNetV2-S, Fused-MBConv early stages and MBConv later; trained with "
-    "progressive learning."
-)
+DESCRIPTION = "EfficientNetV2-S, Fused-MBConv early stages and MBConv later; trained with progressive learning."
+# fmt: on
 RESOLUTION = 384  # nominal input size; any size works
 INPUT_CHANNELS = 3
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 NUM_CLASSES = 1000
 DROPOUT = 0.2  # before the classifier
-DROP_PATH_RATE = 0.2  # stochastic depth: block i of N gets rate * i / N
-PADDING = "same"  # the spec's mode; each conv below carries its resolved padding
+DROP_PATH_RATE = 0.2  # stochastic depth: x each block's depth_fraction
 BN_EPS = 0.001
 BN_MOMENTUM = 0.9  # running-average decay, as the spec states it
 PARAMS = 21458488  # trainable parameters with NUM_CLASSES classes
@@ -115,13 +114,13 @@ class BlockConfig:
     """One MBConv or Fused-MBConv block: its parts run in the order expand ->
     depthwise -> se -> project (None: absent), then the residual add."""
 
-    kind: str  # "mbconv" or "fused_mbconv"
     expand: ConvBnActConfig | None
     depthwise: ConvBnActConfig | None
     se: SqueezeExciteConfig | None
     project: ConvBnActConfig | None
     residual: bool  # add the block's input to its output
-    drop_path_rate: float  # stochastic depth of the residual branch, training only
+    # Block i of N has i / N: its stochastic depth (training only) is the model's rate x this
+    depth_fraction: float
 
 
 @dataclass(frozen=True)
@@ -158,384 +157,354 @@ class OutputStride:
     convs: tuple[DilatedConv, ...]
 
 
-# The compiler decided every number below: widths, strides, padding, residuals, rates.
+@dataclass(frozen=True)
+class PooledConvConfig:
+    """A 1x1 conv with bias (no batch norm) on the pooled features -> activation."""
+
+    in_channels: int
+    out_channels: int
+    activation: str | None
+
+
+# The compiler decided every number below: widths, strides, padding, residuals, depths.
 # One line per part, one BlockConfig per block, one tuple per stage (blocks.i.j is
 # block j of stage i).
 # ruff: noqa: E501
 # fmt: off
 STEM = ConvBnActConfig(3, 24, kernel=3, stride=2, groups=1, depthwise=False, padding=SamePadding(384, 0, 1), activation="swish")
 HEAD = ConvBnActConfig(256, 1280, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish")
+POOLED_CONV = None  # no 1x1 conv after the pool
 STAGES = (
     (  # blocks.0: 2 x fused_mbconv -> 24 channels at 192x192
         BlockConfig(  # blocks.0.0
-            kind="fused_mbconv",
             expand=ConvBnActConfig(24, 24, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="swish"),
             depthwise=None,
             se=None,
             project=None,
             residual=True,
-            drop_path_rate=0.0,
+            depth_fraction=0.0,
         ),
         BlockConfig(  # blocks.0.1
-            kind="fused_mbconv",
             expand=ConvBnActConfig(24, 24, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="swish"),
             depthwise=None,
             se=None,
             project=None,
             residual=True,
-            drop_path_rate=0.005,
+            depth_fraction=0.025,
         ),
     ),
     (  # blocks.1: 4 x fused_mbconv -> 48 channels at 96x96
         BlockConfig(  # blocks.1.0
-            kind="fused_mbconv",
             expand=ConvBnActConfig(24, 96, kernel=3, stride=2, groups=1, depthwise=False, padding=SamePadding(192, 0, 1), activation="swish"),
             depthwise=None,
             se=None,
             project=ConvBnActConfig(96, 48, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.01,
+            depth_fraction=0.05,
         ),
         BlockConfig(  # blocks.1.1
-            kind="fused_mbconv",
             expand=ConvBnActConfig(48, 192, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="swish"),
             depthwise=None,
             se=None,
             project=ConvBnActConfig(192, 48, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.015,
+            depth_fraction=0.075,
         ),
         BlockConfig(  # blocks.1.2
-            kind="fused_mbconv",
             expand=ConvBnActConfig(48, 192, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="swish"),
             depthwise=None,
             se=None,
             project=ConvBnActConfig(192, 48, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.02,
+            depth_fraction=0.1,
         ),
         BlockConfig(  # blocks.1.3
-            kind="fused_mbconv",
             expand=ConvBnActConfig(48, 192, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="swish"),
             depthwise=None,
             se=None,
             project=ConvBnActConfig(192, 48, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.025,
+            depth_fraction=0.125,
         ),
     ),
     (  # blocks.2: 4 x fused_mbconv -> 64 channels at 48x48
         BlockConfig(  # blocks.2.0
-            kind="fused_mbconv",
             expand=ConvBnActConfig(48, 192, kernel=3, stride=2, groups=1, depthwise=False, padding=SamePadding(96, 0, 1), activation="swish"),
             depthwise=None,
             se=None,
             project=ConvBnActConfig(192, 64, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.03,
+            depth_fraction=0.15,
         ),
         BlockConfig(  # blocks.2.1
-            kind="fused_mbconv",
             expand=ConvBnActConfig(64, 256, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="swish"),
             depthwise=None,
             se=None,
             project=ConvBnActConfig(256, 64, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.035,
+            depth_fraction=0.175,
         ),
         BlockConfig(  # blocks.2.2
-            kind="fused_mbconv",
             expand=ConvBnActConfig(64, 256, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="swish"),
             depthwise=None,
             se=None,
             project=ConvBnActConfig(256, 64, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.04,
+            depth_fraction=0.2,
         ),
         BlockConfig(  # blocks.2.3
-            kind="fused_mbconv",
             expand=ConvBnActConfig(64, 256, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="swish"),
             depthwise=None,
             se=None,
             project=ConvBnActConfig(256, 64, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.045,
+            depth_fraction=0.225,
         ),
     ),
     (  # blocks.3: 6 x mbconv -> 128 channels at 24x24
         BlockConfig(  # blocks.3.0
-            kind="mbconv",
             expand=ConvBnActConfig(64, 256, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(256, 256, kernel=3, stride=2, groups=256, depthwise=True, padding=SamePadding(48, 0, 1), activation="swish"),
             se=SqueezeExciteConfig(256, 16, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(256, 128, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.05,
+            depth_fraction=0.25,
         ),
         BlockConfig(  # blocks.3.1
-            kind="mbconv",
             expand=ConvBnActConfig(128, 512, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(512, 512, kernel=3, stride=1, groups=512, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(512, 32, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(512, 128, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.055,
+            depth_fraction=0.275,
         ),
         BlockConfig(  # blocks.3.2
-            kind="mbconv",
             expand=ConvBnActConfig(128, 512, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(512, 512, kernel=3, stride=1, groups=512, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(512, 32, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(512, 128, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.06,
+            depth_fraction=0.3,
         ),
         BlockConfig(  # blocks.3.3
-            kind="mbconv",
             expand=ConvBnActConfig(128, 512, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(512, 512, kernel=3, stride=1, groups=512, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(512, 32, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(512, 128, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.065,
+            depth_fraction=0.325,
         ),
         BlockConfig(  # blocks.3.4
-            kind="mbconv",
             expand=ConvBnActConfig(128, 512, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(512, 512, kernel=3, stride=1, groups=512, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(512, 32, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(512, 128, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.07,
+            depth_fraction=0.35,
         ),
         BlockConfig(  # blocks.3.5
-            kind="mbconv",
             expand=ConvBnActConfig(128, 512, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(512, 512, kernel=3, stride=1, groups=512, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(512, 32, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(512, 128, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.075,
+            depth_fraction=0.375,
         ),
     ),
     (  # blocks.4: 9 x mbconv -> 160 channels at 24x24
         BlockConfig(  # blocks.4.0
-            kind="mbconv",
             expand=ConvBnActConfig(128, 768, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(768, 768, kernel=3, stride=1, groups=768, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(768, 32, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(768, 160, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.08,
+            depth_fraction=0.4,
         ),
         BlockConfig(  # blocks.4.1
-            kind="mbconv",
             expand=ConvBnActConfig(160, 960, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(960, 960, kernel=3, stride=1, groups=960, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(960, 40, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(960, 160, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.085,
+            depth_fraction=0.425,
         ),
         BlockConfig(  # blocks.4.2
-            kind="mbconv",
             expand=ConvBnActConfig(160, 960, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(960, 960, kernel=3, stride=1, groups=960, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(960, 40, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(960, 160, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.09,
+            depth_fraction=0.45,
         ),
         BlockConfig(  # blocks.4.3
-            kind="mbconv",
             expand=ConvBnActConfig(160, 960, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(960, 960, kernel=3, stride=1, groups=960, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(960, 40, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(960, 160, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.095,
+            depth_fraction=0.475,
         ),
         BlockConfig(  # blocks.4.4
-            kind="mbconv",
             expand=ConvBnActConfig(160, 960, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(960, 960, kernel=3, stride=1, groups=960, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(960, 40, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(960, 160, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.1,
+            depth_fraction=0.5,
         ),
         BlockConfig(  # blocks.4.5
-            kind="mbconv",
             expand=ConvBnActConfig(160, 960, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(960, 960, kernel=3, stride=1, groups=960, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(960, 40, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(960, 160, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.105,
+            depth_fraction=0.525,
         ),
         BlockConfig(  # blocks.4.6
-            kind="mbconv",
             expand=ConvBnActConfig(160, 960, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(960, 960, kernel=3, stride=1, groups=960, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(960, 40, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(960, 160, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.11,
+            depth_fraction=0.55,
         ),
         BlockConfig(  # blocks.4.7
-            kind="mbconv",
             expand=ConvBnActConfig(160, 960, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(960, 960, kernel=3, stride=1, groups=960, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(960, 40, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(960, 160, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.115,
+            depth_fraction=0.575,
         ),
         BlockConfig(  # blocks.4.8
-            kind="mbconv",
             expand=ConvBnActConfig(160, 960, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(960, 960, kernel=3, stride=1, groups=960, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(960, 40, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(960, 160, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.12,
+            depth_fraction=0.6,
         ),
     ),
     (  # blocks.5: 15 x mbconv -> 256 channels at 12x12
         BlockConfig(  # blocks.5.0
-            kind="mbconv",
             expand=ConvBnActConfig(160, 960, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(960, 960, kernel=3, stride=2, groups=960, depthwise=True, padding=SamePadding(24, 0, 1), activation="swish"),
             se=SqueezeExciteConfig(960, 40, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(960, 256, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.125,
+            depth_fraction=0.625,
         ),
         BlockConfig(  # blocks.5.1
-            kind="mbconv",
             expand=ConvBnActConfig(256, 1536, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1536, 1536, kernel=3, stride=1, groups=1536, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(1536, 64, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1536, 256, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.13,
+            depth_fraction=0.65,
         ),
         BlockConfig(  # blocks.5.2
-            kind="mbconv",
             expand=ConvBnActConfig(256, 1536, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1536, 1536, kernel=3, stride=1, groups=1536, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(1536, 64, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1536, 256, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.135,
+            depth_fraction=0.675,
         ),
         BlockConfig(  # blocks.5.3
-            kind="mbconv",
             expand=ConvBnActConfig(256, 1536, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1536, 1536, kernel=3, stride=1, groups=1536, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(1536, 64, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1536, 256, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.14,
+            depth_fraction=0.7,
         ),
         BlockConfig(  # blocks.5.4
-            kind="mbconv",
             expand=ConvBnActConfig(256, 1536, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1536, 1536, kernel=3, stride=1, groups=1536, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(1536, 64, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1536, 256, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.145,
+            depth_fraction=0.725,
         ),
         BlockConfig(  # blocks.5.5
-            kind="mbconv",
             expand=ConvBnActConfig(256, 1536, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1536, 1536, kernel=3, stride=1, groups=1536, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(1536, 64, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1536, 256, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.15,
+            depth_fraction=0.75,
         ),
         BlockConfig(  # blocks.5.6
-            kind="mbconv",
             expand=ConvBnActConfig(256, 1536, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1536, 1536, kernel=3, stride=1, groups=1536, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(1536, 64, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1536, 256, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.155,
+            depth_fraction=0.775,
         ),
         BlockConfig(  # blocks.5.7
-            kind="mbconv",
             expand=ConvBnActConfig(256, 1536, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1536, 1536, kernel=3, stride=1, groups=1536, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(1536, 64, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1536, 256, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.16,
+            depth_fraction=0.8,
         ),
         BlockConfig(  # blocks.5.8
-            kind="mbconv",
             expand=ConvBnActConfig(256, 1536, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1536, 1536, kernel=3, stride=1, groups=1536, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(1536, 64, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1536, 256, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.165,
+            depth_fraction=0.825,
         ),
         BlockConfig(  # blocks.5.9
-            kind="mbconv",
             expand=ConvBnActConfig(256, 1536, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1536, 1536, kernel=3, stride=1, groups=1536, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(1536, 64, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1536, 256, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.17,
+            depth_fraction=0.85,
         ),
         BlockConfig(  # blocks.5.10
-            kind="mbconv",
             expand=ConvBnActConfig(256, 1536, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1536, 1536, kernel=3, stride=1, groups=1536, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(1536, 64, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1536, 256, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.175,
+            depth_fraction=0.875,
         ),
         BlockConfig(  # blocks.5.11
-            kind="mbconv",
             expand=ConvBnActConfig(256, 1536, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1536, 1536, kernel=3, stride=1, groups=1536, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(1536, 64, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1536, 256, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.18,
+            depth_fraction=0.9,
         ),
         BlockConfig(  # blocks.5.12
-            kind="mbconv",
             expand=ConvBnActConfig(256, 1536, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1536, 1536, kernel=3, stride=1, groups=1536, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(1536, 64, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1536, 256, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.185,
+            depth_fraction=0.925,
         ),
         BlockConfig(  # blocks.5.13
-            kind="mbconv",
             expand=ConvBnActConfig(256, 1536, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1536, 1536, kernel=3, stride=1, groups=1536, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(1536, 64, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1536, 256, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.19,
+            depth_fraction=0.95,
         ),
         BlockConfig(  # blocks.5.14
-            kind="mbconv",
             expand=ConvBnActConfig(256, 1536, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1536, 1536, kernel=3, stride=1, groups=1536, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(1536, 64, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1536, 256, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.195,
+            depth_fraction=0.975,
         ),
     ),
 )
@@ -716,10 +685,52 @@ def conv(
     )(x)
 
 
+@keras.saving.register_keras_serializable(package="effspec")
+class ChannelSplit(layers.Layer):
+    """Split the channels into consecutive parts of the given sizes."""
+
+    def __init__(self, sizes: tuple[int, ...], **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self.sizes = tuple(sizes)
+
+    def call(self, x: keras.KerasTensor) -> list[keras.KerasTensor]:
+        bounds, total = [], 0
+        for size in self.sizes[:-1]:
+            total += size
+            bounds.append(total)
+        return keras.ops.split(x, bounds, axis=-1)
+
+    def compute_output_shape(self, shape: tuple[int | None, ...]) -> list[tuple]:
+        return [(*shape[:-1], size) for size in self.sizes]
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "sizes": self.sizes}
+
+
 def convolve(
     x: keras.KerasTensor, config: ConvBnActConfig, name: str
 ) -> keras.KerasTensor:
     """The conv of conv_bn_act, as its config describes it: {name}_conv."""
+    if isinstance(config.kernel, tuple):
+        # A depthwise conv split across kernels: {name}_conv_0, _conv_1, ... then concat
+        parts = ChannelSplit(config.groups, name=f"{name}_split")(x)
+        splits = zip(parts, config.groups, config.kernel, config.padding, strict=True)
+        outputs = []
+        for i, (part, size, kernel, padding) in enumerate(splits):
+            part_name = f"{name}_conv_{i}"
+            part = conv(
+                part,
+                size,
+                kernel,
+                config.stride,
+                size,
+                True,
+                padding,
+                part_name,
+                config.dilation,
+            )
+            outputs.append(part)
+        return layers.Concatenate(name=f"{name}_concat")(outputs)
     return conv(
         x,
         config.out_channels,
@@ -841,8 +852,8 @@ def build_model(
     Args:
         num_classes: classifier outputs.
         dropout: dropout before the classifier; None keeps DROPOUT.
-        drop_path_rate: stochastic-depth base rate (block i of N gets rate * i / N);
-            None keeps the spec's per-block rates.
+        drop_path_rate: stochastic-depth rate, times each block's depth_fraction;
+            None keeps DROP_PATH_RATE.
         include_preprocessing: normalize with MEAN/STD inside the model, so it takes
             raw 0..1 pixels.
         input_shape: (height, width, channels); None accepts any spatial size.
@@ -854,6 +865,8 @@ def build_model(
     levels = feature_info(out_indices, output_stride)
     stages = stages_at(output_stride)
     dropout = DROPOUT if dropout is None else dropout
+    if drop_path_rate is None:
+        drop_path_rate = DROP_PATH_RATE
     if input_shape is None:
         input_shape = (None, None, INPUT_CHANNELS)
     inputs = keras.Input(shape=input_shape, name="image")
@@ -869,21 +882,28 @@ def build_model(
     maps = []
     if features_only and 0 in taps:
         maps.append(layers.Identity(name=taps[0])(x))
-    num_blocks = sum(len(stage) for stage in stages)
-    block_index = 0
     for stage_index, stage in enumerate(stages[:depth]):
         for index, config in enumerate(stage):
-            rate = config.drop_path_rate
-            if drop_path_rate is not None:
-                rate = drop_path_rate * block_index / num_blocks
+            rate = drop_path_rate * config.depth_fraction
             x = block(x, config, rate, name=f"blocks_{stage_index}_{index}")
-            block_index += 1
         if features_only and stage_index + 1 in taps:
             maps.append(layers.Identity(name=taps[stage_index + 1])(x))
     if features_only:
         return features_model(inputs, x, maps, levels)
-    x = conv_bn_act(x, HEAD, name="head")
-    x = layers.GlobalAveragePooling2D(name="head_pool")(x)
+    if HEAD is not None:  # else the last stage feeds the pool
+        x = conv_bn_act(x, HEAD, name="head")
+    if POOLED_CONV is None:
+        x = layers.GlobalAveragePooling2D(name="head_pool")(x)
+    else:
+        x = layers.GlobalAveragePooling2D(keepdims=True, name="head_pool")(x)
+        x = layers.Conv2D(
+            POOLED_CONV.out_channels,
+            1,
+            activation=ACTIVATIONS[POOLED_CONV.activation],
+            kernel_initializer=conv_kernel_initializer(),
+            name="pooled_conv",
+        )(x)
+        x = layers.Flatten(name="pooled_flatten")(x)
     if dropout > 0:
         x = layers.Dropout(dropout, name="head_dropout")(x)
     outputs = layers.Dense(
@@ -907,7 +927,7 @@ def features_model(
 ) -> keras.Model:
     """The backbone: ``maps`` (and the head conv's output on ``x`` where the head is a
     level) as outputs named by level, with ``feature_info``."""
-    if levels[-1].module == "head":
+    if HEAD is not None and levels[-1].module == "head":
         x = conv_bn_act(x, HEAD, name="head")
         maps.append(layers.Identity(name=levels[-1].name)(x))
     model = keras.Model(

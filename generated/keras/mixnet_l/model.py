@@ -24,18 +24,20 @@ from dataclasses import dataclass, replace
 import keras
 from keras import layers
 
+# The spec's strings, each whole on one line however long (never wrapped).
+# fmt: off
 SPEC_NAME = "mixnet-l"
 SPEC_PATH = "specs/mixnet-l.yaml"
 SPEC_SHA256 = "3bce343488af23470559883b8e9bf439d3ed7e4eb820c9e11b0c9615bcdc4ad2"
 DESCRIPTION = "MixNet-L, MixNet-M at width 1.3 (timm tf_mixnet_l)."
+# fmt: on
 RESOLUTION = 224  # nominal input size; any size works
 INPUT_CHANNELS = 3
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 NUM_CLASSES = 1000
 DROPOUT = 0.2  # before the classifier
-DROP_PATH_RATE = 0.2  # stochastic depth: block i of N gets rate * i / N
-PADDING = "same"  # the spec's mode; each conv below carries its resolved padding
+DROP_PATH_RATE = 0.2  # stochastic depth: x each block's depth_fraction
 BN_EPS = 0.001
 BN_MOMENTUM = 0.99  # running-average decay, as the spec states it
 PARAMS = 7329252  # trainable parameters with NUM_CLASSES classes
@@ -112,13 +114,13 @@ class BlockConfig:
     """One MBConv or Fused-MBConv block: its parts run in the order expand ->
     depthwise -> se -> project (None: absent), then the residual add."""
 
-    kind: str  # "mbconv" or "fused_mbconv"
     expand: ConvBnActConfig | None
     depthwise: ConvBnActConfig | None
     se: SqueezeExciteConfig | None
     project: ConvBnActConfig | None
     residual: bool  # add the block's input to its output
-    drop_path_rate: float  # stochastic depth of the residual branch, training only
+    # Block i of N has i / N: its stochastic depth (training only) is the model's rate x this
+    depth_fraction: float
 
 
 @dataclass(frozen=True)
@@ -155,195 +157,186 @@ class OutputStride:
     convs: tuple[DilatedConv, ...]
 
 
-# The compiler decided every number below: widths, strides, padding, residuals, rates.
+@dataclass(frozen=True)
+class PooledConvConfig:
+    """A 1x1 conv with bias (no batch norm) on the pooled features -> activation."""
+
+    in_channels: int
+    out_channels: int
+    activation: str | None
+
+
+# The compiler decided every number below: widths, strides, padding, residuals, depths.
 # One line per part, one BlockConfig per block, one tuple per stage (blocks.i.j is
 # block j of stage i).
 # ruff: noqa: E501
 # fmt: off
 STEM = ConvBnActConfig(3, 32, kernel=3, stride=2, groups=1, depthwise=False, padding=SamePadding(224, 0, 1), activation="relu")
 HEAD = ConvBnActConfig(264, 1536, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="relu")
+POOLED_CONV = None  # no 1x1 conv after the pool
 STAGES = (
     (  # blocks.0: 1 x mbconv -> 32 channels at 112x112
         BlockConfig(  # blocks.0.0
-            kind="mbconv",
             expand=None,
             depthwise=ConvBnActConfig(32, 32, kernel=3, stride=1, groups=32, depthwise=True, padding=1, activation="relu"),
             se=None,
             project=ConvBnActConfig(32, 32, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.0,
+            depth_fraction=0.0,
         ),
     ),
     (  # blocks.1: 2 x mbconv -> 40 channels at 56x56
         BlockConfig(  # blocks.1.0
-            kind="mbconv",
             expand=ConvBnActConfig(32, 192, kernel=1, stride=1, groups=2, depthwise=False, padding=0, activation="relu"),
             depthwise=ConvBnActConfig(192, 192, kernel=(3, 5, 7), stride=2, groups=(64, 64, 64), depthwise=True, padding=(SamePadding(112, 0, 1), SamePadding(112, 1, 2), SamePadding(112, 2, 3)), activation="relu"),
             se=None,
             project=ConvBnActConfig(192, 40, kernel=1, stride=1, groups=2, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.010526315789,
+            depth_fraction=0.05263157894736842,
         ),
         BlockConfig(  # blocks.1.1
-            kind="mbconv",
             expand=ConvBnActConfig(40, 120, kernel=1, stride=1, groups=2, depthwise=False, padding=0, activation="relu"),
             depthwise=ConvBnActConfig(120, 120, kernel=3, stride=1, groups=120, depthwise=True, padding=1, activation="relu"),
             se=None,
             project=ConvBnActConfig(120, 40, kernel=1, stride=1, groups=2, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.021052631579,
+            depth_fraction=0.10526315789473684,
         ),
     ),
     (  # blocks.2: 4 x mbconv -> 56 channels at 28x28
         BlockConfig(  # blocks.2.0
-            kind="mbconv",
             expand=ConvBnActConfig(40, 240, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(240, 240, kernel=(3, 5, 7, 9), stride=2, groups=(60, 60, 60, 60), depthwise=True, padding=(SamePadding(56, 0, 1), SamePadding(56, 1, 2), SamePadding(56, 2, 3), SamePadding(56, 3, 4)), activation="swish"),
             se=SqueezeExciteConfig(240, 20, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(240, 56, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.031578947368,
+            depth_fraction=0.15789473684210525,
         ),
         BlockConfig(  # blocks.2.1
-            kind="mbconv",
             expand=ConvBnActConfig(56, 336, kernel=1, stride=1, groups=2, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(336, 336, kernel=(3, 5), stride=1, groups=(168, 168), depthwise=True, padding=(1, 2), activation="swish"),
             se=SqueezeExciteConfig(336, 28, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(336, 56, kernel=1, stride=1, groups=2, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.042105263158,
+            depth_fraction=0.21052631578947367,
         ),
         BlockConfig(  # blocks.2.2
-            kind="mbconv",
             expand=ConvBnActConfig(56, 336, kernel=1, stride=1, groups=2, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(336, 336, kernel=(3, 5), stride=1, groups=(168, 168), depthwise=True, padding=(1, 2), activation="swish"),
             se=SqueezeExciteConfig(336, 28, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(336, 56, kernel=1, stride=1, groups=2, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.052631578947,
+            depth_fraction=0.2631578947368421,
         ),
         BlockConfig(  # blocks.2.3
-            kind="mbconv",
             expand=ConvBnActConfig(56, 336, kernel=1, stride=1, groups=2, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(336, 336, kernel=(3, 5), stride=1, groups=(168, 168), depthwise=True, padding=(1, 2), activation="swish"),
             se=SqueezeExciteConfig(336, 28, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(336, 56, kernel=1, stride=1, groups=2, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.063157894737,
+            depth_fraction=0.3157894736842105,
         ),
     ),
     (  # blocks.3: 4 x mbconv -> 104 channels at 14x14
         BlockConfig(  # blocks.3.0
-            kind="mbconv",
             expand=ConvBnActConfig(56, 336, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(336, 336, kernel=(3, 5, 7), stride=2, groups=(112, 112, 112), depthwise=True, padding=(SamePadding(28, 0, 1), SamePadding(28, 1, 2), SamePadding(28, 2, 3)), activation="swish"),
             se=SqueezeExciteConfig(336, 14, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(336, 104, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.073684210526,
+            depth_fraction=0.3684210526315789,
         ),
         BlockConfig(  # blocks.3.1
-            kind="mbconv",
             expand=ConvBnActConfig(104, 624, kernel=1, stride=1, groups=2, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(624, 624, kernel=(3, 5, 7, 9), stride=1, groups=(156, 156, 156, 156), depthwise=True, padding=(1, 2, 3, 4), activation="swish"),
             se=SqueezeExciteConfig(624, 26, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(624, 104, kernel=1, stride=1, groups=2, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.084210526316,
+            depth_fraction=0.42105263157894735,
         ),
         BlockConfig(  # blocks.3.2
-            kind="mbconv",
             expand=ConvBnActConfig(104, 624, kernel=1, stride=1, groups=2, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(624, 624, kernel=(3, 5, 7, 9), stride=1, groups=(156, 156, 156, 156), depthwise=True, padding=(1, 2, 3, 4), activation="swish"),
             se=SqueezeExciteConfig(624, 26, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(624, 104, kernel=1, stride=1, groups=2, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.094736842105,
+            depth_fraction=0.47368421052631576,
         ),
         BlockConfig(  # blocks.3.3
-            kind="mbconv",
             expand=ConvBnActConfig(104, 624, kernel=1, stride=1, groups=2, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(624, 624, kernel=(3, 5, 7, 9), stride=1, groups=(156, 156, 156, 156), depthwise=True, padding=(1, 2, 3, 4), activation="swish"),
             se=SqueezeExciteConfig(624, 26, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(624, 104, kernel=1, stride=1, groups=2, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.105263157895,
+            depth_fraction=0.5263157894736842,
         ),
     ),
     (  # blocks.4: 4 x mbconv -> 160 channels at 14x14
         BlockConfig(  # blocks.4.0
-            kind="mbconv",
             expand=ConvBnActConfig(104, 624, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(624, 624, kernel=3, stride=1, groups=624, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(624, 52, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(624, 160, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.115789473684,
+            depth_fraction=0.5789473684210527,
         ),
         BlockConfig(  # blocks.4.1
-            kind="mbconv",
             expand=ConvBnActConfig(160, 480, kernel=1, stride=1, groups=2, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(480, 480, kernel=(3, 5, 7, 9), stride=1, groups=(120, 120, 120, 120), depthwise=True, padding=(1, 2, 3, 4), activation="swish"),
             se=SqueezeExciteConfig(480, 80, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(480, 160, kernel=1, stride=1, groups=2, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.126315789474,
+            depth_fraction=0.631578947368421,
         ),
         BlockConfig(  # blocks.4.2
-            kind="mbconv",
             expand=ConvBnActConfig(160, 480, kernel=1, stride=1, groups=2, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(480, 480, kernel=(3, 5, 7, 9), stride=1, groups=(120, 120, 120, 120), depthwise=True, padding=(1, 2, 3, 4), activation="swish"),
             se=SqueezeExciteConfig(480, 80, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(480, 160, kernel=1, stride=1, groups=2, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.136842105263,
+            depth_fraction=0.6842105263157895,
         ),
         BlockConfig(  # blocks.4.3
-            kind="mbconv",
             expand=ConvBnActConfig(160, 480, kernel=1, stride=1, groups=2, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(480, 480, kernel=(3, 5, 7, 9), stride=1, groups=(120, 120, 120, 120), depthwise=True, padding=(1, 2, 3, 4), activation="swish"),
             se=SqueezeExciteConfig(480, 80, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(480, 160, kernel=1, stride=1, groups=2, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.147368421053,
+            depth_fraction=0.7368421052631579,
         ),
     ),
     (  # blocks.5: 4 x mbconv -> 264 channels at 7x7
         BlockConfig(  # blocks.5.0
-            kind="mbconv",
             expand=ConvBnActConfig(160, 960, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(960, 960, kernel=(3, 5, 7, 9), stride=2, groups=(240, 240, 240, 240), depthwise=True, padding=(SamePadding(14, 0, 1), SamePadding(14, 1, 2), SamePadding(14, 2, 3), SamePadding(14, 3, 4)), activation="swish"),
             se=SqueezeExciteConfig(960, 80, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(960, 264, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.157894736842,
+            depth_fraction=0.7894736842105263,
         ),
         BlockConfig(  # blocks.5.1
-            kind="mbconv",
             expand=ConvBnActConfig(264, 1584, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1584, 1584, kernel=(3, 5, 7, 9), stride=1, groups=(396, 396, 396, 396), depthwise=True, padding=(1, 2, 3, 4), activation="swish"),
             se=SqueezeExciteConfig(1584, 132, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1584, 264, kernel=1, stride=1, groups=2, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.168421052632,
+            depth_fraction=0.8421052631578947,
         ),
         BlockConfig(  # blocks.5.2
-            kind="mbconv",
             expand=ConvBnActConfig(264, 1584, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1584, 1584, kernel=(3, 5, 7, 9), stride=1, groups=(396, 396, 396, 396), depthwise=True, padding=(1, 2, 3, 4), activation="swish"),
             se=SqueezeExciteConfig(1584, 132, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1584, 264, kernel=1, stride=1, groups=2, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.178947368421,
+            depth_fraction=0.8947368421052632,
         ),
         BlockConfig(  # blocks.5.3
-            kind="mbconv",
             expand=ConvBnActConfig(264, 1584, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1584, 1584, kernel=(3, 5, 7, 9), stride=1, groups=(396, 396, 396, 396), depthwise=True, padding=(1, 2, 3, 4), activation="swish"),
             se=SqueezeExciteConfig(1584, 132, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1584, 264, kernel=1, stride=1, groups=2, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.189473684211,
+            depth_fraction=0.9473684210526315,
         ),
     ),
 )
@@ -662,8 +655,8 @@ def build_model(
     Args:
         num_classes: classifier outputs.
         dropout: dropout before the classifier; None keeps DROPOUT.
-        drop_path_rate: stochastic-depth base rate (block i of N gets rate * i / N);
-            None keeps the spec's per-block rates.
+        drop_path_rate: stochastic-depth rate, times each block's depth_fraction;
+            None keeps DROP_PATH_RATE.
         include_preprocessing: normalize with MEAN/STD inside the model, so it takes
             raw 0..1 pixels.
         input_shape: (height, width, channels); None accepts any spatial size.
@@ -675,6 +668,8 @@ def build_model(
     levels = feature_info(out_indices, output_stride)
     stages = stages_at(output_stride)
     dropout = DROPOUT if dropout is None else dropout
+    if drop_path_rate is None:
+        drop_path_rate = DROP_PATH_RATE
     if input_shape is None:
         input_shape = (None, None, INPUT_CHANNELS)
     inputs = keras.Input(shape=input_shape, name="image")
@@ -690,21 +685,28 @@ def build_model(
     maps = []
     if features_only and 0 in taps:
         maps.append(layers.Identity(name=taps[0])(x))
-    num_blocks = sum(len(stage) for stage in stages)
-    block_index = 0
     for stage_index, stage in enumerate(stages[:depth]):
         for index, config in enumerate(stage):
-            rate = config.drop_path_rate
-            if drop_path_rate is not None:
-                rate = drop_path_rate * block_index / num_blocks
+            rate = drop_path_rate * config.depth_fraction
             x = block(x, config, rate, name=f"blocks_{stage_index}_{index}")
-            block_index += 1
         if features_only and stage_index + 1 in taps:
             maps.append(layers.Identity(name=taps[stage_index + 1])(x))
     if features_only:
         return features_model(inputs, x, maps, levels)
-    x = conv_bn_act(x, HEAD, name="head")
-    x = layers.GlobalAveragePooling2D(name="head_pool")(x)
+    if HEAD is not None:  # else the last stage feeds the pool
+        x = conv_bn_act(x, HEAD, name="head")
+    if POOLED_CONV is None:
+        x = layers.GlobalAveragePooling2D(name="head_pool")(x)
+    else:
+        x = layers.GlobalAveragePooling2D(keepdims=True, name="head_pool")(x)
+        x = layers.Conv2D(
+            POOLED_CONV.out_channels,
+            1,
+            activation=ACTIVATIONS[POOLED_CONV.activation],
+            kernel_initializer=conv_kernel_initializer(),
+            name="pooled_conv",
+        )(x)
+        x = layers.Flatten(name="pooled_flatten")(x)
     if dropout > 0:
         x = layers.Dropout(dropout, name="head_dropout")(x)
     outputs = layers.Dense(
@@ -728,7 +730,7 @@ def features_model(
 ) -> keras.Model:
     """The backbone: ``maps`` (and the head conv's output on ``x`` where the head is a
     level) as outputs named by level, with ``feature_info``."""
-    if levels[-1].module == "head":
+    if HEAD is not None and levels[-1].module == "head":
         x = conv_bn_act(x, HEAD, name="head")
         maps.append(layers.Identity(name=levels[-1].name)(x))
     model = keras.Model(

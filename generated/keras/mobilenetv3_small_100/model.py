@@ -24,21 +24,20 @@ from dataclasses import dataclass, replace
 import keras
 from keras import layers
 
+# The spec's strings, each whole on one line however long (never wrapped).
+# fmt: off
 SPEC_NAME = "mobilenetv3-small-100"
 SPEC_PATH = "specs/mobilenetv3-small-100.yaml"
 SPEC_SHA256 = "c0af9379446dabf635fcd2b11dc30bb9001d9efa1f5019fd478eccaee38c9db7"
-DESCRIPTION = (
-    "MobileNetV3-Small 1.0 with TensorFlow SAME padding (timm "
-    "tf_mobilenetv3_small_100)."
-)
+DESCRIPTION = "MobileNetV3-Small 1.0 with TensorFlow SAME padding (timm tf_mobilenetv3_small_100)."
+# fmt: on
 RESOLUTION = 224  # nominal input size; any size works
 INPUT_CHANNELS = 3
 MEAN = (0.5, 0.5, 0.5)
 STD = (0.5, 0.5, 0.5)
 NUM_CLASSES = 1000
 DROPOUT = 0.2  # before the classifier
-DROP_PATH_RATE = 0.2  # stochastic depth: block i of N gets rate * i / N
-PADDING = "same"  # the spec's mode; each conv below carries its resolved padding
+DROP_PATH_RATE = 0.2  # stochastic depth: x each block's depth_fraction
 BN_EPS = 0.001
 BN_MOMENTUM = 0.99  # running-average decay, as the spec states it
 PARAMS = 2542856  # trainable parameters with NUM_CLASSES classes
@@ -114,13 +113,13 @@ class BlockConfig:
     """One MBConv or Fused-MBConv block: its parts run in the order expand ->
     depthwise -> se -> project (None: absent), then the residual add."""
 
-    kind: str  # "mbconv" or "fused_mbconv"
     expand: ConvBnActConfig | None
     depthwise: ConvBnActConfig | None
     se: SqueezeExciteConfig | None
     project: ConvBnActConfig | None
     residual: bool  # add the block's input to its output
-    drop_path_rate: float  # stochastic depth of the residual branch, training only
+    # Block i of N has i / N: its stochastic depth (training only) is the model's rate x this
+    depth_fraction: float
 
 
 @dataclass(frozen=True)
@@ -166,7 +165,7 @@ class PooledConvConfig:
     activation: str | None
 
 
-# The compiler decided every number below: widths, strides, padding, residuals, rates.
+# The compiler decided every number below: widths, strides, padding, residuals, depths.
 # One line per part, one BlockConfig per block, one tuple per stage (blocks.i.j is
 # block j of stage i).
 # ruff: noqa: E501
@@ -177,111 +176,100 @@ POOLED_CONV = PooledConvConfig(576, 1024, activation="hard_swish")
 STAGES = (
     (  # blocks.0: 1 x mbconv -> 16 channels at 56x56
         BlockConfig(  # blocks.0.0
-            kind="mbconv",
             expand=None,
             depthwise=ConvBnActConfig(16, 16, kernel=3, stride=2, groups=16, depthwise=True, padding=SamePadding(112, 0, 1), activation="relu"),
             se=SqueezeExciteConfig(16, 8, activation="relu", gate="hard_sigmoid"),
             project=ConvBnActConfig(16, 16, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.0,
+            depth_fraction=0.0,
         ),
     ),
     (  # blocks.1: 2 x mbconv -> 24 channels at 28x28
         BlockConfig(  # blocks.1.0
-            kind="mbconv",
             expand=ConvBnActConfig(16, 72, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="relu"),
             depthwise=ConvBnActConfig(72, 72, kernel=3, stride=2, groups=72, depthwise=True, padding=SamePadding(56, 0, 1), activation="relu"),
             se=None,
             project=ConvBnActConfig(72, 24, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.018181818182,
+            depth_fraction=0.09090909090909091,
         ),
         BlockConfig(  # blocks.1.1
-            kind="mbconv",
             expand=ConvBnActConfig(24, 88, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="relu"),
             depthwise=ConvBnActConfig(88, 88, kernel=3, stride=1, groups=88, depthwise=True, padding=1, activation="relu"),
             se=None,
             project=ConvBnActConfig(88, 24, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.036363636364,
+            depth_fraction=0.18181818181818182,
         ),
     ),
     (  # blocks.2: 3 x mbconv -> 40 channels at 14x14
         BlockConfig(  # blocks.2.0
-            kind="mbconv",
             expand=ConvBnActConfig(24, 96, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="hard_swish"),
             depthwise=ConvBnActConfig(96, 96, kernel=5, stride=2, groups=96, depthwise=True, padding=SamePadding(28, 1, 2), activation="hard_swish"),
             se=SqueezeExciteConfig(96, 24, activation="relu", gate="hard_sigmoid"),
             project=ConvBnActConfig(96, 40, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.054545454545,
+            depth_fraction=0.2727272727272727,
         ),
         BlockConfig(  # blocks.2.1
-            kind="mbconv",
             expand=ConvBnActConfig(40, 240, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="hard_swish"),
             depthwise=ConvBnActConfig(240, 240, kernel=5, stride=1, groups=240, depthwise=True, padding=2, activation="hard_swish"),
             se=SqueezeExciteConfig(240, 64, activation="relu", gate="hard_sigmoid"),
             project=ConvBnActConfig(240, 40, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.072727272727,
+            depth_fraction=0.36363636363636365,
         ),
         BlockConfig(  # blocks.2.2
-            kind="mbconv",
             expand=ConvBnActConfig(40, 240, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="hard_swish"),
             depthwise=ConvBnActConfig(240, 240, kernel=5, stride=1, groups=240, depthwise=True, padding=2, activation="hard_swish"),
             se=SqueezeExciteConfig(240, 64, activation="relu", gate="hard_sigmoid"),
             project=ConvBnActConfig(240, 40, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.090909090909,
+            depth_fraction=0.45454545454545453,
         ),
     ),
     (  # blocks.3: 2 x mbconv -> 48 channels at 14x14
         BlockConfig(  # blocks.3.0
-            kind="mbconv",
             expand=ConvBnActConfig(40, 120, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="hard_swish"),
             depthwise=ConvBnActConfig(120, 120, kernel=5, stride=1, groups=120, depthwise=True, padding=2, activation="hard_swish"),
             se=SqueezeExciteConfig(120, 32, activation="relu", gate="hard_sigmoid"),
             project=ConvBnActConfig(120, 48, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.109090909091,
+            depth_fraction=0.5454545454545454,
         ),
         BlockConfig(  # blocks.3.1
-            kind="mbconv",
             expand=ConvBnActConfig(48, 144, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="hard_swish"),
             depthwise=ConvBnActConfig(144, 144, kernel=5, stride=1, groups=144, depthwise=True, padding=2, activation="hard_swish"),
             se=SqueezeExciteConfig(144, 40, activation="relu", gate="hard_sigmoid"),
             project=ConvBnActConfig(144, 48, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.127272727273,
+            depth_fraction=0.6363636363636364,
         ),
     ),
     (  # blocks.4: 3 x mbconv -> 96 channels at 7x7
         BlockConfig(  # blocks.4.0
-            kind="mbconv",
             expand=ConvBnActConfig(48, 288, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="hard_swish"),
             depthwise=ConvBnActConfig(288, 288, kernel=5, stride=2, groups=288, depthwise=True, padding=SamePadding(14, 1, 2), activation="hard_swish"),
             se=SqueezeExciteConfig(288, 72, activation="relu", gate="hard_sigmoid"),
             project=ConvBnActConfig(288, 96, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.145454545455,
+            depth_fraction=0.7272727272727273,
         ),
         BlockConfig(  # blocks.4.1
-            kind="mbconv",
             expand=ConvBnActConfig(96, 576, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="hard_swish"),
             depthwise=ConvBnActConfig(576, 576, kernel=5, stride=1, groups=576, depthwise=True, padding=2, activation="hard_swish"),
             se=SqueezeExciteConfig(576, 144, activation="relu", gate="hard_sigmoid"),
             project=ConvBnActConfig(576, 96, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.163636363636,
+            depth_fraction=0.8181818181818182,
         ),
         BlockConfig(  # blocks.4.2
-            kind="mbconv",
             expand=ConvBnActConfig(96, 576, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="hard_swish"),
             depthwise=ConvBnActConfig(576, 576, kernel=5, stride=1, groups=576, depthwise=True, padding=2, activation="hard_swish"),
             se=SqueezeExciteConfig(576, 144, activation="relu", gate="hard_sigmoid"),
             project=ConvBnActConfig(576, 96, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.181818181818,
+            depth_fraction=0.9090909090909091,
         ),
     ),
 )
@@ -428,10 +416,52 @@ def conv(
     )(x)
 
 
+@keras.saving.register_keras_serializable(package="effspec")
+class ChannelSplit(layers.Layer):
+    """Split the channels into consecutive parts of the given sizes."""
+
+    def __init__(self, sizes: tuple[int, ...], **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self.sizes = tuple(sizes)
+
+    def call(self, x: keras.KerasTensor) -> list[keras.KerasTensor]:
+        bounds, total = [], 0
+        for size in self.sizes[:-1]:
+            total += size
+            bounds.append(total)
+        return keras.ops.split(x, bounds, axis=-1)
+
+    def compute_output_shape(self, shape: tuple[int | None, ...]) -> list[tuple]:
+        return [(*shape[:-1], size) for size in self.sizes]
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "sizes": self.sizes}
+
+
 def convolve(
     x: keras.KerasTensor, config: ConvBnActConfig, name: str
 ) -> keras.KerasTensor:
     """The conv of conv_bn_act, as its config describes it: {name}_conv."""
+    if isinstance(config.kernel, tuple):
+        # A depthwise conv split across kernels: {name}_conv_0, _conv_1, ... then concat
+        parts = ChannelSplit(config.groups, name=f"{name}_split")(x)
+        splits = zip(parts, config.groups, config.kernel, config.padding, strict=True)
+        outputs = []
+        for i, (part, size, kernel, padding) in enumerate(splits):
+            part_name = f"{name}_conv_{i}"
+            part = conv(
+                part,
+                size,
+                kernel,
+                config.stride,
+                size,
+                True,
+                padding,
+                part_name,
+                config.dilation,
+            )
+            outputs.append(part)
+        return layers.Concatenate(name=f"{name}_concat")(outputs)
     return conv(
         x,
         config.out_channels,
@@ -553,8 +583,8 @@ def build_model(
     Args:
         num_classes: classifier outputs.
         dropout: dropout before the classifier; None keeps DROPOUT.
-        drop_path_rate: stochastic-depth base rate (block i of N gets rate * i / N);
-            None keeps the spec's per-block rates.
+        drop_path_rate: stochastic-depth rate, times each block's depth_fraction;
+            None keeps DROP_PATH_RATE.
         include_preprocessing: normalize with MEAN/STD inside the model, so it takes
             raw 0..1 pixels.
         input_shape: (height, width, channels); None accepts any spatial size.
@@ -566,6 +596,8 @@ def build_model(
     levels = feature_info(out_indices, output_stride)
     stages = stages_at(output_stride)
     dropout = DROPOUT if dropout is None else dropout
+    if drop_path_rate is None:
+        drop_path_rate = DROP_PATH_RATE
     if input_shape is None:
         input_shape = (None, None, INPUT_CHANNELS)
     inputs = keras.Input(shape=input_shape, name="image")
@@ -581,29 +613,28 @@ def build_model(
     maps = []
     if features_only and 0 in taps:
         maps.append(layers.Identity(name=taps[0])(x))
-    num_blocks = sum(len(stage) for stage in stages)
-    block_index = 0
     for stage_index, stage in enumerate(stages[:depth]):
         for index, config in enumerate(stage):
-            rate = config.drop_path_rate
-            if drop_path_rate is not None:
-                rate = drop_path_rate * block_index / num_blocks
+            rate = drop_path_rate * config.depth_fraction
             x = block(x, config, rate, name=f"blocks_{stage_index}_{index}")
-            block_index += 1
         if features_only and stage_index + 1 in taps:
             maps.append(layers.Identity(name=taps[stage_index + 1])(x))
     if features_only:
         return features_model(inputs, x, maps, levels)
-    x = conv_bn_act(x, HEAD, name="head")
-    x = layers.GlobalAveragePooling2D(keepdims=True, name="head_pool")(x)
-    x = layers.Conv2D(
-        POOLED_CONV.out_channels,
-        1,
-        activation=ACTIVATIONS[POOLED_CONV.activation],
-        kernel_initializer=conv_kernel_initializer(),
-        name="pooled_conv",
-    )(x)
-    x = layers.Flatten(name="pooled_flatten")(x)
+    if HEAD is not None:  # else the last stage feeds the pool
+        x = conv_bn_act(x, HEAD, name="head")
+    if POOLED_CONV is None:
+        x = layers.GlobalAveragePooling2D(name="head_pool")(x)
+    else:
+        x = layers.GlobalAveragePooling2D(keepdims=True, name="head_pool")(x)
+        x = layers.Conv2D(
+            POOLED_CONV.out_channels,
+            1,
+            activation=ACTIVATIONS[POOLED_CONV.activation],
+            kernel_initializer=conv_kernel_initializer(),
+            name="pooled_conv",
+        )(x)
+        x = layers.Flatten(name="pooled_flatten")(x)
     if dropout > 0:
         x = layers.Dropout(dropout, name="head_dropout")(x)
     outputs = layers.Dense(
@@ -627,7 +658,7 @@ def features_model(
 ) -> keras.Model:
     """The backbone: ``maps`` (and the head conv's output on ``x`` where the head is a
     level) as outputs named by level, with ``feature_info``."""
-    if levels[-1].module == "head":
+    if HEAD is not None and levels[-1].module == "head":
         x = conv_bn_act(x, HEAD, name="head")
         maps.append(layers.Identity(name=levels[-1].name)(x))
     model = keras.Model(

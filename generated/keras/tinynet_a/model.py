@@ -24,18 +24,20 @@ from dataclasses import dataclass, replace
 import keras
 from keras import layers
 
+# The spec's strings, each whole on one line however long (never wrapped).
+# fmt: off
 SPEC_NAME = "tinynet-a"
 SPEC_PATH = "specs/tinynet-a.yaml"
 SPEC_SHA256 = "a3b750416cfb8c5531beaf76d9ee47669f8bcfa7473d59e5623be49b3a1bf552"
 DESCRIPTION = "TinyNet-A (timm tinynet_a), resolution 192, width 1.0, depth 1.2."
+# fmt: on
 RESOLUTION = 192  # nominal input size; any size works
 INPUT_CHANNELS = 3
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 NUM_CLASSES = 1000
 DROPOUT = 0.2  # before the classifier
-DROP_PATH_RATE = 0.2  # stochastic depth: block i of N gets rate * i / N
-PADDING = "symmetric"  # the spec's mode; each conv below carries its resolved padding
+DROP_PATH_RATE = 0.2  # stochastic depth: x each block's depth_fraction
 BN_EPS = 1e-05
 BN_MOMENTUM = 0.9  # running-average decay, as the spec states it
 PARAMS = 6187972  # trainable parameters with NUM_CLASSES classes
@@ -113,13 +115,13 @@ class BlockConfig:
     """One MBConv or Fused-MBConv block: its parts run in the order expand ->
     depthwise -> se -> project (None: absent), then the residual add."""
 
-    kind: str  # "mbconv" or "fused_mbconv"
     expand: ConvBnActConfig | None
     depthwise: ConvBnActConfig | None
     se: SqueezeExciteConfig | None
     project: ConvBnActConfig | None
     residual: bool  # add the block's input to its output
-    drop_path_rate: float  # stochastic depth of the residual branch, training only
+    # Block i of N has i / N: its stochastic depth (training only) is the model's rate x this
+    depth_fraction: float
 
 
 @dataclass(frozen=True)
@@ -156,197 +158,188 @@ class OutputStride:
     convs: tuple[DilatedConv, ...]
 
 
-# The compiler decided every number below: widths, strides, padding, residuals, rates.
+@dataclass(frozen=True)
+class PooledConvConfig:
+    """A 1x1 conv with bias (no batch norm) on the pooled features -> activation."""
+
+    in_channels: int
+    out_channels: int
+    activation: str | None
+
+
+# The compiler decided every number below: widths, strides, padding, residuals, depths.
 # One line per part, one BlockConfig per block, one tuple per stage (blocks.i.j is
 # block j of stage i).
 # ruff: noqa: E501
 # fmt: off
 STEM = ConvBnActConfig(3, 32, kernel=3, stride=2, groups=1, depthwise=False, padding=1, activation="swish")
 HEAD = ConvBnActConfig(320, 1280, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish")
+POOLED_CONV = None  # no 1x1 conv after the pool
 STAGES = (
     (  # blocks.0: 1 x mbconv -> 16 channels at 96x96
         BlockConfig(  # blocks.0.0
-            kind="mbconv",
             expand=None,
             depthwise=ConvBnActConfig(32, 32, kernel=3, stride=1, groups=32, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(32, 8, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(32, 16, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.0,
+            depth_fraction=0.0,
         ),
     ),
     (  # blocks.1: 2 x mbconv -> 24 channels at 48x48
         BlockConfig(  # blocks.1.0
-            kind="mbconv",
             expand=ConvBnActConfig(16, 96, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(96, 96, kernel=3, stride=2, groups=96, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(96, 4, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(96, 24, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.010526315789,
+            depth_fraction=0.05263157894736842,
         ),
         BlockConfig(  # blocks.1.1
-            kind="mbconv",
             expand=ConvBnActConfig(24, 144, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(144, 144, kernel=3, stride=1, groups=144, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(144, 6, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(144, 24, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.021052631579,
+            depth_fraction=0.10526315789473684,
         ),
     ),
     (  # blocks.2: 2 x mbconv -> 40 channels at 24x24
         BlockConfig(  # blocks.2.0
-            kind="mbconv",
             expand=ConvBnActConfig(24, 144, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(144, 144, kernel=5, stride=2, groups=144, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(144, 6, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(144, 40, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.031578947368,
+            depth_fraction=0.15789473684210525,
         ),
         BlockConfig(  # blocks.2.1
-            kind="mbconv",
             expand=ConvBnActConfig(40, 240, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(240, 240, kernel=5, stride=1, groups=240, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(240, 10, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(240, 40, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.042105263158,
+            depth_fraction=0.21052631578947367,
         ),
     ),
     (  # blocks.3: 4 x mbconv -> 80 channels at 12x12
         BlockConfig(  # blocks.3.0
-            kind="mbconv",
             expand=ConvBnActConfig(40, 240, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(240, 240, kernel=3, stride=2, groups=240, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(240, 10, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(240, 80, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.052631578947,
+            depth_fraction=0.2631578947368421,
         ),
         BlockConfig(  # blocks.3.1
-            kind="mbconv",
             expand=ConvBnActConfig(80, 480, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(480, 480, kernel=3, stride=1, groups=480, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(480, 20, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(480, 80, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.063157894737,
+            depth_fraction=0.3157894736842105,
         ),
         BlockConfig(  # blocks.3.2
-            kind="mbconv",
             expand=ConvBnActConfig(80, 480, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(480, 480, kernel=3, stride=1, groups=480, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(480, 20, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(480, 80, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.073684210526,
+            depth_fraction=0.3684210526315789,
         ),
         BlockConfig(  # blocks.3.3
-            kind="mbconv",
             expand=ConvBnActConfig(80, 480, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(480, 480, kernel=3, stride=1, groups=480, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(480, 20, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(480, 80, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.084210526316,
+            depth_fraction=0.42105263157894735,
         ),
     ),
     (  # blocks.4: 4 x mbconv -> 112 channels at 12x12
         BlockConfig(  # blocks.4.0
-            kind="mbconv",
             expand=ConvBnActConfig(80, 480, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(480, 480, kernel=5, stride=1, groups=480, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(480, 20, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(480, 112, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.094736842105,
+            depth_fraction=0.47368421052631576,
         ),
         BlockConfig(  # blocks.4.1
-            kind="mbconv",
             expand=ConvBnActConfig(112, 672, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(672, 672, kernel=5, stride=1, groups=672, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(672, 28, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(672, 112, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.105263157895,
+            depth_fraction=0.5263157894736842,
         ),
         BlockConfig(  # blocks.4.2
-            kind="mbconv",
             expand=ConvBnActConfig(112, 672, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(672, 672, kernel=5, stride=1, groups=672, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(672, 28, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(672, 112, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.115789473684,
+            depth_fraction=0.5789473684210527,
         ),
         BlockConfig(  # blocks.4.3
-            kind="mbconv",
             expand=ConvBnActConfig(112, 672, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(672, 672, kernel=5, stride=1, groups=672, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(672, 28, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(672, 112, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.126315789474,
+            depth_fraction=0.631578947368421,
         ),
     ),
     (  # blocks.5: 5 x mbconv -> 192 channels at 6x6
         BlockConfig(  # blocks.5.0
-            kind="mbconv",
             expand=ConvBnActConfig(112, 672, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(672, 672, kernel=5, stride=2, groups=672, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(672, 28, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(672, 192, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.136842105263,
+            depth_fraction=0.6842105263157895,
         ),
         BlockConfig(  # blocks.5.1
-            kind="mbconv",
             expand=ConvBnActConfig(192, 1152, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1152, 1152, kernel=5, stride=1, groups=1152, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(1152, 48, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1152, 192, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.147368421053,
+            depth_fraction=0.7368421052631579,
         ),
         BlockConfig(  # blocks.5.2
-            kind="mbconv",
             expand=ConvBnActConfig(192, 1152, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1152, 1152, kernel=5, stride=1, groups=1152, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(1152, 48, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1152, 192, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.157894736842,
+            depth_fraction=0.7894736842105263,
         ),
         BlockConfig(  # blocks.5.3
-            kind="mbconv",
             expand=ConvBnActConfig(192, 1152, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1152, 1152, kernel=5, stride=1, groups=1152, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(1152, 48, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1152, 192, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.168421052632,
+            depth_fraction=0.8421052631578947,
         ),
         BlockConfig(  # blocks.5.4
-            kind="mbconv",
             expand=ConvBnActConfig(192, 1152, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1152, 1152, kernel=5, stride=1, groups=1152, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(1152, 48, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1152, 192, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.178947368421,
+            depth_fraction=0.8947368421052632,
         ),
     ),
     (  # blocks.6: 1 x mbconv -> 320 channels at 6x6
         BlockConfig(  # blocks.6.0
-            kind="mbconv",
             expand=ConvBnActConfig(192, 1152, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1152, 1152, kernel=3, stride=1, groups=1152, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(1152, 48, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1152, 320, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.189473684211,
+            depth_fraction=0.9473684210526315,
         ),
     ),
 )
@@ -502,10 +495,52 @@ def conv(
     )(x)
 
 
+@keras.saving.register_keras_serializable(package="effspec")
+class ChannelSplit(layers.Layer):
+    """Split the channels into consecutive parts of the given sizes."""
+
+    def __init__(self, sizes: tuple[int, ...], **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self.sizes = tuple(sizes)
+
+    def call(self, x: keras.KerasTensor) -> list[keras.KerasTensor]:
+        bounds, total = [], 0
+        for size in self.sizes[:-1]:
+            total += size
+            bounds.append(total)
+        return keras.ops.split(x, bounds, axis=-1)
+
+    def compute_output_shape(self, shape: tuple[int | None, ...]) -> list[tuple]:
+        return [(*shape[:-1], size) for size in self.sizes]
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "sizes": self.sizes}
+
+
 def convolve(
     x: keras.KerasTensor, config: ConvBnActConfig, name: str
 ) -> keras.KerasTensor:
     """The conv of conv_bn_act, as its config describes it: {name}_conv."""
+    if isinstance(config.kernel, tuple):
+        # A depthwise conv split across kernels: {name}_conv_0, _conv_1, ... then concat
+        parts = ChannelSplit(config.groups, name=f"{name}_split")(x)
+        splits = zip(parts, config.groups, config.kernel, config.padding, strict=True)
+        outputs = []
+        for i, (part, size, kernel, padding) in enumerate(splits):
+            part_name = f"{name}_conv_{i}"
+            part = conv(
+                part,
+                size,
+                kernel,
+                config.stride,
+                size,
+                True,
+                padding,
+                part_name,
+                config.dilation,
+            )
+            outputs.append(part)
+        return layers.Concatenate(name=f"{name}_concat")(outputs)
     return conv(
         x,
         config.out_channels,
@@ -627,8 +662,8 @@ def build_model(
     Args:
         num_classes: classifier outputs.
         dropout: dropout before the classifier; None keeps DROPOUT.
-        drop_path_rate: stochastic-depth base rate (block i of N gets rate * i / N);
-            None keeps the spec's per-block rates.
+        drop_path_rate: stochastic-depth rate, times each block's depth_fraction;
+            None keeps DROP_PATH_RATE.
         include_preprocessing: normalize with MEAN/STD inside the model, so it takes
             raw 0..1 pixels.
         input_shape: (height, width, channels); None accepts any spatial size.
@@ -640,6 +675,8 @@ def build_model(
     levels = feature_info(out_indices, output_stride)
     stages = stages_at(output_stride)
     dropout = DROPOUT if dropout is None else dropout
+    if drop_path_rate is None:
+        drop_path_rate = DROP_PATH_RATE
     if input_shape is None:
         input_shape = (None, None, INPUT_CHANNELS)
     inputs = keras.Input(shape=input_shape, name="image")
@@ -655,21 +692,28 @@ def build_model(
     maps = []
     if features_only and 0 in taps:
         maps.append(layers.Identity(name=taps[0])(x))
-    num_blocks = sum(len(stage) for stage in stages)
-    block_index = 0
     for stage_index, stage in enumerate(stages[:depth]):
         for index, config in enumerate(stage):
-            rate = config.drop_path_rate
-            if drop_path_rate is not None:
-                rate = drop_path_rate * block_index / num_blocks
+            rate = drop_path_rate * config.depth_fraction
             x = block(x, config, rate, name=f"blocks_{stage_index}_{index}")
-            block_index += 1
         if features_only and stage_index + 1 in taps:
             maps.append(layers.Identity(name=taps[stage_index + 1])(x))
     if features_only:
         return features_model(inputs, x, maps, levels)
-    x = conv_bn_act(x, HEAD, name="head")
-    x = layers.GlobalAveragePooling2D(name="head_pool")(x)
+    if HEAD is not None:  # else the last stage feeds the pool
+        x = conv_bn_act(x, HEAD, name="head")
+    if POOLED_CONV is None:
+        x = layers.GlobalAveragePooling2D(name="head_pool")(x)
+    else:
+        x = layers.GlobalAveragePooling2D(keepdims=True, name="head_pool")(x)
+        x = layers.Conv2D(
+            POOLED_CONV.out_channels,
+            1,
+            activation=ACTIVATIONS[POOLED_CONV.activation],
+            kernel_initializer=conv_kernel_initializer(),
+            name="pooled_conv",
+        )(x)
+        x = layers.Flatten(name="pooled_flatten")(x)
     if dropout > 0:
         x = layers.Dropout(dropout, name="head_dropout")(x)
     outputs = layers.Dense(
@@ -693,7 +737,7 @@ def features_model(
 ) -> keras.Model:
     """The backbone: ``maps`` (and the head conv's output on ``x`` where the head is a
     level) as outputs named by level, with ``feature_info``."""
-    if levels[-1].module == "head":
+    if HEAD is not None and levels[-1].module == "head":
         x = conv_bn_act(x, HEAD, name="head")
         maps.append(layers.Identity(name=levels[-1].name)(x))
     model = keras.Model(

@@ -32,20 +32,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+# The spec's strings, each whole on one line however long (never wrapped).
+# fmt: off
 SPEC_NAME = "custom-phi2-relu"
 SPEC_PATH = "specs/custom-phi2-relu.yaml"
 SPEC_SHA256 = "3a486a289c499e3a5a881bb740f7cd62afe4ad27b7ddf5893bad6f2c08453c80"
-DESCRIPTION = (
-    "B0 scaled by the compound rule at phi=2 with ReLU6 and symmetric padding."
-)
+DESCRIPTION = "B0 scaled by the compound rule at phi=2 with ReLU6 and symmetric padding."
+# fmt: on
 RESOLUTION = 296  # nominal input size; any size works
 INPUT_CHANNELS = 3
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 NUM_CLASSES = 100
 DROPOUT = 0.3  # before the classifier
-DROP_PATH_RATE = 0.2  # stochastic depth: block i of N gets rate * i / N
-PADDING = "symmetric"  # the spec's mode; each conv below carries its resolved padding
+DROP_PATH_RATE = 0.2  # stochastic depth: x each block's depth_fraction
 BN_EPS = 0.001
 BN_MOMENTUM = 0.99  # running-average decay, as the spec states it
 PARAMS = 10857708  # trainable parameters with NUM_CLASSES classes
@@ -110,13 +110,13 @@ class BlockConfig:
     """One MBConv or Fused-MBConv block: its parts run in the order expand ->
     depthwise -> se -> project (None: absent), then the residual add."""
 
-    kind: str  # "mbconv" or "fused_mbconv"
     expand: ConvBnActConfig | None
     depthwise: ConvBnActConfig | None
     se: SqueezeExciteConfig | None
     project: ConvBnActConfig | None
     residual: bool  # add the block's input to its output
-    drop_path_rate: float  # stochastic depth of the residual branch, training only
+    # Block i of N has i / N: its stochastic depth (training only) is the model's rate x this
+    depth_fraction: float
 
 
 @dataclass(frozen=True)
@@ -153,260 +153,244 @@ class OutputStride:
     convs: tuple[DilatedConv, ...]
 
 
-# The compiler decided every number below: widths, strides, padding, residuals, rates.
+@dataclass(frozen=True)
+class PooledConvConfig:
+    """A 1x1 conv with bias (no batch norm) on the pooled features -> activation."""
+
+    in_channels: int
+    out_channels: int
+    activation: str | None
+
+
+# The compiler decided every number below: widths, strides, padding, residuals, depths.
 # One line per part, one BlockConfig per block, one tuple per stage (blocks.i.j is
 # block j of stage i).
 # ruff: noqa: E501
 # fmt: off
 STEM = ConvBnActConfig(3, 40, kernel=3, stride=2, groups=1, depthwise=False, padding=1, activation="relu6")
 HEAD = ConvBnActConfig(384, 1552, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="relu6")
+POOLED_CONV = None  # no 1x1 conv after the pool
 STAGES = (
     (  # blocks.0: 2 x mbconv -> 24 channels at 148x148
         BlockConfig(  # blocks.0.0
-            kind="mbconv",
             expand=None,
             depthwise=ConvBnActConfig(40, 40, kernel=3, stride=1, groups=40, depthwise=True, padding=1, activation="relu6"),
             se=SqueezeExciteConfig(40, 10, activation="relu6", gate="sigmoid"),
             project=ConvBnActConfig(40, 24, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.0,
+            depth_fraction=0.0,
         ),
         BlockConfig(  # blocks.0.1
-            kind="mbconv",
             expand=None,
             depthwise=ConvBnActConfig(24, 24, kernel=3, stride=1, groups=24, depthwise=True, padding=1, activation="relu6"),
             se=SqueezeExciteConfig(24, 6, activation="relu6", gate="sigmoid"),
             project=ConvBnActConfig(24, 24, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.007692307692,
+            depth_fraction=0.038461538461538464,
         ),
     ),
     (  # blocks.1: 3 x mbconv -> 32 channels at 74x74
         BlockConfig(  # blocks.1.0
-            kind="mbconv",
             expand=ConvBnActConfig(24, 144, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="relu6"),
             depthwise=ConvBnActConfig(144, 144, kernel=3, stride=2, groups=144, depthwise=True, padding=1, activation="relu6"),
             se=SqueezeExciteConfig(144, 6, activation="relu6", gate="sigmoid"),
             project=ConvBnActConfig(144, 32, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.015384615385,
+            depth_fraction=0.07692307692307693,
         ),
         BlockConfig(  # blocks.1.1
-            kind="mbconv",
             expand=ConvBnActConfig(32, 192, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="relu6"),
             depthwise=ConvBnActConfig(192, 192, kernel=3, stride=1, groups=192, depthwise=True, padding=1, activation="relu6"),
             se=SqueezeExciteConfig(192, 8, activation="relu6", gate="sigmoid"),
             project=ConvBnActConfig(192, 32, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.023076923077,
+            depth_fraction=0.11538461538461539,
         ),
         BlockConfig(  # blocks.1.2
-            kind="mbconv",
             expand=ConvBnActConfig(32, 192, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="relu6"),
             depthwise=ConvBnActConfig(192, 192, kernel=3, stride=1, groups=192, depthwise=True, padding=1, activation="relu6"),
             se=SqueezeExciteConfig(192, 8, activation="relu6", gate="sigmoid"),
             project=ConvBnActConfig(192, 32, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.030769230769,
+            depth_fraction=0.15384615384615385,
         ),
     ),
     (  # blocks.2: 3 x mbconv -> 48 channels at 37x37
         BlockConfig(  # blocks.2.0
-            kind="mbconv",
             expand=ConvBnActConfig(32, 192, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="relu6"),
             depthwise=ConvBnActConfig(192, 192, kernel=5, stride=2, groups=192, depthwise=True, padding=2, activation="relu6"),
             se=SqueezeExciteConfig(192, 8, activation="relu6", gate="sigmoid"),
             project=ConvBnActConfig(192, 48, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.038461538462,
+            depth_fraction=0.19230769230769232,
         ),
         BlockConfig(  # blocks.2.1
-            kind="mbconv",
             expand=ConvBnActConfig(48, 288, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="relu6"),
             depthwise=ConvBnActConfig(288, 288, kernel=5, stride=1, groups=288, depthwise=True, padding=2, activation="relu6"),
             se=SqueezeExciteConfig(288, 12, activation="relu6", gate="sigmoid"),
             project=ConvBnActConfig(288, 48, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.046153846154,
+            depth_fraction=0.23076923076923078,
         ),
         BlockConfig(  # blocks.2.2
-            kind="mbconv",
             expand=ConvBnActConfig(48, 288, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="relu6"),
             depthwise=ConvBnActConfig(288, 288, kernel=5, stride=1, groups=288, depthwise=True, padding=2, activation="relu6"),
             se=SqueezeExciteConfig(288, 12, activation="relu6", gate="sigmoid"),
             project=ConvBnActConfig(288, 48, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.053846153846,
+            depth_fraction=0.2692307692307692,
         ),
     ),
     (  # blocks.3: 5 x mbconv -> 96 channels at 19x19
         BlockConfig(  # blocks.3.0
-            kind="mbconv",
             expand=ConvBnActConfig(48, 288, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="relu6"),
             depthwise=ConvBnActConfig(288, 288, kernel=3, stride=2, groups=288, depthwise=True, padding=1, activation="relu6"),
             se=SqueezeExciteConfig(288, 12, activation="relu6", gate="sigmoid"),
             project=ConvBnActConfig(288, 96, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.061538461538,
+            depth_fraction=0.3076923076923077,
         ),
         BlockConfig(  # blocks.3.1
-            kind="mbconv",
             expand=ConvBnActConfig(96, 576, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="relu6"),
             depthwise=ConvBnActConfig(576, 576, kernel=3, stride=1, groups=576, depthwise=True, padding=1, activation="relu6"),
             se=SqueezeExciteConfig(576, 24, activation="relu6", gate="sigmoid"),
             project=ConvBnActConfig(576, 96, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.069230769231,
+            depth_fraction=0.34615384615384615,
         ),
         BlockConfig(  # blocks.3.2
-            kind="mbconv",
             expand=ConvBnActConfig(96, 576, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="relu6"),
             depthwise=ConvBnActConfig(576, 576, kernel=3, stride=1, groups=576, depthwise=True, padding=1, activation="relu6"),
             se=SqueezeExciteConfig(576, 24, activation="relu6", gate="sigmoid"),
             project=ConvBnActConfig(576, 96, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.076923076923,
+            depth_fraction=0.38461538461538464,
         ),
         BlockConfig(  # blocks.3.3
-            kind="mbconv",
             expand=ConvBnActConfig(96, 576, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="relu6"),
             depthwise=ConvBnActConfig(576, 576, kernel=3, stride=1, groups=576, depthwise=True, padding=1, activation="relu6"),
             se=SqueezeExciteConfig(576, 24, activation="relu6", gate="sigmoid"),
             project=ConvBnActConfig(576, 96, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.084615384615,
+            depth_fraction=0.4230769230769231,
         ),
         BlockConfig(  # blocks.3.4
-            kind="mbconv",
             expand=ConvBnActConfig(96, 576, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="relu6"),
             depthwise=ConvBnActConfig(576, 576, kernel=3, stride=1, groups=576, depthwise=True, padding=1, activation="relu6"),
             se=SqueezeExciteConfig(576, 24, activation="relu6", gate="sigmoid"),
             project=ConvBnActConfig(576, 96, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.092307692308,
+            depth_fraction=0.46153846153846156,
         ),
     ),
     (  # blocks.4: 5 x mbconv -> 136 channels at 19x19
         BlockConfig(  # blocks.4.0
-            kind="mbconv",
             expand=ConvBnActConfig(96, 576, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="relu6"),
             depthwise=ConvBnActConfig(576, 576, kernel=5, stride=1, groups=576, depthwise=True, padding=2, activation="relu6"),
             se=SqueezeExciteConfig(576, 24, activation="relu6", gate="sigmoid"),
             project=ConvBnActConfig(576, 136, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.1,
+            depth_fraction=0.5,
         ),
         BlockConfig(  # blocks.4.1
-            kind="mbconv",
             expand=ConvBnActConfig(136, 816, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="relu6"),
             depthwise=ConvBnActConfig(816, 816, kernel=5, stride=1, groups=816, depthwise=True, padding=2, activation="relu6"),
             se=SqueezeExciteConfig(816, 34, activation="relu6", gate="sigmoid"),
             project=ConvBnActConfig(816, 136, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.107692307692,
+            depth_fraction=0.5384615384615384,
         ),
         BlockConfig(  # blocks.4.2
-            kind="mbconv",
             expand=ConvBnActConfig(136, 816, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="relu6"),
             depthwise=ConvBnActConfig(816, 816, kernel=5, stride=1, groups=816, depthwise=True, padding=2, activation="relu6"),
             se=SqueezeExciteConfig(816, 34, activation="relu6", gate="sigmoid"),
             project=ConvBnActConfig(816, 136, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.115384615385,
+            depth_fraction=0.5769230769230769,
         ),
         BlockConfig(  # blocks.4.3
-            kind="mbconv",
             expand=ConvBnActConfig(136, 816, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="relu6"),
             depthwise=ConvBnActConfig(816, 816, kernel=5, stride=1, groups=816, depthwise=True, padding=2, activation="relu6"),
             se=SqueezeExciteConfig(816, 34, activation="relu6", gate="sigmoid"),
             project=ConvBnActConfig(816, 136, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.123076923077,
+            depth_fraction=0.6153846153846154,
         ),
         BlockConfig(  # blocks.4.4
-            kind="mbconv",
             expand=ConvBnActConfig(136, 816, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="relu6"),
             depthwise=ConvBnActConfig(816, 816, kernel=5, stride=1, groups=816, depthwise=True, padding=2, activation="relu6"),
             se=SqueezeExciteConfig(816, 34, activation="relu6", gate="sigmoid"),
             project=ConvBnActConfig(816, 136, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.130769230769,
+            depth_fraction=0.6538461538461539,
         ),
     ),
     (  # blocks.5: 6 x mbconv -> 232 channels at 10x10
         BlockConfig(  # blocks.5.0
-            kind="mbconv",
             expand=ConvBnActConfig(136, 816, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="relu6"),
             depthwise=ConvBnActConfig(816, 816, kernel=5, stride=2, groups=816, depthwise=True, padding=2, activation="relu6"),
             se=SqueezeExciteConfig(816, 34, activation="relu6", gate="sigmoid"),
             project=ConvBnActConfig(816, 232, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.138461538462,
+            depth_fraction=0.6923076923076923,
         ),
         BlockConfig(  # blocks.5.1
-            kind="mbconv",
             expand=ConvBnActConfig(232, 1392, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="relu6"),
             depthwise=ConvBnActConfig(1392, 1392, kernel=5, stride=1, groups=1392, depthwise=True, padding=2, activation="relu6"),
             se=SqueezeExciteConfig(1392, 58, activation="relu6", gate="sigmoid"),
             project=ConvBnActConfig(1392, 232, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.146153846154,
+            depth_fraction=0.7307692307692307,
         ),
         BlockConfig(  # blocks.5.2
-            kind="mbconv",
             expand=ConvBnActConfig(232, 1392, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="relu6"),
             depthwise=ConvBnActConfig(1392, 1392, kernel=5, stride=1, groups=1392, depthwise=True, padding=2, activation="relu6"),
             se=SqueezeExciteConfig(1392, 58, activation="relu6", gate="sigmoid"),
             project=ConvBnActConfig(1392, 232, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.153846153846,
+            depth_fraction=0.7692307692307693,
         ),
         BlockConfig(  # blocks.5.3
-            kind="mbconv",
             expand=ConvBnActConfig(232, 1392, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="relu6"),
             depthwise=ConvBnActConfig(1392, 1392, kernel=5, stride=1, groups=1392, depthwise=True, padding=2, activation="relu6"),
             se=SqueezeExciteConfig(1392, 58, activation="relu6", gate="sigmoid"),
             project=ConvBnActConfig(1392, 232, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.161538461538,
+            depth_fraction=0.8076923076923077,
         ),
         BlockConfig(  # blocks.5.4
-            kind="mbconv",
             expand=ConvBnActConfig(232, 1392, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="relu6"),
             depthwise=ConvBnActConfig(1392, 1392, kernel=5, stride=1, groups=1392, depthwise=True, padding=2, activation="relu6"),
             se=SqueezeExciteConfig(1392, 58, activation="relu6", gate="sigmoid"),
             project=ConvBnActConfig(1392, 232, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.169230769231,
+            depth_fraction=0.8461538461538461,
         ),
         BlockConfig(  # blocks.5.5
-            kind="mbconv",
             expand=ConvBnActConfig(232, 1392, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="relu6"),
             depthwise=ConvBnActConfig(1392, 1392, kernel=5, stride=1, groups=1392, depthwise=True, padding=2, activation="relu6"),
             se=SqueezeExciteConfig(1392, 58, activation="relu6", gate="sigmoid"),
             project=ConvBnActConfig(1392, 232, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.176923076923,
+            depth_fraction=0.8846153846153846,
         ),
     ),
     (  # blocks.6: 2 x mbconv -> 384 channels at 10x10
         BlockConfig(  # blocks.6.0
-            kind="mbconv",
             expand=ConvBnActConfig(232, 1392, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="relu6"),
             depthwise=ConvBnActConfig(1392, 1392, kernel=3, stride=1, groups=1392, depthwise=True, padding=1, activation="relu6"),
             se=SqueezeExciteConfig(1392, 58, activation="relu6", gate="sigmoid"),
             project=ConvBnActConfig(1392, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.184615384615,
+            depth_fraction=0.9230769230769231,
         ),
         BlockConfig(  # blocks.6.1
-            kind="mbconv",
             expand=ConvBnActConfig(384, 2304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="relu6"),
             depthwise=ConvBnActConfig(2304, 2304, kernel=3, stride=1, groups=2304, depthwise=True, padding=1, activation="relu6"),
             se=SqueezeExciteConfig(2304, 96, activation="relu6", gate="sigmoid"),
             project=ConvBnActConfig(2304, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.192307692308,
+            depth_fraction=0.9615384615384616,
         ),
     ),
 )
@@ -620,8 +604,39 @@ def make_conv(
     )
 
 
+class MixedConv(nn.ModuleList):
+    """A depthwise conv split across kernels (MixNet): split ``i`` takes ``groups[i]``
+    channels and convolves them with ``kernel[i]``; the outputs are concatenated."""
+
+    def __init__(self, config: ConvBnActConfig) -> None:
+        super().__init__(
+            make_conv(
+                channels,
+                channels,
+                kernel,
+                config.stride,
+                channels,
+                padding,
+                dilation=config.dilation,
+            )
+            for channels, kernel, padding in zip(
+                config.groups, config.kernel, config.padding, strict=True
+            )
+        )
+        self.splits = list(config.groups)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        parts = torch.split(x, self.splits, 1)
+        outputs = []
+        for index, conv in enumerate(self):
+            outputs.append(conv(parts[index]))
+        return torch.cat(outputs, 1)
+
+
 def build_conv(config: ConvBnActConfig) -> nn.Module:
     """The conv of a ConvBnAct, as its config describes it."""
+    if isinstance(config.kernel, tuple):
+        return MixedConv(config)
     return make_conv(
         config.in_channels,
         config.out_channels,
@@ -701,9 +716,10 @@ class Normalize(nn.Module):
 class Block(nn.Module):
     """MBConv (1x1 expand -> k x k depthwise) or Fused-MBConv (one k x k expand conv),
     then squeeze-excite and the 1x1 linear projection; parts the config leaves None
-    are absent. The residual branch is dropped per sample while training."""
+    are absent. The residual branch is dropped per sample while training, with
+    probability ``drop_path_rate`` x the block's depth fraction."""
 
-    def __init__(self, config: BlockConfig) -> None:
+    def __init__(self, config: BlockConfig, drop_path_rate: float) -> None:
         super().__init__()
         self.expand = None if config.expand is None else ConvBnAct(config.expand)
         self.depthwise = None
@@ -712,7 +728,7 @@ class Block(nn.Module):
         self.se = None if config.se is None else SqueezeExcite(config.se)
         self.project = None if config.project is None else ConvBnAct(config.project)
         self.residual = config.residual
-        self.drop_path = DropPath(config.drop_path_rate)
+        self.drop_path = DropPath(drop_path_rate * config.depth_fraction)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x
@@ -738,6 +754,7 @@ class EfficientNet(nn.Module):
         num_classes: int = NUM_CLASSES,
         dropout: float = DROPOUT,
         include_preprocessing: bool = False,
+        drop_path_rate: float = DROP_PATH_RATE,
     ) -> None:
         super().__init__()
         self.num_classes = num_classes
@@ -745,9 +762,20 @@ class EfficientNet(nn.Module):
         self.preprocess = Normalize(MEAN, STD) if include_preprocessing else None
         self.stem = ConvBnAct(STEM)
         self.blocks = nn.Sequential(
-            *(nn.Sequential(*(Block(config) for config in stage)) for stage in stages)
+            *(
+                nn.Sequential(*(Block(config, drop_path_rate) for config in stage))
+                for stage in stages
+            )
         )
-        self.head = ConvBnAct(HEAD)
+        # without a head conv the last stage feeds the pool
+        self.head = nn.Identity() if HEAD is None else ConvBnAct(HEAD)
+        self.pooled_conv = None
+        self.pooled_act = None
+        if POOLED_CONV is not None:
+            self.pooled_conv = nn.Conv2d(
+                POOLED_CONV.in_channels, POOLED_CONV.out_channels, 1, bias=True
+            )
+            self.pooled_act = make_activation(POOLED_CONV.activation)
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(NUM_FEATURES, num_classes)
         init_weights(self)
@@ -764,8 +792,12 @@ class EfficientNet(nn.Module):
         return self.head(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Global average pool -> dropout -> classifier (skipped when pre_logits)."""
-        x = x.mean((2, 3))
+        """Global average pool (-> 1x1 conv -> activation, where POOLED_CONV is set)
+        -> dropout -> classifier (skipped when pre_logits)."""
+        x = x.mean((2, 3), keepdim=True)
+        if self.pooled_conv is not None and self.pooled_act is not None:
+            x = self.pooled_act(self.pooled_conv(x))
+        x = x.flatten(1)
         x = self.dropout(x)
         if pre_logits:
             return x
@@ -797,6 +829,7 @@ class EfficientNetFeatures(nn.Module):
         stages: tuple[tuple[BlockConfig, ...], ...],
         feature_info: tuple[FeatureLevel, ...],
         include_preprocessing: bool = False,
+        drop_path_rate: float = DROP_PATH_RATE,
     ) -> None:
         super().__init__()
         self.feature_info = feature_info
@@ -805,7 +838,7 @@ class EfficientNetFeatures(nn.Module):
         depth = feature_info[-1].stages
         self.blocks = nn.Sequential(
             *(
-                nn.Sequential(*(Block(config) for config in stage))
+                nn.Sequential(*(Block(config, drop_path_rate) for config in stage))
                 for stage in stages[:depth]
             )
         )
@@ -874,25 +907,6 @@ def init_weights(model: nn.Module) -> None:
             nn.init.zeros_(module.bias)
 
 
-def with_drop_path_rate(
-    stages: tuple[tuple[BlockConfig, ...], ...], rate: float
-) -> tuple[tuple[BlockConfig, ...], ...]:
-    """The same stages with stochastic depth rate * i / N on block i of N (the spec's
-    rule, applied to a rate chosen when the model is built)."""
-    num_blocks = sum(len(stage) for stage in stages)
-    rescaled = []
-    first = 0  # global index of the stage's first block
-    for stage in stages:
-        rescaled.append(
-            tuple(
-                replace(config, drop_path_rate=rate * (first + j) / num_blocks)
-                for j, config in enumerate(stage)
-            )
-        )
-        first += len(stage)
-    return tuple(rescaled)
-
-
 def build_model(
     num_classes: int = NUM_CLASSES,
     dropout: float | None = None,
@@ -908,8 +922,8 @@ def build_model(
     Args:
         num_classes: classifier outputs.
         dropout: dropout before the classifier; None keeps DROPOUT.
-        drop_path_rate: stochastic-depth base rate (block i of N gets rate * i / N);
-            None keeps the spec's per-block rates.
+        drop_path_rate: stochastic-depth rate, times each block's depth_fraction;
+            None keeps DROP_PATH_RATE.
         include_preprocessing: normalize with MEAN/STD inside the model, so it takes
             raw 0..1 pixels.
         features_only: build the backbone (EfficientNetFeatures) instead.
@@ -918,15 +932,18 @@ def build_model(
     """
     levels = feature_info(out_indices, output_stride)
     stages = stages_at(output_stride)
-    if drop_path_rate is not None:
-        stages = with_drop_path_rate(stages, drop_path_rate)
+    if drop_path_rate is None:
+        drop_path_rate = DROP_PATH_RATE
     if features_only:
-        return EfficientNetFeatures(stages, levels, include_preprocessing)
+        return EfficientNetFeatures(
+            stages, levels, include_preprocessing, drop_path_rate
+        )
     return EfficientNet(
         stages,
         num_classes=num_classes,
         dropout=DROPOUT if dropout is None else dropout,
         include_preprocessing=include_preprocessing,
+        drop_path_rate=drop_path_rate,
     )
 
 

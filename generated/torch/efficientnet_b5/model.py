@@ -32,21 +32,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+# The spec's strings, each whole on one line however long (never wrapped).
+# fmt: off
 SPEC_NAME = "efficientnet-b5"
 SPEC_PATH = "specs/efficientnet-b5.yaml"
 SPEC_SHA256 = "5425a9d3432e464403742e1419e19c9c4aebe4eeb6f12d2697368a2a5ca0ce02"
-DESCRIPTION = (
-    "EfficientNet-B5, the official hand-picked coefficients (width 1.6, depth 2.2, "
-    "resolution 456)."
-)
+DESCRIPTION = "EfficientNet-B5, the official hand-picked coefficients (width 1.6, depth 2.2, resolution 456)."
+# fmt: on
 RESOLUTION = 456  # nominal input size; any size works
 INPUT_CHANNELS = 3
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 NUM_CLASSES = 1000
 DROPOUT = 0.4  # before the classifier
-DROP_PATH_RATE = 0.2  # stochastic depth: block i of N gets rate * i / N
-PADDING = "same"  # the spec's mode; each conv below carries its resolved padding
+DROP_PATH_RATE = 0.2  # stochastic depth: x each block's depth_fraction
 BN_EPS = 0.001
 BN_MOMENTUM = 0.99  # running-average decay, as the spec states it
 PARAMS = 30389784  # trainable parameters with NUM_CLASSES classes
@@ -111,13 +110,13 @@ class BlockConfig:
     """One MBConv or Fused-MBConv block: its parts run in the order expand ->
     depthwise -> se -> project (None: absent), then the residual add."""
 
-    kind: str  # "mbconv" or "fused_mbconv"
     expand: ConvBnActConfig | None
     depthwise: ConvBnActConfig | None
     se: SqueezeExciteConfig | None
     project: ConvBnActConfig | None
     residual: bool  # add the block's input to its output
-    drop_path_rate: float  # stochastic depth of the residual branch, training only
+    # Block i of N has i / N: its stochastic depth (training only) is the model's rate x this
+    depth_fraction: float
 
 
 @dataclass(frozen=True)
@@ -154,377 +153,348 @@ class OutputStride:
     convs: tuple[DilatedConv, ...]
 
 
-# The compiler decided every number below: widths, strides, padding, residuals, rates.
+@dataclass(frozen=True)
+class PooledConvConfig:
+    """A 1x1 conv with bias (no batch norm) on the pooled features -> activation."""
+
+    in_channels: int
+    out_channels: int
+    activation: str | None
+
+
+# The compiler decided every number below: widths, strides, padding, residuals, depths.
 # One line per part, one BlockConfig per block, one tuple per stage (blocks.i.j is
 # block j of stage i).
 # ruff: noqa: E501
 # fmt: off
 STEM = ConvBnActConfig(3, 48, kernel=3, stride=2, groups=1, depthwise=False, padding=SamePadding(456, 0, 1), activation="swish")
 HEAD = ConvBnActConfig(512, 2048, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish")
+POOLED_CONV = None  # no 1x1 conv after the pool
 STAGES = (
     (  # blocks.0: 3 x mbconv -> 24 channels at 228x228
         BlockConfig(  # blocks.0.0
-            kind="mbconv",
             expand=None,
             depthwise=ConvBnActConfig(48, 48, kernel=3, stride=1, groups=48, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(48, 12, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(48, 24, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.0,
+            depth_fraction=0.0,
         ),
         BlockConfig(  # blocks.0.1
-            kind="mbconv",
             expand=None,
             depthwise=ConvBnActConfig(24, 24, kernel=3, stride=1, groups=24, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(24, 6, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(24, 24, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.005128205128,
+            depth_fraction=0.02564102564102564,
         ),
         BlockConfig(  # blocks.0.2
-            kind="mbconv",
             expand=None,
             depthwise=ConvBnActConfig(24, 24, kernel=3, stride=1, groups=24, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(24, 6, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(24, 24, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.010256410256,
+            depth_fraction=0.05128205128205128,
         ),
     ),
     (  # blocks.1: 5 x mbconv -> 40 channels at 114x114
         BlockConfig(  # blocks.1.0
-            kind="mbconv",
             expand=ConvBnActConfig(24, 144, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(144, 144, kernel=3, stride=2, groups=144, depthwise=True, padding=SamePadding(228, 0, 1), activation="swish"),
             se=SqueezeExciteConfig(144, 6, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(144, 40, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.015384615385,
+            depth_fraction=0.07692307692307693,
         ),
         BlockConfig(  # blocks.1.1
-            kind="mbconv",
             expand=ConvBnActConfig(40, 240, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(240, 240, kernel=3, stride=1, groups=240, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(240, 10, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(240, 40, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.020512820513,
+            depth_fraction=0.10256410256410256,
         ),
         BlockConfig(  # blocks.1.2
-            kind="mbconv",
             expand=ConvBnActConfig(40, 240, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(240, 240, kernel=3, stride=1, groups=240, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(240, 10, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(240, 40, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.025641025641,
+            depth_fraction=0.1282051282051282,
         ),
         BlockConfig(  # blocks.1.3
-            kind="mbconv",
             expand=ConvBnActConfig(40, 240, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(240, 240, kernel=3, stride=1, groups=240, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(240, 10, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(240, 40, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.030769230769,
+            depth_fraction=0.15384615384615385,
         ),
         BlockConfig(  # blocks.1.4
-            kind="mbconv",
             expand=ConvBnActConfig(40, 240, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(240, 240, kernel=3, stride=1, groups=240, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(240, 10, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(240, 40, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.035897435897,
+            depth_fraction=0.1794871794871795,
         ),
     ),
     (  # blocks.2: 5 x mbconv -> 64 channels at 57x57
         BlockConfig(  # blocks.2.0
-            kind="mbconv",
             expand=ConvBnActConfig(40, 240, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(240, 240, kernel=5, stride=2, groups=240, depthwise=True, padding=SamePadding(114, 1, 2), activation="swish"),
             se=SqueezeExciteConfig(240, 10, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(240, 64, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.041025641026,
+            depth_fraction=0.20512820512820512,
         ),
         BlockConfig(  # blocks.2.1
-            kind="mbconv",
             expand=ConvBnActConfig(64, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(384, 384, kernel=5, stride=1, groups=384, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(384, 16, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(384, 64, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.046153846154,
+            depth_fraction=0.23076923076923078,
         ),
         BlockConfig(  # blocks.2.2
-            kind="mbconv",
             expand=ConvBnActConfig(64, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(384, 384, kernel=5, stride=1, groups=384, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(384, 16, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(384, 64, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.051282051282,
+            depth_fraction=0.2564102564102564,
         ),
         BlockConfig(  # blocks.2.3
-            kind="mbconv",
             expand=ConvBnActConfig(64, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(384, 384, kernel=5, stride=1, groups=384, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(384, 16, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(384, 64, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.05641025641,
+            depth_fraction=0.28205128205128205,
         ),
         BlockConfig(  # blocks.2.4
-            kind="mbconv",
             expand=ConvBnActConfig(64, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(384, 384, kernel=5, stride=1, groups=384, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(384, 16, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(384, 64, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.061538461538,
+            depth_fraction=0.3076923076923077,
         ),
     ),
     (  # blocks.3: 7 x mbconv -> 128 channels at 29x29
         BlockConfig(  # blocks.3.0
-            kind="mbconv",
             expand=ConvBnActConfig(64, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(384, 384, kernel=3, stride=2, groups=384, depthwise=True, padding=SamePadding(57, 1, 1), activation="swish"),
             se=SqueezeExciteConfig(384, 16, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(384, 128, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.066666666667,
+            depth_fraction=0.3333333333333333,
         ),
         BlockConfig(  # blocks.3.1
-            kind="mbconv",
             expand=ConvBnActConfig(128, 768, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(768, 768, kernel=3, stride=1, groups=768, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(768, 32, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(768, 128, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.071794871795,
+            depth_fraction=0.358974358974359,
         ),
         BlockConfig(  # blocks.3.2
-            kind="mbconv",
             expand=ConvBnActConfig(128, 768, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(768, 768, kernel=3, stride=1, groups=768, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(768, 32, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(768, 128, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.076923076923,
+            depth_fraction=0.38461538461538464,
         ),
         BlockConfig(  # blocks.3.3
-            kind="mbconv",
             expand=ConvBnActConfig(128, 768, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(768, 768, kernel=3, stride=1, groups=768, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(768, 32, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(768, 128, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.082051282051,
+            depth_fraction=0.41025641025641024,
         ),
         BlockConfig(  # blocks.3.4
-            kind="mbconv",
             expand=ConvBnActConfig(128, 768, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(768, 768, kernel=3, stride=1, groups=768, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(768, 32, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(768, 128, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.087179487179,
+            depth_fraction=0.4358974358974359,
         ),
         BlockConfig(  # blocks.3.5
-            kind="mbconv",
             expand=ConvBnActConfig(128, 768, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(768, 768, kernel=3, stride=1, groups=768, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(768, 32, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(768, 128, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.092307692308,
+            depth_fraction=0.46153846153846156,
         ),
         BlockConfig(  # blocks.3.6
-            kind="mbconv",
             expand=ConvBnActConfig(128, 768, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(768, 768, kernel=3, stride=1, groups=768, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(768, 32, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(768, 128, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.097435897436,
+            depth_fraction=0.48717948717948717,
         ),
     ),
     (  # blocks.4: 7 x mbconv -> 176 channels at 29x29
         BlockConfig(  # blocks.4.0
-            kind="mbconv",
             expand=ConvBnActConfig(128, 768, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(768, 768, kernel=5, stride=1, groups=768, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(768, 32, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(768, 176, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.102564102564,
+            depth_fraction=0.5128205128205128,
         ),
         BlockConfig(  # blocks.4.1
-            kind="mbconv",
             expand=ConvBnActConfig(176, 1056, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1056, 1056, kernel=5, stride=1, groups=1056, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(1056, 44, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1056, 176, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.107692307692,
+            depth_fraction=0.5384615384615384,
         ),
         BlockConfig(  # blocks.4.2
-            kind="mbconv",
             expand=ConvBnActConfig(176, 1056, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1056, 1056, kernel=5, stride=1, groups=1056, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(1056, 44, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1056, 176, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.112820512821,
+            depth_fraction=0.5641025641025641,
         ),
         BlockConfig(  # blocks.4.3
-            kind="mbconv",
             expand=ConvBnActConfig(176, 1056, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1056, 1056, kernel=5, stride=1, groups=1056, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(1056, 44, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1056, 176, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.117948717949,
+            depth_fraction=0.5897435897435898,
         ),
         BlockConfig(  # blocks.4.4
-            kind="mbconv",
             expand=ConvBnActConfig(176, 1056, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1056, 1056, kernel=5, stride=1, groups=1056, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(1056, 44, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1056, 176, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.123076923077,
+            depth_fraction=0.6153846153846154,
         ),
         BlockConfig(  # blocks.4.5
-            kind="mbconv",
             expand=ConvBnActConfig(176, 1056, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1056, 1056, kernel=5, stride=1, groups=1056, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(1056, 44, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1056, 176, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.128205128205,
+            depth_fraction=0.6410256410256411,
         ),
         BlockConfig(  # blocks.4.6
-            kind="mbconv",
             expand=ConvBnActConfig(176, 1056, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1056, 1056, kernel=5, stride=1, groups=1056, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(1056, 44, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1056, 176, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.133333333333,
+            depth_fraction=0.6666666666666666,
         ),
     ),
     (  # blocks.5: 9 x mbconv -> 304 channels at 15x15
         BlockConfig(  # blocks.5.0
-            kind="mbconv",
             expand=ConvBnActConfig(176, 1056, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1056, 1056, kernel=5, stride=2, groups=1056, depthwise=True, padding=SamePadding(29, 2, 2), activation="swish"),
             se=SqueezeExciteConfig(1056, 44, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1056, 304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.138461538462,
+            depth_fraction=0.6923076923076923,
         ),
         BlockConfig(  # blocks.5.1
-            kind="mbconv",
             expand=ConvBnActConfig(304, 1824, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1824, 1824, kernel=5, stride=1, groups=1824, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(1824, 76, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1824, 304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.14358974359,
+            depth_fraction=0.717948717948718,
         ),
         BlockConfig(  # blocks.5.2
-            kind="mbconv",
             expand=ConvBnActConfig(304, 1824, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1824, 1824, kernel=5, stride=1, groups=1824, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(1824, 76, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1824, 304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.148717948718,
+            depth_fraction=0.7435897435897436,
         ),
         BlockConfig(  # blocks.5.3
-            kind="mbconv",
             expand=ConvBnActConfig(304, 1824, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1824, 1824, kernel=5, stride=1, groups=1824, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(1824, 76, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1824, 304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.153846153846,
+            depth_fraction=0.7692307692307693,
         ),
         BlockConfig(  # blocks.5.4
-            kind="mbconv",
             expand=ConvBnActConfig(304, 1824, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1824, 1824, kernel=5, stride=1, groups=1824, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(1824, 76, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1824, 304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.158974358974,
+            depth_fraction=0.7948717948717948,
         ),
         BlockConfig(  # blocks.5.5
-            kind="mbconv",
             expand=ConvBnActConfig(304, 1824, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1824, 1824, kernel=5, stride=1, groups=1824, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(1824, 76, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1824, 304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.164102564103,
+            depth_fraction=0.8205128205128205,
         ),
         BlockConfig(  # blocks.5.6
-            kind="mbconv",
             expand=ConvBnActConfig(304, 1824, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1824, 1824, kernel=5, stride=1, groups=1824, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(1824, 76, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1824, 304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.169230769231,
+            depth_fraction=0.8461538461538461,
         ),
         BlockConfig(  # blocks.5.7
-            kind="mbconv",
             expand=ConvBnActConfig(304, 1824, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1824, 1824, kernel=5, stride=1, groups=1824, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(1824, 76, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1824, 304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.174358974359,
+            depth_fraction=0.8717948717948718,
         ),
         BlockConfig(  # blocks.5.8
-            kind="mbconv",
             expand=ConvBnActConfig(304, 1824, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1824, 1824, kernel=5, stride=1, groups=1824, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(1824, 76, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1824, 304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.179487179487,
+            depth_fraction=0.8974358974358975,
         ),
     ),
     (  # blocks.6: 3 x mbconv -> 512 channels at 15x15
         BlockConfig(  # blocks.6.0
-            kind="mbconv",
             expand=ConvBnActConfig(304, 1824, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1824, 1824, kernel=3, stride=1, groups=1824, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(1824, 76, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1824, 512, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.184615384615,
+            depth_fraction=0.9230769230769231,
         ),
         BlockConfig(  # blocks.6.1
-            kind="mbconv",
             expand=ConvBnActConfig(512, 3072, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(3072, 3072, kernel=3, stride=1, groups=3072, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(3072, 128, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(3072, 512, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.189743589744,
+            depth_fraction=0.9487179487179487,
         ),
         BlockConfig(  # blocks.6.2
-            kind="mbconv",
             expand=ConvBnActConfig(512, 3072, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(3072, 3072, kernel=3, stride=1, groups=3072, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(3072, 128, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(3072, 512, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.194871794872,
+            depth_fraction=0.9743589743589743,
         ),
     ),
 )
@@ -750,8 +720,39 @@ def make_conv(
     )
 
 
+class MixedConv(nn.ModuleList):
+    """A depthwise conv split across kernels (MixNet): split ``i`` takes ``groups[i]``
+    channels and convolves them with ``kernel[i]``; the outputs are concatenated."""
+
+    def __init__(self, config: ConvBnActConfig) -> None:
+        super().__init__(
+            make_conv(
+                channels,
+                channels,
+                kernel,
+                config.stride,
+                channels,
+                padding,
+                dilation=config.dilation,
+            )
+            for channels, kernel, padding in zip(
+                config.groups, config.kernel, config.padding, strict=True
+            )
+        )
+        self.splits = list(config.groups)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        parts = torch.split(x, self.splits, 1)
+        outputs = []
+        for index, conv in enumerate(self):
+            outputs.append(conv(parts[index]))
+        return torch.cat(outputs, 1)
+
+
 def build_conv(config: ConvBnActConfig) -> nn.Module:
     """The conv of a ConvBnAct, as its config describes it."""
+    if isinstance(config.kernel, tuple):
+        return MixedConv(config)
     return make_conv(
         config.in_channels,
         config.out_channels,
@@ -831,9 +832,10 @@ class Normalize(nn.Module):
 class Block(nn.Module):
     """MBConv (1x1 expand -> k x k depthwise) or Fused-MBConv (one k x k expand conv),
     then squeeze-excite and the 1x1 linear projection; parts the config leaves None
-    are absent. The residual branch is dropped per sample while training."""
+    are absent. The residual branch is dropped per sample while training, with
+    probability ``drop_path_rate`` x the block's depth fraction."""
 
-    def __init__(self, config: BlockConfig) -> None:
+    def __init__(self, config: BlockConfig, drop_path_rate: float) -> None:
         super().__init__()
         self.expand = None if config.expand is None else ConvBnAct(config.expand)
         self.depthwise = None
@@ -842,7 +844,7 @@ class Block(nn.Module):
         self.se = None if config.se is None else SqueezeExcite(config.se)
         self.project = None if config.project is None else ConvBnAct(config.project)
         self.residual = config.residual
-        self.drop_path = DropPath(config.drop_path_rate)
+        self.drop_path = DropPath(drop_path_rate * config.depth_fraction)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x
@@ -868,6 +870,7 @@ class EfficientNet(nn.Module):
         num_classes: int = NUM_CLASSES,
         dropout: float = DROPOUT,
         include_preprocessing: bool = False,
+        drop_path_rate: float = DROP_PATH_RATE,
     ) -> None:
         super().__init__()
         self.num_classes = num_classes
@@ -875,9 +878,20 @@ class EfficientNet(nn.Module):
         self.preprocess = Normalize(MEAN, STD) if include_preprocessing else None
         self.stem = ConvBnAct(STEM)
         self.blocks = nn.Sequential(
-            *(nn.Sequential(*(Block(config) for config in stage)) for stage in stages)
+            *(
+                nn.Sequential(*(Block(config, drop_path_rate) for config in stage))
+                for stage in stages
+            )
         )
-        self.head = ConvBnAct(HEAD)
+        # without a head conv the last stage feeds the pool
+        self.head = nn.Identity() if HEAD is None else ConvBnAct(HEAD)
+        self.pooled_conv = None
+        self.pooled_act = None
+        if POOLED_CONV is not None:
+            self.pooled_conv = nn.Conv2d(
+                POOLED_CONV.in_channels, POOLED_CONV.out_channels, 1, bias=True
+            )
+            self.pooled_act = make_activation(POOLED_CONV.activation)
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(NUM_FEATURES, num_classes)
         init_weights(self)
@@ -894,8 +908,12 @@ class EfficientNet(nn.Module):
         return self.head(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Global average pool -> dropout -> classifier (skipped when pre_logits)."""
-        x = x.mean((2, 3))
+        """Global average pool (-> 1x1 conv -> activation, where POOLED_CONV is set)
+        -> dropout -> classifier (skipped when pre_logits)."""
+        x = x.mean((2, 3), keepdim=True)
+        if self.pooled_conv is not None and self.pooled_act is not None:
+            x = self.pooled_act(self.pooled_conv(x))
+        x = x.flatten(1)
         x = self.dropout(x)
         if pre_logits:
             return x
@@ -927,6 +945,7 @@ class EfficientNetFeatures(nn.Module):
         stages: tuple[tuple[BlockConfig, ...], ...],
         feature_info: tuple[FeatureLevel, ...],
         include_preprocessing: bool = False,
+        drop_path_rate: float = DROP_PATH_RATE,
     ) -> None:
         super().__init__()
         self.feature_info = feature_info
@@ -935,7 +954,7 @@ class EfficientNetFeatures(nn.Module):
         depth = feature_info[-1].stages
         self.blocks = nn.Sequential(
             *(
-                nn.Sequential(*(Block(config) for config in stage))
+                nn.Sequential(*(Block(config, drop_path_rate) for config in stage))
                 for stage in stages[:depth]
             )
         )
@@ -1004,25 +1023,6 @@ def init_weights(model: nn.Module) -> None:
             nn.init.zeros_(module.bias)
 
 
-def with_drop_path_rate(
-    stages: tuple[tuple[BlockConfig, ...], ...], rate: float
-) -> tuple[tuple[BlockConfig, ...], ...]:
-    """The same stages with stochastic depth rate * i / N on block i of N (the spec's
-    rule, applied to a rate chosen when the model is built)."""
-    num_blocks = sum(len(stage) for stage in stages)
-    rescaled = []
-    first = 0  # global index of the stage's first block
-    for stage in stages:
-        rescaled.append(
-            tuple(
-                replace(config, drop_path_rate=rate * (first + j) / num_blocks)
-                for j, config in enumerate(stage)
-            )
-        )
-        first += len(stage)
-    return tuple(rescaled)
-
-
 def build_model(
     num_classes: int = NUM_CLASSES,
     dropout: float | None = None,
@@ -1038,8 +1038,8 @@ def build_model(
     Args:
         num_classes: classifier outputs.
         dropout: dropout before the classifier; None keeps DROPOUT.
-        drop_path_rate: stochastic-depth base rate (block i of N gets rate * i / N);
-            None keeps the spec's per-block rates.
+        drop_path_rate: stochastic-depth rate, times each block's depth_fraction;
+            None keeps DROP_PATH_RATE.
         include_preprocessing: normalize with MEAN/STD inside the model, so it takes
             raw 0..1 pixels.
         features_only: build the backbone (EfficientNetFeatures) instead.
@@ -1048,15 +1048,18 @@ def build_model(
     """
     levels = feature_info(out_indices, output_stride)
     stages = stages_at(output_stride)
-    if drop_path_rate is not None:
-        stages = with_drop_path_rate(stages, drop_path_rate)
+    if drop_path_rate is None:
+        drop_path_rate = DROP_PATH_RATE
     if features_only:
-        return EfficientNetFeatures(stages, levels, include_preprocessing)
+        return EfficientNetFeatures(
+            stages, levels, include_preprocessing, drop_path_rate
+        )
     return EfficientNet(
         stages,
         num_classes=num_classes,
         dropout=DROPOUT if dropout is None else dropout,
         include_preprocessing=include_preprocessing,
+        drop_path_rate=drop_path_rate,
     )
 
 

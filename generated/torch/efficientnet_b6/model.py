@@ -32,21 +32,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+# The spec's strings, each whole on one line however long (never wrapped).
+# fmt: off
 SPEC_NAME = "efficientnet-b6"
 SPEC_PATH = "specs/efficientnet-b6.yaml"
 SPEC_SHA256 = "6328e9b9ed20234aa2f1e90c136050c818601f0e709c9c8c18a9bd2c720f06e5"
-DESCRIPTION = (
-    "EfficientNet-B6, the official hand-picked coefficients (width 1.8, depth 2.6, "
-    "resolution 528)."
-)
+DESCRIPTION = "EfficientNet-B6, the official hand-picked coefficients (width 1.8, depth 2.6, resolution 528)."
+# fmt: on
 RESOLUTION = 528  # nominal input size; any size works
 INPUT_CHANNELS = 3
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 NUM_CLASSES = 1000
 DROPOUT = 0.5  # before the classifier
-DROP_PATH_RATE = 0.2  # stochastic depth: block i of N gets rate * i / N
-PADDING = "same"  # the spec's mode; each conv below carries its resolved padding
+DROP_PATH_RATE = 0.2  # stochastic depth: x each block's depth_fraction
 BN_EPS = 0.001
 BN_MOMENTUM = 0.99  # running-average decay, as the spec states it
 PARAMS = 43040704  # trainable parameters with NUM_CLASSES classes
@@ -111,13 +110,13 @@ class BlockConfig:
     """One MBConv or Fused-MBConv block: its parts run in the order expand ->
     depthwise -> se -> project (None: absent), then the residual add."""
 
-    kind: str  # "mbconv" or "fused_mbconv"
     expand: ConvBnActConfig | None
     depthwise: ConvBnActConfig | None
     se: SqueezeExciteConfig | None
     project: ConvBnActConfig | None
     residual: bool  # add the block's input to its output
-    drop_path_rate: float  # stochastic depth of the residual branch, training only
+    # Block i of N has i / N: its stochastic depth (training only) is the model's rate x this
+    depth_fraction: float
 
 
 @dataclass(frozen=True)
@@ -154,431 +153,396 @@ class OutputStride:
     convs: tuple[DilatedConv, ...]
 
 
-# The compiler decided every number below: widths, strides, padding, residuals, rates.
+@dataclass(frozen=True)
+class PooledConvConfig:
+    """A 1x1 conv with bias (no batch norm) on the pooled features -> activation."""
+
+    in_channels: int
+    out_channels: int
+    activation: str | None
+
+
+# The compiler decided every number below: widths, strides, padding, residuals, depths.
 # One line per part, one BlockConfig per block, one tuple per stage (blocks.i.j is
 # block j of stage i).
 # ruff: noqa: E501
 # fmt: off
 STEM = ConvBnActConfig(3, 56, kernel=3, stride=2, groups=1, depthwise=False, padding=SamePadding(528, 0, 1), activation="swish")
 HEAD = ConvBnActConfig(576, 2304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish")
+POOLED_CONV = None  # no 1x1 conv after the pool
 STAGES = (
     (  # blocks.0: 3 x mbconv -> 32 channels at 264x264
         BlockConfig(  # blocks.0.0
-            kind="mbconv",
             expand=None,
             depthwise=ConvBnActConfig(56, 56, kernel=3, stride=1, groups=56, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(56, 14, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(56, 32, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.0,
+            depth_fraction=0.0,
         ),
         BlockConfig(  # blocks.0.1
-            kind="mbconv",
             expand=None,
             depthwise=ConvBnActConfig(32, 32, kernel=3, stride=1, groups=32, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(32, 8, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(32, 32, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.004444444444,
+            depth_fraction=0.022222222222222223,
         ),
         BlockConfig(  # blocks.0.2
-            kind="mbconv",
             expand=None,
             depthwise=ConvBnActConfig(32, 32, kernel=3, stride=1, groups=32, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(32, 8, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(32, 32, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.008888888889,
+            depth_fraction=0.044444444444444446,
         ),
     ),
     (  # blocks.1: 6 x mbconv -> 40 channels at 132x132
         BlockConfig(  # blocks.1.0
-            kind="mbconv",
             expand=ConvBnActConfig(32, 192, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(192, 192, kernel=3, stride=2, groups=192, depthwise=True, padding=SamePadding(264, 0, 1), activation="swish"),
             se=SqueezeExciteConfig(192, 8, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(192, 40, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.013333333333,
+            depth_fraction=0.06666666666666667,
         ),
         BlockConfig(  # blocks.1.1
-            kind="mbconv",
             expand=ConvBnActConfig(40, 240, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(240, 240, kernel=3, stride=1, groups=240, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(240, 10, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(240, 40, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.017777777778,
+            depth_fraction=0.08888888888888889,
         ),
         BlockConfig(  # blocks.1.2
-            kind="mbconv",
             expand=ConvBnActConfig(40, 240, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(240, 240, kernel=3, stride=1, groups=240, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(240, 10, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(240, 40, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.022222222222,
+            depth_fraction=0.1111111111111111,
         ),
         BlockConfig(  # blocks.1.3
-            kind="mbconv",
             expand=ConvBnActConfig(40, 240, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(240, 240, kernel=3, stride=1, groups=240, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(240, 10, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(240, 40, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.026666666667,
+            depth_fraction=0.13333333333333333,
         ),
         BlockConfig(  # blocks.1.4
-            kind="mbconv",
             expand=ConvBnActConfig(40, 240, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(240, 240, kernel=3, stride=1, groups=240, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(240, 10, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(240, 40, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.031111111111,
+            depth_fraction=0.15555555555555556,
         ),
         BlockConfig(  # blocks.1.5
-            kind="mbconv",
             expand=ConvBnActConfig(40, 240, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(240, 240, kernel=3, stride=1, groups=240, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(240, 10, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(240, 40, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.035555555556,
+            depth_fraction=0.17777777777777778,
         ),
     ),
     (  # blocks.2: 6 x mbconv -> 72 channels at 66x66
         BlockConfig(  # blocks.2.0
-            kind="mbconv",
             expand=ConvBnActConfig(40, 240, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(240, 240, kernel=5, stride=2, groups=240, depthwise=True, padding=SamePadding(132, 1, 2), activation="swish"),
             se=SqueezeExciteConfig(240, 10, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(240, 72, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.04,
+            depth_fraction=0.2,
         ),
         BlockConfig(  # blocks.2.1
-            kind="mbconv",
             expand=ConvBnActConfig(72, 432, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(432, 432, kernel=5, stride=1, groups=432, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(432, 18, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(432, 72, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.044444444444,
+            depth_fraction=0.2222222222222222,
         ),
         BlockConfig(  # blocks.2.2
-            kind="mbconv",
             expand=ConvBnActConfig(72, 432, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(432, 432, kernel=5, stride=1, groups=432, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(432, 18, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(432, 72, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.048888888889,
+            depth_fraction=0.24444444444444444,
         ),
         BlockConfig(  # blocks.2.3
-            kind="mbconv",
             expand=ConvBnActConfig(72, 432, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(432, 432, kernel=5, stride=1, groups=432, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(432, 18, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(432, 72, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.053333333333,
+            depth_fraction=0.26666666666666666,
         ),
         BlockConfig(  # blocks.2.4
-            kind="mbconv",
             expand=ConvBnActConfig(72, 432, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(432, 432, kernel=5, stride=1, groups=432, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(432, 18, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(432, 72, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.057777777778,
+            depth_fraction=0.28888888888888886,
         ),
         BlockConfig(  # blocks.2.5
-            kind="mbconv",
             expand=ConvBnActConfig(72, 432, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(432, 432, kernel=5, stride=1, groups=432, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(432, 18, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(432, 72, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.062222222222,
+            depth_fraction=0.3111111111111111,
         ),
     ),
     (  # blocks.3: 8 x mbconv -> 144 channels at 33x33
         BlockConfig(  # blocks.3.0
-            kind="mbconv",
             expand=ConvBnActConfig(72, 432, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(432, 432, kernel=3, stride=2, groups=432, depthwise=True, padding=SamePadding(66, 0, 1), activation="swish"),
             se=SqueezeExciteConfig(432, 18, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(432, 144, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.066666666667,
+            depth_fraction=0.3333333333333333,
         ),
         BlockConfig(  # blocks.3.1
-            kind="mbconv",
             expand=ConvBnActConfig(144, 864, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(864, 864, kernel=3, stride=1, groups=864, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(864, 36, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(864, 144, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.071111111111,
+            depth_fraction=0.35555555555555557,
         ),
         BlockConfig(  # blocks.3.2
-            kind="mbconv",
             expand=ConvBnActConfig(144, 864, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(864, 864, kernel=3, stride=1, groups=864, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(864, 36, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(864, 144, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.075555555556,
+            depth_fraction=0.37777777777777777,
         ),
         BlockConfig(  # blocks.3.3
-            kind="mbconv",
             expand=ConvBnActConfig(144, 864, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(864, 864, kernel=3, stride=1, groups=864, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(864, 36, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(864, 144, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.08,
+            depth_fraction=0.4,
         ),
         BlockConfig(  # blocks.3.4
-            kind="mbconv",
             expand=ConvBnActConfig(144, 864, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(864, 864, kernel=3, stride=1, groups=864, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(864, 36, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(864, 144, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.084444444444,
+            depth_fraction=0.4222222222222222,
         ),
         BlockConfig(  # blocks.3.5
-            kind="mbconv",
             expand=ConvBnActConfig(144, 864, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(864, 864, kernel=3, stride=1, groups=864, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(864, 36, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(864, 144, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.088888888889,
+            depth_fraction=0.4444444444444444,
         ),
         BlockConfig(  # blocks.3.6
-            kind="mbconv",
             expand=ConvBnActConfig(144, 864, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(864, 864, kernel=3, stride=1, groups=864, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(864, 36, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(864, 144, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.093333333333,
+            depth_fraction=0.4666666666666667,
         ),
         BlockConfig(  # blocks.3.7
-            kind="mbconv",
             expand=ConvBnActConfig(144, 864, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(864, 864, kernel=3, stride=1, groups=864, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(864, 36, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(864, 144, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.097777777778,
+            depth_fraction=0.4888888888888889,
         ),
     ),
     (  # blocks.4: 8 x mbconv -> 200 channels at 33x33
         BlockConfig(  # blocks.4.0
-            kind="mbconv",
             expand=ConvBnActConfig(144, 864, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(864, 864, kernel=5, stride=1, groups=864, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(864, 36, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(864, 200, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.102222222222,
+            depth_fraction=0.5111111111111111,
         ),
         BlockConfig(  # blocks.4.1
-            kind="mbconv",
             expand=ConvBnActConfig(200, 1200, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1200, 1200, kernel=5, stride=1, groups=1200, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(1200, 50, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1200, 200, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.106666666667,
+            depth_fraction=0.5333333333333333,
         ),
         BlockConfig(  # blocks.4.2
-            kind="mbconv",
             expand=ConvBnActConfig(200, 1200, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1200, 1200, kernel=5, stride=1, groups=1200, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(1200, 50, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1200, 200, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.111111111111,
+            depth_fraction=0.5555555555555556,
         ),
         BlockConfig(  # blocks.4.3
-            kind="mbconv",
             expand=ConvBnActConfig(200, 1200, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1200, 1200, kernel=5, stride=1, groups=1200, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(1200, 50, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1200, 200, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.115555555556,
+            depth_fraction=0.5777777777777777,
         ),
         BlockConfig(  # blocks.4.4
-            kind="mbconv",
             expand=ConvBnActConfig(200, 1200, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1200, 1200, kernel=5, stride=1, groups=1200, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(1200, 50, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1200, 200, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.12,
+            depth_fraction=0.6,
         ),
         BlockConfig(  # blocks.4.5
-            kind="mbconv",
             expand=ConvBnActConfig(200, 1200, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1200, 1200, kernel=5, stride=1, groups=1200, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(1200, 50, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1200, 200, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.124444444444,
+            depth_fraction=0.6222222222222222,
         ),
         BlockConfig(  # blocks.4.6
-            kind="mbconv",
             expand=ConvBnActConfig(200, 1200, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1200, 1200, kernel=5, stride=1, groups=1200, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(1200, 50, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1200, 200, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.128888888889,
+            depth_fraction=0.6444444444444445,
         ),
         BlockConfig(  # blocks.4.7
-            kind="mbconv",
             expand=ConvBnActConfig(200, 1200, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1200, 1200, kernel=5, stride=1, groups=1200, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(1200, 50, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1200, 200, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.133333333333,
+            depth_fraction=0.6666666666666666,
         ),
     ),
     (  # blocks.5: 11 x mbconv -> 344 channels at 17x17
         BlockConfig(  # blocks.5.0
-            kind="mbconv",
             expand=ConvBnActConfig(200, 1200, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1200, 1200, kernel=5, stride=2, groups=1200, depthwise=True, padding=SamePadding(33, 2, 2), activation="swish"),
             se=SqueezeExciteConfig(1200, 50, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1200, 344, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.137777777778,
+            depth_fraction=0.6888888888888889,
         ),
         BlockConfig(  # blocks.5.1
-            kind="mbconv",
             expand=ConvBnActConfig(344, 2064, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(2064, 2064, kernel=5, stride=1, groups=2064, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(2064, 86, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(2064, 344, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.142222222222,
+            depth_fraction=0.7111111111111111,
         ),
         BlockConfig(  # blocks.5.2
-            kind="mbconv",
             expand=ConvBnActConfig(344, 2064, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(2064, 2064, kernel=5, stride=1, groups=2064, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(2064, 86, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(2064, 344, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.146666666667,
+            depth_fraction=0.7333333333333333,
         ),
         BlockConfig(  # blocks.5.3
-            kind="mbconv",
             expand=ConvBnActConfig(344, 2064, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(2064, 2064, kernel=5, stride=1, groups=2064, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(2064, 86, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(2064, 344, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.151111111111,
+            depth_fraction=0.7555555555555555,
         ),
         BlockConfig(  # blocks.5.4
-            kind="mbconv",
             expand=ConvBnActConfig(344, 2064, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(2064, 2064, kernel=5, stride=1, groups=2064, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(2064, 86, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(2064, 344, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.155555555556,
+            depth_fraction=0.7777777777777778,
         ),
         BlockConfig(  # blocks.5.5
-            kind="mbconv",
             expand=ConvBnActConfig(344, 2064, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(2064, 2064, kernel=5, stride=1, groups=2064, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(2064, 86, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(2064, 344, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.16,
+            depth_fraction=0.8,
         ),
         BlockConfig(  # blocks.5.6
-            kind="mbconv",
             expand=ConvBnActConfig(344, 2064, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(2064, 2064, kernel=5, stride=1, groups=2064, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(2064, 86, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(2064, 344, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.164444444444,
+            depth_fraction=0.8222222222222222,
         ),
         BlockConfig(  # blocks.5.7
-            kind="mbconv",
             expand=ConvBnActConfig(344, 2064, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(2064, 2064, kernel=5, stride=1, groups=2064, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(2064, 86, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(2064, 344, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.168888888889,
+            depth_fraction=0.8444444444444444,
         ),
         BlockConfig(  # blocks.5.8
-            kind="mbconv",
             expand=ConvBnActConfig(344, 2064, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(2064, 2064, kernel=5, stride=1, groups=2064, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(2064, 86, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(2064, 344, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.173333333333,
+            depth_fraction=0.8666666666666667,
         ),
         BlockConfig(  # blocks.5.9
-            kind="mbconv",
             expand=ConvBnActConfig(344, 2064, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(2064, 2064, kernel=5, stride=1, groups=2064, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(2064, 86, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(2064, 344, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.177777777778,
+            depth_fraction=0.8888888888888888,
         ),
         BlockConfig(  # blocks.5.10
-            kind="mbconv",
             expand=ConvBnActConfig(344, 2064, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(2064, 2064, kernel=5, stride=1, groups=2064, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(2064, 86, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(2064, 344, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.182222222222,
+            depth_fraction=0.9111111111111111,
         ),
     ),
     (  # blocks.6: 3 x mbconv -> 576 channels at 17x17
         BlockConfig(  # blocks.6.0
-            kind="mbconv",
             expand=ConvBnActConfig(344, 2064, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(2064, 2064, kernel=3, stride=1, groups=2064, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(2064, 86, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(2064, 576, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.186666666667,
+            depth_fraction=0.9333333333333333,
         ),
         BlockConfig(  # blocks.6.1
-            kind="mbconv",
             expand=ConvBnActConfig(576, 3456, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(3456, 3456, kernel=3, stride=1, groups=3456, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(3456, 144, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(3456, 576, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.191111111111,
+            depth_fraction=0.9555555555555556,
         ),
         BlockConfig(  # blocks.6.2
-            kind="mbconv",
             expand=ConvBnActConfig(576, 3456, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(3456, 3456, kernel=3, stride=1, groups=3456, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(3456, 144, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(3456, 576, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.195555555556,
+            depth_fraction=0.9777777777777777,
         ),
     ),
 )
@@ -810,8 +774,39 @@ def make_conv(
     )
 
 
+class MixedConv(nn.ModuleList):
+    """A depthwise conv split across kernels (MixNet): split ``i`` takes ``groups[i]``
+    channels and convolves them with ``kernel[i]``; the outputs are concatenated."""
+
+    def __init__(self, config: ConvBnActConfig) -> None:
+        super().__init__(
+            make_conv(
+                channels,
+                channels,
+                kernel,
+                config.stride,
+                channels,
+                padding,
+                dilation=config.dilation,
+            )
+            for channels, kernel, padding in zip(
+                config.groups, config.kernel, config.padding, strict=True
+            )
+        )
+        self.splits = list(config.groups)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        parts = torch.split(x, self.splits, 1)
+        outputs = []
+        for index, conv in enumerate(self):
+            outputs.append(conv(parts[index]))
+        return torch.cat(outputs, 1)
+
+
 def build_conv(config: ConvBnActConfig) -> nn.Module:
     """The conv of a ConvBnAct, as its config describes it."""
+    if isinstance(config.kernel, tuple):
+        return MixedConv(config)
     return make_conv(
         config.in_channels,
         config.out_channels,
@@ -891,9 +886,10 @@ class Normalize(nn.Module):
 class Block(nn.Module):
     """MBConv (1x1 expand -> k x k depthwise) or Fused-MBConv (one k x k expand conv),
     then squeeze-excite and the 1x1 linear projection; parts the config leaves None
-    are absent. The residual branch is dropped per sample while training."""
+    are absent. The residual branch is dropped per sample while training, with
+    probability ``drop_path_rate`` x the block's depth fraction."""
 
-    def __init__(self, config: BlockConfig) -> None:
+    def __init__(self, config: BlockConfig, drop_path_rate: float) -> None:
         super().__init__()
         self.expand = None if config.expand is None else ConvBnAct(config.expand)
         self.depthwise = None
@@ -902,7 +898,7 @@ class Block(nn.Module):
         self.se = None if config.se is None else SqueezeExcite(config.se)
         self.project = None if config.project is None else ConvBnAct(config.project)
         self.residual = config.residual
-        self.drop_path = DropPath(config.drop_path_rate)
+        self.drop_path = DropPath(drop_path_rate * config.depth_fraction)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x
@@ -928,6 +924,7 @@ class EfficientNet(nn.Module):
         num_classes: int = NUM_CLASSES,
         dropout: float = DROPOUT,
         include_preprocessing: bool = False,
+        drop_path_rate: float = DROP_PATH_RATE,
     ) -> None:
         super().__init__()
         self.num_classes = num_classes
@@ -935,9 +932,20 @@ class EfficientNet(nn.Module):
         self.preprocess = Normalize(MEAN, STD) if include_preprocessing else None
         self.stem = ConvBnAct(STEM)
         self.blocks = nn.Sequential(
-            *(nn.Sequential(*(Block(config) for config in stage)) for stage in stages)
+            *(
+                nn.Sequential(*(Block(config, drop_path_rate) for config in stage))
+                for stage in stages
+            )
         )
-        self.head = ConvBnAct(HEAD)
+        # without a head conv the last stage feeds the pool
+        self.head = nn.Identity() if HEAD is None else ConvBnAct(HEAD)
+        self.pooled_conv = None
+        self.pooled_act = None
+        if POOLED_CONV is not None:
+            self.pooled_conv = nn.Conv2d(
+                POOLED_CONV.in_channels, POOLED_CONV.out_channels, 1, bias=True
+            )
+            self.pooled_act = make_activation(POOLED_CONV.activation)
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(NUM_FEATURES, num_classes)
         init_weights(self)
@@ -954,8 +962,12 @@ class EfficientNet(nn.Module):
         return self.head(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Global average pool -> dropout -> classifier (skipped when pre_logits)."""
-        x = x.mean((2, 3))
+        """Global average pool (-> 1x1 conv -> activation, where POOLED_CONV is set)
+        -> dropout -> classifier (skipped when pre_logits)."""
+        x = x.mean((2, 3), keepdim=True)
+        if self.pooled_conv is not None and self.pooled_act is not None:
+            x = self.pooled_act(self.pooled_conv(x))
+        x = x.flatten(1)
         x = self.dropout(x)
         if pre_logits:
             return x
@@ -987,6 +999,7 @@ class EfficientNetFeatures(nn.Module):
         stages: tuple[tuple[BlockConfig, ...], ...],
         feature_info: tuple[FeatureLevel, ...],
         include_preprocessing: bool = False,
+        drop_path_rate: float = DROP_PATH_RATE,
     ) -> None:
         super().__init__()
         self.feature_info = feature_info
@@ -995,7 +1008,7 @@ class EfficientNetFeatures(nn.Module):
         depth = feature_info[-1].stages
         self.blocks = nn.Sequential(
             *(
-                nn.Sequential(*(Block(config) for config in stage))
+                nn.Sequential(*(Block(config, drop_path_rate) for config in stage))
                 for stage in stages[:depth]
             )
         )
@@ -1064,25 +1077,6 @@ def init_weights(model: nn.Module) -> None:
             nn.init.zeros_(module.bias)
 
 
-def with_drop_path_rate(
-    stages: tuple[tuple[BlockConfig, ...], ...], rate: float
-) -> tuple[tuple[BlockConfig, ...], ...]:
-    """The same stages with stochastic depth rate * i / N on block i of N (the spec's
-    rule, applied to a rate chosen when the model is built)."""
-    num_blocks = sum(len(stage) for stage in stages)
-    rescaled = []
-    first = 0  # global index of the stage's first block
-    for stage in stages:
-        rescaled.append(
-            tuple(
-                replace(config, drop_path_rate=rate * (first + j) / num_blocks)
-                for j, config in enumerate(stage)
-            )
-        )
-        first += len(stage)
-    return tuple(rescaled)
-
-
 def build_model(
     num_classes: int = NUM_CLASSES,
     dropout: float | None = None,
@@ -1098,8 +1092,8 @@ def build_model(
     Args:
         num_classes: classifier outputs.
         dropout: dropout before the classifier; None keeps DROPOUT.
-        drop_path_rate: stochastic-depth base rate (block i of N gets rate * i / N);
-            None keeps the spec's per-block rates.
+        drop_path_rate: stochastic-depth rate, times each block's depth_fraction;
+            None keeps DROP_PATH_RATE.
         include_preprocessing: normalize with MEAN/STD inside the model, so it takes
             raw 0..1 pixels.
         features_only: build the backbone (EfficientNetFeatures) instead.
@@ -1108,15 +1102,18 @@ def build_model(
     """
     levels = feature_info(out_indices, output_stride)
     stages = stages_at(output_stride)
-    if drop_path_rate is not None:
-        stages = with_drop_path_rate(stages, drop_path_rate)
+    if drop_path_rate is None:
+        drop_path_rate = DROP_PATH_RATE
     if features_only:
-        return EfficientNetFeatures(stages, levels, include_preprocessing)
+        return EfficientNetFeatures(
+            stages, levels, include_preprocessing, drop_path_rate
+        )
     return EfficientNet(
         stages,
         num_classes=num_classes,
         dropout=DROPOUT if dropout is None else dropout,
         include_preprocessing=include_preprocessing,
+        drop_path_rate=drop_path_rate,
     )
 
 

@@ -32,21 +32,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+# The spec's strings, each whole on one line however long (never wrapped).
+# fmt: off
 SPEC_NAME = "efficientnet-b7"
 SPEC_PATH = "specs/efficientnet-b7.yaml"
 SPEC_SHA256 = "9d06eb6d0a49c5d3401c7ec235d67074e33787ed793725230e949d551100d979"
-DESCRIPTION = (
-    "EfficientNet-B7, the official hand-picked coefficients (width 2.0, depth 3.1, "
-    "resolution 600)."
-)
+DESCRIPTION = "EfficientNet-B7, the official hand-picked coefficients (width 2.0, depth 3.1, resolution 600)."
+# fmt: on
 RESOLUTION = 600  # nominal input size; any size works
 INPUT_CHANNELS = 3
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 NUM_CLASSES = 1000
 DROPOUT = 0.5  # before the classifier
-DROP_PATH_RATE = 0.2  # stochastic depth: block i of N gets rate * i / N
-PADDING = "same"  # the spec's mode; each conv below carries its resolved padding
+DROP_PATH_RATE = 0.2  # stochastic depth: x each block's depth_fraction
 BN_EPS = 0.001
 BN_MOMENTUM = 0.99  # running-average decay, as the spec states it
 PARAMS = 66347960  # trainable parameters with NUM_CLASSES classes
@@ -111,13 +110,13 @@ class BlockConfig:
     """One MBConv or Fused-MBConv block: its parts run in the order expand ->
     depthwise -> se -> project (None: absent), then the residual add."""
 
-    kind: str  # "mbconv" or "fused_mbconv"
     expand: ConvBnActConfig | None
     depthwise: ConvBnActConfig | None
     se: SqueezeExciteConfig | None
     project: ConvBnActConfig | None
     residual: bool  # add the block's input to its output
-    drop_path_rate: float  # stochastic depth of the residual branch, training only
+    # Block i of N has i / N: its stochastic depth (training only) is the model's rate x this
+    depth_fraction: float
 
 
 @dataclass(frozen=True)
@@ -154,521 +153,476 @@ class OutputStride:
     convs: tuple[DilatedConv, ...]
 
 
-# The compiler decided every number below: widths, strides, padding, residuals, rates.
+@dataclass(frozen=True)
+class PooledConvConfig:
+    """A 1x1 conv with bias (no batch norm) on the pooled features -> activation."""
+
+    in_channels: int
+    out_channels: int
+    activation: str | None
+
+
+# The compiler decided every number below: widths, strides, padding, residuals, depths.
 # One line per part, one BlockConfig per block, one tuple per stage (blocks.i.j is
 # block j of stage i).
 # ruff: noqa: E501
 # fmt: off
 STEM = ConvBnActConfig(3, 64, kernel=3, stride=2, groups=1, depthwise=False, padding=SamePadding(600, 0, 1), activation="swish")
 HEAD = ConvBnActConfig(640, 2560, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish")
+POOLED_CONV = None  # no 1x1 conv after the pool
 STAGES = (
     (  # blocks.0: 4 x mbconv -> 32 channels at 300x300
         BlockConfig(  # blocks.0.0
-            kind="mbconv",
             expand=None,
             depthwise=ConvBnActConfig(64, 64, kernel=3, stride=1, groups=64, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(64, 16, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(64, 32, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.0,
+            depth_fraction=0.0,
         ),
         BlockConfig(  # blocks.0.1
-            kind="mbconv",
             expand=None,
             depthwise=ConvBnActConfig(32, 32, kernel=3, stride=1, groups=32, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(32, 8, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(32, 32, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.003636363636,
+            depth_fraction=0.01818181818181818,
         ),
         BlockConfig(  # blocks.0.2
-            kind="mbconv",
             expand=None,
             depthwise=ConvBnActConfig(32, 32, kernel=3, stride=1, groups=32, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(32, 8, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(32, 32, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.007272727273,
+            depth_fraction=0.03636363636363636,
         ),
         BlockConfig(  # blocks.0.3
-            kind="mbconv",
             expand=None,
             depthwise=ConvBnActConfig(32, 32, kernel=3, stride=1, groups=32, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(32, 8, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(32, 32, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.010909090909,
+            depth_fraction=0.05454545454545454,
         ),
     ),
     (  # blocks.1: 7 x mbconv -> 48 channels at 150x150
         BlockConfig(  # blocks.1.0
-            kind="mbconv",
             expand=ConvBnActConfig(32, 192, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(192, 192, kernel=3, stride=2, groups=192, depthwise=True, padding=SamePadding(300, 0, 1), activation="swish"),
             se=SqueezeExciteConfig(192, 8, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(192, 48, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.014545454545,
+            depth_fraction=0.07272727272727272,
         ),
         BlockConfig(  # blocks.1.1
-            kind="mbconv",
             expand=ConvBnActConfig(48, 288, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(288, 288, kernel=3, stride=1, groups=288, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(288, 12, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(288, 48, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.018181818182,
+            depth_fraction=0.09090909090909091,
         ),
         BlockConfig(  # blocks.1.2
-            kind="mbconv",
             expand=ConvBnActConfig(48, 288, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(288, 288, kernel=3, stride=1, groups=288, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(288, 12, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(288, 48, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.021818181818,
+            depth_fraction=0.10909090909090909,
         ),
         BlockConfig(  # blocks.1.3
-            kind="mbconv",
             expand=ConvBnActConfig(48, 288, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(288, 288, kernel=3, stride=1, groups=288, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(288, 12, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(288, 48, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.025454545455,
+            depth_fraction=0.12727272727272726,
         ),
         BlockConfig(  # blocks.1.4
-            kind="mbconv",
             expand=ConvBnActConfig(48, 288, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(288, 288, kernel=3, stride=1, groups=288, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(288, 12, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(288, 48, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.029090909091,
+            depth_fraction=0.14545454545454545,
         ),
         BlockConfig(  # blocks.1.5
-            kind="mbconv",
             expand=ConvBnActConfig(48, 288, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(288, 288, kernel=3, stride=1, groups=288, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(288, 12, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(288, 48, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.032727272727,
+            depth_fraction=0.16363636363636364,
         ),
         BlockConfig(  # blocks.1.6
-            kind="mbconv",
             expand=ConvBnActConfig(48, 288, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(288, 288, kernel=3, stride=1, groups=288, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(288, 12, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(288, 48, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.036363636364,
+            depth_fraction=0.18181818181818182,
         ),
     ),
     (  # blocks.2: 7 x mbconv -> 80 channels at 75x75
         BlockConfig(  # blocks.2.0
-            kind="mbconv",
             expand=ConvBnActConfig(48, 288, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(288, 288, kernel=5, stride=2, groups=288, depthwise=True, padding=SamePadding(150, 1, 2), activation="swish"),
             se=SqueezeExciteConfig(288, 12, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(288, 80, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.04,
+            depth_fraction=0.2,
         ),
         BlockConfig(  # blocks.2.1
-            kind="mbconv",
             expand=ConvBnActConfig(80, 480, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(480, 480, kernel=5, stride=1, groups=480, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(480, 20, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(480, 80, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.043636363636,
+            depth_fraction=0.21818181818181817,
         ),
         BlockConfig(  # blocks.2.2
-            kind="mbconv",
             expand=ConvBnActConfig(80, 480, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(480, 480, kernel=5, stride=1, groups=480, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(480, 20, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(480, 80, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.047272727273,
+            depth_fraction=0.23636363636363636,
         ),
         BlockConfig(  # blocks.2.3
-            kind="mbconv",
             expand=ConvBnActConfig(80, 480, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(480, 480, kernel=5, stride=1, groups=480, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(480, 20, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(480, 80, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.050909090909,
+            depth_fraction=0.2545454545454545,
         ),
         BlockConfig(  # blocks.2.4
-            kind="mbconv",
             expand=ConvBnActConfig(80, 480, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(480, 480, kernel=5, stride=1, groups=480, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(480, 20, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(480, 80, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.054545454545,
+            depth_fraction=0.2727272727272727,
         ),
         BlockConfig(  # blocks.2.5
-            kind="mbconv",
             expand=ConvBnActConfig(80, 480, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(480, 480, kernel=5, stride=1, groups=480, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(480, 20, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(480, 80, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.058181818182,
+            depth_fraction=0.2909090909090909,
         ),
         BlockConfig(  # blocks.2.6
-            kind="mbconv",
             expand=ConvBnActConfig(80, 480, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(480, 480, kernel=5, stride=1, groups=480, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(480, 20, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(480, 80, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.061818181818,
+            depth_fraction=0.3090909090909091,
         ),
     ),
     (  # blocks.3: 10 x mbconv -> 160 channels at 38x38
         BlockConfig(  # blocks.3.0
-            kind="mbconv",
             expand=ConvBnActConfig(80, 480, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(480, 480, kernel=3, stride=2, groups=480, depthwise=True, padding=SamePadding(75, 1, 1), activation="swish"),
             se=SqueezeExciteConfig(480, 20, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(480, 160, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.065454545455,
+            depth_fraction=0.32727272727272727,
         ),
         BlockConfig(  # blocks.3.1
-            kind="mbconv",
             expand=ConvBnActConfig(160, 960, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(960, 960, kernel=3, stride=1, groups=960, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(960, 40, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(960, 160, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.069090909091,
+            depth_fraction=0.34545454545454546,
         ),
         BlockConfig(  # blocks.3.2
-            kind="mbconv",
             expand=ConvBnActConfig(160, 960, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(960, 960, kernel=3, stride=1, groups=960, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(960, 40, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(960, 160, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.072727272727,
+            depth_fraction=0.36363636363636365,
         ),
         BlockConfig(  # blocks.3.3
-            kind="mbconv",
             expand=ConvBnActConfig(160, 960, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(960, 960, kernel=3, stride=1, groups=960, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(960, 40, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(960, 160, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.076363636364,
+            depth_fraction=0.38181818181818183,
         ),
         BlockConfig(  # blocks.3.4
-            kind="mbconv",
             expand=ConvBnActConfig(160, 960, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(960, 960, kernel=3, stride=1, groups=960, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(960, 40, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(960, 160, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.08,
+            depth_fraction=0.4,
         ),
         BlockConfig(  # blocks.3.5
-            kind="mbconv",
             expand=ConvBnActConfig(160, 960, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(960, 960, kernel=3, stride=1, groups=960, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(960, 40, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(960, 160, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.083636363636,
+            depth_fraction=0.41818181818181815,
         ),
         BlockConfig(  # blocks.3.6
-            kind="mbconv",
             expand=ConvBnActConfig(160, 960, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(960, 960, kernel=3, stride=1, groups=960, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(960, 40, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(960, 160, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.087272727273,
+            depth_fraction=0.43636363636363634,
         ),
         BlockConfig(  # blocks.3.7
-            kind="mbconv",
             expand=ConvBnActConfig(160, 960, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(960, 960, kernel=3, stride=1, groups=960, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(960, 40, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(960, 160, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.090909090909,
+            depth_fraction=0.45454545454545453,
         ),
         BlockConfig(  # blocks.3.8
-            kind="mbconv",
             expand=ConvBnActConfig(160, 960, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(960, 960, kernel=3, stride=1, groups=960, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(960, 40, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(960, 160, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.094545454545,
+            depth_fraction=0.4727272727272727,
         ),
         BlockConfig(  # blocks.3.9
-            kind="mbconv",
             expand=ConvBnActConfig(160, 960, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(960, 960, kernel=3, stride=1, groups=960, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(960, 40, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(960, 160, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.098181818182,
+            depth_fraction=0.4909090909090909,
         ),
     ),
     (  # blocks.4: 10 x mbconv -> 224 channels at 38x38
         BlockConfig(  # blocks.4.0
-            kind="mbconv",
             expand=ConvBnActConfig(160, 960, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(960, 960, kernel=5, stride=1, groups=960, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(960, 40, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(960, 224, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.101818181818,
+            depth_fraction=0.509090909090909,
         ),
         BlockConfig(  # blocks.4.1
-            kind="mbconv",
             expand=ConvBnActConfig(224, 1344, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1344, 1344, kernel=5, stride=1, groups=1344, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(1344, 56, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1344, 224, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.105454545455,
+            depth_fraction=0.5272727272727272,
         ),
         BlockConfig(  # blocks.4.2
-            kind="mbconv",
             expand=ConvBnActConfig(224, 1344, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1344, 1344, kernel=5, stride=1, groups=1344, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(1344, 56, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1344, 224, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.109090909091,
+            depth_fraction=0.5454545454545454,
         ),
         BlockConfig(  # blocks.4.3
-            kind="mbconv",
             expand=ConvBnActConfig(224, 1344, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1344, 1344, kernel=5, stride=1, groups=1344, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(1344, 56, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1344, 224, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.112727272727,
+            depth_fraction=0.5636363636363636,
         ),
         BlockConfig(  # blocks.4.4
-            kind="mbconv",
             expand=ConvBnActConfig(224, 1344, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1344, 1344, kernel=5, stride=1, groups=1344, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(1344, 56, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1344, 224, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.116363636364,
+            depth_fraction=0.5818181818181818,
         ),
         BlockConfig(  # blocks.4.5
-            kind="mbconv",
             expand=ConvBnActConfig(224, 1344, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1344, 1344, kernel=5, stride=1, groups=1344, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(1344, 56, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1344, 224, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.12,
+            depth_fraction=0.6,
         ),
         BlockConfig(  # blocks.4.6
-            kind="mbconv",
             expand=ConvBnActConfig(224, 1344, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1344, 1344, kernel=5, stride=1, groups=1344, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(1344, 56, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1344, 224, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.123636363636,
+            depth_fraction=0.6181818181818182,
         ),
         BlockConfig(  # blocks.4.7
-            kind="mbconv",
             expand=ConvBnActConfig(224, 1344, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1344, 1344, kernel=5, stride=1, groups=1344, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(1344, 56, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1344, 224, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.127272727273,
+            depth_fraction=0.6363636363636364,
         ),
         BlockConfig(  # blocks.4.8
-            kind="mbconv",
             expand=ConvBnActConfig(224, 1344, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1344, 1344, kernel=5, stride=1, groups=1344, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(1344, 56, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1344, 224, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.130909090909,
+            depth_fraction=0.6545454545454545,
         ),
         BlockConfig(  # blocks.4.9
-            kind="mbconv",
             expand=ConvBnActConfig(224, 1344, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1344, 1344, kernel=5, stride=1, groups=1344, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(1344, 56, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1344, 224, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.134545454545,
+            depth_fraction=0.6727272727272727,
         ),
     ),
     (  # blocks.5: 13 x mbconv -> 384 channels at 19x19
         BlockConfig(  # blocks.5.0
-            kind="mbconv",
             expand=ConvBnActConfig(224, 1344, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1344, 1344, kernel=5, stride=2, groups=1344, depthwise=True, padding=SamePadding(38, 1, 2), activation="swish"),
             se=SqueezeExciteConfig(1344, 56, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1344, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.138181818182,
+            depth_fraction=0.6909090909090909,
         ),
         BlockConfig(  # blocks.5.1
-            kind="mbconv",
             expand=ConvBnActConfig(384, 2304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(2304, 2304, kernel=5, stride=1, groups=2304, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(2304, 96, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(2304, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.141818181818,
+            depth_fraction=0.7090909090909091,
         ),
         BlockConfig(  # blocks.5.2
-            kind="mbconv",
             expand=ConvBnActConfig(384, 2304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(2304, 2304, kernel=5, stride=1, groups=2304, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(2304, 96, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(2304, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.145454545455,
+            depth_fraction=0.7272727272727273,
         ),
         BlockConfig(  # blocks.5.3
-            kind="mbconv",
             expand=ConvBnActConfig(384, 2304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(2304, 2304, kernel=5, stride=1, groups=2304, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(2304, 96, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(2304, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.149090909091,
+            depth_fraction=0.7454545454545455,
         ),
         BlockConfig(  # blocks.5.4
-            kind="mbconv",
             expand=ConvBnActConfig(384, 2304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(2304, 2304, kernel=5, stride=1, groups=2304, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(2304, 96, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(2304, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.152727272727,
+            depth_fraction=0.7636363636363637,
         ),
         BlockConfig(  # blocks.5.5
-            kind="mbconv",
             expand=ConvBnActConfig(384, 2304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(2304, 2304, kernel=5, stride=1, groups=2304, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(2304, 96, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(2304, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.156363636364,
+            depth_fraction=0.7818181818181819,
         ),
         BlockConfig(  # blocks.5.6
-            kind="mbconv",
             expand=ConvBnActConfig(384, 2304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(2304, 2304, kernel=5, stride=1, groups=2304, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(2304, 96, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(2304, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.16,
+            depth_fraction=0.8,
         ),
         BlockConfig(  # blocks.5.7
-            kind="mbconv",
             expand=ConvBnActConfig(384, 2304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(2304, 2304, kernel=5, stride=1, groups=2304, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(2304, 96, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(2304, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.163636363636,
+            depth_fraction=0.8181818181818182,
         ),
         BlockConfig(  # blocks.5.8
-            kind="mbconv",
             expand=ConvBnActConfig(384, 2304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(2304, 2304, kernel=5, stride=1, groups=2304, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(2304, 96, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(2304, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.167272727273,
+            depth_fraction=0.8363636363636363,
         ),
         BlockConfig(  # blocks.5.9
-            kind="mbconv",
             expand=ConvBnActConfig(384, 2304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(2304, 2304, kernel=5, stride=1, groups=2304, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(2304, 96, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(2304, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.170909090909,
+            depth_fraction=0.8545454545454545,
         ),
         BlockConfig(  # blocks.5.10
-            kind="mbconv",
             expand=ConvBnActConfig(384, 2304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(2304, 2304, kernel=5, stride=1, groups=2304, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(2304, 96, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(2304, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.174545454545,
+            depth_fraction=0.8727272727272727,
         ),
         BlockConfig(  # blocks.5.11
-            kind="mbconv",
             expand=ConvBnActConfig(384, 2304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(2304, 2304, kernel=5, stride=1, groups=2304, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(2304, 96, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(2304, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.178181818182,
+            depth_fraction=0.8909090909090909,
         ),
         BlockConfig(  # blocks.5.12
-            kind="mbconv",
             expand=ConvBnActConfig(384, 2304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(2304, 2304, kernel=5, stride=1, groups=2304, depthwise=True, padding=2, activation="swish"),
             se=SqueezeExciteConfig(2304, 96, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(2304, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.181818181818,
+            depth_fraction=0.9090909090909091,
         ),
     ),
     (  # blocks.6: 4 x mbconv -> 640 channels at 19x19
         BlockConfig(  # blocks.6.0
-            kind="mbconv",
             expand=ConvBnActConfig(384, 2304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(2304, 2304, kernel=3, stride=1, groups=2304, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(2304, 96, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(2304, 640, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.185454545455,
+            depth_fraction=0.9272727272727272,
         ),
         BlockConfig(  # blocks.6.1
-            kind="mbconv",
             expand=ConvBnActConfig(640, 3840, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(3840, 3840, kernel=3, stride=1, groups=3840, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(3840, 160, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(3840, 640, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.189090909091,
+            depth_fraction=0.9454545454545454,
         ),
         BlockConfig(  # blocks.6.2
-            kind="mbconv",
             expand=ConvBnActConfig(640, 3840, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(3840, 3840, kernel=3, stride=1, groups=3840, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(3840, 160, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(3840, 640, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.192727272727,
+            depth_fraction=0.9636363636363636,
         ),
         BlockConfig(  # blocks.6.3
-            kind="mbconv",
             expand=ConvBnActConfig(640, 3840, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(3840, 3840, kernel=3, stride=1, groups=3840, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(3840, 160, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(3840, 640, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.196363636364,
+            depth_fraction=0.9818181818181818,
         ),
     ),
 )
@@ -910,8 +864,39 @@ def make_conv(
     )
 
 
+class MixedConv(nn.ModuleList):
+    """A depthwise conv split across kernels (MixNet): split ``i`` takes ``groups[i]``
+    channels and convolves them with ``kernel[i]``; the outputs are concatenated."""
+
+    def __init__(self, config: ConvBnActConfig) -> None:
+        super().__init__(
+            make_conv(
+                channels,
+                channels,
+                kernel,
+                config.stride,
+                channels,
+                padding,
+                dilation=config.dilation,
+            )
+            for channels, kernel, padding in zip(
+                config.groups, config.kernel, config.padding, strict=True
+            )
+        )
+        self.splits = list(config.groups)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        parts = torch.split(x, self.splits, 1)
+        outputs = []
+        for index, conv in enumerate(self):
+            outputs.append(conv(parts[index]))
+        return torch.cat(outputs, 1)
+
+
 def build_conv(config: ConvBnActConfig) -> nn.Module:
     """The conv of a ConvBnAct, as its config describes it."""
+    if isinstance(config.kernel, tuple):
+        return MixedConv(config)
     return make_conv(
         config.in_channels,
         config.out_channels,
@@ -991,9 +976,10 @@ class Normalize(nn.Module):
 class Block(nn.Module):
     """MBConv (1x1 expand -> k x k depthwise) or Fused-MBConv (one k x k expand conv),
     then squeeze-excite and the 1x1 linear projection; parts the config leaves None
-    are absent. The residual branch is dropped per sample while training."""
+    are absent. The residual branch is dropped per sample while training, with
+    probability ``drop_path_rate`` x the block's depth fraction."""
 
-    def __init__(self, config: BlockConfig) -> None:
+    def __init__(self, config: BlockConfig, drop_path_rate: float) -> None:
         super().__init__()
         self.expand = None if config.expand is None else ConvBnAct(config.expand)
         self.depthwise = None
@@ -1002,7 +988,7 @@ class Block(nn.Module):
         self.se = None if config.se is None else SqueezeExcite(config.se)
         self.project = None if config.project is None else ConvBnAct(config.project)
         self.residual = config.residual
-        self.drop_path = DropPath(config.drop_path_rate)
+        self.drop_path = DropPath(drop_path_rate * config.depth_fraction)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x
@@ -1028,6 +1014,7 @@ class EfficientNet(nn.Module):
         num_classes: int = NUM_CLASSES,
         dropout: float = DROPOUT,
         include_preprocessing: bool = False,
+        drop_path_rate: float = DROP_PATH_RATE,
     ) -> None:
         super().__init__()
         self.num_classes = num_classes
@@ -1035,9 +1022,20 @@ class EfficientNet(nn.Module):
         self.preprocess = Normalize(MEAN, STD) if include_preprocessing else None
         self.stem = ConvBnAct(STEM)
         self.blocks = nn.Sequential(
-            *(nn.Sequential(*(Block(config) for config in stage)) for stage in stages)
+            *(
+                nn.Sequential(*(Block(config, drop_path_rate) for config in stage))
+                for stage in stages
+            )
         )
-        self.head = ConvBnAct(HEAD)
+        # without a head conv the last stage feeds the pool
+        self.head = nn.Identity() if HEAD is None else ConvBnAct(HEAD)
+        self.pooled_conv = None
+        self.pooled_act = None
+        if POOLED_CONV is not None:
+            self.pooled_conv = nn.Conv2d(
+                POOLED_CONV.in_channels, POOLED_CONV.out_channels, 1, bias=True
+            )
+            self.pooled_act = make_activation(POOLED_CONV.activation)
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(NUM_FEATURES, num_classes)
         init_weights(self)
@@ -1054,8 +1052,12 @@ class EfficientNet(nn.Module):
         return self.head(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Global average pool -> dropout -> classifier (skipped when pre_logits)."""
-        x = x.mean((2, 3))
+        """Global average pool (-> 1x1 conv -> activation, where POOLED_CONV is set)
+        -> dropout -> classifier (skipped when pre_logits)."""
+        x = x.mean((2, 3), keepdim=True)
+        if self.pooled_conv is not None and self.pooled_act is not None:
+            x = self.pooled_act(self.pooled_conv(x))
+        x = x.flatten(1)
         x = self.dropout(x)
         if pre_logits:
             return x
@@ -1087,6 +1089,7 @@ class EfficientNetFeatures(nn.Module):
         stages: tuple[tuple[BlockConfig, ...], ...],
         feature_info: tuple[FeatureLevel, ...],
         include_preprocessing: bool = False,
+        drop_path_rate: float = DROP_PATH_RATE,
     ) -> None:
         super().__init__()
         self.feature_info = feature_info
@@ -1095,7 +1098,7 @@ class EfficientNetFeatures(nn.Module):
         depth = feature_info[-1].stages
         self.blocks = nn.Sequential(
             *(
-                nn.Sequential(*(Block(config) for config in stage))
+                nn.Sequential(*(Block(config, drop_path_rate) for config in stage))
                 for stage in stages[:depth]
             )
         )
@@ -1164,25 +1167,6 @@ def init_weights(model: nn.Module) -> None:
             nn.init.zeros_(module.bias)
 
 
-def with_drop_path_rate(
-    stages: tuple[tuple[BlockConfig, ...], ...], rate: float
-) -> tuple[tuple[BlockConfig, ...], ...]:
-    """The same stages with stochastic depth rate * i / N on block i of N (the spec's
-    rule, applied to a rate chosen when the model is built)."""
-    num_blocks = sum(len(stage) for stage in stages)
-    rescaled = []
-    first = 0  # global index of the stage's first block
-    for stage in stages:
-        rescaled.append(
-            tuple(
-                replace(config, drop_path_rate=rate * (first + j) / num_blocks)
-                for j, config in enumerate(stage)
-            )
-        )
-        first += len(stage)
-    return tuple(rescaled)
-
-
 def build_model(
     num_classes: int = NUM_CLASSES,
     dropout: float | None = None,
@@ -1198,8 +1182,8 @@ def build_model(
     Args:
         num_classes: classifier outputs.
         dropout: dropout before the classifier; None keeps DROPOUT.
-        drop_path_rate: stochastic-depth base rate (block i of N gets rate * i / N);
-            None keeps the spec's per-block rates.
+        drop_path_rate: stochastic-depth rate, times each block's depth_fraction;
+            None keeps DROP_PATH_RATE.
         include_preprocessing: normalize with MEAN/STD inside the model, so it takes
             raw 0..1 pixels.
         features_only: build the backbone (EfficientNetFeatures) instead.
@@ -1208,15 +1192,18 @@ def build_model(
     """
     levels = feature_info(out_indices, output_stride)
     stages = stages_at(output_stride)
-    if drop_path_rate is not None:
-        stages = with_drop_path_rate(stages, drop_path_rate)
+    if drop_path_rate is None:
+        drop_path_rate = DROP_PATH_RATE
     if features_only:
-        return EfficientNetFeatures(stages, levels, include_preprocessing)
+        return EfficientNetFeatures(
+            stages, levels, include_preprocessing, drop_path_rate
+        )
     return EfficientNet(
         stages,
         num_classes=num_classes,
         dropout=DROPOUT if dropout is None else dropout,
         include_preprocessing=include_preprocessing,
+        drop_path_rate=drop_path_rate,
     )
 
 

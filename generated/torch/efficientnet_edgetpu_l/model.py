@@ -32,21 +32,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+# The spec's strings, each whole on one line however long (never wrapped).
+# fmt: off
 SPEC_NAME = "efficientnet-edgetpu-l"
 SPEC_PATH = "specs/efficientnet-edgetpu-l.yaml"
 SPEC_SHA256 = "95243579bb782285ea4aa6251ece07220d0dd6e30f624367c68f3e4a32bd8019"
-DESCRIPTION = (
-    "EfficientNet-EdgeTPU-L (timm tf_efficientnet_el), width 1.2, depth 1.4, "
-    "resolution 300."
-)
+DESCRIPTION = "EfficientNet-EdgeTPU-L (timm tf_efficientnet_el), width 1.2, depth 1.4, resolution 300."
+# fmt: on
 RESOLUTION = 300  # nominal input size; any size works
 INPUT_CHANNELS = 3
 MEAN = (0.5, 0.5, 0.5)
 STD = (0.5, 0.5, 0.5)
 NUM_CLASSES = 1000
 DROPOUT = 0.3  # before the classifier
-DROP_PATH_RATE = 0.2  # stochastic depth: block i of N gets rate * i / N
-PADDING = "same"  # the spec's mode; each conv below carries its resolved padding
+DROP_PATH_RATE = 0.2  # stochastic depth: x each block's depth_fraction
 BN_EPS = 0.001
 BN_MOMENTUM = 0.99  # running-average decay, as the spec states it
 PARAMS = 10589712  # trainable parameters with NUM_CLASSES classes
@@ -111,13 +110,13 @@ class BlockConfig:
     """One MBConv or Fused-MBConv block: its parts run in the order expand ->
     depthwise -> se -> project (None: absent), then the residual add."""
 
-    kind: str  # "mbconv" or "fused_mbconv"
     expand: ConvBnActConfig | None
     depthwise: ConvBnActConfig | None
     se: SqueezeExciteConfig | None
     project: ConvBnActConfig | None
     residual: bool  # add the block's input to its output
-    drop_path_rate: float  # stochastic depth of the residual branch, training only
+    # Block i of N has i / N: its stochastic depth (training only) is the model's rate x this
+    depth_fraction: float
 
 
 @dataclass(frozen=True)
@@ -154,267 +153,250 @@ class OutputStride:
     convs: tuple[DilatedConv, ...]
 
 
-# The compiler decided every number below: widths, strides, padding, residuals, rates.
+@dataclass(frozen=True)
+class PooledConvConfig:
+    """A 1x1 conv with bias (no batch norm) on the pooled features -> activation."""
+
+    in_channels: int
+    out_channels: int
+    activation: str | None
+
+
+# The compiler decided every number below: widths, strides, padding, residuals, depths.
 # One line per part, one BlockConfig per block, one tuple per stage (blocks.i.j is
 # block j of stage i).
 # ruff: noqa: E501
 # fmt: off
 STEM = ConvBnActConfig(3, 40, kernel=3, stride=2, groups=1, depthwise=False, padding=SamePadding(300, 0, 1), activation="relu")
 HEAD = ConvBnActConfig(232, 1536, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="relu")
+POOLED_CONV = None  # no 1x1 conv after the pool
 STAGES = (
     (  # blocks.0: 2 x fused_mbconv -> 32 channels at 150x150
         BlockConfig(  # blocks.0.0
-            kind="fused_mbconv",
             expand=ConvBnActConfig(40, 128, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="relu"),
             depthwise=None,
             se=None,
             project=ConvBnActConfig(128, 32, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.0,
+            depth_fraction=0.0,
         ),
         BlockConfig(  # blocks.0.1
-            kind="fused_mbconv",
             expand=ConvBnActConfig(32, 128, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="relu"),
             depthwise=None,
             se=None,
             project=ConvBnActConfig(128, 32, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.007407407407,
+            depth_fraction=0.037037037037037035,
         ),
     ),
     (  # blocks.1: 3 x fused_mbconv -> 40 channels at 75x75
         BlockConfig(  # blocks.1.0
-            kind="fused_mbconv",
             expand=ConvBnActConfig(32, 256, kernel=3, stride=2, groups=1, depthwise=False, padding=SamePadding(150, 0, 1), activation="relu"),
             depthwise=None,
             se=None,
             project=ConvBnActConfig(256, 40, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.014814814815,
+            depth_fraction=0.07407407407407407,
         ),
         BlockConfig(  # blocks.1.1
-            kind="fused_mbconv",
             expand=ConvBnActConfig(40, 320, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="relu"),
             depthwise=None,
             se=None,
             project=ConvBnActConfig(320, 40, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.022222222222,
+            depth_fraction=0.1111111111111111,
         ),
         BlockConfig(  # blocks.1.2
-            kind="fused_mbconv",
             expand=ConvBnActConfig(40, 320, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="relu"),
             depthwise=None,
             se=None,
             project=ConvBnActConfig(320, 40, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.02962962963,
+            depth_fraction=0.14814814814814814,
         ),
     ),
     (  # blocks.2: 6 x fused_mbconv -> 56 channels at 38x38
         BlockConfig(  # blocks.2.0
-            kind="fused_mbconv",
             expand=ConvBnActConfig(40, 320, kernel=3, stride=2, groups=1, depthwise=False, padding=SamePadding(75, 1, 1), activation="relu"),
             depthwise=None,
             se=None,
             project=ConvBnActConfig(320, 56, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.037037037037,
+            depth_fraction=0.18518518518518517,
         ),
         BlockConfig(  # blocks.2.1
-            kind="fused_mbconv",
             expand=ConvBnActConfig(56, 448, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="relu"),
             depthwise=None,
             se=None,
             project=ConvBnActConfig(448, 56, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.044444444444,
+            depth_fraction=0.2222222222222222,
         ),
         BlockConfig(  # blocks.2.2
-            kind="fused_mbconv",
             expand=ConvBnActConfig(56, 448, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="relu"),
             depthwise=None,
             se=None,
             project=ConvBnActConfig(448, 56, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.051851851852,
+            depth_fraction=0.25925925925925924,
         ),
         BlockConfig(  # blocks.2.3
-            kind="fused_mbconv",
             expand=ConvBnActConfig(56, 448, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="relu"),
             depthwise=None,
             se=None,
             project=ConvBnActConfig(448, 56, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.059259259259,
+            depth_fraction=0.2962962962962963,
         ),
         BlockConfig(  # blocks.2.4
-            kind="fused_mbconv",
             expand=ConvBnActConfig(56, 448, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="relu"),
             depthwise=None,
             se=None,
             project=ConvBnActConfig(448, 56, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.066666666667,
+            depth_fraction=0.3333333333333333,
         ),
         BlockConfig(  # blocks.2.5
-            kind="fused_mbconv",
             expand=ConvBnActConfig(56, 448, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="relu"),
             depthwise=None,
             se=None,
             project=ConvBnActConfig(448, 56, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.074074074074,
+            depth_fraction=0.37037037037037035,
         ),
     ),
     (  # blocks.3: 7 x mbconv -> 112 channels at 19x19
         BlockConfig(  # blocks.3.0
-            kind="mbconv",
             expand=ConvBnActConfig(56, 448, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="relu"),
             depthwise=ConvBnActConfig(448, 448, kernel=5, stride=2, groups=448, depthwise=True, padding=SamePadding(38, 1, 2), activation="relu"),
             se=None,
             project=ConvBnActConfig(448, 112, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.081481481481,
+            depth_fraction=0.4074074074074074,
         ),
         BlockConfig(  # blocks.3.1
-            kind="mbconv",
             expand=ConvBnActConfig(112, 896, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="relu"),
             depthwise=ConvBnActConfig(896, 896, kernel=5, stride=1, groups=896, depthwise=True, padding=2, activation="relu"),
             se=None,
             project=ConvBnActConfig(896, 112, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.088888888889,
+            depth_fraction=0.4444444444444444,
         ),
         BlockConfig(  # blocks.3.2
-            kind="mbconv",
             expand=ConvBnActConfig(112, 896, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="relu"),
             depthwise=ConvBnActConfig(896, 896, kernel=5, stride=1, groups=896, depthwise=True, padding=2, activation="relu"),
             se=None,
             project=ConvBnActConfig(896, 112, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.096296296296,
+            depth_fraction=0.48148148148148145,
         ),
         BlockConfig(  # blocks.3.3
-            kind="mbconv",
             expand=ConvBnActConfig(112, 896, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="relu"),
             depthwise=ConvBnActConfig(896, 896, kernel=5, stride=1, groups=896, depthwise=True, padding=2, activation="relu"),
             se=None,
             project=ConvBnActConfig(896, 112, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.103703703704,
+            depth_fraction=0.5185185185185185,
         ),
         BlockConfig(  # blocks.3.4
-            kind="mbconv",
             expand=ConvBnActConfig(112, 896, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="relu"),
             depthwise=ConvBnActConfig(896, 896, kernel=5, stride=1, groups=896, depthwise=True, padding=2, activation="relu"),
             se=None,
             project=ConvBnActConfig(896, 112, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.111111111111,
+            depth_fraction=0.5555555555555556,
         ),
         BlockConfig(  # blocks.3.5
-            kind="mbconv",
             expand=ConvBnActConfig(112, 896, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="relu"),
             depthwise=ConvBnActConfig(896, 896, kernel=5, stride=1, groups=896, depthwise=True, padding=2, activation="relu"),
             se=None,
             project=ConvBnActConfig(896, 112, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.118518518519,
+            depth_fraction=0.5925925925925926,
         ),
         BlockConfig(  # blocks.3.6
-            kind="mbconv",
             expand=ConvBnActConfig(112, 896, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="relu"),
             depthwise=ConvBnActConfig(896, 896, kernel=5, stride=1, groups=896, depthwise=True, padding=2, activation="relu"),
             se=None,
             project=ConvBnActConfig(896, 112, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.125925925926,
+            depth_fraction=0.6296296296296297,
         ),
     ),
     (  # blocks.4: 6 x mbconv -> 176 channels at 19x19
         BlockConfig(  # blocks.4.0
-            kind="mbconv",
             expand=ConvBnActConfig(112, 896, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="relu"),
             depthwise=ConvBnActConfig(896, 896, kernel=5, stride=1, groups=896, depthwise=True, padding=2, activation="relu"),
             se=None,
             project=ConvBnActConfig(896, 176, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.133333333333,
+            depth_fraction=0.6666666666666666,
         ),
         BlockConfig(  # blocks.4.1
-            kind="mbconv",
             expand=ConvBnActConfig(176, 1408, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="relu"),
             depthwise=ConvBnActConfig(1408, 1408, kernel=5, stride=1, groups=1408, depthwise=True, padding=2, activation="relu"),
             se=None,
             project=ConvBnActConfig(1408, 176, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.140740740741,
+            depth_fraction=0.7037037037037037,
         ),
         BlockConfig(  # blocks.4.2
-            kind="mbconv",
             expand=ConvBnActConfig(176, 1408, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="relu"),
             depthwise=ConvBnActConfig(1408, 1408, kernel=5, stride=1, groups=1408, depthwise=True, padding=2, activation="relu"),
             se=None,
             project=ConvBnActConfig(1408, 176, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.148148148148,
+            depth_fraction=0.7407407407407407,
         ),
         BlockConfig(  # blocks.4.3
-            kind="mbconv",
             expand=ConvBnActConfig(176, 1408, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="relu"),
             depthwise=ConvBnActConfig(1408, 1408, kernel=5, stride=1, groups=1408, depthwise=True, padding=2, activation="relu"),
             se=None,
             project=ConvBnActConfig(1408, 176, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.155555555556,
+            depth_fraction=0.7777777777777778,
         ),
         BlockConfig(  # blocks.4.4
-            kind="mbconv",
             expand=ConvBnActConfig(176, 1408, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="relu"),
             depthwise=ConvBnActConfig(1408, 1408, kernel=5, stride=1, groups=1408, depthwise=True, padding=2, activation="relu"),
             se=None,
             project=ConvBnActConfig(1408, 176, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.162962962963,
+            depth_fraction=0.8148148148148148,
         ),
         BlockConfig(  # blocks.4.5
-            kind="mbconv",
             expand=ConvBnActConfig(176, 1408, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="relu"),
             depthwise=ConvBnActConfig(1408, 1408, kernel=5, stride=1, groups=1408, depthwise=True, padding=2, activation="relu"),
             se=None,
             project=ConvBnActConfig(1408, 176, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.17037037037,
+            depth_fraction=0.8518518518518519,
         ),
     ),
     (  # blocks.5: 3 x mbconv -> 232 channels at 10x10
         BlockConfig(  # blocks.5.0
-            kind="mbconv",
             expand=ConvBnActConfig(176, 1408, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="relu"),
             depthwise=ConvBnActConfig(1408, 1408, kernel=5, stride=2, groups=1408, depthwise=True, padding=SamePadding(19, 2, 2), activation="relu"),
             se=None,
             project=ConvBnActConfig(1408, 232, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.177777777778,
+            depth_fraction=0.8888888888888888,
         ),
         BlockConfig(  # blocks.5.1
-            kind="mbconv",
             expand=ConvBnActConfig(232, 1856, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="relu"),
             depthwise=ConvBnActConfig(1856, 1856, kernel=5, stride=1, groups=1856, depthwise=True, padding=2, activation="relu"),
             se=None,
             project=ConvBnActConfig(1856, 232, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.185185185185,
+            depth_fraction=0.9259259259259259,
         ),
         BlockConfig(  # blocks.5.2
-            kind="mbconv",
             expand=ConvBnActConfig(232, 1856, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="relu"),
             depthwise=ConvBnActConfig(1856, 1856, kernel=5, stride=1, groups=1856, depthwise=True, padding=2, activation="relu"),
             se=None,
             project=ConvBnActConfig(1856, 232, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.192592592593,
+            depth_fraction=0.9629629629629629,
         ),
     ),
 )
@@ -620,8 +602,39 @@ def make_conv(
     )
 
 
+class MixedConv(nn.ModuleList):
+    """A depthwise conv split across kernels (MixNet): split ``i`` takes ``groups[i]``
+    channels and convolves them with ``kernel[i]``; the outputs are concatenated."""
+
+    def __init__(self, config: ConvBnActConfig) -> None:
+        super().__init__(
+            make_conv(
+                channels,
+                channels,
+                kernel,
+                config.stride,
+                channels,
+                padding,
+                dilation=config.dilation,
+            )
+            for channels, kernel, padding in zip(
+                config.groups, config.kernel, config.padding, strict=True
+            )
+        )
+        self.splits = list(config.groups)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        parts = torch.split(x, self.splits, 1)
+        outputs = []
+        for index, conv in enumerate(self):
+            outputs.append(conv(parts[index]))
+        return torch.cat(outputs, 1)
+
+
 def build_conv(config: ConvBnActConfig) -> nn.Module:
     """The conv of a ConvBnAct, as its config describes it."""
+    if isinstance(config.kernel, tuple):
+        return MixedConv(config)
     return make_conv(
         config.in_channels,
         config.out_channels,
@@ -701,9 +714,10 @@ class Normalize(nn.Module):
 class Block(nn.Module):
     """MBConv (1x1 expand -> k x k depthwise) or Fused-MBConv (one k x k expand conv),
     then squeeze-excite and the 1x1 linear projection; parts the config leaves None
-    are absent. The residual branch is dropped per sample while training."""
+    are absent. The residual branch is dropped per sample while training, with
+    probability ``drop_path_rate`` x the block's depth fraction."""
 
-    def __init__(self, config: BlockConfig) -> None:
+    def __init__(self, config: BlockConfig, drop_path_rate: float) -> None:
         super().__init__()
         self.expand = None if config.expand is None else ConvBnAct(config.expand)
         self.depthwise = None
@@ -712,7 +726,7 @@ class Block(nn.Module):
         self.se = None if config.se is None else SqueezeExcite(config.se)
         self.project = None if config.project is None else ConvBnAct(config.project)
         self.residual = config.residual
-        self.drop_path = DropPath(config.drop_path_rate)
+        self.drop_path = DropPath(drop_path_rate * config.depth_fraction)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x
@@ -738,6 +752,7 @@ class EfficientNet(nn.Module):
         num_classes: int = NUM_CLASSES,
         dropout: float = DROPOUT,
         include_preprocessing: bool = False,
+        drop_path_rate: float = DROP_PATH_RATE,
     ) -> None:
         super().__init__()
         self.num_classes = num_classes
@@ -745,9 +760,20 @@ class EfficientNet(nn.Module):
         self.preprocess = Normalize(MEAN, STD) if include_preprocessing else None
         self.stem = ConvBnAct(STEM)
         self.blocks = nn.Sequential(
-            *(nn.Sequential(*(Block(config) for config in stage)) for stage in stages)
+            *(
+                nn.Sequential(*(Block(config, drop_path_rate) for config in stage))
+                for stage in stages
+            )
         )
-        self.head = ConvBnAct(HEAD)
+        # without a head conv the last stage feeds the pool
+        self.head = nn.Identity() if HEAD is None else ConvBnAct(HEAD)
+        self.pooled_conv = None
+        self.pooled_act = None
+        if POOLED_CONV is not None:
+            self.pooled_conv = nn.Conv2d(
+                POOLED_CONV.in_channels, POOLED_CONV.out_channels, 1, bias=True
+            )
+            self.pooled_act = make_activation(POOLED_CONV.activation)
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(NUM_FEATURES, num_classes)
         init_weights(self)
@@ -764,8 +790,12 @@ class EfficientNet(nn.Module):
         return self.head(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Global average pool -> dropout -> classifier (skipped when pre_logits)."""
-        x = x.mean((2, 3))
+        """Global average pool (-> 1x1 conv -> activation, where POOLED_CONV is set)
+        -> dropout -> classifier (skipped when pre_logits)."""
+        x = x.mean((2, 3), keepdim=True)
+        if self.pooled_conv is not None and self.pooled_act is not None:
+            x = self.pooled_act(self.pooled_conv(x))
+        x = x.flatten(1)
         x = self.dropout(x)
         if pre_logits:
             return x
@@ -797,6 +827,7 @@ class EfficientNetFeatures(nn.Module):
         stages: tuple[tuple[BlockConfig, ...], ...],
         feature_info: tuple[FeatureLevel, ...],
         include_preprocessing: bool = False,
+        drop_path_rate: float = DROP_PATH_RATE,
     ) -> None:
         super().__init__()
         self.feature_info = feature_info
@@ -805,7 +836,7 @@ class EfficientNetFeatures(nn.Module):
         depth = feature_info[-1].stages
         self.blocks = nn.Sequential(
             *(
-                nn.Sequential(*(Block(config) for config in stage))
+                nn.Sequential(*(Block(config, drop_path_rate) for config in stage))
                 for stage in stages[:depth]
             )
         )
@@ -874,25 +905,6 @@ def init_weights(model: nn.Module) -> None:
             nn.init.zeros_(module.bias)
 
 
-def with_drop_path_rate(
-    stages: tuple[tuple[BlockConfig, ...], ...], rate: float
-) -> tuple[tuple[BlockConfig, ...], ...]:
-    """The same stages with stochastic depth rate * i / N on block i of N (the spec's
-    rule, applied to a rate chosen when the model is built)."""
-    num_blocks = sum(len(stage) for stage in stages)
-    rescaled = []
-    first = 0  # global index of the stage's first block
-    for stage in stages:
-        rescaled.append(
-            tuple(
-                replace(config, drop_path_rate=rate * (first + j) / num_blocks)
-                for j, config in enumerate(stage)
-            )
-        )
-        first += len(stage)
-    return tuple(rescaled)
-
-
 def build_model(
     num_classes: int = NUM_CLASSES,
     dropout: float | None = None,
@@ -908,8 +920,8 @@ def build_model(
     Args:
         num_classes: classifier outputs.
         dropout: dropout before the classifier; None keeps DROPOUT.
-        drop_path_rate: stochastic-depth base rate (block i of N gets rate * i / N);
-            None keeps the spec's per-block rates.
+        drop_path_rate: stochastic-depth rate, times each block's depth_fraction;
+            None keeps DROP_PATH_RATE.
         include_preprocessing: normalize with MEAN/STD inside the model, so it takes
             raw 0..1 pixels.
         features_only: build the backbone (EfficientNetFeatures) instead.
@@ -918,15 +930,18 @@ def build_model(
     """
     levels = feature_info(out_indices, output_stride)
     stages = stages_at(output_stride)
-    if drop_path_rate is not None:
-        stages = with_drop_path_rate(stages, drop_path_rate)
+    if drop_path_rate is None:
+        drop_path_rate = DROP_PATH_RATE
     if features_only:
-        return EfficientNetFeatures(stages, levels, include_preprocessing)
+        return EfficientNetFeatures(
+            stages, levels, include_preprocessing, drop_path_rate
+        )
     return EfficientNet(
         stages,
         num_classes=num_classes,
         dropout=DROPOUT if dropout is None else dropout,
         include_preprocessing=include_preprocessing,
+        drop_path_rate=drop_path_rate,
     )
 
 

@@ -32,20 +32,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+# The spec's strings, each whole on one line however long (never wrapped).
+# fmt: off
 SPEC_NAME = "efficientnetv2-l"
 SPEC_PATH = "specs/efficientnetv2-l.yaml"
 SPEC_SHA256 = "aad44cefac45a14c1d8d0004057269bf4c34dcdf6ad33c1f32ceb28f22f0cf39"
-DESCRIPTION = (
-    "EfficientNetV2-L (paper Table 4 scaled up; stages as in the reference code)."
-)
+DESCRIPTION = "EfficientNetV2-L (paper Table 4 scaled up; stages as in the reference code)."
+# fmt: on
 RESOLUTION = 480  # nominal input size; any size works
 INPUT_CHANNELS = 3
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 NUM_CLASSES = 1000
 DROPOUT = 0.4  # before the classifier
-DROP_PATH_RATE = 0.2  # stochastic depth: block i of N gets rate * i / N
-PADDING = "same"  # the spec's mode; each conv below carries its resolved padding
+DROP_PATH_RATE = 0.2  # stochastic depth: x each block's depth_fraction
 BN_EPS = 0.001
 BN_MOMENTUM = 0.9  # running-average decay, as the spec states it
 PARAMS = 118515272  # trainable parameters with NUM_CLASSES classes
@@ -110,13 +110,13 @@ class BlockConfig:
     """One MBConv or Fused-MBConv block: its parts run in the order expand ->
     depthwise -> se -> project (None: absent), then the residual add."""
 
-    kind: str  # "mbconv" or "fused_mbconv"
     expand: ConvBnActConfig | None
     depthwise: ConvBnActConfig | None
     se: SqueezeExciteConfig | None
     project: ConvBnActConfig | None
     residual: bool  # add the block's input to its output
-    drop_path_rate: float  # stochastic depth of the residual branch, training only
+    # Block i of N has i / N: its stochastic depth (training only) is the model's rate x this
+    depth_fraction: float
 
 
 @dataclass(frozen=True)
@@ -153,737 +153,668 @@ class OutputStride:
     convs: tuple[DilatedConv, ...]
 
 
-# The compiler decided every number below: widths, strides, padding, residuals, rates.
+@dataclass(frozen=True)
+class PooledConvConfig:
+    """A 1x1 conv with bias (no batch norm) on the pooled features -> activation."""
+
+    in_channels: int
+    out_channels: int
+    activation: str | None
+
+
+# The compiler decided every number below: widths, strides, padding, residuals, depths.
 # One line per part, one BlockConfig per block, one tuple per stage (blocks.i.j is
 # block j of stage i).
 # ruff: noqa: E501
 # fmt: off
 STEM = ConvBnActConfig(3, 32, kernel=3, stride=2, groups=1, depthwise=False, padding=SamePadding(480, 0, 1), activation="swish")
 HEAD = ConvBnActConfig(640, 1280, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish")
+POOLED_CONV = None  # no 1x1 conv after the pool
 STAGES = (
     (  # blocks.0: 4 x fused_mbconv -> 32 channels at 240x240
         BlockConfig(  # blocks.0.0
-            kind="fused_mbconv",
             expand=ConvBnActConfig(32, 32, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="swish"),
             depthwise=None,
             se=None,
             project=None,
             residual=True,
-            drop_path_rate=0.0,
+            depth_fraction=0.0,
         ),
         BlockConfig(  # blocks.0.1
-            kind="fused_mbconv",
             expand=ConvBnActConfig(32, 32, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="swish"),
             depthwise=None,
             se=None,
             project=None,
             residual=True,
-            drop_path_rate=0.00253164557,
+            depth_fraction=0.012658227848101266,
         ),
         BlockConfig(  # blocks.0.2
-            kind="fused_mbconv",
             expand=ConvBnActConfig(32, 32, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="swish"),
             depthwise=None,
             se=None,
             project=None,
             residual=True,
-            drop_path_rate=0.005063291139,
+            depth_fraction=0.02531645569620253,
         ),
         BlockConfig(  # blocks.0.3
-            kind="fused_mbconv",
             expand=ConvBnActConfig(32, 32, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="swish"),
             depthwise=None,
             se=None,
             project=None,
             residual=True,
-            drop_path_rate=0.007594936709,
+            depth_fraction=0.0379746835443038,
         ),
     ),
     (  # blocks.1: 7 x fused_mbconv -> 64 channels at 120x120
         BlockConfig(  # blocks.1.0
-            kind="fused_mbconv",
             expand=ConvBnActConfig(32, 128, kernel=3, stride=2, groups=1, depthwise=False, padding=SamePadding(240, 0, 1), activation="swish"),
             depthwise=None,
             se=None,
             project=ConvBnActConfig(128, 64, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.010126582278,
+            depth_fraction=0.05063291139240506,
         ),
         BlockConfig(  # blocks.1.1
-            kind="fused_mbconv",
             expand=ConvBnActConfig(64, 256, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="swish"),
             depthwise=None,
             se=None,
             project=ConvBnActConfig(256, 64, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.012658227848,
+            depth_fraction=0.06329113924050633,
         ),
         BlockConfig(  # blocks.1.2
-            kind="fused_mbconv",
             expand=ConvBnActConfig(64, 256, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="swish"),
             depthwise=None,
             se=None,
             project=ConvBnActConfig(256, 64, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.015189873418,
+            depth_fraction=0.0759493670886076,
         ),
         BlockConfig(  # blocks.1.3
-            kind="fused_mbconv",
             expand=ConvBnActConfig(64, 256, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="swish"),
             depthwise=None,
             se=None,
             project=ConvBnActConfig(256, 64, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.017721518987,
+            depth_fraction=0.08860759493670886,
         ),
         BlockConfig(  # blocks.1.4
-            kind="fused_mbconv",
             expand=ConvBnActConfig(64, 256, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="swish"),
             depthwise=None,
             se=None,
             project=ConvBnActConfig(256, 64, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.020253164557,
+            depth_fraction=0.10126582278481013,
         ),
         BlockConfig(  # blocks.1.5
-            kind="fused_mbconv",
             expand=ConvBnActConfig(64, 256, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="swish"),
             depthwise=None,
             se=None,
             project=ConvBnActConfig(256, 64, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.022784810127,
+            depth_fraction=0.11392405063291139,
         ),
         BlockConfig(  # blocks.1.6
-            kind="fused_mbconv",
             expand=ConvBnActConfig(64, 256, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="swish"),
             depthwise=None,
             se=None,
             project=ConvBnActConfig(256, 64, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.025316455696,
+            depth_fraction=0.12658227848101267,
         ),
     ),
     (  # blocks.2: 7 x fused_mbconv -> 96 channels at 60x60
         BlockConfig(  # blocks.2.0
-            kind="fused_mbconv",
             expand=ConvBnActConfig(64, 256, kernel=3, stride=2, groups=1, depthwise=False, padding=SamePadding(120, 0, 1), activation="swish"),
             depthwise=None,
             se=None,
             project=ConvBnActConfig(256, 96, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.027848101266,
+            depth_fraction=0.13924050632911392,
         ),
         BlockConfig(  # blocks.2.1
-            kind="fused_mbconv",
             expand=ConvBnActConfig(96, 384, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="swish"),
             depthwise=None,
             se=None,
             project=ConvBnActConfig(384, 96, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.030379746835,
+            depth_fraction=0.1518987341772152,
         ),
         BlockConfig(  # blocks.2.2
-            kind="fused_mbconv",
             expand=ConvBnActConfig(96, 384, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="swish"),
             depthwise=None,
             se=None,
             project=ConvBnActConfig(384, 96, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.032911392405,
+            depth_fraction=0.16455696202531644,
         ),
         BlockConfig(  # blocks.2.3
-            kind="fused_mbconv",
             expand=ConvBnActConfig(96, 384, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="swish"),
             depthwise=None,
             se=None,
             project=ConvBnActConfig(384, 96, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.035443037975,
+            depth_fraction=0.17721518987341772,
         ),
         BlockConfig(  # blocks.2.4
-            kind="fused_mbconv",
             expand=ConvBnActConfig(96, 384, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="swish"),
             depthwise=None,
             se=None,
             project=ConvBnActConfig(384, 96, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.037974683544,
+            depth_fraction=0.189873417721519,
         ),
         BlockConfig(  # blocks.2.5
-            kind="fused_mbconv",
             expand=ConvBnActConfig(96, 384, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="swish"),
             depthwise=None,
             se=None,
             project=ConvBnActConfig(384, 96, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.040506329114,
+            depth_fraction=0.20253164556962025,
         ),
         BlockConfig(  # blocks.2.6
-            kind="fused_mbconv",
             expand=ConvBnActConfig(96, 384, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="swish"),
             depthwise=None,
             se=None,
             project=ConvBnActConfig(384, 96, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.043037974684,
+            depth_fraction=0.21518987341772153,
         ),
     ),
     (  # blocks.3: 10 x mbconv -> 192 channels at 30x30
         BlockConfig(  # blocks.3.0
-            kind="mbconv",
             expand=ConvBnActConfig(96, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(384, 384, kernel=3, stride=2, groups=384, depthwise=True, padding=SamePadding(60, 0, 1), activation="swish"),
             se=SqueezeExciteConfig(384, 24, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(384, 192, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.045569620253,
+            depth_fraction=0.22784810126582278,
         ),
         BlockConfig(  # blocks.3.1
-            kind="mbconv",
             expand=ConvBnActConfig(192, 768, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(768, 768, kernel=3, stride=1, groups=768, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(768, 48, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(768, 192, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.048101265823,
+            depth_fraction=0.24050632911392406,
         ),
         BlockConfig(  # blocks.3.2
-            kind="mbconv",
             expand=ConvBnActConfig(192, 768, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(768, 768, kernel=3, stride=1, groups=768, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(768, 48, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(768, 192, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.050632911392,
+            depth_fraction=0.25316455696202533,
         ),
         BlockConfig(  # blocks.3.3
-            kind="mbconv",
             expand=ConvBnActConfig(192, 768, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(768, 768, kernel=3, stride=1, groups=768, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(768, 48, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(768, 192, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.053164556962,
+            depth_fraction=0.26582278481012656,
         ),
         BlockConfig(  # blocks.3.4
-            kind="mbconv",
             expand=ConvBnActConfig(192, 768, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(768, 768, kernel=3, stride=1, groups=768, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(768, 48, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(768, 192, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.055696202532,
+            depth_fraction=0.27848101265822783,
         ),
         BlockConfig(  # blocks.3.5
-            kind="mbconv",
             expand=ConvBnActConfig(192, 768, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(768, 768, kernel=3, stride=1, groups=768, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(768, 48, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(768, 192, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.058227848101,
+            depth_fraction=0.2911392405063291,
         ),
         BlockConfig(  # blocks.3.6
-            kind="mbconv",
             expand=ConvBnActConfig(192, 768, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(768, 768, kernel=3, stride=1, groups=768, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(768, 48, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(768, 192, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.060759493671,
+            depth_fraction=0.3037974683544304,
         ),
         BlockConfig(  # blocks.3.7
-            kind="mbconv",
             expand=ConvBnActConfig(192, 768, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(768, 768, kernel=3, stride=1, groups=768, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(768, 48, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(768, 192, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.063291139241,
+            depth_fraction=0.31645569620253167,
         ),
         BlockConfig(  # blocks.3.8
-            kind="mbconv",
             expand=ConvBnActConfig(192, 768, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(768, 768, kernel=3, stride=1, groups=768, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(768, 48, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(768, 192, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.06582278481,
+            depth_fraction=0.3291139240506329,
         ),
         BlockConfig(  # blocks.3.9
-            kind="mbconv",
             expand=ConvBnActConfig(192, 768, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(768, 768, kernel=3, stride=1, groups=768, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(768, 48, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(768, 192, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.06835443038,
+            depth_fraction=0.34177215189873417,
         ),
     ),
     (  # blocks.4: 19 x mbconv -> 224 channels at 30x30
         BlockConfig(  # blocks.4.0
-            kind="mbconv",
             expand=ConvBnActConfig(192, 1152, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1152, 1152, kernel=3, stride=1, groups=1152, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(1152, 48, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1152, 224, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.070886075949,
+            depth_fraction=0.35443037974683544,
         ),
         BlockConfig(  # blocks.4.1
-            kind="mbconv",
             expand=ConvBnActConfig(224, 1344, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1344, 1344, kernel=3, stride=1, groups=1344, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(1344, 56, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1344, 224, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.073417721519,
+            depth_fraction=0.3670886075949367,
         ),
         BlockConfig(  # blocks.4.2
-            kind="mbconv",
             expand=ConvBnActConfig(224, 1344, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1344, 1344, kernel=3, stride=1, groups=1344, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(1344, 56, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1344, 224, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.075949367089,
+            depth_fraction=0.379746835443038,
         ),
         BlockConfig(  # blocks.4.3
-            kind="mbconv",
             expand=ConvBnActConfig(224, 1344, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1344, 1344, kernel=3, stride=1, groups=1344, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(1344, 56, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1344, 224, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.078481012658,
+            depth_fraction=0.3924050632911392,
         ),
         BlockConfig(  # blocks.4.4
-            kind="mbconv",
             expand=ConvBnActConfig(224, 1344, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1344, 1344, kernel=3, stride=1, groups=1344, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(1344, 56, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1344, 224, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.081012658228,
+            depth_fraction=0.4050632911392405,
         ),
         BlockConfig(  # blocks.4.5
-            kind="mbconv",
             expand=ConvBnActConfig(224, 1344, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1344, 1344, kernel=3, stride=1, groups=1344, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(1344, 56, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1344, 224, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.083544303797,
+            depth_fraction=0.4177215189873418,
         ),
         BlockConfig(  # blocks.4.6
-            kind="mbconv",
             expand=ConvBnActConfig(224, 1344, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1344, 1344, kernel=3, stride=1, groups=1344, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(1344, 56, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1344, 224, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.086075949367,
+            depth_fraction=0.43037974683544306,
         ),
         BlockConfig(  # blocks.4.7
-            kind="mbconv",
             expand=ConvBnActConfig(224, 1344, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1344, 1344, kernel=3, stride=1, groups=1344, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(1344, 56, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1344, 224, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.088607594937,
+            depth_fraction=0.4430379746835443,
         ),
         BlockConfig(  # blocks.4.8
-            kind="mbconv",
             expand=ConvBnActConfig(224, 1344, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1344, 1344, kernel=3, stride=1, groups=1344, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(1344, 56, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1344, 224, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.091139240506,
+            depth_fraction=0.45569620253164556,
         ),
         BlockConfig(  # blocks.4.9
-            kind="mbconv",
             expand=ConvBnActConfig(224, 1344, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1344, 1344, kernel=3, stride=1, groups=1344, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(1344, 56, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1344, 224, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.093670886076,
+            depth_fraction=0.46835443037974683,
         ),
         BlockConfig(  # blocks.4.10
-            kind="mbconv",
             expand=ConvBnActConfig(224, 1344, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1344, 1344, kernel=3, stride=1, groups=1344, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(1344, 56, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1344, 224, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.096202531646,
+            depth_fraction=0.4810126582278481,
         ),
         BlockConfig(  # blocks.4.11
-            kind="mbconv",
             expand=ConvBnActConfig(224, 1344, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1344, 1344, kernel=3, stride=1, groups=1344, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(1344, 56, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1344, 224, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.098734177215,
+            depth_fraction=0.4936708860759494,
         ),
         BlockConfig(  # blocks.4.12
-            kind="mbconv",
             expand=ConvBnActConfig(224, 1344, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1344, 1344, kernel=3, stride=1, groups=1344, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(1344, 56, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1344, 224, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.101265822785,
+            depth_fraction=0.5063291139240507,
         ),
         BlockConfig(  # blocks.4.13
-            kind="mbconv",
             expand=ConvBnActConfig(224, 1344, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1344, 1344, kernel=3, stride=1, groups=1344, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(1344, 56, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1344, 224, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.103797468354,
+            depth_fraction=0.5189873417721519,
         ),
         BlockConfig(  # blocks.4.14
-            kind="mbconv",
             expand=ConvBnActConfig(224, 1344, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1344, 1344, kernel=3, stride=1, groups=1344, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(1344, 56, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1344, 224, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.106329113924,
+            depth_fraction=0.5316455696202531,
         ),
         BlockConfig(  # blocks.4.15
-            kind="mbconv",
             expand=ConvBnActConfig(224, 1344, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1344, 1344, kernel=3, stride=1, groups=1344, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(1344, 56, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1344, 224, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.108860759494,
+            depth_fraction=0.5443037974683544,
         ),
         BlockConfig(  # blocks.4.16
-            kind="mbconv",
             expand=ConvBnActConfig(224, 1344, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1344, 1344, kernel=3, stride=1, groups=1344, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(1344, 56, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1344, 224, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.111392405063,
+            depth_fraction=0.5569620253164557,
         ),
         BlockConfig(  # blocks.4.17
-            kind="mbconv",
             expand=ConvBnActConfig(224, 1344, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1344, 1344, kernel=3, stride=1, groups=1344, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(1344, 56, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1344, 224, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.113924050633,
+            depth_fraction=0.569620253164557,
         ),
         BlockConfig(  # blocks.4.18
-            kind="mbconv",
             expand=ConvBnActConfig(224, 1344, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1344, 1344, kernel=3, stride=1, groups=1344, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(1344, 56, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1344, 224, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.116455696203,
+            depth_fraction=0.5822784810126582,
         ),
     ),
     (  # blocks.5: 25 x mbconv -> 384 channels at 15x15
         BlockConfig(  # blocks.5.0
-            kind="mbconv",
             expand=ConvBnActConfig(224, 1344, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1344, 1344, kernel=3, stride=2, groups=1344, depthwise=True, padding=SamePadding(30, 0, 1), activation="swish"),
             se=SqueezeExciteConfig(1344, 56, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1344, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.118987341772,
+            depth_fraction=0.5949367088607594,
         ),
         BlockConfig(  # blocks.5.1
-            kind="mbconv",
             expand=ConvBnActConfig(384, 2304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(2304, 2304, kernel=3, stride=1, groups=2304, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(2304, 96, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(2304, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.121518987342,
+            depth_fraction=0.6075949367088608,
         ),
         BlockConfig(  # blocks.5.2
-            kind="mbconv",
             expand=ConvBnActConfig(384, 2304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(2304, 2304, kernel=3, stride=1, groups=2304, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(2304, 96, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(2304, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.124050632911,
+            depth_fraction=0.620253164556962,
         ),
         BlockConfig(  # blocks.5.3
-            kind="mbconv",
             expand=ConvBnActConfig(384, 2304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(2304, 2304, kernel=3, stride=1, groups=2304, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(2304, 96, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(2304, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.126582278481,
+            depth_fraction=0.6329113924050633,
         ),
         BlockConfig(  # blocks.5.4
-            kind="mbconv",
             expand=ConvBnActConfig(384, 2304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(2304, 2304, kernel=3, stride=1, groups=2304, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(2304, 96, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(2304, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.129113924051,
+            depth_fraction=0.6455696202531646,
         ),
         BlockConfig(  # blocks.5.5
-            kind="mbconv",
             expand=ConvBnActConfig(384, 2304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(2304, 2304, kernel=3, stride=1, groups=2304, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(2304, 96, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(2304, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.13164556962,
+            depth_fraction=0.6582278481012658,
         ),
         BlockConfig(  # blocks.5.6
-            kind="mbconv",
             expand=ConvBnActConfig(384, 2304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(2304, 2304, kernel=3, stride=1, groups=2304, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(2304, 96, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(2304, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.13417721519,
+            depth_fraction=0.6708860759493671,
         ),
         BlockConfig(  # blocks.5.7
-            kind="mbconv",
             expand=ConvBnActConfig(384, 2304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(2304, 2304, kernel=3, stride=1, groups=2304, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(2304, 96, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(2304, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.136708860759,
+            depth_fraction=0.6835443037974683,
         ),
         BlockConfig(  # blocks.5.8
-            kind="mbconv",
             expand=ConvBnActConfig(384, 2304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(2304, 2304, kernel=3, stride=1, groups=2304, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(2304, 96, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(2304, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.139240506329,
+            depth_fraction=0.6962025316455697,
         ),
         BlockConfig(  # blocks.5.9
-            kind="mbconv",
             expand=ConvBnActConfig(384, 2304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(2304, 2304, kernel=3, stride=1, groups=2304, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(2304, 96, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(2304, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.141772151899,
+            depth_fraction=0.7088607594936709,
         ),
         BlockConfig(  # blocks.5.10
-            kind="mbconv",
             expand=ConvBnActConfig(384, 2304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(2304, 2304, kernel=3, stride=1, groups=2304, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(2304, 96, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(2304, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.144303797468,
+            depth_fraction=0.7215189873417721,
         ),
         BlockConfig(  # blocks.5.11
-            kind="mbconv",
             expand=ConvBnActConfig(384, 2304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(2304, 2304, kernel=3, stride=1, groups=2304, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(2304, 96, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(2304, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.146835443038,
+            depth_fraction=0.7341772151898734,
         ),
         BlockConfig(  # blocks.5.12
-            kind="mbconv",
             expand=ConvBnActConfig(384, 2304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(2304, 2304, kernel=3, stride=1, groups=2304, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(2304, 96, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(2304, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.149367088608,
+            depth_fraction=0.7468354430379747,
         ),
         BlockConfig(  # blocks.5.13
-            kind="mbconv",
             expand=ConvBnActConfig(384, 2304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(2304, 2304, kernel=3, stride=1, groups=2304, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(2304, 96, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(2304, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.151898734177,
+            depth_fraction=0.759493670886076,
         ),
         BlockConfig(  # blocks.5.14
-            kind="mbconv",
             expand=ConvBnActConfig(384, 2304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(2304, 2304, kernel=3, stride=1, groups=2304, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(2304, 96, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(2304, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.154430379747,
+            depth_fraction=0.7721518987341772,
         ),
         BlockConfig(  # blocks.5.15
-            kind="mbconv",
             expand=ConvBnActConfig(384, 2304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(2304, 2304, kernel=3, stride=1, groups=2304, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(2304, 96, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(2304, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.156962025316,
+            depth_fraction=0.7848101265822784,
         ),
         BlockConfig(  # blocks.5.16
-            kind="mbconv",
             expand=ConvBnActConfig(384, 2304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(2304, 2304, kernel=3, stride=1, groups=2304, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(2304, 96, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(2304, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.159493670886,
+            depth_fraction=0.7974683544303798,
         ),
         BlockConfig(  # blocks.5.17
-            kind="mbconv",
             expand=ConvBnActConfig(384, 2304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(2304, 2304, kernel=3, stride=1, groups=2304, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(2304, 96, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(2304, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.162025316456,
+            depth_fraction=0.810126582278481,
         ),
         BlockConfig(  # blocks.5.18
-            kind="mbconv",
             expand=ConvBnActConfig(384, 2304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(2304, 2304, kernel=3, stride=1, groups=2304, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(2304, 96, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(2304, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.164556962025,
+            depth_fraction=0.8227848101265823,
         ),
         BlockConfig(  # blocks.5.19
-            kind="mbconv",
             expand=ConvBnActConfig(384, 2304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(2304, 2304, kernel=3, stride=1, groups=2304, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(2304, 96, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(2304, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.167088607595,
+            depth_fraction=0.8354430379746836,
         ),
         BlockConfig(  # blocks.5.20
-            kind="mbconv",
             expand=ConvBnActConfig(384, 2304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(2304, 2304, kernel=3, stride=1, groups=2304, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(2304, 96, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(2304, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.169620253165,
+            depth_fraction=0.8481012658227848,
         ),
         BlockConfig(  # blocks.5.21
-            kind="mbconv",
             expand=ConvBnActConfig(384, 2304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(2304, 2304, kernel=3, stride=1, groups=2304, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(2304, 96, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(2304, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.172151898734,
+            depth_fraction=0.8607594936708861,
         ),
         BlockConfig(  # blocks.5.22
-            kind="mbconv",
             expand=ConvBnActConfig(384, 2304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(2304, 2304, kernel=3, stride=1, groups=2304, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(2304, 96, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(2304, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.174683544304,
+            depth_fraction=0.8734177215189873,
         ),
         BlockConfig(  # blocks.5.23
-            kind="mbconv",
             expand=ConvBnActConfig(384, 2304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(2304, 2304, kernel=3, stride=1, groups=2304, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(2304, 96, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(2304, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.177215189873,
+            depth_fraction=0.8860759493670886,
         ),
         BlockConfig(  # blocks.5.24
-            kind="mbconv",
             expand=ConvBnActConfig(384, 2304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(2304, 2304, kernel=3, stride=1, groups=2304, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(2304, 96, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(2304, 384, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.179746835443,
+            depth_fraction=0.8987341772151899,
         ),
     ),
     (  # blocks.6: 7 x mbconv -> 640 channels at 15x15
         BlockConfig(  # blocks.6.0
-            kind="mbconv",
             expand=ConvBnActConfig(384, 2304, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(2304, 2304, kernel=3, stride=1, groups=2304, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(2304, 96, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(2304, 640, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.182278481013,
+            depth_fraction=0.9113924050632911,
         ),
         BlockConfig(  # blocks.6.1
-            kind="mbconv",
             expand=ConvBnActConfig(640, 3840, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(3840, 3840, kernel=3, stride=1, groups=3840, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(3840, 160, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(3840, 640, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.184810126582,
+            depth_fraction=0.9240506329113924,
         ),
         BlockConfig(  # blocks.6.2
-            kind="mbconv",
             expand=ConvBnActConfig(640, 3840, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(3840, 3840, kernel=3, stride=1, groups=3840, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(3840, 160, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(3840, 640, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.187341772152,
+            depth_fraction=0.9367088607594937,
         ),
         BlockConfig(  # blocks.6.3
-            kind="mbconv",
             expand=ConvBnActConfig(640, 3840, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(3840, 3840, kernel=3, stride=1, groups=3840, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(3840, 160, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(3840, 640, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.189873417722,
+            depth_fraction=0.9493670886075949,
         ),
         BlockConfig(  # blocks.6.4
-            kind="mbconv",
             expand=ConvBnActConfig(640, 3840, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(3840, 3840, kernel=3, stride=1, groups=3840, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(3840, 160, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(3840, 640, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.192405063291,
+            depth_fraction=0.9620253164556962,
         ),
         BlockConfig(  # blocks.6.5
-            kind="mbconv",
             expand=ConvBnActConfig(640, 3840, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(3840, 3840, kernel=3, stride=1, groups=3840, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(3840, 160, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(3840, 640, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.194936708861,
+            depth_fraction=0.9746835443037974,
         ),
         BlockConfig(  # blocks.6.6
-            kind="mbconv",
             expand=ConvBnActConfig(640, 3840, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(3840, 3840, kernel=3, stride=1, groups=3840, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(3840, 160, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(3840, 640, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.19746835443,
+            depth_fraction=0.9873417721518988,
         ),
     ),
 )
@@ -1164,8 +1095,39 @@ def make_conv(
     )
 
 
+class MixedConv(nn.ModuleList):
+    """A depthwise conv split across kernels (MixNet): split ``i`` takes ``groups[i]``
+    channels and convolves them with ``kernel[i]``; the outputs are concatenated."""
+
+    def __init__(self, config: ConvBnActConfig) -> None:
+        super().__init__(
+            make_conv(
+                channels,
+                channels,
+                kernel,
+                config.stride,
+                channels,
+                padding,
+                dilation=config.dilation,
+            )
+            for channels, kernel, padding in zip(
+                config.groups, config.kernel, config.padding, strict=True
+            )
+        )
+        self.splits = list(config.groups)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        parts = torch.split(x, self.splits, 1)
+        outputs = []
+        for index, conv in enumerate(self):
+            outputs.append(conv(parts[index]))
+        return torch.cat(outputs, 1)
+
+
 def build_conv(config: ConvBnActConfig) -> nn.Module:
     """The conv of a ConvBnAct, as its config describes it."""
+    if isinstance(config.kernel, tuple):
+        return MixedConv(config)
     return make_conv(
         config.in_channels,
         config.out_channels,
@@ -1245,9 +1207,10 @@ class Normalize(nn.Module):
 class Block(nn.Module):
     """MBConv (1x1 expand -> k x k depthwise) or Fused-MBConv (one k x k expand conv),
     then squeeze-excite and the 1x1 linear projection; parts the config leaves None
-    are absent. The residual branch is dropped per sample while training."""
+    are absent. The residual branch is dropped per sample while training, with
+    probability ``drop_path_rate`` x the block's depth fraction."""
 
-    def __init__(self, config: BlockConfig) -> None:
+    def __init__(self, config: BlockConfig, drop_path_rate: float) -> None:
         super().__init__()
         self.expand = None if config.expand is None else ConvBnAct(config.expand)
         self.depthwise = None
@@ -1256,7 +1219,7 @@ class Block(nn.Module):
         self.se = None if config.se is None else SqueezeExcite(config.se)
         self.project = None if config.project is None else ConvBnAct(config.project)
         self.residual = config.residual
-        self.drop_path = DropPath(config.drop_path_rate)
+        self.drop_path = DropPath(drop_path_rate * config.depth_fraction)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x
@@ -1282,6 +1245,7 @@ class EfficientNet(nn.Module):
         num_classes: int = NUM_CLASSES,
         dropout: float = DROPOUT,
         include_preprocessing: bool = False,
+        drop_path_rate: float = DROP_PATH_RATE,
     ) -> None:
         super().__init__()
         self.num_classes = num_classes
@@ -1289,9 +1253,20 @@ class EfficientNet(nn.Module):
         self.preprocess = Normalize(MEAN, STD) if include_preprocessing else None
         self.stem = ConvBnAct(STEM)
         self.blocks = nn.Sequential(
-            *(nn.Sequential(*(Block(config) for config in stage)) for stage in stages)
+            *(
+                nn.Sequential(*(Block(config, drop_path_rate) for config in stage))
+                for stage in stages
+            )
         )
-        self.head = ConvBnAct(HEAD)
+        # without a head conv the last stage feeds the pool
+        self.head = nn.Identity() if HEAD is None else ConvBnAct(HEAD)
+        self.pooled_conv = None
+        self.pooled_act = None
+        if POOLED_CONV is not None:
+            self.pooled_conv = nn.Conv2d(
+                POOLED_CONV.in_channels, POOLED_CONV.out_channels, 1, bias=True
+            )
+            self.pooled_act = make_activation(POOLED_CONV.activation)
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(NUM_FEATURES, num_classes)
         init_weights(self)
@@ -1308,8 +1283,12 @@ class EfficientNet(nn.Module):
         return self.head(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Global average pool -> dropout -> classifier (skipped when pre_logits)."""
-        x = x.mean((2, 3))
+        """Global average pool (-> 1x1 conv -> activation, where POOLED_CONV is set)
+        -> dropout -> classifier (skipped when pre_logits)."""
+        x = x.mean((2, 3), keepdim=True)
+        if self.pooled_conv is not None and self.pooled_act is not None:
+            x = self.pooled_act(self.pooled_conv(x))
+        x = x.flatten(1)
         x = self.dropout(x)
         if pre_logits:
             return x
@@ -1341,6 +1320,7 @@ class EfficientNetFeatures(nn.Module):
         stages: tuple[tuple[BlockConfig, ...], ...],
         feature_info: tuple[FeatureLevel, ...],
         include_preprocessing: bool = False,
+        drop_path_rate: float = DROP_PATH_RATE,
     ) -> None:
         super().__init__()
         self.feature_info = feature_info
@@ -1349,7 +1329,7 @@ class EfficientNetFeatures(nn.Module):
         depth = feature_info[-1].stages
         self.blocks = nn.Sequential(
             *(
-                nn.Sequential(*(Block(config) for config in stage))
+                nn.Sequential(*(Block(config, drop_path_rate) for config in stage))
                 for stage in stages[:depth]
             )
         )
@@ -1418,25 +1398,6 @@ def init_weights(model: nn.Module) -> None:
             nn.init.zeros_(module.bias)
 
 
-def with_drop_path_rate(
-    stages: tuple[tuple[BlockConfig, ...], ...], rate: float
-) -> tuple[tuple[BlockConfig, ...], ...]:
-    """The same stages with stochastic depth rate * i / N on block i of N (the spec's
-    rule, applied to a rate chosen when the model is built)."""
-    num_blocks = sum(len(stage) for stage in stages)
-    rescaled = []
-    first = 0  # global index of the stage's first block
-    for stage in stages:
-        rescaled.append(
-            tuple(
-                replace(config, drop_path_rate=rate * (first + j) / num_blocks)
-                for j, config in enumerate(stage)
-            )
-        )
-        first += len(stage)
-    return tuple(rescaled)
-
-
 def build_model(
     num_classes: int = NUM_CLASSES,
     dropout: float | None = None,
@@ -1452,8 +1413,8 @@ def build_model(
     Args:
         num_classes: classifier outputs.
         dropout: dropout before the classifier; None keeps DROPOUT.
-        drop_path_rate: stochastic-depth base rate (block i of N gets rate * i / N);
-            None keeps the spec's per-block rates.
+        drop_path_rate: stochastic-depth rate, times each block's depth_fraction;
+            None keeps DROP_PATH_RATE.
         include_preprocessing: normalize with MEAN/STD inside the model, so it takes
             raw 0..1 pixels.
         features_only: build the backbone (EfficientNetFeatures) instead.
@@ -1462,15 +1423,18 @@ def build_model(
     """
     levels = feature_info(out_indices, output_stride)
     stages = stages_at(output_stride)
-    if drop_path_rate is not None:
-        stages = with_drop_path_rate(stages, drop_path_rate)
+    if drop_path_rate is None:
+        drop_path_rate = DROP_PATH_RATE
     if features_only:
-        return EfficientNetFeatures(stages, levels, include_preprocessing)
+        return EfficientNetFeatures(
+            stages, levels, include_preprocessing, drop_path_rate
+        )
     return EfficientNet(
         stages,
         num_classes=num_classes,
         dropout=DROPOUT if dropout is None else dropout,
         include_preprocessing=include_preprocessing,
+        drop_path_rate=drop_path_rate,
     )
 
 

@@ -32,21 +32,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+# The spec's strings, each whole on one line however long (never wrapped).
+# fmt: off
 SPEC_NAME = "efficientnetv2-s"
 SPEC_PATH = "specs/efficientnetv2-s.yaml"
 SPEC_SHA256 = "88671bff2df1e0b34a51d5c8e5964562bb6f58e7aee8ff34cf4d8f07041d7d7c"
-DESCRIPTION = (
-    "EfficientNetV2-S, Fused-MBConv early stages and MBConv later; trained with "
-    "progressive learning."
-)
+DESCRIPTION = "EfficientNetV2-S, Fused-MBConv early stages and MBConv later; trained with progressive learning."
+# fmt: on
 RESOLUTION = 384  # nominal input size; any size works
 INPUT_CHANNELS = 3
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 NUM_CLASSES = 1000
 DROPOUT = 0.2  # before the classifier
-DROP_PATH_RATE = 0.2  # stochastic depth: block i of N gets rate * i / N
-PADDING = "same"  # the spec's mode; each conv below carries its resolved padding
+DROP_PATH_RATE = 0.2  # stochastic depth: x each block's depth_fraction
 BN_EPS = 0.001
 BN_MOMENTUM = 0.9  # running-average decay, as the spec states it
 PARAMS = 21458488  # trainable parameters with NUM_CLASSES classes
@@ -111,13 +110,13 @@ class BlockConfig:
     """One MBConv or Fused-MBConv block: its parts run in the order expand ->
     depthwise -> se -> project (None: absent), then the residual add."""
 
-    kind: str  # "mbconv" or "fused_mbconv"
     expand: ConvBnActConfig | None
     depthwise: ConvBnActConfig | None
     se: SqueezeExciteConfig | None
     project: ConvBnActConfig | None
     residual: bool  # add the block's input to its output
-    drop_path_rate: float  # stochastic depth of the residual branch, training only
+    # Block i of N has i / N: its stochastic depth (training only) is the model's rate x this
+    depth_fraction: float
 
 
 @dataclass(frozen=True)
@@ -154,384 +153,354 @@ class OutputStride:
     convs: tuple[DilatedConv, ...]
 
 
-# The compiler decided every number below: widths, strides, padding, residuals, rates.
+@dataclass(frozen=True)
+class PooledConvConfig:
+    """A 1x1 conv with bias (no batch norm) on the pooled features -> activation."""
+
+    in_channels: int
+    out_channels: int
+    activation: str | None
+
+
+# The compiler decided every number below: widths, strides, padding, residuals, depths.
 # One line per part, one BlockConfig per block, one tuple per stage (blocks.i.j is
 # block j of stage i).
 # ruff: noqa: E501
 # fmt: off
 STEM = ConvBnActConfig(3, 24, kernel=3, stride=2, groups=1, depthwise=False, padding=SamePadding(384, 0, 1), activation="swish")
 HEAD = ConvBnActConfig(256, 1280, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish")
+POOLED_CONV = None  # no 1x1 conv after the pool
 STAGES = (
     (  # blocks.0: 2 x fused_mbconv -> 24 channels at 192x192
         BlockConfig(  # blocks.0.0
-            kind="fused_mbconv",
             expand=ConvBnActConfig(24, 24, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="swish"),
             depthwise=None,
             se=None,
             project=None,
             residual=True,
-            drop_path_rate=0.0,
+            depth_fraction=0.0,
         ),
         BlockConfig(  # blocks.0.1
-            kind="fused_mbconv",
             expand=ConvBnActConfig(24, 24, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="swish"),
             depthwise=None,
             se=None,
             project=None,
             residual=True,
-            drop_path_rate=0.005,
+            depth_fraction=0.025,
         ),
     ),
     (  # blocks.1: 4 x fused_mbconv -> 48 channels at 96x96
         BlockConfig(  # blocks.1.0
-            kind="fused_mbconv",
             expand=ConvBnActConfig(24, 96, kernel=3, stride=2, groups=1, depthwise=False, padding=SamePadding(192, 0, 1), activation="swish"),
             depthwise=None,
             se=None,
             project=ConvBnActConfig(96, 48, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.01,
+            depth_fraction=0.05,
         ),
         BlockConfig(  # blocks.1.1
-            kind="fused_mbconv",
             expand=ConvBnActConfig(48, 192, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="swish"),
             depthwise=None,
             se=None,
             project=ConvBnActConfig(192, 48, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.015,
+            depth_fraction=0.075,
         ),
         BlockConfig(  # blocks.1.2
-            kind="fused_mbconv",
             expand=ConvBnActConfig(48, 192, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="swish"),
             depthwise=None,
             se=None,
             project=ConvBnActConfig(192, 48, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.02,
+            depth_fraction=0.1,
         ),
         BlockConfig(  # blocks.1.3
-            kind="fused_mbconv",
             expand=ConvBnActConfig(48, 192, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="swish"),
             depthwise=None,
             se=None,
             project=ConvBnActConfig(192, 48, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.025,
+            depth_fraction=0.125,
         ),
     ),
     (  # blocks.2: 4 x fused_mbconv -> 64 channels at 48x48
         BlockConfig(  # blocks.2.0
-            kind="fused_mbconv",
             expand=ConvBnActConfig(48, 192, kernel=3, stride=2, groups=1, depthwise=False, padding=SamePadding(96, 0, 1), activation="swish"),
             depthwise=None,
             se=None,
             project=ConvBnActConfig(192, 64, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.03,
+            depth_fraction=0.15,
         ),
         BlockConfig(  # blocks.2.1
-            kind="fused_mbconv",
             expand=ConvBnActConfig(64, 256, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="swish"),
             depthwise=None,
             se=None,
             project=ConvBnActConfig(256, 64, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.035,
+            depth_fraction=0.175,
         ),
         BlockConfig(  # blocks.2.2
-            kind="fused_mbconv",
             expand=ConvBnActConfig(64, 256, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="swish"),
             depthwise=None,
             se=None,
             project=ConvBnActConfig(256, 64, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.04,
+            depth_fraction=0.2,
         ),
         BlockConfig(  # blocks.2.3
-            kind="fused_mbconv",
             expand=ConvBnActConfig(64, 256, kernel=3, stride=1, groups=1, depthwise=False, padding=1, activation="swish"),
             depthwise=None,
             se=None,
             project=ConvBnActConfig(256, 64, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.045,
+            depth_fraction=0.225,
         ),
     ),
     (  # blocks.3: 6 x mbconv -> 128 channels at 24x24
         BlockConfig(  # blocks.3.0
-            kind="mbconv",
             expand=ConvBnActConfig(64, 256, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(256, 256, kernel=3, stride=2, groups=256, depthwise=True, padding=SamePadding(48, 0, 1), activation="swish"),
             se=SqueezeExciteConfig(256, 16, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(256, 128, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.05,
+            depth_fraction=0.25,
         ),
         BlockConfig(  # blocks.3.1
-            kind="mbconv",
             expand=ConvBnActConfig(128, 512, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(512, 512, kernel=3, stride=1, groups=512, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(512, 32, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(512, 128, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.055,
+            depth_fraction=0.275,
         ),
         BlockConfig(  # blocks.3.2
-            kind="mbconv",
             expand=ConvBnActConfig(128, 512, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(512, 512, kernel=3, stride=1, groups=512, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(512, 32, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(512, 128, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.06,
+            depth_fraction=0.3,
         ),
         BlockConfig(  # blocks.3.3
-            kind="mbconv",
             expand=ConvBnActConfig(128, 512, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(512, 512, kernel=3, stride=1, groups=512, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(512, 32, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(512, 128, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.065,
+            depth_fraction=0.325,
         ),
         BlockConfig(  # blocks.3.4
-            kind="mbconv",
             expand=ConvBnActConfig(128, 512, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(512, 512, kernel=3, stride=1, groups=512, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(512, 32, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(512, 128, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.07,
+            depth_fraction=0.35,
         ),
         BlockConfig(  # blocks.3.5
-            kind="mbconv",
             expand=ConvBnActConfig(128, 512, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(512, 512, kernel=3, stride=1, groups=512, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(512, 32, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(512, 128, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.075,
+            depth_fraction=0.375,
         ),
     ),
     (  # blocks.4: 9 x mbconv -> 160 channels at 24x24
         BlockConfig(  # blocks.4.0
-            kind="mbconv",
             expand=ConvBnActConfig(128, 768, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(768, 768, kernel=3, stride=1, groups=768, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(768, 32, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(768, 160, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.08,
+            depth_fraction=0.4,
         ),
         BlockConfig(  # blocks.4.1
-            kind="mbconv",
             expand=ConvBnActConfig(160, 960, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(960, 960, kernel=3, stride=1, groups=960, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(960, 40, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(960, 160, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.085,
+            depth_fraction=0.425,
         ),
         BlockConfig(  # blocks.4.2
-            kind="mbconv",
             expand=ConvBnActConfig(160, 960, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(960, 960, kernel=3, stride=1, groups=960, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(960, 40, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(960, 160, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.09,
+            depth_fraction=0.45,
         ),
         BlockConfig(  # blocks.4.3
-            kind="mbconv",
             expand=ConvBnActConfig(160, 960, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(960, 960, kernel=3, stride=1, groups=960, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(960, 40, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(960, 160, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.095,
+            depth_fraction=0.475,
         ),
         BlockConfig(  # blocks.4.4
-            kind="mbconv",
             expand=ConvBnActConfig(160, 960, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(960, 960, kernel=3, stride=1, groups=960, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(960, 40, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(960, 160, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.1,
+            depth_fraction=0.5,
         ),
         BlockConfig(  # blocks.4.5
-            kind="mbconv",
             expand=ConvBnActConfig(160, 960, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(960, 960, kernel=3, stride=1, groups=960, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(960, 40, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(960, 160, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.105,
+            depth_fraction=0.525,
         ),
         BlockConfig(  # blocks.4.6
-            kind="mbconv",
             expand=ConvBnActConfig(160, 960, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(960, 960, kernel=3, stride=1, groups=960, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(960, 40, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(960, 160, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.11,
+            depth_fraction=0.55,
         ),
         BlockConfig(  # blocks.4.7
-            kind="mbconv",
             expand=ConvBnActConfig(160, 960, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(960, 960, kernel=3, stride=1, groups=960, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(960, 40, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(960, 160, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.115,
+            depth_fraction=0.575,
         ),
         BlockConfig(  # blocks.4.8
-            kind="mbconv",
             expand=ConvBnActConfig(160, 960, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(960, 960, kernel=3, stride=1, groups=960, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(960, 40, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(960, 160, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.12,
+            depth_fraction=0.6,
         ),
     ),
     (  # blocks.5: 15 x mbconv -> 256 channels at 12x12
         BlockConfig(  # blocks.5.0
-            kind="mbconv",
             expand=ConvBnActConfig(160, 960, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(960, 960, kernel=3, stride=2, groups=960, depthwise=True, padding=SamePadding(24, 0, 1), activation="swish"),
             se=SqueezeExciteConfig(960, 40, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(960, 256, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=False,
-            drop_path_rate=0.125,
+            depth_fraction=0.625,
         ),
         BlockConfig(  # blocks.5.1
-            kind="mbconv",
             expand=ConvBnActConfig(256, 1536, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1536, 1536, kernel=3, stride=1, groups=1536, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(1536, 64, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1536, 256, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.13,
+            depth_fraction=0.65,
         ),
         BlockConfig(  # blocks.5.2
-            kind="mbconv",
             expand=ConvBnActConfig(256, 1536, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1536, 1536, kernel=3, stride=1, groups=1536, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(1536, 64, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1536, 256, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.135,
+            depth_fraction=0.675,
         ),
         BlockConfig(  # blocks.5.3
-            kind="mbconv",
             expand=ConvBnActConfig(256, 1536, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1536, 1536, kernel=3, stride=1, groups=1536, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(1536, 64, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1536, 256, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.14,
+            depth_fraction=0.7,
         ),
         BlockConfig(  # blocks.5.4
-            kind="mbconv",
             expand=ConvBnActConfig(256, 1536, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1536, 1536, kernel=3, stride=1, groups=1536, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(1536, 64, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1536, 256, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.145,
+            depth_fraction=0.725,
         ),
         BlockConfig(  # blocks.5.5
-            kind="mbconv",
             expand=ConvBnActConfig(256, 1536, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1536, 1536, kernel=3, stride=1, groups=1536, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(1536, 64, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1536, 256, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.15,
+            depth_fraction=0.75,
         ),
         BlockConfig(  # blocks.5.6
-            kind="mbconv",
             expand=ConvBnActConfig(256, 1536, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1536, 1536, kernel=3, stride=1, groups=1536, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(1536, 64, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1536, 256, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.155,
+            depth_fraction=0.775,
         ),
         BlockConfig(  # blocks.5.7
-            kind="mbconv",
             expand=ConvBnActConfig(256, 1536, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1536, 1536, kernel=3, stride=1, groups=1536, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(1536, 64, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1536, 256, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.16,
+            depth_fraction=0.8,
         ),
         BlockConfig(  # blocks.5.8
-            kind="mbconv",
             expand=ConvBnActConfig(256, 1536, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1536, 1536, kernel=3, stride=1, groups=1536, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(1536, 64, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1536, 256, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.165,
+            depth_fraction=0.825,
         ),
         BlockConfig(  # blocks.5.9
-            kind="mbconv",
             expand=ConvBnActConfig(256, 1536, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1536, 1536, kernel=3, stride=1, groups=1536, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(1536, 64, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1536, 256, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.17,
+            depth_fraction=0.85,
         ),
         BlockConfig(  # blocks.5.10
-            kind="mbconv",
             expand=ConvBnActConfig(256, 1536, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1536, 1536, kernel=3, stride=1, groups=1536, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(1536, 64, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1536, 256, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.175,
+            depth_fraction=0.875,
         ),
         BlockConfig(  # blocks.5.11
-            kind="mbconv",
             expand=ConvBnActConfig(256, 1536, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1536, 1536, kernel=3, stride=1, groups=1536, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(1536, 64, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1536, 256, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.18,
+            depth_fraction=0.9,
         ),
         BlockConfig(  # blocks.5.12
-            kind="mbconv",
             expand=ConvBnActConfig(256, 1536, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1536, 1536, kernel=3, stride=1, groups=1536, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(1536, 64, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1536, 256, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.185,
+            depth_fraction=0.925,
         ),
         BlockConfig(  # blocks.5.13
-            kind="mbconv",
             expand=ConvBnActConfig(256, 1536, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1536, 1536, kernel=3, stride=1, groups=1536, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(1536, 64, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1536, 256, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.19,
+            depth_fraction=0.95,
         ),
         BlockConfig(  # blocks.5.14
-            kind="mbconv",
             expand=ConvBnActConfig(256, 1536, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation="swish"),
             depthwise=ConvBnActConfig(1536, 1536, kernel=3, stride=1, groups=1536, depthwise=True, padding=1, activation="swish"),
             se=SqueezeExciteConfig(1536, 64, activation="swish", gate="sigmoid"),
             project=ConvBnActConfig(1536, 256, kernel=1, stride=1, groups=1, depthwise=False, padding=0, activation=None),
             residual=True,
-            drop_path_rate=0.195,
+            depth_fraction=0.975,
         ),
     ),
 )
@@ -763,8 +732,39 @@ def make_conv(
     )
 
 
+class MixedConv(nn.ModuleList):
+    """A depthwise conv split across kernels (MixNet): split ``i`` takes ``groups[i]``
+    channels and convolves them with ``kernel[i]``; the outputs are concatenated."""
+
+    def __init__(self, config: ConvBnActConfig) -> None:
+        super().__init__(
+            make_conv(
+                channels,
+                channels,
+                kernel,
+                config.stride,
+                channels,
+                padding,
+                dilation=config.dilation,
+            )
+            for channels, kernel, padding in zip(
+                config.groups, config.kernel, config.padding, strict=True
+            )
+        )
+        self.splits = list(config.groups)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        parts = torch.split(x, self.splits, 1)
+        outputs = []
+        for index, conv in enumerate(self):
+            outputs.append(conv(parts[index]))
+        return torch.cat(outputs, 1)
+
+
 def build_conv(config: ConvBnActConfig) -> nn.Module:
     """The conv of a ConvBnAct, as its config describes it."""
+    if isinstance(config.kernel, tuple):
+        return MixedConv(config)
     return make_conv(
         config.in_channels,
         config.out_channels,
@@ -844,9 +844,10 @@ class Normalize(nn.Module):
 class Block(nn.Module):
     """MBConv (1x1 expand -> k x k depthwise) or Fused-MBConv (one k x k expand conv),
     then squeeze-excite and the 1x1 linear projection; parts the config leaves None
-    are absent. The residual branch is dropped per sample while training."""
+    are absent. The residual branch is dropped per sample while training, with
+    probability ``drop_path_rate`` x the block's depth fraction."""
 
-    def __init__(self, config: BlockConfig) -> None:
+    def __init__(self, config: BlockConfig, drop_path_rate: float) -> None:
         super().__init__()
         self.expand = None if config.expand is None else ConvBnAct(config.expand)
         self.depthwise = None
@@ -855,7 +856,7 @@ class Block(nn.Module):
         self.se = None if config.se is None else SqueezeExcite(config.se)
         self.project = None if config.project is None else ConvBnAct(config.project)
         self.residual = config.residual
-        self.drop_path = DropPath(config.drop_path_rate)
+        self.drop_path = DropPath(drop_path_rate * config.depth_fraction)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x
@@ -881,6 +882,7 @@ class EfficientNet(nn.Module):
         num_classes: int = NUM_CLASSES,
         dropout: float = DROPOUT,
         include_preprocessing: bool = False,
+        drop_path_rate: float = DROP_PATH_RATE,
     ) -> None:
         super().__init__()
         self.num_classes = num_classes
@@ -888,9 +890,20 @@ class EfficientNet(nn.Module):
         self.preprocess = Normalize(MEAN, STD) if include_preprocessing else None
         self.stem = ConvBnAct(STEM)
         self.blocks = nn.Sequential(
-            *(nn.Sequential(*(Block(config) for config in stage)) for stage in stages)
+            *(
+                nn.Sequential(*(Block(config, drop_path_rate) for config in stage))
+                for stage in stages
+            )
         )
-        self.head = ConvBnAct(HEAD)
+        # without a head conv the last stage feeds the pool
+        self.head = nn.Identity() if HEAD is None else ConvBnAct(HEAD)
+        self.pooled_conv = None
+        self.pooled_act = None
+        if POOLED_CONV is not None:
+            self.pooled_conv = nn.Conv2d(
+                POOLED_CONV.in_channels, POOLED_CONV.out_channels, 1, bias=True
+            )
+            self.pooled_act = make_activation(POOLED_CONV.activation)
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(NUM_FEATURES, num_classes)
         init_weights(self)
@@ -907,8 +920,12 @@ class EfficientNet(nn.Module):
         return self.head(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Global average pool -> dropout -> classifier (skipped when pre_logits)."""
-        x = x.mean((2, 3))
+        """Global average pool (-> 1x1 conv -> activation, where POOLED_CONV is set)
+        -> dropout -> classifier (skipped when pre_logits)."""
+        x = x.mean((2, 3), keepdim=True)
+        if self.pooled_conv is not None and self.pooled_act is not None:
+            x = self.pooled_act(self.pooled_conv(x))
+        x = x.flatten(1)
         x = self.dropout(x)
         if pre_logits:
             return x
@@ -940,6 +957,7 @@ class EfficientNetFeatures(nn.Module):
         stages: tuple[tuple[BlockConfig, ...], ...],
         feature_info: tuple[FeatureLevel, ...],
         include_preprocessing: bool = False,
+        drop_path_rate: float = DROP_PATH_RATE,
     ) -> None:
         super().__init__()
         self.feature_info = feature_info
@@ -948,7 +966,7 @@ class EfficientNetFeatures(nn.Module):
         depth = feature_info[-1].stages
         self.blocks = nn.Sequential(
             *(
-                nn.Sequential(*(Block(config) for config in stage))
+                nn.Sequential(*(Block(config, drop_path_rate) for config in stage))
                 for stage in stages[:depth]
             )
         )
@@ -1017,25 +1035,6 @@ def init_weights(model: nn.Module) -> None:
             nn.init.zeros_(module.bias)
 
 
-def with_drop_path_rate(
-    stages: tuple[tuple[BlockConfig, ...], ...], rate: float
-) -> tuple[tuple[BlockConfig, ...], ...]:
-    """The same stages with stochastic depth rate * i / N on block i of N (the spec's
-    rule, applied to a rate chosen when the model is built)."""
-    num_blocks = sum(len(stage) for stage in stages)
-    rescaled = []
-    first = 0  # global index of the stage's first block
-    for stage in stages:
-        rescaled.append(
-            tuple(
-                replace(config, drop_path_rate=rate * (first + j) / num_blocks)
-                for j, config in enumerate(stage)
-            )
-        )
-        first += len(stage)
-    return tuple(rescaled)
-
-
 def build_model(
     num_classes: int = NUM_CLASSES,
     dropout: float | None = None,
@@ -1051,8 +1050,8 @@ def build_model(
     Args:
         num_classes: classifier outputs.
         dropout: dropout before the classifier; None keeps DROPOUT.
-        drop_path_rate: stochastic-depth base rate (block i of N gets rate * i / N);
-            None keeps the spec's per-block rates.
+        drop_path_rate: stochastic-depth rate, times each block's depth_fraction;
+            None keeps DROP_PATH_RATE.
         include_preprocessing: normalize with MEAN/STD inside the model, so it takes
             raw 0..1 pixels.
         features_only: build the backbone (EfficientNetFeatures) instead.
@@ -1061,15 +1060,18 @@ def build_model(
     """
     levels = feature_info(out_indices, output_stride)
     stages = stages_at(output_stride)
-    if drop_path_rate is not None:
-        stages = with_drop_path_rate(stages, drop_path_rate)
+    if drop_path_rate is None:
+        drop_path_rate = DROP_PATH_RATE
     if features_only:
-        return EfficientNetFeatures(stages, levels, include_preprocessing)
+        return EfficientNetFeatures(
+            stages, levels, include_preprocessing, drop_path_rate
+        )
     return EfficientNet(
         stages,
         num_classes=num_classes,
         dropout=DROPOUT if dropout is None else dropout,
         include_preprocessing=include_preprocessing,
+        drop_path_rate=drop_path_rate,
     )
 
 

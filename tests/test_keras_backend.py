@@ -75,9 +75,10 @@ def test_trainable_params_and_layer_names_match_the_ir(generated: Path, spec_nam
     kinds = {
         "conv": keras.layers.Conv2D,
         "depthwise_conv": keras.layers.DepthwiseConv2D,
-        "batch_norm": keras.layers.BatchNormalization,
+        "batch_norm": module.BatchNorm,  # BatchNormalization, moving its variance as torch does
         "linear": keras.layers.Dense,
     }
+    assert issubclass(module.BatchNorm, keras.layers.BatchNormalization)
     for layer_ir in model_ir.layers:
         layer = weighted[ir.flat_name(layer_ir.name)]
         assert type(layer) is kinds[layer_ir.kind], layer_ir.name

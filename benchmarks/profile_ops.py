@@ -5,9 +5,9 @@ effspec's ONNX export of the same model, one intra-op thread each by default.
     python benchmarks/profile_ops.py [--model efficientnet-b0] [--batch 1] [--calls 10] [--threads 1]
 
 torch: ``torch.profiler`` (eager: the time of each top-level aten op; compiled: self time, so a
-fused oneDNN conv counts its fused swish). onnxruntime: its own profiler (``enable_profiling``), the
-kernel time of each node. Convs are grouped by their weight's shape: 1x1, depthwise, other (the
-stem). Milliseconds per call, each side's top groups.
+fused oneDNN conv counts the swish or residual add fused into it). onnxruntime: its own profiler
+(``enable_profiling``), the kernel time of each node. Convs are grouped by their weight's shape:
+1x1, depthwise, other (the stem). Milliseconds per call, each side's top groups.
 """
 
 from __future__ import annotations
@@ -46,8 +46,9 @@ def torch_profile(call, calls: int, compiled: bool) -> dict[str, float]:
         if not compiled and event.cpu_parent is not None:
             continue  # eager: top-level aten ops, their total time
         name = event.name
-        if "conv" in name:
-            name = conv_kind(event.input_shapes[1] if len(event.input_shapes) > 1 else None)
+        if "conv" in name:  # the weight's place: (input, weight, ...), or (other, input, weight, ...)
+            weight = 2 if name.endswith("_convolution_pointwise_") else 1  # for a conv fused with an add
+            name = conv_kind(event.input_shapes[weight] if len(event.input_shapes) > weight else None)
         groups[name] += event.self_cpu_time_total if compiled else event.cpu_time_total
     return {name: us / calls / 1e3 for name, us in groups.most_common(12)}
 

@@ -173,7 +173,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--keras", action="store_true")
-    parser.add_argument("--no-memory", action="store_true", help="skip the memory processes")
+    parser.add_argument("--memory", choices=["all", "eager", "none"], default="all",
+                        help="variants measured in a memory process (each compiles again)")  # fmt: skip
+    parser.add_argument("--keras-only", action="store_true", help="only the Keras processes (with --keras)")
     parser.add_argument("--compete", action="store_true")
     parser.add_argument("--threads", default="free", help="free (default), usable or a number")
     parser.add_argument("--json", type=Path, default=None)
@@ -200,7 +202,7 @@ def main(argv: list[str] | None = None) -> None:
     with competing(args.compete):
         args.threads = pick_threads(args.threads)  # torch's intra-op threads from here on
         for spec in args.models:
-            runs, warmup = interleaved(spec, args)
+            runs, warmup = ([{} for _ in range(args.runs)], {}) if args.keras_only else interleaved(spec, args)
             keras = {}
             if args.keras:
                 for backend in ("tensorflow", "jax"):
@@ -214,8 +216,8 @@ def main(argv: list[str] | None = None) -> None:
                        "warmup_s": {k: round(v, 1) for k, v in warmup.items()}}  # fmt: skip
                 rows.append(row)
                 print(json.dumps(row), flush=True)
-            if not args.no_memory:
-                for name in warmup:
+            if args.memory != "none":
+                for name in [name for name in warmup if args.memory == "all" or not name.endswith("_compile")]:
                     which, compiled = name.split("_")[0], "1" if name.endswith("_compile") else "0"
                     memory[(spec, name)] = child(args, "torch", spec, which, compiled, env=MALLOC)
                     print(json.dumps({"model": spec, "variant": name, **memory[(spec, name)]}), flush=True)

@@ -170,7 +170,7 @@ def test_mirrored_on_two_cpus_matches_one_device(scripts: dict[str, Path], tmp_p
     assert worst <= MIRRORED_ATOL, worst
     # Batch-norm moving variances start at 1: after 4 steps each holds (synchronized) batch
     # statistics, so the comparison above is not between untouched initial values.
-    variances = [expected[key] for key in expected if "batch_normalization" in key and key.endswith("vars/3")]
+    variances = [expected[key] for key in expected if "batch_norm" in key and key.endswith("vars/3")]
     assert variances and min(float(np.max(np.abs(var - 1))) for var in variances) > 100 * MIRRORED_ATOL
 
 

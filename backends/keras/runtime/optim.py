@@ -134,8 +134,11 @@ class WeightAverage:
     def _backend_update_step(self, grads: list[Any], trainable_variables: list[Any], learning_rate: Any) -> None:
         """Each multiplier's variables stepped at learning_rate x multiplier (torch: a parameter group each)."""
         if self.l2_decay > 0:
+            # TensorFlow sums the replicas' gradients after this (in super()): each adds its share
+            context = tf.distribute.get_replica_context() if keras.backend.backend() == "tensorflow" else None
+            decay = self.l2_decay / (context.num_replicas_in_sync if context is not None else 1)
             grads = [
-                ops.add(g, ops.multiply(ops.cast(v, g.dtype), self.l2_decay)) if v.path in self.l2_paths else g
+                ops.add(g, ops.multiply(ops.cast(v, g.dtype), decay)) if v.path in self.l2_paths else g
                 for g, v in zip(grads, trainable_variables, strict=True)
             ]
         if not self.lr_scales:

@@ -531,6 +531,10 @@ class BatchNorm(layers.BatchNormalization):
         axes = self._reduction_axes
         mean, variance = ops.moments(x, axes=axes, synchronized=self.synchronized)
         count = ops.cast(ops.size(x) // ops.shape(x)[self.axis], x.dtype)
+        if self.synchronized and keras.backend.backend() == "tensorflow":
+            import tensorflow as tf  # moments over all replicas: n is the global count
+
+            count = count * tf.distribute.get_replica_context().num_replicas_in_sync
         unbiased = variance * count / ops.maximum(count - 1.0, 1.0)
         decay = self.momentum
         moving_mean = ops.cast(self.moving_mean, x.dtype)

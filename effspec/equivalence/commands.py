@@ -10,15 +10,8 @@ import argparse
 import json
 from pathlib import Path
 
-from effspec.emit.options import add_backbone_options
+from effspec.emit.options import add_backbone_options, positive_int
 from effspec.support.errors import CheckFailed, UsageError
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
-    return value
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
@@ -96,9 +89,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("spec", metavar="SPEC")
-    p.add_argument("--resolution", type=_positive, metavar="N", help="input size (default: the spec's resolution)")
+    p.add_argument("--resolution", type=positive_int, metavar="N", help="input size (default: the spec's resolution)")
     p.add_argument(
-        "--batch", type=_positive, default=None, metavar="B", help="batch size (default: 2; 4 with --train-steps)"
+        "--batch", type=positive_int, default=None, metavar="B", help="batch size (default: 2; 4 with --train-steps)"
     )
     p.add_argument("--seed", type=int, default=0, metavar="S", help="seed for weights and input (default: 0)")
     p.add_argument(
@@ -108,7 +101,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--train-steps",
-        type=_positive,
+        type=positive_int,
         metavar="K",
         help="run K steps of both trainers with the spec's recipe (optimizer, warmup and decay, weight decay, "
         "label smoothing, EMA) from the same weights on the same batches; compare loss, lr, weights, optimizer "

@@ -113,3 +113,15 @@ def load_generated(folder: Path, spec_name: str) -> ModuleType:
     if path not in _GENERATED:
         _GENERATED[path] = import_file(path, f"{folder.name}_generated_{python_name}")
     return _GENERATED[path]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``slow`` (each over ~15 s on 2 cores: whole training runs, searches, the
+    keras.applications and TFLite round trips) keep the README's suite near 8 minutes: they run when
+    ``EFFSPEC_SLOW=1`` is set, which ``.ci/run`` does right after the suite (``-m slow``)."""
+    if os.environ.get("EFFSPEC_SLOW"):
+        return
+    skip = pytest.mark.skip(reason="slow: EFFSPEC_SLOW=1 runs it (.ci/run does, after the suite)")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)

@@ -54,6 +54,7 @@ HELD_OUT = shapes(1, 64)
 ORDER = np.random.default_rng(2).integers(0, len(TRAIN[0]), (STEPS, BATCH))  # the same batches in both
 
 
+@pytest.mark.slow
 def test_torch_backbone_learns_to_segment_shapes() -> None:
     torch = pytest.importorskip("torch")
     F = torch.nn.functional
@@ -90,6 +91,7 @@ def test_torch_backbone_learns_to_segment_shapes() -> None:
     assert iou >= MIN_IOU
 
 
+@pytest.mark.slow
 def test_keras_backbone_learns_to_segment_shapes() -> None:
     keras = pytest.importorskip("keras")
     layers = keras.layers

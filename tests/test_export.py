@@ -93,6 +93,7 @@ def test_onnx_dynamic_size_works_with_symmetric_padding_only(capsys, tmp_path: P
     assert session.run(None, {inputs.name: np.zeros((1, 3, 71, 57), np.float32)})[0].shape == (1, 1000)
 
 
+@pytest.mark.slow
 def test_tflite_fp32_and_saved_model_from_keras_weights(capsys, tmp_path: Path) -> None:
     keras_weights = tmp_path / "tiny.weights.h5"
     torch_weights = tmp_path / "tiny.pt"

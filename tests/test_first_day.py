@@ -288,6 +288,7 @@ def test_7_torch_resume_keeps_one_metrics_row_per_epoch_and_ends_with_a_summary(
     assert str(run / "model.pt") in last and str(run / "checkpoint.pt") in last
 
 
+@pytest.mark.slow
 def test_7_keras_log_is_plain_with_startup_lines_once_and_a_summary(tmp_path: Path) -> None:
     pytest.importorskip("tensorflow")
     env = {key: value for key, value in ENV.items() if key != "TF_CPP_MIN_LOG_LEVEL"}

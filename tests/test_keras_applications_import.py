@@ -88,6 +88,7 @@ def test_published_layout_imports_into_torch_with_equal_logits(
     assert np.abs(got.numpy() - expected).max() <= 1e-5 * np.abs(expected).max()  # seen: ~1e-6
 
 
+@pytest.mark.slow
 def test_keras3_file_without_top_imports_into_keras_for_fine_tuning(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -122,6 +123,7 @@ def test_keras3_file_without_top_imports_into_keras_for_fine_tuning(
     assert np.abs(features - expected).max() <= 1e-5 * np.abs(expected).max()
 
 
+@pytest.mark.slow
 def test_a_spec_that_differs_names_the_first_layer_that_does_not_fit(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -140,6 +142,7 @@ def test_a_spec_that_differs_names_the_first_layer_that_does_not_fit(
     assert "Known applications are: EfficientNetB0" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_the_imagenet_checkpoints_std_as_variance_quirk_is_reported_as_the_spec_normalization(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

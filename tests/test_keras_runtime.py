@@ -133,6 +133,7 @@ def test_bad_input_exits_2_with_one_line(
     assert "incompatible checkpoint" in error("--output", str(forged.parent), "--resume")
 
 
+@pytest.mark.slow
 def test_image_folder_skips_bad_files_and_resume_cleans_up(
     trainer: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

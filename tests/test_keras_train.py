@@ -140,6 +140,7 @@ def test_loss_goes_down_on_a_fixed_batch(uninterrupted: Path) -> None:
     assert float(rows[-1]["accuracy"]) >= 0.8
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_to_the_same_weights(uninterrupted: Path, resumed: tuple[Path, int]) -> None:
     run, killed_at = resumed  # SIGKILLed after its checkpoint at step killed_at (8..17)
     assert json.loads((run / "summary.json").read_text())["steps"] == RESUME_STEPS
@@ -153,6 +154,7 @@ def test_interrupted_run_resumes_to_the_same_weights(uninterrupted: Path, resume
             np.testing.assert_array_equal(actual[key], expected[key], err_msg=f"{file}: {key}, killed at {killed_at}")
 
 
+@pytest.mark.slow
 def test_mirrored_on_two_cpus_matches_one_device(scripts: dict[str, Path], tmp_path: Path) -> None:
     one = Train(
         scripts["v1"], *MIRRORED, "--strategy", "one", "--output", str(tmp_path / "one"), log=tmp_path / "one.log"
@@ -237,6 +239,7 @@ def test_progressive_stages_change_what_the_model_sees(progressive_run: Path) ->
     assert [entry["randaugment_magnitude"] for entry in log] == pytest.approx([4, 7, 10])
 
 
+@pytest.mark.slow
 def test_bad_data_dir_and_incompatible_checkpoint_exit_2(
     scripts: dict[str, Path], uninterrupted: Path, tmp_path: Path
 ) -> None:

@@ -43,6 +43,7 @@ def test_b0_targets_land_within_5_percent(
     assert out.count("\n->") == 1  # one chosen row among its neighbours
 
 
+@pytest.mark.slow
 def test_closest_step_wins(tmp_path: Path) -> None:
     """Scanning phi finely finds no rounded model closer to the target than the one chosen."""
     family = Family(TINY, Settings(*DEFAULT_COEFFICIENTS, 8, False))
@@ -55,6 +56,7 @@ def test_closest_step_wins(tmp_path: Path) -> None:
         assert family.at(best.phi).macs == best.macs  # the written (rounded) phi gives the same model
 
 
+@pytest.mark.slow
 def test_unreachable_targets_exit_2_with_the_nearest_figure(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = _scale(tmp_path, capsys, str(B0), "--target-macs", "1e6")
     assert code == 2 and "unreachable" in err and "385,814,752 MACs" in err
@@ -66,6 +68,7 @@ def test_unreachable_targets_exit_2_with_the_nearest_figure(tmp_path: Path, caps
     assert not (tmp_path / "out.yaml").exists()
 
 
+@pytest.mark.slow
 def test_explicit_scaling_and_explicit_base(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = _scale(tmp_path, capsys, str(B0), "--target-macs", "2e9", "--explicit")
     assert code == 0, err

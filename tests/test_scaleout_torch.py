@@ -61,6 +61,7 @@ def checkpoint(output: Path) -> dict:
     return torch.load(output / "checkpoint.pt", map_location="cpu", weights_only=True)
 
 
+@pytest.mark.slow
 def test_two_nodes_match_one_process(tmp_path: Path) -> None:
     endpoint = f"127.0.0.1:{free_port()}"
     single = start([sys.executable, *train_command(tmp_path / "one")], tmp_path / "one.log")

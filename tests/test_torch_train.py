@@ -123,6 +123,7 @@ def test_loss_goes_down_on_a_fixed_batch(trains, tmp_path: Path) -> None:
     assert last < 0.5 * first, f"loss went from {first:.3f} to {last:.3f}"
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_on_the_same_global_batch(scripts, trains, tmp_path: Path) -> None:
     """torchrun (gloo, 2 x 8 images, --sync-bn) == 1 process x 16 images after 8 steps.
 

@@ -114,6 +114,7 @@ def test_tflite_fp32_and_saved_model_from_keras_weights(capsys, tmp_path: Path) 
     assert _parity(printed) < 1e-4 and (tmp_path / "sm" / "saved_model.pb").is_file()
 
 
+@pytest.mark.slow
 def test_tflite_int8_reports_top1_agreement(capsys, tmp_path: Path) -> None:
     pil = pytest.importorskip("PIL.Image")
     folder = tmp_path / "calibration"

@@ -161,6 +161,7 @@ def test_a_file_of_another_spec_is_refused_with_the_mismatched_tensors(
     assert "Traceback" not in err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("backend", "flags"),
     [

@@ -59,6 +59,7 @@ def _pixels() -> np.ndarray:
     return np.random.default_rng(5).uniform(0, 255, (2, RESOLUTION, RESOLUTION, 3)).astype("float32")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("spec", "application", "same_normalization"),
     [

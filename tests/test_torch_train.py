@@ -146,6 +146,7 @@ def test_two_processes_match_one_on_the_same_global_batch(scripts, trains, tmp_p
     assert moved > 1e-4  # the runs really trained: equal weights are not just equal initial weights
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_ends_bit_identical(scripts, trains, tmp_path: Path) -> None:
     """Dropout, drop-path, mixup, EMA and shuffling on; killed right after a mid-epoch checkpoint."""
     recipe = "--synthetic-train-size 32 --batch-size 8 --epochs 3 --mixup-alpha 0.2 --lr-per-256 0.2"

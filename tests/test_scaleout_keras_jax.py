@@ -99,6 +99,6 @@ def test_four_devices_resumed_equal_one_device(runs: dict[str, tuple[Path, str]]
     moved = [
         float(np.max(np.abs(value - 1)))
         for key, value in final.items()
-        if "batch_normalization" in key and key.endswith("vars/3")
+        if "batch_norm" in key and key.endswith("vars/3")
     ]
     assert moved and max(moved) > 100 * ATOL

@@ -72,6 +72,10 @@ def trials(storage: str) -> list:
         return optuna.load_study(storage=storage, study_name=STUDY).get_trials()
     except KeyError:  # not created yet
         return []
+    except Exception as exc:  # this poll raced the workers creating the schema (CREATE TYPE ...): poll again
+        if type(exc).__name__ in ("IntegrityError", "OperationalError"):
+            return []
+        raise
 
 
 def rows(out: Path) -> list[dict[str, str]]:

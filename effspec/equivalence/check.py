@@ -23,6 +23,7 @@ from effspec.equivalence.report import CheckResult
 from effspec.support.errors import UsageError
 from effspec.weights.convert import keras_layer_weights, keras_to_torch, set_keras_weights, torch_to_keras
 from effspec.weights.files import KERAS_SUFFIX, load_keras_file, load_torch_file
+from effspec.weights.generated import keras_backbone as build_keras_backbone
 from effspec.weights.generated import load_model_module
 from effspec.weights.manifest import Manifest, build_manifest, sections
 
@@ -73,7 +74,7 @@ def feature_rows(
 ) -> tuple[list[Row], str]:
     """Each feature level of both backbones, loaded with the classification models' weights."""
     backbone = torch_side.build_backbone(torch_module, torch_side.state_arrays(net), output_stride)
-    keras_backbone = keras_side.build_backbone(keras_module, keras_model, output_stride)
+    keras_backbone = build_keras_backbone(keras_module, keras_model, output_stride)
     levels = backbone.feature_info
     reference = torch_side.feature_maps(torch_side.float64_twin(backbone), images)
     torch32 = torch_side.feature_maps(backbone, images)

@@ -14,7 +14,6 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from effspec.support.errors import UsageError  # noqa: E402
-from effspec.weights.generated import keras_backbone as build_backbone  # noqa: E402, F401 - check.py's name
 
 
 def build(module: ModuleType) -> keras.Model:

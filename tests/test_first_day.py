@@ -219,6 +219,52 @@ def test_5_usable_cpus_reads_affinity_and_cgroup_quota(tmp_path: Path, monkeypat
     assert cpus.split_cpus() == (2, 0)
 
 
+class _Snapshots:
+    """/proc/stat read twice: by the second read cpu0 has worked ``busy`` CPUs over the time between."""
+
+    def __init__(self, busy: float) -> None:
+        self.busy, self.start = busy, None
+
+    def read_text(self) -> str:
+        import time
+
+        if self.start is None:
+            self.start, ticks = time.monotonic(), 0
+        else:  # a little over the elapsed time, so rounding cannot tip the result
+            ticks = round(self.busy * (time.monotonic() - self.start) * 1.02 * os.sysconf("SC_CLK_TCK"))
+        return "\n".join(f"cpu{cpu} {100 + ticks * (cpu == 0)} 0 0 5000 0 0 0 0" for cpu in (0, 1))
+
+
+def test_5_free_cpus_leaves_out_the_cpus_other_processes_keep_busy(monkeypatch: pytest.MonkeyPatch) -> None:
+    from effspec.support import cpus
+
+    monkeypatch.setattr(cpus.os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setattr(cpus, "cgroup_quota", lambda: None)
+    assert cpus.free_cpus(interval=0.2, stat=_Snapshots(busy=1.0)) == 1  # one CPU of two busy throughout
+    assert cpus.free_cpus(interval=0.2, stat=_Snapshots(busy=0.2)) == 2  # rounded to whole CPUs
+    assert cpus.free_cpus(interval=0.2, stat=_Snapshots(busy=2.0)) == 1  # never below one
+    assert cpus.free_cpus(stat=Path("/nonexistent/stat")) == 2  # unreadable: the usable CPUs
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs")
+def test_5_free_cpus_sees_a_real_busy_process() -> None:
+    """A real process spinning on one of two CPUs: free_cpus, measuring /proc/stat, leaves one."""
+    two = sorted(os.sched_getaffinity(0))[:2]
+    script = f"""
+import os, subprocess, sys, time
+os.sched_setaffinity(0, {set(two)!r})
+spin = subprocess.Popen([sys.executable, "-c", "import itertools, os; os.sched_setaffinity(0, {{{two[1]}}}); all(itertools.repeat(True))"])
+try:
+    time.sleep(0.5)
+    from effspec.support.cpus import free_cpus, usable_cpus
+    print(usable_cpus(), free_cpus(interval=0.5))
+finally:
+    spin.kill()
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True)
+    assert done.stdout.split() == ["2", "1"], done.stdout + done.stderr
+
+
 def test_5_torch_trainer_fits_threads_and_workers_to_its_cpus(tmp_path: Path) -> None:
     """On one allowed CPU (affinity), no OMP_NUM_THREADS: one thread, no data worker, no DataLoader
     warning; the folder holds every odd and damaged image (item 3): the run trains through them."""

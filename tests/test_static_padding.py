@@ -100,6 +100,30 @@ def test_static_padding_equals_per_call_at_nominal_odd_and_even_sizes() -> None:
             assert torch.allclose(output, reference, rtol=1e-5, atol=1e-5), (size, at)
 
 
+def test_training_pads_explicitly_with_the_same_outputs_and_gradients() -> None:
+    """Under autograd the per-call path pads the input (a sliced conv output slows the backward); in
+    inference it slices. Both compute the same function, and the gradients agree between the static
+    padding (nominal size) and the per-call padding of a model lowered for another size."""
+    torch.manual_seed(0)
+    _, nominal = _net(None)
+    _randomize_batch_norms(nominal)
+    state = nominal.state_dict()
+    others = {size: _net(size, state)[1] for size in (34, 64)}
+    for size in (33, 34, 40, 64):
+        x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(size))
+        with torch.no_grad():
+            sliced = nominal(x)
+        gradients = []
+        for net in (nominal, *others.values()):
+            leaf = x.clone().requires_grad_(True)
+            output = net(leaf)
+            assert torch.allclose(output, sliced, rtol=1e-5, atol=1e-5), size
+            output.square().sum().backward()
+            gradients.append(leaf.grad)
+        for gradient in gradients[1:]:
+            assert torch.allclose(gradient, gradients[0], rtol=1e-4, atol=1e-5), size
+
+
 def test_static_padding_scripted() -> None:
     """TorchScript (scripted: both branches compiled) runs the static and the per-call path alike."""
     torch.manual_seed(0)

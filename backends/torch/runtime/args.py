@@ -64,7 +64,8 @@ def build_parser(recipe: Recipe, net: ModuleType, prog: str = "train.py") -> arg
         type=int,
         default=None,
         help="torch intra-op threads per process; default: OMP_NUM_THREADS when set, else the usable CPUs "
-        "(see --workers) less the data workers",
+        "(see --workers) less the data workers and, in a single process, less the CPUs other processes "
+        "keep busy when training starts (a thread sharing a busy core slows every step)",
     )
     speed.add_argument("--channels-last", action="store_true", help="NHWC memory format")
     speed.add_argument("--compile", action="store_true", help="torch.compile the model")

@@ -437,26 +437,22 @@ def make_activation(name: str | None) -> nn.Module:
 
 
 def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
-    """(symmetric conv padding, leading outputs to drop) that give TensorFlow SAME.
-
-    SAME pads ``total`` = (ceil(size / stride) - 1) * stride + kernel - size, the odd
-    pixel after. Padding both sides by ``before`` plus whole strides, then dropping as
-    many leading outputs, samples exactly the same windows."""
+    """TensorFlow SAME's (before, after) padding of one dimension: ceil(size / stride)
+    outputs, the odd pixel after."""
     total = max((-(-size // stride) - 1) * stride + kernel - size, 0)
-    before, after = total // 2, total - total // 2
-    crop = -(-(after - before) // stride)  # 0 when SAME is symmetric at this size
-    return before + crop * stride, crop
+    return total // 2, total - total // 2
 
 
 class Conv2dSame(nn.Conv2d):
     """``nn.Conv2d`` with TensorFlow SAME padding at any input size (output ceil(size /
     stride)). A strided SAME conv pads asymmetrically depending on the input size. At
     the size the compiler resolved (``padding.size``: this conv's input at RESOLUTION)
-    a symmetric padding is the conv's own, and a traced export gets an explicit zero
-    pad (ONNX export folds it into its conv). Otherwise it is worked out per call:
-    instead of copying the input into a padded tensor (an eager F.pad costs more than
-    the conv it feeds), the conv pads itself and the extra leading output row or
-    column is sliced off (a view)."""
+    a symmetric padding is the conv's own; an asymmetric one is ``self.pad``. At other
+    sizes it is worked out per call. Under autograd (training) and in a traced export
+    the input gets an explicit zero pad (ONNX export folds it into its conv). In
+    inference, where a copy of the input costs more than the conv it feeds, the conv
+    pads itself by ``before`` plus whole strides and the extra leading output rows or
+    columns are sliced off (a view); a sliced output would slow training's backward."""
 
     def __init__(
         self,
@@ -479,14 +475,21 @@ class Conv2dSame(nn.Conv2d):
         self.pad = [padding.before, padding.after, padding.before, padding.after]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-2] == self.size and x.shape[-1] == self.size:
-            if not self.asymmetric:
-                return self._conv_forward(x, self.weight, self.bias)
-            if torch.jit.is_tracing():
-                return self._conv_forward(F.pad(x, self.pad), self.weight, self.bias)
-        pad_h, crop_h = same_padding(x.shape[-2], self.kernel_size[0], self.stride[0])
-        pad_w, crop_w = same_padding(x.shape[-1], self.kernel_size[1], self.stride[1])
-        padding = (pad_h, pad_w)
+        pad = self.pad
+        if x.shape[-2] != self.size or x.shape[-1] != self.size:
+            top, bottom = same_padding(x.shape[-2], self.kernel_size[0], self.stride[0])
+            left, right = same_padding(x.shape[-1], self.kernel_size[1], self.stride[1])
+            pad = [left, right, top, bottom]
+        elif not self.asymmetric:
+            return self._conv_forward(x, self.weight, self.bias)
+        if torch.is_grad_enabled() or torch.jit.is_tracing():
+            x = F.pad(x, pad)
+            return F.conv2d(
+                x, self.weight, self.bias, self.stride, 0, groups=self.groups
+            )
+        crop_h = -(-(pad[3] - pad[2]) // self.stride[0])  # 0 when symmetric
+        crop_w = -(-(pad[1] - pad[0]) // self.stride[1])
+        padding = (pad[2] + crop_h * self.stride[0], pad[0] + crop_w * self.stride[1])
         x = F.conv2d(
             x, self.weight, self.bias, self.stride, padding, groups=self.groups
         )

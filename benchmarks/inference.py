@@ -79,14 +79,23 @@ def competing(enabled: bool) -> Iterator[None]:
         competitor.wait()
 
 
+SETTLE_S = 0.05  # untimed pause before each call
+
+
 def time_alternately(calls: dict, iterations: int) -> dict[str, float]:
-    """Median seconds per call of each callable, timed one after the other in rounds."""
+    """Median seconds per call of each callable, timed one after the other in rounds.
+
+    Each call starts after a short untimed pause: onnxruntime's intra-op threads (more than one)
+    spin-wait after a run, and the call right after it shared the cores with them (timm's B0 at
+    batch 1, two threads: 78 ms right after an onnxruntime call, 52 ms after the pause; onnxruntime
+    itself loses 14% with spinning off, so it keeps its default)."""
     for call in calls.values():  # warm-up
         call()
         call()
     samples: dict[str, list[float]] = {name: [] for name in calls}
     for _ in range(iterations):
         for name, call in calls.items():
+            time.sleep(SETTLE_S)
             start = time.perf_counter()
             call()
             samples[name].append(time.perf_counter() - start)

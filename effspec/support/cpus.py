@@ -9,7 +9,7 @@ all of them. Torch then starts one intra-op thread per core and data workers on 
 Nor does the affinity mask say which of those CPUs are free: with one busy process on one of 2
 cores, torch with 2 intra-op threads ran B0 inference about 2x slower than with 1 (every parallel
 region waits for the thread that shares its core). ``free_cpus`` subtracts the CPUs other
-processes keep busy at the moment it is called (benchmarks/results/cpu_2core_compete.md).
+processes keep busy at the moment it is called (benchmarks/results/cpu_2core_idle.md).
 """
 
 from __future__ import annotations

@@ -98,6 +98,12 @@ def float64_twin(net: nn.Module) -> nn.Module:
     return copy.deepcopy(net).double()
 
 
+def channels_last_twin(net: nn.Module) -> nn.Module:
+    """The same float32 weights in channels_last memory: other kernels and summation orders, a second
+    sample of float32's rounding."""
+    return copy.deepcopy(net).to(memory_format=torch.channels_last)
+
+
 def eval_outputs(net: nn.Module, images: np.ndarray) -> list[np.ndarray]:
     """[stem, each stage, features, logits] for NCHW ``images`` (cast to the model's dtype)."""
     dtype = next(net.parameters()).dtype

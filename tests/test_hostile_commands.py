@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from test_hostile_specs import GOOD, TIMEOUT, one_line, run_main, snapshot, watchdog  # noqa: F401
 
+from effspec.support.output import LOCK_NAME
 from effspec.support.vision import import_timm
 
 pytestmark = pytest.mark.usefixtures("watchdog")
@@ -118,9 +119,12 @@ def test_train_refuses_a_folder_holding_a_keras_run(work: Path, capsys: pytest.C
     (run / "checkpoint" / "checkpoint.json").write_text("{}")
     (run / "metrics.csv").write_text("epoch,step\n0,10\n")
     refused(work, capsys, ["train", "base.yaml", *TRAIN, "--output", "run"], "already holds a", changes=True)
-    line = refused(
-        work, capsys, ["train", "base.yaml", *TRAIN, "--output", "run", "--resume", "auto"], "already holds a"
-    )
+    # Each refusal held the folder's lock, which names its holder and the second it started: effspec's
+    # own file, rewritten; nothing else may change.
+    before = {path: entry for path, entry in snapshot(work).items() if not path.endswith(LOCK_NAME)}
+    args = ["train", "base.yaml", *TRAIN, "--output", "run", "--resume", "auto"]
+    line = refused(work, capsys, args, "already holds a", changes=True)
+    assert {path: entry for path, entry in snapshot(work).items() if not path.endswith(LOCK_NAME)} == before
     assert "another backend's or spec's run" in line
     assert (run / "metrics.csv").read_text() == "epoch,step\n0,10\n"
 

@@ -119,12 +119,16 @@ def test_train_refuses_a_folder_holding_a_keras_run(work: Path, capsys: pytest.C
     (run / "checkpoint" / "checkpoint.json").write_text("{}")
     (run / "metrics.csv").write_text("epoch,step\n0,10\n")
     refused(work, capsys, ["train", "base.yaml", *TRAIN, "--output", "run"], "already holds a", changes=True)
+
     # Each refusal held the folder's lock, which names its holder and the second it started: effspec's
     # own file, rewritten; nothing else may change.
-    before = {path: entry for path, entry in snapshot(work).items() if not path.endswith(LOCK_NAME)}
+    def without_lock() -> dict:
+        return {path: entry for path, entry in snapshot(work).items() if not path.endswith(LOCK_NAME)}
+
+    before = without_lock()
     args = ["train", "base.yaml", *TRAIN, "--output", "run", "--resume", "auto"]
     line = refused(work, capsys, args, "already holds a", changes=True)
-    assert {path: entry for path, entry in snapshot(work).items() if not path.endswith(LOCK_NAME)} == before
+    assert without_lock() == before
     assert "another backend's or spec's run" in line
     assert (run / "metrics.csv").read_text() == "epoch,step\n0,10\n"
 

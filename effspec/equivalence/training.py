@@ -7,8 +7,9 @@ compiled model (``compile_model``: the same optimizer classes, schedule, loss an
 callback runs), with the spec's recipe: optimizer, warmup then exponential or cosine decay, weight
 decay, label smoothing, EMA of weights and batch-norm statistics, batch-norm momentum, and the spec's
 dropout and drop-path driven by the same masks in every run (``SharedMasks``: each framework's own
-draws could not agree). A third run, the torch trainer in float64 from the same weights, is the
-reference.
+draws could not agree). The torch trainer in float64 from the same weights is the reference; the
+torch trainer runs in float32 twice, NCHW and channels_last, and the larger of their errors measures
+float32's own rounding (the budget's base).
 
 After every step the check compares the loss, the learning rate, every weight, every optimizer slot,
 the batch-norm running statistics and the EMA's weights and statistics, per section of the network
